@@ -1,0 +1,3 @@
+"""aixsss-ops: the operations CLI for AIXSSS deployments."""
+
+__version__ = "0.1.0"

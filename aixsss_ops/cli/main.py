@@ -1,0 +1,50 @@
+"""The root Typer app. Sub-apps are thin: parse, confirm, call one domain function, render."""
+
+from __future__ import annotations
+
+import typer
+
+from aixsss_ops import __version__
+from aixsss_ops.cli import config_cmd, stack
+from aixsss_ops.cli.common import state
+
+app = typer.Typer(
+    name="aixsss-ops",
+    help="Run and keep an AIXSSS deployment healthy: stack, migrations, keys, backups, queue, deploys, doctor.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(stack.app, name="stack")
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aixsss-ops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: str = typer.Option(
+        None, "--config", "-c", envvar="AIXSSS_OPS_CONFIG", help="Path of ops.toml (default ./ops.toml)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Confirm destructive actions without asking."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    st = state(ctx)
+    st.config_path = config
+    st.yes = yes
+    st.out.json_mode = json_out
+    st.out.verbose = verbose
+    st.out.quiet = quiet
+
+
+def run() -> None:
+    app()

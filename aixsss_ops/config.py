@@ -1,0 +1,173 @@
+"""The ops.toml model: TOML file, then ``AIXSSS_OPS_*`` environment overrides (``__`` nests)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from aixsss_ops.errors import ConfigError
+
+DEFAULT_CONFIG = "ops.toml"
+Port = int
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Ports(_Section):
+    postgres: Port = 15432
+    redis: Port = 16379
+    s3: Port = 18333
+    s3_grpc: Port = 28333
+    weed_master: Port = 19333
+    weed_master_grpc: Port = 29333
+    weed_volume: Port = 18080
+    weed_volume_grpc: Port = 28080
+    weed_filer: Port = 18888
+    weed_filer_grpc: Port = 28888
+    proxy: Port = 18000
+    api_blue: Port = 13001
+    api_green: Port = 13002
+
+    @field_validator("*")
+    @classmethod
+    def _in_range(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError("must be a TCP port between 1 and 65535")
+        return v
+
+
+class PostgresSection(_Section):
+    database: str = "aixsss"
+    user: str = "aixsss"
+    os_user: str = Field("postgres", description="unprivileged account that runs the server when invoked as root")
+    superuser: str = "postgres"
+
+
+class RedisSection(_Section):
+    maxmemory: str = "256mb"
+
+
+class S3Section(_Section):
+    bucket: str = "aixsss-assets"
+    access_key: str = "minio"
+    secret_key: SecretStr = SecretStr("minio123456")
+    region: str = "us-east-1"
+    volume_size_limit_mb: int = Field(64, ge=1)
+
+
+class AppSection(_Section):
+    source: Path = Path("app")
+    node_env: Literal["development", "test", "production"] = "development"
+    queue: str = Field("ai-jobs", min_length=1)
+    worker_concurrency: int = Field(4, ge=1)
+    cors_origin: str | None = None
+    version: str = "1.0.0"
+
+
+class SupervisorSection(_Section):
+    start_timeout: float = Field(60.0, gt=0)
+    stop_timeout: float = Field(40.0, gt=0)
+
+
+class BackupSection(_Section):
+    dir: Path = Path(".aixsss/backups")
+
+
+class OpsConfig(BaseSettings):
+    """The effective configuration. Relative paths are resolved against the config file's folder."""
+
+    model_config = SettingsConfigDict(env_prefix="AIXSSS_OPS_", env_nested_delimiter="__", extra="forbid")
+
+    project: str = Field("aixsss", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    state_dir: Path = Path(".aixsss")
+    runtime: Literal["local", "docker"] = "local"
+    host: str = "127.0.0.1"
+    ports: Ports = Ports()
+    postgres: PostgresSection = PostgresSection()
+    redis: RedisSection = RedisSection()
+    s3: S3Section = S3Section()
+    app: AppSection = AppSection()
+    supervisor: SupervisorSection = SupervisorSection()
+    backup: BackupSection = BackupSection()
+
+    config_path: Path | None = Field(None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The process environment overrides the file, which is passed as init kwargs.
+        return (env_settings, init_settings)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.config_path.parent if self.config_path else Path.cwd()
+
+    def resolve(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def state(self) -> Path:
+        return self.resolve(self.state_dir)
+
+    @property
+    def app_source(self) -> Path:
+        return self.resolve(self.app.source)
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.resolve(self.backup.dir)
+
+    def public_dict(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["s3"]["secret_key"] = self.s3.secret_key.get_secret_value()
+        data["config_path"] = str(self.config_path) if self.config_path else None
+        data["state_dir"] = str(self.state)
+        data["app"]["source"] = str(self.app_source)
+        data["backup"]["dir"] = str(self.backup_dir)
+        return data
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None) -> OpsConfig:
+    """Load ops.toml (``path``, else ``$AIXSSS_OPS_CONFIG``, else ./ops.toml; a missing default is fine)."""
+    explicit = path or os.environ.get("AIXSSS_OPS_CONFIG")
+    cfg_path = Path(explicit or DEFAULT_CONFIG).expanduser()
+    data: dict = {}
+    if cfg_path.exists():
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{cfg_path}: malformed TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{cfg_path}: cannot read: {e.strerror}") from None
+    elif explicit:
+        raise ConfigError(f"{cfg_path}: configuration file not found")
+    try:
+        cfg = OpsConfig(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(str(cfg_path), e)) from None
+    cfg.config_path = cfg_path.resolve() if cfg_path.exists() else None
+    return cfg

@@ -1,0 +1,101 @@
+"""Real services for the test session: started once, isolated per test by database/queue/bucket."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open within {timeout}s")
+
+
+def state_tmpdir(prefix: str) -> Path:
+    """A temp dir reachable by the unprivileged postgres account (pytest's tmp_path is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o755)
+    return d
+
+
+@dataclass
+class PgServer:
+    host: str
+    port: int
+    superuser: str
+    password: str
+
+    def url(self, database: str = "postgres", *, schema: str | None = "public") -> str:
+        q = f"?schema={schema}" if schema else ""
+        return f"postgresql://{self.superuser}:{self.password}@{self.host}:{self.port}/{database}{q}"
+
+    def create_database(self, name: str | None = None) -> str:
+        import psycopg
+
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(schema=None), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A private PostgreSQL cluster on a free port (run as the postgres account when root)."""
+    from aixsss_ops.stack.postgres import Cluster, os_account
+
+    root = state_tmpdir("aixsss-pg-")
+    password = secrets.token_urlsafe(16)
+    cluster = Cluster(datadir=root / "data", port=free_port(), host="127.0.0.1", os_user="postgres")
+    cluster.init("postgres", password)
+    acct = os_account("postgres")
+    kw = {"user": acct.pw_uid, "group": acct.pw_gid, "extra_groups": []} if acct else {}
+    log = open(root / "postgres.log", "wb")
+    proc = subprocess.Popen(cluster.server_argv(), stdout=log, stderr=subprocess.STDOUT, **kw)
+    try:
+        wait_port(cluster.port)
+        server = PgServer("127.0.0.1", cluster.port, "postgres", password)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                import psycopg
+
+                psycopg.connect(server.url(schema=None), connect_timeout=2).close()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+@pytest.fixture
+def database_url(pg_server) -> str:
+    """A fresh empty database for one test, as a Prisma-style URL (``?schema=public``)."""
+    return pg_server.url(pg_server.create_database())
