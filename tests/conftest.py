@@ -99,3 +99,39 @@ def pg_server():
 def database_url(pg_server) -> str:
     """A fresh empty database for one test, as a Prisma-style URL (``?schema=public``)."""
     return pg_server.url(pg_server.create_database())
+
+
+@dataclass
+class RedisServer:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on a free port, AOF on and noeviction, as the embedded stack runs it."""
+    from aixsss_ops import sysbin
+
+    root = state_tmpdir("aixsss-redis-")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sysbin.find("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(root),
+         "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield RedisServer("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue name no other test uses (tests share one Redis)."""
+    return f"q-{uuid.uuid4().hex[:10]}"
