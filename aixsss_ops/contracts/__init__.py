@@ -1,0 +1,1 @@
+"""Models of the contracts the AIXSSS services honour (see AIXSSS.md): their environments."""
