@@ -14,8 +14,16 @@ from aixsss_ops.output import mask_url
 
 # Parameters Prisma understands but libpq does not.
 _PRISMA_ONLY = {
-    "schema", "connection_limit", "pool_timeout", "pgbouncer", "statement_cache_size",
-    "socket_timeout", "sslaccept", "sslidentity", "sslpassword", "single_use_connections",
+    "schema",
+    "connection_limit",
+    "pool_timeout",
+    "pgbouncer",
+    "statement_cache_size",
+    "socket_timeout",
+    "sslaccept",
+    "sslidentity",
+    "sslpassword",
+    "single_use_connections",
 }
 
 
@@ -37,8 +45,11 @@ class PgTarget:
         options = f"-c search_path={self.schema}" if self.schema else None
         try:
             return psycopg.connect(
-                self.conninfo, connect_timeout=max(1, int(timeout)), autocommit=autocommit,
-                options=options, **kwargs,
+                self.conninfo,
+                connect_timeout=max(1, int(timeout)),
+                autocommit=autocommit,
+                options=options,
+                **kwargs,
             )
         except psycopg.OperationalError as e:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
@@ -46,9 +57,10 @@ class PgTarget:
 
     def with_database(self, name: str) -> PgTarget:
         parts = urlsplit(self.conninfo)
-        return parse_database_url(urlunsplit(parts._replace(path="/" + name)) + (
-            f"?schema={self.schema}" if self.schema and "?" not in self.conninfo else ""
-        ))
+        return parse_database_url(
+            urlunsplit(parts._replace(path="/" + name))
+            + (f"?schema={self.schema}" if self.schema and "?" not in self.conninfo else "")
+        )
 
 
 def parse_database_url(url: str) -> PgTarget:

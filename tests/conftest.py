@@ -119,9 +119,23 @@ def redis_server():
     root = state_tmpdir("aixsss-redis-")
     port = free_port()
     proc = subprocess.Popen(
-        [sysbin.find("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(root),
-         "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sysbin.find("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(root),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(port)

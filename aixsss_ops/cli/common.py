@@ -68,5 +68,14 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             out.error("interrupted")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:  # a bug, or a library error the domain did not translate
+            if out.verbose:
+                import traceback
+
+                out.info(traceback.format_exc())
+            out.error(f"internal error: {type(e).__name__}: {e}", "rerun with --verbose for the traceback")
+            raise typer.Exit(1) from None
 
     return wrapper

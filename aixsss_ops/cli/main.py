@@ -34,9 +34,7 @@ def main(
     yes: bool = typer.Option(False, "--yes", "-y", help="Confirm destructive actions without asking."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     st = state(ctx)
     st.config_path = config

@@ -66,10 +66,22 @@ class Cluster:
                 os.chown(p, acct.pw_uid, acct.pw_gid)
         os.chmod(self.datadir, 0o700)
         try:
-            r = self._run_as([
-                sysbin.find("initdb"), "-D", str(self.datadir), "-U", superuser, "--pwfile", str(pwfile),
-                "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
-            ])
+            r = self._run_as(
+                [
+                    sysbin.find("initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    superuser,
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
@@ -87,8 +99,17 @@ class Cluster:
 
     def server_argv(self) -> list[str]:
         # port and listen address on the command line so a changed ops.toml applies on restart
-        return [sysbin.find("postgres"), "-D", str(self.datadir), "-p", str(self.port), "-c",
-                f"listen_addresses={self.host}", "-c", "unix_socket_directories="]
+        return [
+            sysbin.find("postgres"),
+            "-D",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            "unix_socket_directories=",
+        ]
 
 
 def ensure_role_and_database(admin_url: str, database: str, role: str, password: str) -> list[str]:

@@ -1,0 +1,69 @@
+"""Cheap readiness probes with short timeouts; each returns (ok, detail) and never raises."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+
+def tcp(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True, f"{host}:{port} accepting connections"
+    except OSError as e:
+        return False, f"{host}:{port} {e.strerror or e}"
+
+
+def http(url: str, timeout: float = 2.0, expect_any_status: bool = False) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return True, f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        return expect_any_status, f"HTTP {e.code}"
+    except (OSError, urllib.error.URLError) as e:
+        return False, str(getattr(e, "reason", e))
+
+
+def api_health(url: str, timeout: float = 2.0) -> tuple[bool, dict | str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = json.loads(r.read())
+            return bool(body.get("ok")), body
+    except urllib.error.HTTPError as e:
+        return False, f"HTTP {e.code}"
+    except (OSError, urllib.error.URLError, ValueError) as e:
+        return False, str(getattr(e, "reason", e))
+
+
+def redis_ping(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            reply = s.recv(64)
+        return reply.startswith(b"+PONG"), reply.decode(errors="replace").strip()
+    except OSError as e:
+        return False, f"{host}:{port} {e.strerror or e}"
+
+
+def postgres(conninfo: str, timeout: float = 2.0) -> tuple[bool, str]:
+    import psycopg
+
+    try:
+        with psycopg.connect(conninfo, connect_timeout=max(1, int(timeout))) as c:
+            v = c.execute("SHOW server_version").fetchone()[0]
+        return True, f"PostgreSQL {v}"
+    except psycopg.Error as e:
+        msg = str(e).strip().splitlines()
+        return False, msg[-1] if msg else type(e).__name__
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False

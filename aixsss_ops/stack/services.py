@@ -1,0 +1,160 @@
+"""What each service of the embedded stack is: its program, the ports it takes, how to tell it is ready."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aixsss_ops import sysbin
+from aixsss_ops.config import OpsConfig
+from aixsss_ops.fsutil import atomic_write
+from aixsss_ops.runtime.base import unit_name
+from aixsss_ops.runtime.supervisor import Program, envexec_argv
+from aixsss_ops.stack.layout import Layout
+from aixsss_ops.stack.postgres import Cluster
+
+
+@dataclass
+class ServiceDef:
+    service: str
+    color: str | None
+    program: Program
+    ports: dict[str, int]
+
+    @property
+    def unit(self) -> str:
+        return unit_name(self.service, self.color)
+
+
+def cluster(cfg: OpsConfig, layout: Layout) -> Cluster:
+    return Cluster(datadir=layout.pg_data, port=cfg.ports.postgres, host=cfg.host, os_user=cfg.postgres.os_user)
+
+
+def postgres(cfg: OpsConfig, layout: Layout) -> ServiceDef:
+    prog = Program(
+        "postgres",
+        cluster(cfg, layout).server_argv(),
+        user=cfg.postgres.os_user,
+        stopsignal="INT",
+        stopwaitsecs=60,
+        startsecs=2,
+    )
+    return ServiceDef("postgres", None, prog, {"postgres": cfg.ports.postgres})
+
+
+def redis(cfg: OpsConfig, layout: Layout) -> ServiceDef:
+    argv = [
+        sysbin.find("redis-server"),
+        "--bind",
+        cfg.host,
+        "--port",
+        str(cfg.ports.redis),
+        "--dir",
+        str(layout.redis_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory",
+        cfg.redis.maxmemory,
+        "--maxmemory-policy",
+        "noeviction",
+        "--save",
+        "3600 1 300 100 60 10000",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]
+    prog = Program("redis", argv, stopsignal="TERM", stopwaitsecs=30)
+    return ServiceDef("redis", None, prog, {"redis": cfg.ports.redis})
+
+
+def write_s3_identities(cfg: OpsConfig, layout: Layout) -> Path:
+    ident = {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": cfg.s3.access_key, "secretKey": cfg.s3.secret_key.get_secret_value()}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    atomic_write(layout.s3_identities, json.dumps(ident), mode=0o600)
+    return layout.s3_identities
+
+
+def s3(cfg: OpsConfig, layout: Layout) -> ServiceDef:
+    p = cfg.ports
+    argv = [
+        sysbin.find("weed"),
+        "server",
+        f"-dir={layout.s3_dir / 'data'}",
+        f"-ip={cfg.host}",
+        f"-ip.bind={cfg.host}",
+        f"-master.port={p.weed_master}",
+        f"-master.port.grpc={p.weed_master_grpc}",
+        f"-volume.port={p.weed_volume}",
+        f"-volume.port.grpc={p.weed_volume_grpc}",
+        f"-filer.port={p.weed_filer}",
+        f"-filer.port.grpc={p.weed_filer_grpc}",
+        "-s3",
+        f"-s3.port={p.s3}",
+        f"-s3.port.grpc={p.s3_grpc}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={layout.s3_identities}",
+        "-volume.preStopSeconds=0",
+        f"-master.volumeSizeLimitMB={cfg.s3.volume_size_limit_mb}",
+        "-volume.max=0",
+        "-metricsPort=0",
+    ]
+    prog = Program("s3", argv, stopsignal="TERM", stopwaitsecs=45, startsecs=2)
+    ports = {
+        "s3": p.s3,
+        "weed master": p.weed_master,
+        "weed master grpc": p.weed_master_grpc,
+        "weed volume": p.weed_volume,
+        "weed volume grpc": p.weed_volume_grpc,
+        "weed filer": p.weed_filer,
+        "weed filer grpc": p.weed_filer_grpc,
+        "s3 grpc": p.s3_grpc,
+    }
+    return ServiceDef("s3", None, prog, ports)
+
+
+def proxy(cfg: OpsConfig, layout: Layout) -> ServiceDef:
+    argv = [sysbin.find("nginx"), "-c", str(layout.nginx_conf), "-p", str(layout.nginx_dir), "-g", "daemon off;"]
+    prog = Program("proxy", argv, stopsignal="QUIT", stopwaitsecs=30)
+    return ServiceDef("proxy", None, prog, {"proxy": cfg.ports.proxy})
+
+
+def api_port(cfg: OpsConfig, color: str) -> int:
+    return cfg.ports.api_blue if color == "blue" else cfg.ports.api_green
+
+
+def _app_env(cfg: OpsConfig, color: str, version: str, source: Path) -> dict[str, str]:
+    return {"APP_COLOR": color, "APP_VERSION": version, "PYTHONPATH": str(source), "PYTHONUNBUFFERED": "1"}
+
+
+def api(cfg: OpsConfig, layout: Layout, color: str, source: Path, version: str) -> ServiceDef:
+    port = api_port(cfg, color)
+    overrides = {**_app_env(cfg, color, version, source), "PORT": str(port), "HOST": cfg.host}
+    argv = envexec_argv([layout.env_file("api")], overrides, [sys.executable, "-m", "api"])
+    prog = Program(unit_name("api", color), argv, directory=source, stopsignal="TERM", stopwaitsecs=30, startsecs=1)
+    return ServiceDef("api", color, prog, {f"api {color}": port})
+
+
+def worker(cfg: OpsConfig, layout: Layout, color: str, source: Path, version: str) -> ServiceDef:
+    argv = envexec_argv([layout.env_file("worker")], _app_env(cfg, color, version, source), [sys.executable, "-m", "worker"])
+    prog = Program(
+        unit_name("worker", color),
+        argv,
+        directory=source,
+        stopsignal="TERM",
+        stopwaitsecs=int(cfg.supervisor.stop_timeout),
+        startsecs=2,
+    )
+    return ServiceDef("worker", color, prog, {})
