@@ -149,3 +149,27 @@ def redis_server():
 def queue_name() -> str:
     """A queue name no other test uses (tests share one Redis)."""
     return f"q-{uuid.uuid4().hex[:10]}"
+
+
+PORT_KEYS = (
+    "postgres", "redis", "s3", "s3_grpc", "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
+    "weed_filer", "weed_filer_grpc", "proxy", "api_blue", "api_green",
+)
+
+
+def stack_config(root: Path, **sections: dict) -> Path:
+    """An ops.toml for a stack of its own under ``root``: every port free, the bundled app."""
+    lines = [f'state_dir = "{root / "state"}"', "", "[ports]"]
+    ports: set[int] = set()
+    for key in PORT_KEYS:
+        p = free_port()
+        while p in ports:
+            p = free_port()
+        ports.add(p)
+        lines.append(f"{key} = {p}")
+    lines += ["", "[app]", f'source = "{REPO / "app"}"']
+    for name, values in sections.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
+    path = root / "ops.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

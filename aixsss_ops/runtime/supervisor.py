@@ -176,7 +176,7 @@ class Supervisor:
     def info(self, name: str) -> dict | None:
         try:
             return self.rpc().supervisor.getProcessInfo(name)
-        except xmlrpc.client.Fault:
+        except (xmlrpc.client.Fault, OSError):
             return None
 
     def all_info(self) -> dict[str, dict]:

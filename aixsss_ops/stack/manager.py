@@ -124,10 +124,10 @@ class Stack:
             pg.init(self.cfg.postgres.superuser, secrets["postgres_superuser_password"])
             actions.append("initdb")
 
-        if self.sup.ensure_started():
-            actions.append("started supervisord")
         defs = self.all_defs()
         self._check_ports(defs)
+        if self.sup.ensure_started():
+            actions.append("started supervisord")
         for d in defs:
             self.sup.write_program(d.program)
         self._render_proxy(active)
@@ -208,6 +208,8 @@ class Stack:
         return list(result.applied)
 
     def _state(self, unit: str) -> str:
+        if not self.sup.sock.exists():
+            return "ABSENT"
         info = self.sup.info(unit)
         return info["statename"] if info else "ABSENT"
 

@@ -1,0 +1,3 @@
+from aixsss_ops.cli.main import run
+
+run()
