@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli import config_cmd, queue, stack
+from aixsss_ops.cli import config_cmd, migrate, queue, stack
 from aixsss_ops.cli.common import state
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(queue.app, name="queue")
+app.add_typer(migrate.app, name="migrate")
 
 
 def _version(value: bool) -> None:
