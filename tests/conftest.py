@@ -173,3 +173,63 @@ def stack_config(root: Path, **sections: dict) -> Path:
     path = root / "ops.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def target(self):
+        from aixsss_ops.s3 import S3Target
+
+        return S3Target(self.endpoint, self.access_key, self.secret_key)
+
+    def new_bucket(self, versioned: bool = False) -> str:
+        from minio.commonconfig import ENABLED
+        from minio.versioningconfig import VersioningConfig
+
+        name = f"b-{uuid.uuid4().hex[:12]}"
+        c = self.target().client()
+        c.make_bucket(name)
+        if versioned:
+            c.set_bucket_versioning(name, VersioningConfig(ENABLED))
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real SeaweedFS (`weed server -s3`) on free ports, the stack's own service definition."""
+    from aixsss_ops.config import load_config
+    from aixsss_ops.stack import probes, services
+    from aixsss_ops.stack.layout import Layout
+
+    root = state_tmpdir("aixsss-s3-")
+    cfg = load_config(stack_config(root))
+    layout = Layout(cfg.state)
+    (layout.s3_dir / "data").mkdir(parents=True)
+    services.write_s3_identities(cfg, layout)
+    proc = subprocess.Popen(services.s3(cfg, layout).program.argv, stdout=open(root / "weed.log", "wb"),
+                            stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{cfg.ports.s3}"
+    try:
+        deadline = time.monotonic() + 60
+        while not probes.http(endpoint + "/", expect_any_status=True)[0]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not start: {(root / 'weed.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        server = S3Server(endpoint, cfg.s3.access_key, cfg.s3.secret_key.get_secret_value())
+        deadline = time.monotonic() + 30
+        while True:  # the filer can lag the S3 port by a moment
+            try:
+                server.target().client().list_buckets()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield server
+    finally:
+        proc.kill()
+        proc.wait(30)
