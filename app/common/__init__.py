@@ -1,0 +1,1 @@
+"""What the bundled api and worker share: env loading, database and object-store access."""

@@ -1,0 +1,1 @@
+"""The bundled stand-in for the AIXSSS BullMQ worker (run ``python -m worker`` from the app folder)."""
