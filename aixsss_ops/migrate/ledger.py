@@ -143,7 +143,7 @@ def mark_applied(conn: psycopg.Connection, name: str, checksum: str) -> str:
     rid = new_id()
     conn.execute(
         "INSERT INTO _prisma_migrations (id, checksum, logs, started_at, finished_at, migration_name) "
-        "VALUES (%s, %s, '', now(), now(), %s)",
+        "VALUES (%s, %s, '', clock_timestamp(), clock_timestamp(), %s)",
         (rid, checksum, name),
     )
     return rid
