@@ -5,6 +5,7 @@ SeaweedFS comes from conftest's session fixture ``s3_server``: one instance serv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import uuid
 import httpx
 import psycopg
 import pytest
+from bullmq import Queue
 from minio import Minio
 
 from aixsss_ops import crypto
@@ -190,3 +192,28 @@ def test_invalid_env_is_one_line_and_exit_1(module):
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "API_KEY_ENCRYPTION_KEY" in lines[0] and "REDIS_URL" in lines[0] and "DATABASE_URL" in lines[0]
     assert secret not in done.stderr
+
+
+def test_a_cancelled_row_is_skipped(stack, database_url):
+    env, start, logs = stack
+    api = start("api")
+    start("worker")
+    with api_client(env, api) as http:
+        profile = http.post("/ai-profiles", json={"name": "p", "provider": "gemini", "apiKey": API_KEY}).json()
+    job_id = "ccancelled0000000000000001"
+    with parse_database_url(database_url).connect() as conn:
+        conn.execute('''INSERT INTO "AIJob" ("id", "teamId", "aiProfileId", "type", "status")
+                        VALUES (%s, %s, %s, 'llm_chat', 'cancelled')''', (job_id, profile["teamId"], profile["id"]))
+    asyncio.run(enqueue_directly(env, job_id))
+    poll(lambda: f"job {job_id} llm_chat skipped: cancelled" in "".join(p.read_text() for p in logs.glob("worker-*.log")),
+         timeout=30, what="the worker skipping the cancelled job")
+    row = db_row(database_url, 'SELECT "status", "startedAt", "result" FROM "AIJob" WHERE "id" = %s', job_id)
+    assert (row["status"], row["startedAt"], row["result"]) == ("cancelled", None, None)
+
+
+async def enqueue_directly(env: dict, job_id: str) -> None:
+    queue = Queue(env["AI_QUEUE_NAME"], {"connection": env["REDIS_URL"]})
+    try:
+        await queue.add("llm_chat", {}, {"jobId": job_id})
+    finally:
+        await queue.close()
