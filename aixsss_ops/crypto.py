@@ -9,7 +9,6 @@ so it is reproduced here rather than using Python's strict one.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 
@@ -93,7 +92,7 @@ def encrypt(plaintext: str, key: bytes) -> str:
 def _b64_part(text: str, name: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error, or non-ASCII text
         raise MalformedPayload(f"encrypted payload: the {name} part is not base64") from None
 
 

@@ -65,6 +65,7 @@ TRICKY_RAWS = [
     base64.b64encode(RANDOM_32).decode()[:43] + "B",  # leftover bits set in the last char
     "Schlüssel-mit-Umlauten-und-mehr-als-32-Zeichen",
     "密钥" * 20,
+    "passphrase with an undecodable byte \udcff as os.environ gives it",
     "Ł" * 44,  # UTF-16 units Node truncates to their low byte ('A')
     "QUJD\U0001F600" + base64.b64encode(RANDOM_32).decode(),  # the emoji's low surrogate ends in 0x3D ('=')
     "",
