@@ -76,6 +76,16 @@ class SupervisorSection(_Section):
     stop_timeout: float = Field(40.0, gt=0)
 
 
+class DeploySection(_Section):
+    health_interval: float = Field(0.5, gt=0, description="seconds between health checks of the new color")
+    health_threshold: int = Field(3, ge=1, description="consecutive 2xx answers the gate needs")
+    health_timeout: float = Field(60.0, gt=0, description="seconds the new color has to pass the gate")
+    warm_minutes: float = Field(30.0, ge=0, description="how long the previous color's api stays up for rollback")
+    lock_timeout: float = Field(60.0, ge=0, description="seconds a second deploy waits for the lock")
+    hooks_dir: Path = Path("hooks")
+    backup: bool = True
+
+
 class BackupSection(_Section):
     dir: Path = Path(".aixsss/backups")
 
@@ -95,6 +105,7 @@ class OpsConfig(BaseSettings):
     s3: S3Section = S3Section()
     app: AppSection = AppSection()
     supervisor: SupervisorSection = SupervisorSection()
+    deploy: DeploySection = DeploySection()
     backup: BackupSection = BackupSection()
 
     config_path: Path | None = Field(None, exclude=True)
@@ -137,6 +148,7 @@ class OpsConfig(BaseSettings):
         data["state_dir"] = str(self.state)
         data["app"]["source"] = str(self.app_source)
         data["backup"]["dir"] = str(self.backup_dir)
+        data["deploy"]["hooks_dir"] = str(self.resolve(self.deploy.hooks_dir))
         return data
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli import config_cmd, migrate, queue, stack
+from aixsss_ops.cli import config_cmd, deploy, migrate, queue, stack
 from aixsss_ops.cli.common import state
 
 app = typer.Typer(
@@ -18,6 +18,9 @@ app.add_typer(stack.app, name="stack")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(queue.app, name="queue")
 app.add_typer(migrate.app, name="migrate")
+app.add_typer(deploy.app, name="deploy")
+app.command("rollback", help="Alias of 'deploy rollback'.")(deploy.rollback)
+app.command("switch", help="Alias of 'deploy switch'.")(deploy.switch)
 
 
 def _version(value: bool) -> None:

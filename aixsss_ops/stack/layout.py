@@ -54,5 +54,9 @@ class Layout:
         return self.root / "secrets" / "stack.json"
 
     @property
-    def deploy_state(self) -> Path:
-        return self.root / "deploy" / "colors.json"
+    def deploy_dir(self) -> Path:
+        return self.root / "deploy"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from aixsss_ops import sysbin
 from aixsss_ops.config import OpsConfig
+from aixsss_ops.deploy import releases
+from aixsss_ops.deploy.state import DeployState, now_iso
 from aixsss_ops.errors import OpsError, UsageError
-from aixsss_ops.fsutil import atomic_write_json, read_json
 from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime.local import LocalRuntime
 from aixsss_ops.runtime.supervisor import Supervisor, tail
@@ -33,6 +34,7 @@ class ServiceReport:
     ports: dict[str, int] = field(default_factory=dict)
     pid: int | None = None
     uptime_s: int | None = None
+    role: str = "infra"  # infra, active (the live color) or idle (the other color: informational)
 
 
 @dataclass
@@ -45,7 +47,7 @@ class StackReport:
 
     @property
     def healthy(self) -> bool:
-        return bool(self.services) and all(s.healthy for s in self.services)
+        return bool(self.services) and all(s.healthy for s in self.services if s.role != "idle")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "healthy": self.healthy}
@@ -57,19 +59,16 @@ class Stack:
         self.layout = Layout(cfg.state)
         self.sup = Supervisor(self.layout.supervisor)
         self.runtime = LocalRuntime(self.sup, users={"postgres": cfg.postgres.os_user})
+        self.deploy_state = DeployState(self.layout.deploy_dir)
 
-    # -- deploy state (the active color and what each color runs); extended by deploy --
+    # -- what each color runs (see aixsss_ops.deploy) --
     def colors(self) -> dict:
-        state = read_json(self.layout.deploy_state)
+        """The deploy state; on the very first use, blue runs a release built from the configured app source."""
+        state = self.deploy_state.load()
         if not state:
-            state = {
-                "active": "blue",
-                "colors": {"blue": {"source": str(self.cfg.app_source), "version": self.cfg.app.version}},
-            }
+            release, _ = releases.build(self.cfg.app_source, self.cfg.app.version, self.layout.releases)
+            state = {"active": "blue", "colors": {"blue": color_spec(release)}}
         return state
-
-    def save_colors(self, state: dict) -> None:
-        atomic_write_json(self.layout.deploy_state, state)
 
     @property
     def url(self) -> str:
@@ -115,8 +114,8 @@ class Stack:
         envgen.write_env_files(self.cfg, lay)
         services.write_s3_identities(self.cfg, lay)
         colors = self.colors()
-        self.save_colors(colors)
-        active = colors["active"]
+        active = colors["active"] = self.live_color() or colors["active"]
+        self.deploy_state.save(colors)
 
         pg = services.cluster(self.cfg, lay)
         if not pg.initialized:
@@ -130,41 +129,41 @@ class Stack:
             actions.append("started supervisord")
         for d in defs:
             self.sup.write_program(d.program)
-        self._render_proxy(active)
+        self.render_proxy(active)
         changes = self.sup.apply()
         actions += [f"configured {n}" for n in changes["added"] + changes["changed"]]
 
         infra = [d for d in defs if d.service in ("postgres", "redis", "s3")]
         for d in infra:
-            if self._state(d.unit) != "RUNNING":
+            if self.unit_state(d.unit) != "RUNNING":
                 say(f"starting {d.unit}")
                 self.sup.start(d.unit)
                 actions.append(f"started {d.unit}")
-        self._wait(infra, say)
+        self.wait_ready(infra, say)
 
         created = ensure_role_and_database(
             self.admin_url(), self.cfg.postgres.database, self.cfg.postgres.user, secrets["postgres_app_password"]
         )
         actions += [f"created {c}" for c in created]
-        applied = self._migrate(say)
+        applied = self._migrate(Path(colors["colors"][active]["source"]) / "migrations", say)
         actions += [f"applied migration {m}" for m in applied]
         if ensure_bucket(self.s3_target(), self.cfg.s3.bucket):
             actions.append(f"created bucket {self.cfg.s3.bucket}")
 
         app = self.app_defs(active)
         for d in app:
-            if self._state(d.unit) != "RUNNING":
+            if self.unit_state(d.unit) != "RUNNING":
                 say(f"starting {d.unit}")
                 self.sup.start(d.unit)
                 actions.append(f"started {d.unit}")
-        self._wait(app, say)
+        self.wait_ready(app, say)
         proxy = next(d for d in defs if d.service == "proxy")
-        if self._state("proxy") != "RUNNING":
+        if self.unit_state("proxy") != "RUNNING":
             self.sup.start("proxy")
             actions.append("started proxy")
         elif "proxy" not in changes["added"]:
             self.runtime.signal("proxy", "HUP")
-        self._wait([proxy], say)
+        self.wait_ready([proxy], say)
         return self.status(actions)
 
     def _check_ports(self, defs: list[services.ServiceDef]) -> None:
@@ -175,7 +174,7 @@ class Stack:
                     raise UsageError(f"port {port} is configured for both {seen[port]} and {label}")
                 seen[port] = label
         for d in defs:
-            if self._state(d.unit) in ("RUNNING", "STARTING"):
+            if self.unit_state(d.unit) in ("RUNNING", "STARTING"):
                 continue
             for label, port in d.ports.items():
                 if not probes.port_free(self.cfg.host, port):
@@ -184,7 +183,8 @@ class Stack:
                         hint=f"stop what holds it, or change ports in {self.cfg.config_path or 'ops.toml'}",
                     )
 
-    def _render_proxy(self, color: str) -> None:
+    def render_proxy(self, color: str) -> None:
+        """Render the proxy config for ``color``; ``nginx -t`` must accept it before it replaces the old one."""
         spec = self.colors()["colors"][color]
         target = nginx.ProxyTarget(color, self.cfg.host, services.api_port(self.cfg, color), Path(spec["source"]) / "web")
         text = nginx.render(
@@ -196,24 +196,25 @@ class Stack:
         )
         nginx.write_config(self.layout.nginx_conf, text)
 
-    def _migrate(self, say: Progress) -> list[str]:
+    def app_database_url(self) -> str:
+        secret = envgen.stack_secrets(self.layout)["postgres_app_password"]
+        return envgen.database_url(self.cfg, self.cfg.postgres.user, secret)
+
+    def _migrate(self, migrations: Path, say: Progress) -> list[str]:
         from aixsss_ops.migrate import deploy
 
-        url = envgen.database_url(
-            self.cfg, self.cfg.postgres.user, envgen.stack_secrets(self.layout)["postgres_app_password"]
-        )
-        result = deploy(url, self.cfg.app_source / "migrations")
+        result = deploy(self.app_database_url(), migrations)
         if result.applied:
             say(f"applied {len(result.applied)} migration(s)")
         return list(result.applied)
 
-    def _state(self, unit: str) -> str:
+    def unit_state(self, unit: str) -> str:
         if not self.sup.sock.exists():
             return "ABSENT"
         info = self.sup.info(unit)
         return info["statename"] if info else "ABSENT"
 
-    def _probe(self, d: services.ServiceDef) -> tuple[bool, str]:
+    def probe(self, d: services.ServiceDef) -> tuple[bool, str]:
         c = self.cfg
         if d.service == "postgres":
             from aixsss_ops.dburl import parse_database_url
@@ -232,21 +233,21 @@ class Stack:
         if d.service == "api":
             ok, body = probes.api_health(f"http://{c.host}:{services.api_port(c, d.color)}/api/health")
             return ok, (f"version {body.get('version')}" if ok else f"/api/health: {body}")
-        state = self._state(d.unit)
+        state = self.unit_state(d.unit)
         return state == "RUNNING", state.lower()
 
-    def _wait(self, defs: list[services.ServiceDef], say: Progress) -> None:
+    def wait_ready(self, defs: list[services.ServiceDef], say: Progress) -> None:
         deadline = time.monotonic() + self.cfg.supervisor.start_timeout
         pending = list(defs)
         while pending:
             for d in list(pending):
-                state = self._state(d.unit)
+                state = self.unit_state(d.unit)
                 if state in _FAILED_STATES:
                     raise OpsError(
                         f"{d.unit} failed to start ({state})",
                         details=f"last lines of {self.sup.logfile(d.unit)}:\n{tail(self.sup.logfile(d.unit), 25)}",
                     )
-                if state == "RUNNING" and self._probe(d)[0]:
+                if state == "RUNNING" and self.probe(d)[0]:
                     pending.remove(d)
                     say(f"{d.unit} is ready")
             if not pending:
@@ -254,7 +255,7 @@ class Stack:
             if time.monotonic() > deadline:
                 d = pending[0]
                 raise OpsError(
-                    f"{d.unit} was not ready within {self.cfg.supervisor.start_timeout:.0f}s: {self._probe(d)[1]}",
+                    f"{d.unit} was not ready within {self.cfg.supervisor.start_timeout:.0f}s: {self.probe(d)[1]}",
                     details=f"last lines of {self.sup.logfile(d.unit)}:\n{tail(self.sup.logfile(d.unit), 25)}",
                 )
             time.sleep(0.2)
@@ -272,16 +273,16 @@ class Stack:
             for unit in group:
                 say(f"stopping {unit}")
                 self.sup.stop(unit, wait=False)
-            self._wait_stopped(group)
+            self.wait_stopped(group)
             actions += [f"stopped {u}" for u in group]
         self.sup.shutdown()
         actions.append("stopped supervisord")
         return StackReport(str(self.layout.root), self.url, None, [], actions)
 
-    def _wait_stopped(self, units: list[str]) -> None:
+    def wait_stopped(self, units: list[str]) -> None:
         deadline = time.monotonic() + self.cfg.supervisor.stop_timeout + 30
         while units and time.monotonic() < deadline:
-            if all(self._state(u) in ("STOPPED", "EXITED", "FATAL", "ABSENT") for u in units):
+            if all(self.unit_state(u) in ("STOPPED", "EXITED", "FATAL", "ABSENT") for u in units):
                 return
             time.sleep(0.2)
 
@@ -290,20 +291,37 @@ class Stack:
         colors = self.colors()
         units = {u.unit: u for u in self.runtime.status()} if self.sup.is_running() else {}
         reports = []
-        defs = self.infra_defs() + self.app_defs(colors["active"])
+        active = self.live_color() or colors["active"]
+        defs = self.infra_defs() + self.app_defs(active)
+        defs += [d for c in colors["colors"] if c != active for d in self.app_defs(c)]
         for d in defs:
             u = units.get(d.unit)
             state = u.state if u else ("ABSENT" if units else "STOPPED")
-            healthy, detail = (
-                self._probe(d) if state == "RUNNING" else (False, (u.description if u else "") or state.lower())
-            )
+            healthy, detail = self.probe(d) if state == "RUNNING" else (False, (u.description if u else "") or state.lower())
             reports.append(
-                ServiceReport(d.unit, state, healthy, detail, d.ports, u.pid if u else None, u.uptime_s if u else None)
+                ServiceReport(
+                    d.unit,
+                    state,
+                    healthy,
+                    detail,
+                    d.ports,
+                    u.pid if u else None,
+                    u.uptime_s if u else None,
+                    "infra" if d.color is None else ("active" if d.color == active else "idle"),
+                )
             )
-        return StackReport(str(self.layout.root), self.url, colors["active"], reports, actions or [])
+        return StackReport(str(self.layout.root), self.url, active, reports, actions or [])
+
+    def live_color(self) -> str | None:
+        """The color the proxy config sends traffic to (the truth, whatever colors.json says)."""
+        return nginx.active_color(self.layout.nginx_conf)
 
     def logs(self, unit: str, lines: int = 100) -> str:
         known = {d.unit for d in self.all_defs()}
         if unit not in known:
             raise UsageError(f"unknown service '{unit}'; one of: {', '.join(sorted(known))}")
         return tail(self.sup.logfile(unit), lines)
+
+
+def color_spec(release: releases.Release) -> dict:
+    return {"release": release.id, "source": str(release.path), "version": release.version, "since": now_iso()}

@@ -1,0 +1,168 @@
+"""`aixsss-ops deploy`: blue/green deploys, switch, rollback, status, release history, the lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from aixsss_ops.cli.common import handle_errors, state
+
+app = typer.Typer(
+    help="Blue/green deploy of a release: health gate, atomic proxy switch, warm rollback.",
+    invoke_without_command=True,
+)
+lock_app = typer.Typer(help="The deploy lock.", no_args_is_help=True)
+app.add_typer(lock_app, name="lock")
+
+
+def _deployer(ctx: typer.Context):
+    from aixsss_ops.deploy.engine import Deployer
+    from aixsss_ops.stack.manager import Stack
+
+    st = state(ctx)
+    return Deployer(Stack(st.config), say=st.out.info)
+
+
+def _show(st, res) -> None:
+    def human(_d):
+        if res.noop:
+            st.out.console.print(res.plan[0] if res.plan else "nothing to do")
+            return
+        if res.dry_run:
+            st.out.console.print(f"plan for {res.release} (nothing changed):")
+            for i, step in enumerate(res.plan, 1):
+                st.out.console.print(f"  {i}. {step}")
+        else:
+            st.out.console.print(
+                f"{res.release} is live on {res.color} (was {res.previous_color}); "
+                f"switch {res.switch_seconds}s, total {res.seconds}s"
+            )
+            if res.migrations_applied:
+                st.out.console.print(f"migrations applied: {', '.join(res.migrations_applied)}")
+        for w in res.warnings:
+            st.out.warn(w)
+
+    st.out.emit(res.to_dict(), human)
+
+
+@app.callback()
+@handle_errors
+def deploy(
+    ctx: typer.Context,
+    version: str = typer.Option(None, "--version", help="Release version (default: app.version in ops.toml)."),
+    source: Path = typer.Option(None, "--source", help="App source folder (default: app.source in ops.toml)."),
+    allow_destructive: bool = typer.Option(False, "--allow-destructive", help="Apply migrations lint flags."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
+) -> None:
+    """Build a release and deploy it to the idle color; switch the proxy once it is healthy."""
+    if ctx.invoked_subcommand:
+        return
+    st = state(ctx)
+    res = _deployer(ctx).deploy(version=version, source=source, allow_destructive=allow_destructive, dry_run=dry_run)
+    _show(st, res)
+
+
+@app.command("switch")
+@handle_errors
+def switch(ctx: typer.Context, color: str = typer.Argument(None, help="blue or green (default: the other one).")) -> None:
+    """Switch the proxy to a color by hand, through the same health gate."""
+    if color not in (None, "blue", "green"):
+        from aixsss_ops.errors import UsageError
+
+        raise UsageError(f"color must be blue or green, not {color!r}")
+    _show(state(ctx), _deployer(ctx).switch(color))
+
+
+@app.command("rollback")
+@handle_errors
+def rollback(
+    ctx: typer.Context,
+    to: str = typer.Option(None, "--to", help="Release id to go back to (default: the previous one)."),
+) -> None:
+    """Go back to the previous release: a proxy switch when its color is still warm, else a boot and a switch."""
+    _show(state(ctx), _deployer(ctx).rollback(to))
+
+
+@app.command("status")
+@handle_errors
+def status(ctx: typer.Context) -> None:
+    """Active color, release and health per color, proxy target, lock."""
+    st = state(ctx)
+    data = _deployer(ctx).status()
+
+    def human(d):
+        rows = []
+        for color, spec in d["colors"].items():
+            api, worker = spec["services"]["api"], spec["services"]["worker"]
+            rows.append(
+                (
+                    color + (" (live)" if color == d["active"] else ""),
+                    spec.get("release"),
+                    spec.get("status", ""),
+                    f"{api['state']}{' healthy' if api.get('healthy') else ''}",
+                    worker["state"],
+                    spec.get("warm_until", "") if color != d["active"] else "",
+                )
+            )
+        st.out.table("deploy", ["color", "release", "status", "api", "worker", "warm until"], rows)
+        st.out.console.print(f"proxy {d['proxy_url']} -> {d['proxy_target']}")
+        if not d["consistent"]:
+            st.out.warn(f"colors.json says {d['intended_active']} but the proxy serves {d['proxy_target']}")
+        lock = d["lock"]
+        st.out.console.print("lock: " + ("held by " + str(lock["holder"]) if lock["held"] else "free"))
+
+    st.out.emit(data, human)
+
+
+@app.command("releases")
+@handle_errors
+def releases_cmd(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1)) -> None:
+    """Release history: who, when, version, colors, migrations, backup, duration, outcome."""
+    st = state(ctx)
+    hist = _deployer(ctx).stack.deploy_state.history()[-limit:]
+    rows = [
+        (
+            h["at"],
+            h["action"],
+            h["release"],
+            f"{h.get('previous_color')} -> {h.get('color')}",
+            h["outcome"],
+            ", ".join(h.get("migrations_applied") or []),
+            h.get("backup_id") or "",
+            h.get("seconds"),
+        )
+        for h in hist
+    ]
+    st.out.emit(
+        hist,
+        lambda _d: st.out.table(
+            "releases", ["at", "action", "release", "colors", "outcome", "migrations", "backup", "seconds"], rows
+        ),
+    )
+
+
+@lock_app.command("status")
+@handle_errors
+def lock_status(ctx: typer.Context) -> None:
+    """Who holds the deploy lock."""
+    st = state(ctx)
+    info = _deployer(ctx).lock.info()
+    data = {"held": info.held, "holder": info.holder, "stale_note": info.stale_note}
+    st.out.emit(
+        data,
+        lambda d: st.out.console.print(
+            f"held by {d['holder']}"
+            if d["held"]
+            else "free" + (" (a note of a killed deploy remains)" if d["stale_note"] else "")
+        ),
+    )
+
+
+@lock_app.command("release")
+@handle_errors
+def lock_release(ctx: typer.Context) -> None:
+    """Clear the note a killed deploy left; refuses while a live deploy holds the lock."""
+    st = state(ctx)
+    cleared = _deployer(ctx).lock.clear_stale()
+    st.out.emit({"cleared": cleared}, lambda d: st.out.console.print("cleared a stale note" if cleared else "lock is free"))

@@ -1,0 +1,455 @@
+"""deploy, switch, rollback and status on top of the runtime protocol and the proxy.
+
+Every step before the proxy switch only touches the idle color, so any failure there leaves the
+live color serving; the idle color is torn down and the failing service's last log lines are returned.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aixsss_ops import envfile
+from aixsss_ops.deploy import releases
+from aixsss_ops.deploy.health import gate
+from aixsss_ops.deploy.lock import DeployLock
+from aixsss_ops.deploy.state import now_iso, other
+from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+from aixsss_ops.runtime.supervisor import tail
+from aixsss_ops.stack import probes, services
+from aixsss_ops.stack.manager import Stack, color_spec
+
+Progress = Callable[[str], None]
+
+
+class DeployFailed(OpsError):
+    """The new color did not make it; the live color was never touched."""
+
+
+@dataclass
+class DeployResult:
+    release: str
+    version: str
+    color: str | None
+    previous_color: str | None
+    noop: bool = False
+    dry_run: bool = False
+    plan: list[str] = field(default_factory=list)
+    migrations_applied: list[str] = field(default_factory=list)
+    backup_id: str | None = None
+    health_checks: int = 0
+    switch_seconds: float | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Deployer:
+    def __init__(self, stack: Stack, say: Progress | None = None):
+        self.stack = stack
+        self.cfg = stack.cfg
+        self.say = say or (lambda _m: None)
+        self.lock = DeployLock(stack.layout.deploy_dir)
+
+    # -- helpers --
+    def _api_url(self, color: str) -> str:
+        return f"http://{self.cfg.host}:{services.api_port(self.cfg, color)}"
+
+    def _stop_color(self, color: str) -> None:
+        for svc in ("worker", "api"):
+            self.stack.sup.stop(f"{svc}-{color}", wait=False)
+        self.stack.wait_stopped([f"worker-{color}", f"api-{color}"])
+
+    def _boot(self, color: str, release: releases.Release, state: dict) -> None:
+        """Stop whatever the idle color ran, then start api and worker of ``color`` from ``release``."""
+        self._stop_color(color)
+        state["colors"][color] = {**color_spec(release), "status": "booting"}
+        self.stack.deploy_state.save(state)
+        for d in self.stack.app_defs(color):
+            self.stack.sup.write_program(d.program)
+        self.stack.sup.apply()
+        for svc in ("api", "worker"):
+            self.stack.sup.start(f"{svc}-{color}")
+
+    def _gate(self, color: str) -> int:
+        d = self.cfg.deploy
+
+        def alive() -> str | None:
+            for unit in (f"api-{color}", f"worker-{color}"):
+                st = self.stack.unit_state(unit)
+                if st in ("FATAL", "BACKOFF", "EXITED", "STOPPED"):
+                    return f"{unit} is {st}"
+            return None
+
+        self.say(f"health gate on {color}: {d.health_threshold} consecutive 2xx within {d.health_timeout:.0f}s")
+        res = gate(
+            self._api_url(color),
+            threshold=d.health_threshold,
+            interval=d.health_interval,
+            timeout=d.health_timeout,
+            alive=alive,
+        )
+        if not res.ok:
+            raise DeployFailed(
+                f"the {color} color did not pass the health gate after {res.checks} checks "
+                f"({res.seconds:.1f}s): {res.last_error}",
+                details=self._failure_logs(color),
+            )
+        deadline = time.monotonic() + max(0.0, d.health_timeout - res.seconds)
+        while (worker_state := self.stack.unit_state(f"worker-{color}")) == "STARTING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if worker_state != "RUNNING":
+            raise DeployFailed(f"worker-{color} is {worker_state}", details=self._failure_logs(color))
+        return res.checks
+
+    def _failure_logs(self, color: str) -> str:
+        parts = []
+        for unit in (f"api-{color}", f"worker-{color}"):
+            text = tail(self.stack.sup.logfile(unit), 30)
+            if text:
+                parts.append(f"--- last lines of {unit} ---\n{text}")
+        return "\n".join(parts)
+
+    def _switch(self, color: str) -> float:
+        """Point the proxy at ``color``; returns seconds from the reload to the first answer from that color."""
+        self.say(f"switching the proxy to {color}")
+        self.stack.render_proxy(color)
+        t0 = time.monotonic()
+        if self.stack.unit_state("proxy") == "RUNNING":
+            self.stack.runtime.signal("proxy", "HUP")
+        deadline = t0 + 30
+        while time.monotonic() < deadline:
+            ok, body = probes.api_health(f"{self.stack.url}/api/health", timeout=1.0)
+            if ok and body.get("color") == color:
+                return round(time.monotonic() - t0, 3)
+            time.sleep(0.02)
+        raise OpsError(f"the proxy did not answer from {color} within 30s after the reload")
+
+    def _hooks(self, phase: str, env: dict[str, str]) -> list[str]:
+        folder = self.cfg.resolve(self.cfg.deploy.hooks_dir) / phase
+        if not folder.is_dir():
+            return []
+        ran = []
+        for hook in sorted(p for p in folder.iterdir() if p.is_file() and os.access(p, os.X_OK)):
+            self.say(f"{phase} hook {hook.name}")
+            r = subprocess.run([str(hook)], env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                raise DeployFailed(
+                    f"{phase} hook {hook.name} exited {r.returncode}", details=(r.stdout + r.stderr).strip()[-2000:]
+                )
+            ran.append(hook.name)
+        return ran
+
+    def _validate_env(self) -> None:
+        from aixsss_ops.contracts.env import load_service_env
+
+        for svc in ("api", "worker", "web"):
+            load_service_env(svc, envfile.read(self.stack.layout.env_file(svc)), bundled=svc != "web")
+
+    def _state(self) -> dict:
+        state = self.stack.colors()
+        state["active"] = self.stack.live_color() or state["active"]
+        return state
+
+    # -- deploy --
+    def deploy(
+        self,
+        *,
+        version: str | None = None,
+        source: Path | None = None,
+        allow_destructive: bool = False,
+        dry_run: bool = False,
+        actor: str = "cli",
+    ) -> DeployResult:
+        t0 = time.monotonic()
+        release, created = releases.build(
+            source or self.cfg.app_source, version or self.cfg.app.version, self.stack.layout.releases, dry_run=dry_run
+        )
+        if created:
+            self.say(f"built release {release.id}")
+        state = self._state()
+        live = state["active"]
+        target = other(live)
+        res = DeployResult(release.id, release.version, target, live, dry_run=dry_run)
+        if state["colors"].get(live, {}).get("release") == release.id and self.stack.unit_state(f"api-{live}") == "RUNNING":
+            res.noop, res.color = True, live
+            res.plan.append(f"release {release.id} is already live on {live}: nothing to do")
+            return res
+        res.plan = [
+            "take the deploy lock",
+            "validate the env of api, worker and web",
+            "run pre-deploy hooks",
+            *(["take a pre-deploy backup"] if self.cfg.deploy.backup and _backup_available() else []),
+            f"apply pending migrations from {release.id}",
+            f"boot api-{target} and worker-{target} from {release.id}",
+            f"health gate on {self._api_url(target)}",
+            f"switch the proxy from {live} to {target}",
+            f"stop worker-{live} gracefully; keep api-{live} warm for {self.cfg.deploy.warm_minutes:g} min",
+            "record the release, run post-deploy hooks, smoke check through the proxy",
+        ]
+        if dry_run:
+            from aixsss_ops.migrate import deploy as migrate_deploy
+
+            plan = migrate_deploy(
+                self.stack.app_database_url(), release.path / "migrations", dry_run=True, allow_destructive=allow_destructive
+            )
+            step = next(i for i, p in enumerate(res.plan) if p.startswith("apply pending migrations"))
+            res.plan[step] += f": {', '.join(plan.plan) or 'none pending'}"
+            res.warnings += [f"migration {f.migration}: {f.message}" for f in plan.findings] + plan.blockers
+            return res
+
+        with self.lock:
+            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "deploy", "version": release.id}, self.say)
+            state = self._state()
+            live, target = state["active"], other(state["active"])
+            res.color, res.previous_color = target, live
+            self._validate_env()
+            hook_env = {
+                "AIXSSS_RELEASE": release.id,
+                "AIXSSS_VERSION": release.version,
+                "AIXSSS_COLOR": target,
+                "AIXSSS_PREVIOUS_COLOR": live,
+                "AIXSSS_PREVIOUS_VERSION": state["colors"].get(live, {}).get("version", ""),
+            }
+            self._hooks("pre-deploy", hook_env)
+            res.backup_id = self._backup(release)
+            res.migrations_applied = self._migrate(release, allow_destructive)
+            self.say(f"booting {target} from {release.id}")
+            try:
+                self._boot(target, release, state)
+                res.health_checks = self._gate(target)
+            except BaseException:
+                self.say(f"tearing {target} down; {live} keeps serving")
+                self._stop_color(target)
+                state["colors"][target]["status"] = "failed"
+                self.stack.deploy_state.save(state)
+                self._record(res, "failed", t0, actor)
+                raise
+            res.switch_seconds = self._switch(target)
+            state["active"] = target
+            state["colors"][target]["status"] = "live"
+            state["colors"][live] = {
+                **state["colors"].get(live, {}),
+                "status": "warm",
+                "warm_until": _later(self.cfg.deploy.warm_minutes),
+            }
+            self.stack.deploy_state.save(state)
+            self.say(f"draining {live}: stopping worker-{live} (active jobs finish)")
+            self.stack.sup.stop(f"worker-{live}", wait=True)
+            if self.cfg.deploy.warm_minutes <= 0:
+                self.stack.sup.stop(f"api-{live}", wait=True)
+            self._record(res, "live", t0, actor)
+            try:
+                self._hooks("post-deploy", hook_env)
+                self._smoke(release)
+            except OpsError as e:
+                res.warnings.append(f"after the switch: {e.message}")
+        res.seconds = round(time.monotonic() - t0, 3)
+        return res
+
+    def _migrate(self, release: releases.Release, allow_destructive: bool) -> list[str]:
+        from aixsss_ops.migrate import deploy as migrate_deploy
+
+        self.say("applying pending migrations")
+        result = migrate_deploy(
+            self.stack.app_database_url(),
+            release.path / "migrations",
+            allow_destructive=allow_destructive,
+            progress=self.say,
+        )
+        return list(result.applied)
+
+    def _backup(self, release: releases.Release) -> str | None:
+        if not (self.cfg.deploy.backup and _backup_available()):
+            return None
+        from aixsss_ops.backup import create_for_stack
+
+        self.say("taking a pre-deploy backup")
+        return create_for_stack(self.stack, label=f"pre-deploy {release.id}").id
+
+    def _smoke(self, release: releases.Release) -> None:
+        ok, body = probes.api_health(f"{self.stack.url}/api/health")
+        if not ok or body.get("version") != release.version:
+            raise CheckFailed(f"smoke check through the proxy: expected version {release.version}, got {body}")
+
+    def _record(self, res: DeployResult, outcome: str, t0: float, actor: str) -> None:
+        self.stack.deploy_state.record(
+            {
+                "at": now_iso(),
+                "action": "deploy",
+                "release": res.release,
+                "version": res.version,
+                "color": res.color,
+                "previous_color": res.previous_color,
+                "outcome": outcome,
+                "actor": actor,
+                "migrations_applied": res.migrations_applied,
+                "backup_id": res.backup_id,
+                "seconds": round(time.monotonic() - t0, 3),
+            }
+        )
+
+    # -- switch / rollback --
+    def switch(self, color: str | None = None, actor: str = "cli") -> DeployResult:
+        state = self._state()
+        live = state["active"]
+        target = color or other(live)
+        if target not in state["colors"]:
+            raise UsageError(f"nothing was ever deployed to {target}")
+        spec = state["colors"][target]
+        res = DeployResult(spec["release"], spec["version"], target, live)
+        if target == live:
+            res.noop = True
+            res.plan.append(f"{live} is already live")
+            return res
+        t0 = time.monotonic()
+        with self.lock:
+            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "switch", "version": spec["release"]}, self.say)
+            self._ensure_running(target, state)
+            res.health_checks = self._gate(target)
+            res.switch_seconds = self._switch(target)
+            self._after_switch(state, target, live)
+            self._record(res, "live", t0, actor)
+        res.seconds = round(time.monotonic() - t0, 3)
+        return res
+
+    def rollback(self, to: str | None = None, actor: str = "cli") -> DeployResult:
+        state = self._state()
+        live = state["active"]
+        idle = other(live)
+        idle_spec = state["colors"].get(idle)
+        if to is None:
+            if not idle_spec or idle_spec.get("status") == "failed":
+                prev = next(
+                    (
+                        h
+                        for h in reversed(self.stack.deploy_state.history())
+                        if h["outcome"] == "live" and h["release"] != state["colors"][live]["release"]
+                    ),
+                    None,
+                )
+                if prev is None:
+                    raise UsageError("there is no previous release to roll back to")
+                to = prev["release"]
+            else:
+                to = idle_spec["release"]
+        release = releases.find(self.stack.layout.releases, to)
+        res = DeployResult(release.id, release.version, idle, live)
+        t0 = time.monotonic()
+        res.warnings += self._migrations_since(release.id)
+        with self.lock:
+            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "rollback", "version": release.id}, self.say)
+            warm = idle_spec and idle_spec.get("release") == release.id and self.stack.unit_state(f"api-{idle}") == "RUNNING"
+            if warm:
+                self.say(f"{idle} is warm with {release.id}: starting worker-{idle}")
+                self.stack.sup.start(f"worker-{idle}")
+                res.health_checks = self._quick_gate(idle)
+            else:
+                self.say(f"{idle} is cold: booting {release.id} on it")
+                try:
+                    self._boot(idle, release, state)
+                    res.health_checks = self._gate(idle)
+                except BaseException:
+                    self._stop_color(idle)
+                    raise
+            res.switch_seconds = self._switch(idle)
+            self._after_switch(state, idle, live)
+            self.stack.deploy_state.record(
+                {
+                    "at": now_iso(),
+                    "action": "rollback",
+                    "release": release.id,
+                    "version": release.version,
+                    "color": idle,
+                    "previous_color": live,
+                    "outcome": "live",
+                    "actor": actor,
+                    "warm": bool(warm),
+                    "migrations_applied": [],
+                    "backup_id": None,
+                    "seconds": round(time.monotonic() - t0, 3),
+                }
+            )
+        res.seconds = round(time.monotonic() - t0, 3)
+        return res
+
+    def _quick_gate(self, color: str) -> int:
+        res = gate(self._api_url(color), threshold=1, interval=0.05, timeout=self.cfg.deploy.health_timeout)
+        if not res.ok:
+            raise DeployFailed(f"the warm {color} api is not healthy: {res.last_error}", details=self._failure_logs(color))
+        return res.checks
+
+    def _ensure_running(self, color: str, state: dict) -> None:
+        for svc in ("api", "worker"):
+            if self.stack.unit_state(f"{svc}-{color}") != "RUNNING":
+                self.stack.sup.start(f"{svc}-{color}")
+
+    def _after_switch(self, state: dict, target: str, old: str) -> None:
+        state["active"] = target
+        state["colors"][target] = {**state["colors"][target], "status": "live"}
+        state["colors"][old] = {**state["colors"][old], "status": "warm", "warm_until": _later(self.cfg.deploy.warm_minutes)}
+        self.stack.deploy_state.save(state)
+        self.stack.sup.stop(f"worker-{old}", wait=True)
+
+    def _migrations_since(self, release_id: str) -> list[str]:
+        hist = self.stack.deploy_state.history()
+        idx = max((i for i, h in enumerate(hist) if h["release"] == release_id and h["outcome"] == "live"), default=None)
+        if idx is None:
+            return []
+        later = [m for h in hist[idx + 1 :] for m in h.get("migrations_applied", [])]
+        if not later:
+            return []
+        return [
+            f"migrations applied since {release_id} stay in the database: {', '.join(later)}; "
+            "if they are not backward compatible, restore the pre-deploy backup"
+        ]
+
+    # -- status --
+    def status(self) -> dict:
+        state = self._state()
+        intended = (self.stack.deploy_state.load() or {}).get("active")
+        units = {u.unit: u for u in self.stack.runtime.status()} if self.stack.sup.is_running() else {}
+        colors = {}
+        for color in ("blue", "green"):
+            spec = state["colors"].get(color)
+            if not spec:
+                continue
+            svc = {}
+            for name in ("api", "worker"):
+                u = units.get(f"{name}-{color}")
+                svc[name] = {
+                    "state": u.state if u else "ABSENT",
+                    "pid": u.pid if u else None,
+                    "uptime_s": u.uptime_s if u else None,
+                }
+            if svc["api"]["state"] == "RUNNING":
+                ok, body = probes.api_health(self._api_url(color) + "/api/health")
+                svc["api"]["healthy"] = ok
+            colors[color] = {**spec, "services": svc}
+        lock = self.lock.info()
+        return {
+            "active": state["active"],
+            "proxy_target": self.stack.live_color(),
+            "intended_active": intended,
+            "consistent": intended in (None, self.stack.live_color()),
+            "colors": colors,
+            "lock": {"held": lock.held, "holder": lock.holder, "stale_note": lock.stale_note},
+            "proxy_url": self.stack.url,
+        }
+
+
+def _later(minutes: float) -> str:
+    return (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat(timespec="seconds")
+
+
+def _backup_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("aixsss_ops.backup") is not None
