@@ -41,8 +41,10 @@ def _url(st: State, value: str | None) -> str:
 
 
 def _findings_table(st: State, findings) -> None:
-    st.out.table(None, ["migration", "line", "severity", "rule", "finding"],
-                 [(f.migration, f.line, f.severity, f.rule, f.message) for f in findings])
+    """One line per finding, compiler style (greppable, readable at any terminal width)."""
+    for f in findings:
+        st.out.console.print(f"{f.migration}/migration.sql:{f.line}: {f.severity}: [{f.rule}] {f.message}", markup=False)
+        st.out.console.print(f"    {f.statement}", markup=False)
 
 
 @app.command()

@@ -49,7 +49,7 @@ class DeployResult:
 
 
 def failed_hint(name: str, migrations_dir: Path) -> str:
-    return (f"fix the database, then run `aixsss-ops migrate resolve --rolled-back {name}` to apply it again, "
+    return (f"Fix the database, then run `aixsss-ops migrate resolve --rolled-back {name}` to apply it again, "
             f"or `aixsss-ops migrate resolve --applied {name} --migrations-dir {migrations_dir}` "
             "if you completed it by hand")
 

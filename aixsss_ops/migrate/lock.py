@@ -99,7 +99,7 @@ def acquire(conn: psycopg.Connection, timeout: float, on_wait: Callable[[str], N
             "wait for it, or raise --lock-timeout",
         ) from None
     finally:
-        conn.execute("SET lock_timeout = 0")
+        conn.execute("RESET lock_timeout")
     return time.monotonic() - start
 
 
