@@ -83,6 +83,11 @@ def stats_cmd(
     from rich.live import Live
 
     try:
+        if not st.out.console.is_terminal:  # a pipe or a log: print one snapshot per refresh
+            while True:
+                st.out.console.print(_stats_renderable(stats(t.redis_url, t.queue)))
+                st.out.console.file.flush()
+                time.sleep(watch)
         with Live(_stats_renderable(stats(t.redis_url, t.queue)), console=st.out.console, auto_refresh=False) as live:
             while True:
                 time.sleep(watch)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from tests.cli import run_cli
 from tests.conftest import free_port
 from tests.integration.queue_helpers import Holder, apoll, sync_redis
@@ -164,3 +166,30 @@ def test_failed_retry_and_clean_cli_confirm_and_dry_run(redis_server, queue_name
     assert res.code == 2
     res = q(redis_server, queue_name, "queue", "clean", "--state", "failed", "--older-than", "soon")
     assert res.code == 2
+
+
+@pytest.mark.timeout(60)
+def test_stats_watch_refreshes_until_interrupted(redis_server, queue_name):
+    import os
+    import re
+    import signal
+    import subprocess
+
+    from tests.cli import EXE
+
+    p = subprocess.Popen([EXE, "queue", "stats", "--redis-url", redis_server.url, "--queue", queue_name, "--watch", "0.2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        seen = 0
+        for line in p.stdout:
+            if line.startswith(f"queue {queue_name} at"):
+                seen += 1
+                if seen == 1:
+                    _add(redis_server.url, queue_name, 2)
+            if re.search(r"\bwaiting\b\W+2\b", line):
+                break  # a later snapshot shows the jobs added after the first
+        p.send_signal(signal.SIGINT)
+        assert p.wait(20) == 0 and seen >= 2
+    finally:
+        if p.poll() is None:
+            p.kill()
