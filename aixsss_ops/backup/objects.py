@@ -1,0 +1,333 @@
+"""Objects through S3 versioning: no object bytes are copied by a backup.
+
+A backup records, per key, the version that was current at the snapshot instant T (key, version id, size,
+ETag). A restore makes each recorded version current again by a server-side copy of that version id, and hides
+keys created after T behind delete markers. No version is ever deleted, so the restore itself can be undone.
+
+Stores give ``LastModified`` at a one-second resolution (SeaweedFS) or finer (MinIO, AWS). A version counts as
+"at or before T" when its last-modified time plus the store's resolution is <= T; the backup starts its
+snapshot just after a second boundary, so the window of doubt is a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from aixsss_ops.errors import CheckFailed, OpsError, ServiceUnavailable
+from aixsss_ops.s3 import S3Target
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+MAX_SKEW = 2.0
+
+
+@dataclass
+class Version:
+    key: str
+    version_id: str
+    last_modified: datetime
+    is_latest: bool
+    delete_marker: bool
+    etag: str | None = None
+    size: int | None = None
+
+
+def _s3_error(target: S3Target, e: Exception) -> OpsError:
+    from minio.error import S3Error
+
+    if isinstance(e, S3Error):
+        return OpsError(f"s3 at {target.endpoint}: {e.code}: {e.message}")
+    return ServiceUnavailable(f"s3 at {target.endpoint} is unreachable: {e}")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def list_versions(client, bucket: str, prefix: str = "") -> Iterator[Version]:
+    """Every version and delete marker, in the server's order (per key, newest first).
+
+    The SDK's ``list_objects(include_version=True)`` parses versions and delete markers into separate lists and
+    loses their relative order, which is what tells which one is newer when times tie; so the XML is read here.
+    """
+    key_marker = version_marker = None
+    while True:
+        q = {"versions": "", "max-keys": "1000"}
+        if prefix:
+            q["prefix"] = prefix
+        if key_marker is not None:
+            q["key-marker"] = key_marker
+            if version_marker:
+                q["version-id-marker"] = version_marker
+        # Minio._execute signs and sends the request with the client's retries and timeouts.
+        resp = client._execute("GET", bucket, query_params=q)
+        root = ET.fromstring(resp.data)
+        for el in root:
+            tag = el.tag.removeprefix(_NS)
+            if tag not in ("Version", "DeleteMarker"):
+                continue
+            size = el.findtext(f"{_NS}Size")
+            etag = el.findtext(f"{_NS}ETag")
+            yield Version(
+                key=el.findtext(f"{_NS}Key"),
+                version_id=el.findtext(f"{_NS}VersionId") or "null",
+                last_modified=_parse_time(el.findtext(f"{_NS}LastModified")),
+                is_latest=el.findtext(f"{_NS}IsLatest") == "true",
+                delete_marker=tag == "DeleteMarker",
+                etag=etag.strip('"') if etag else None,
+                size=int(size) if size is not None else None,
+            )
+        if root.findtext(f"{_NS}IsTruncated") != "true":
+            return
+        key_marker = root.findtext(f"{_NS}NextKeyMarker")
+        version_marker = root.findtext(f"{_NS}NextVersionIdMarker")
+        if not key_marker:
+            raise OpsError(f"s3: truncated version listing of {bucket} without a NextKeyMarker")
+
+
+def by_key(versions: list[Version]) -> dict[str, list[Version]]:
+    out: dict[str, list[Version]] = {}
+    for v in versions:
+        out.setdefault(v.key, []).append(v)
+    return out
+
+
+def resolution(versions: list[Version]) -> timedelta:
+    """The store's timestamp resolution: 1 s unless some time has a fractional part."""
+    if any(v.last_modified.microsecond for v in versions):
+        return timedelta(milliseconds=1)
+    return timedelta(seconds=1)
+
+
+def server_time(target: S3Target, timeout: float = 5.0) -> datetime:
+    """The S3 server's clock (HTTP ``Date``), from an unauthenticated HEAD of the endpoint."""
+    import urllib3
+
+    try:
+        r = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3.0, read=timeout), retries=False).request(
+            "HEAD", target.endpoint.rstrip("/") + "/")
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise ServiceUnavailable(f"s3 at {target.endpoint} is unreachable: {e}") from None
+    date = r.headers.get("Date")
+    if not date:
+        raise CheckFailed(f"s3 at {target.endpoint} sends no Date header: cannot check its clock")
+    return parsedate_to_datetime(date).astimezone(UTC)
+
+
+def check_clock(s3_now: datetime, pg_before: datetime, pg_after: datetime, max_skew: float = MAX_SKEW) -> float:
+    """Skew in seconds between the S3 clock (1 s resolution) and Postgres; CheckFailed beyond ``max_skew``."""
+    # Date is truncated to the second: the true S3 time was in [s3_now, s3_now + 1s).
+    lo = (s3_now - pg_after).total_seconds()
+    hi = (s3_now + timedelta(seconds=1) - pg_before).total_seconds()
+    skew = 0.0 if lo <= 0 <= hi else (lo if lo > 0 else hi)
+    if abs(skew) > max_skew:
+        raise CheckFailed(
+            f"the S3 server's clock and PostgreSQL's differ by {skew:+.1f}s (more than {max_skew:.0f}s): "
+            "one restore point for both needs synchronised clocks",
+            hint="run NTP (chrony/systemd-timesyncd) on both hosts",
+        )
+    return skew
+
+
+def ensure_versioning(target: S3Target, bucket: str) -> bool:
+    """Enable versioning on ``bucket``; True when it was not enabled before."""
+    from minio.commonconfig import ENABLED
+    from minio.versioningconfig import VersioningConfig
+
+    c = target.client()
+    try:
+        if c.get_bucket_versioning(bucket).status == ENABLED:
+            return False
+        c.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+        if c.get_bucket_versioning(bucket).status != ENABLED:
+            raise CheckFailed(f"s3 bucket {bucket}: versioning could not be enabled")
+        return True
+    except CheckFailed:
+        raise
+    except Exception as e:
+        raise _s3_error(target, e) from None
+
+
+def lifecycle_warnings(target: S3Target, bucket: str, required_days: int, add_days: int = 0) -> tuple[list[str], bool]:
+    """Check noncurrent-version expiry against the retention; add a rule when asked. (warnings, rule_added)."""
+    from minio.commonconfig import ENABLED, Filter
+    from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, Rule
+
+    c = target.client()
+    warnings: list[str] = []
+    try:
+        cfg = c.get_bucket_lifecycle(bucket)
+    except Exception as e:
+        return [f"cannot read the lifecycle of bucket {bucket}: {e}"], False
+    rules = list(cfg.rules) if cfg else []
+    for r in rules:
+        nve = r.noncurrent_version_expiration
+        days = getattr(nve, "noncurrent_days", None) if nve else None
+        if r.status == ENABLED and days is not None and days < required_days:
+            warnings.append(
+                f"bucket {bucket}: lifecycle rule '{r.rule_id}' expires noncurrent versions after {days} day(s), "
+                f"but the retention keeps backups up to {required_days} day(s): older backups would lose objects")
+    has_rule = any(r.noncurrent_version_expiration for r in rules)
+    if add_days and not has_rule:
+        if add_days < required_days:
+            warnings.append(f"backup.noncurrent_version_days = {add_days} is shorter than the retention "
+                            f"({required_days} days): no lifecycle rule added")
+            return warnings, False
+        rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="aixsss-ops-noncurrent-expiry",
+                    noncurrent_version_expiration=NoncurrentVersionExpiration(noncurrent_days=add_days))
+        try:
+            c.set_bucket_lifecycle(bucket, LifecycleConfig([*rules, rule]))
+        except Exception as e:
+            warnings.append(f"bucket {bucket}: could not add the noncurrent-version lifecycle rule: {e}")
+            return warnings, False
+        return warnings, True
+    return warnings, False
+
+
+@dataclass
+class ObjectSnapshot:
+    bucket: str
+    at: str
+    objects: list[dict[str, Any]] = field(default_factory=list)  # key, version_id, size, etag (sorted by key)
+    resolution_s: float = 1.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(json.dumps(self.objects, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
+def snapshot_at(versions: list[Version], bucket: str, at: datetime) -> ObjectSnapshot:
+    """Per key, the newest version whose time is <= ``at`` (absent when that one is a delete marker)."""
+    res = resolution(versions)
+    objects = []
+    for key, vs in by_key(versions).items():
+        chosen = next((v for v in vs if v.last_modified + res <= at), None)
+        if chosen is None or chosen.delete_marker:
+            continue
+        objects.append({"key": key, "version_id": chosen.version_id, "size": chosen.size, "etag": chosen.etag})
+    objects.sort(key=lambda o: o["key"])
+    return ObjectSnapshot(bucket, at.isoformat().replace("+00:00", "Z"), objects, res.total_seconds())
+
+
+def take_snapshot(target: S3Target, bucket: str, at: datetime) -> ObjectSnapshot:
+    try:
+        versions = list(list_versions(target.client(timeout=30), bucket))
+    except OpsError:
+        raise
+    except Exception as e:
+        raise _s3_error(target, e) from None
+    return snapshot_at(versions, bucket, at)
+
+
+# -- restore --
+
+@dataclass
+class ObjectPlan:
+    bucket: str
+    copy: list[dict[str, Any]] = field(default_factory=list)  # make this recorded version current again
+    hide: list[str] = field(default_factory=list)  # keys created after T: add a delete marker
+    unchanged: int = 0
+    missing: list[dict[str, Any]] = field(default_factory=list)  # recorded versions the store no longer has
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "copy": len(self.copy), "delete_marker": len(self.hide),
+                "unchanged": self.unchanged, "missing_versions": [f"{m['key']}@{m['version_id']}" for m in self.missing]}
+
+
+def plan_restore(target: S3Target, snapshot: dict[str, Any], bucket: str | None = None) -> ObjectPlan:
+    bucket = bucket or snapshot["bucket"]
+    try:
+        versions = list(list_versions(target.client(timeout=30), bucket))
+    except OpsError:
+        raise
+    except Exception as e:
+        raise _s3_error(target, e) from None
+    keys = by_key(versions)
+    have = {(v.key, v.version_id): v for v in versions if not v.delete_marker}
+    plan = ObjectPlan(bucket)
+    wanted = set()
+    for o in snapshot["objects"]:
+        wanted.add(o["key"])
+        if (o["key"], o["version_id"]) not in have:
+            plan.missing.append(o)
+            continue
+        current = keys[o["key"]][0]
+        if not current.delete_marker and (
+            current.version_id == o["version_id"] or (current.etag == o["etag"] and current.size == o["size"])
+        ):
+            plan.unchanged += 1
+        else:
+            plan.copy.append(o)
+    for key, vs in keys.items():
+        if key not in wanted and not vs[0].delete_marker:
+            plan.hide.append(key)
+    return plan
+
+
+def apply_restore(target: S3Target, plan: ObjectPlan, jobs: int = 8,
+                  on_done: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Server-side copies of the recorded versions and delete markers for newer keys; never deletes a version."""
+    from minio.commonconfig import CopySource
+
+    if plan.missing:
+        raise CheckFailed(f"{len(plan.missing)} recorded object version(s) no longer exist in {plan.bucket}, e.g. "
+                          + ", ".join(f"{m['key']}@{m['version_id']}" for m in plan.missing[:5]))
+    c = target.client(timeout=60)
+
+    def copy(o: dict[str, Any]) -> None:
+        c.copy_object(plan.bucket, o["key"], CopySource(plan.bucket, o["key"], version_id=o["version_id"]))
+
+    def hide(key: str) -> None:
+        c.remove_object(plan.bucket, key)  # no version id: a delete marker on a versioned bucket
+
+    tasks: list[tuple[Callable, Any]] = [(copy, o) for o in plan.copy] + [(hide, k) for k in plan.hide]
+    errors: list[str] = []
+
+    def run(task: tuple[Callable, Any]) -> None:
+        fn, arg = task
+        try:
+            fn(arg)
+        except Exception as e:
+            errors.append(f"{arg['key'] if isinstance(arg, dict) else arg}: {e}")
+        if on_done:
+            on_done(1)
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(run, tasks))
+    if errors:
+        raise OpsError(f"object restore: {len(errors)} of {len(tasks)} operation(s) failed, e.g. {errors[0]}",
+                       details="\n".join(errors[:50]),
+                       hint="the bucket holds a mix of restored and current objects; rerun the restore (it skips "
+                            "objects that already match)")
+    return {"copied": len(plan.copy), "delete_markers": len(plan.hide), "unchanged": plan.unchanged}
+
+
+def verify_versions(target: S3Target, snapshot: dict[str, Any]) -> list[str]:
+    """Every recorded version must still exist with its ETag and size; returns the mismatches."""
+    bucket = snapshot["bucket"]
+    try:
+        have = {(v.key, v.version_id): v for v in list_versions(target.client(timeout=30), bucket)
+                if not v.delete_marker}
+    except OpsError:
+        raise
+    except Exception as e:
+        raise _s3_error(target, e) from None
+    problems = []
+    for o in snapshot["objects"]:
+        v = have.get((o["key"], o["version_id"]))
+        if v is None:
+            problems.append(f"object {o['key']} version {o['version_id']} is missing from bucket {bucket}")
+        elif v.etag != o["etag"] or v.size != o["size"]:
+            problems.append(f"object {o['key']} version {o['version_id']}: ETag/size {v.etag}/{v.size} "
+                            f"differ from the recorded {o['etag']}/{o['size']}")
+    return problems

@@ -1,0 +1,251 @@
+"""Postgres through the standard tools: pg_dump (directory format, parallel, exported snapshot), pg_dumpall
+--globals-only, pg_restore; plus per-table row counts and checksums computed inside the dump's snapshot.
+
+Passwords travel in ``PGPASSWORD``, never on a command line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from aixsss_ops import sysbin
+from aixsss_ops.dburl import PgTarget, parse_database_url
+from aixsss_ops.errors import CheckFailed, OpsError
+
+# Session settings that make a row's text form (and so its checksum) the same on any server.
+STABLE_SETTINGS = (
+    "SET datestyle = 'ISO, YMD'",
+    "SET timezone = 'UTC'",
+    "SET intervalstyle = 'postgres'",
+    "SET extra_float_digits = 1",
+    "SET bytea_output = 'hex'",
+    "SET synchronize_seqscans = off",
+)
+_SYSTEM_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
+
+
+def conninfo_and_env(target: PgTarget, database: str | None = None) -> tuple[str, dict[str, str]]:
+    """A libpq URL without the password (for argv) and the environment carrying it."""
+    parts = urlsplit(target.conninfo)
+    env = {"PGCONNECT_TIMEOUT": "10"}
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username
+    netloc = f"{user}@{host}" if user else host
+    path = "/" + database if database else parts.path
+    return urlunsplit(parts._replace(netloc=netloc, path=path)), env
+
+
+def tool_major(program: str) -> tuple[str, int]:
+    path = sysbin.find(program)
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
+    if not m:
+        raise OpsError(f"cannot read the version of {path}: {out.strip()!r}")
+    return path, int(m.group(1))
+
+
+def check_versions(server_version_num: int, program: str = "pg_dump") -> tuple[str, int]:
+    """The tool's path; CheckFailed when it is older than the server (it would refuse, or dump badly)."""
+    path, major = tool_major(program)
+    server_major = server_version_num // 10000
+    if major < server_major:
+        raise CheckFailed(
+            f"{program} {major} ({path}) is older than the PostgreSQL {server_major} server; "
+            f"{program} must be >= the server's major version",
+            hint=f"install postgresql-client-{server_major} (or newer)",
+        )
+    return path, major
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed backup run takes its pg_dump with it
+
+
+def popen(argv: list[str], env: dict[str, str], stderr_path: Path) -> subprocess.Popen:
+    with stderr_path.open("wb") as err:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, **env}, preexec_fn=_die_with_parent)
+
+
+def run(argv: list[str], env: dict[str, str], what: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout,
+                           preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise OpsError(f"{what} did not finish within {timeout:.0f}s") from None
+    if r.returncode != 0:
+        raise OpsError(f"{what} failed (exit {r.returncode}): {last_error(r.stderr)}", details=r.stderr[-4000:])
+    return r
+
+
+def last_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    errs = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+    return (errs or lines or ["no message"])[-1]
+
+
+def dump_argv(pg_dump: str, conninfo: str, out_dir: Path, jobs: int, snapshot: str | None, compression: int) -> list[str]:
+    argv = [pg_dump, "--format=directory", f"--jobs={jobs}", f"--compress={compression}", f"--file={out_dir}",
+            "--no-password"]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    return [*argv, f"--dbname={conninfo}"]
+
+
+def dumpall_globals_argv(pg_dumpall: str, conninfo: str, out: Path, no_role_passwords: bool = False) -> list[str]:
+    argv = [pg_dumpall, "--globals-only", f"--file={out}", "--no-password"]
+    if no_role_passwords:
+        argv.append("--no-role-passwords")
+    return [*argv, f"--dbname={conninfo}"]
+
+
+def restore_argv(pg_restore: str, conninfo: str, dump_dir: Path, jobs: int) -> list[str]:
+    return [pg_restore, f"--jobs={jobs}", "--exit-on-error", "--no-password", f"--dbname={conninfo}", str(dump_dir)]
+
+
+def dump_globals(target: PgTarget, out: Path) -> str:
+    """``pg_dumpall --globals-only``; without superuser rights role passwords are left out (said in the result)."""
+    path = sysbin.find("pg_dumpall")
+    conninfo, env = conninfo_and_env(target)
+    try:
+        run(dumpall_globals_argv(path, conninfo, out), env, "pg_dumpall --globals-only", timeout=600)
+        return "complete"
+    except OpsError as e:
+        if "permission denied" not in (e.details or e.message):
+            raise
+    run(dumpall_globals_argv(path, conninfo, out, no_role_passwords=True), env, "pg_dumpall --globals-only",
+        timeout=600)
+    return "without role passwords (not a superuser)"
+
+
+# -- inside the snapshot --
+
+@dataclass
+class TableSum:
+    schema: str
+    table: str
+    rows: int
+    checksum: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def list_tables(conn) -> list[tuple[str, str]]:
+    return [tuple(r) for r in conn.execute(
+        f"SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind = 'r' AND {_SYSTEM_SCHEMAS} "
+        f"AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') ORDER BY 1, 2"
+    ).fetchall()]
+
+
+def table_sum(conn, schema: str, table: str) -> TableSum:
+    """Row count and an order-independent checksum: the sum of a 64-bit hash of each row's text form."""
+    from psycopg import sql
+
+    q = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW(r.*)::text, 0)), 0)::text FROM {}.{} AS r").format(
+        sql.Identifier(schema), sql.Identifier(table))
+    rows, checksum = conn.execute(q).fetchone()
+    return TableSum(schema, table, int(rows), checksum)
+
+
+def stable_session(conn) -> None:
+    for s in STABLE_SETTINGS:
+        conn.execute(s)
+
+
+def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
+               on_table: Callable[[TableSum], None] | None = None) -> dict[str, TableSum]:
+    """Checksums of every user table of ``target`` (optionally inside an exported snapshot), ``jobs`` at a time."""
+    with target.connect(autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if snapshot:
+            conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        tables = list_tables(conn)
+    out: dict[str, TableSum] = {}
+
+    def work(chunk: list[tuple[str, str]]) -> list[TableSum]:
+        res = []
+        with target.connect(autocommit=False) as c:
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if snapshot:
+                c.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            stable_session(c)
+            for s, t in chunk:
+                ts = table_sum(c, s, t)
+                res.append(ts)
+                if on_table:
+                    on_table(ts)
+        return res
+
+    jobs = max(1, min(jobs, len(tables)))
+    chunks = [tables[i::jobs] for i in range(jobs)]
+    with ThreadPoolExecutor(jobs) as pool:
+        for res in pool.map(work, chunks):
+            for ts in res:
+                out[ts.name] = ts
+    return out
+
+
+def applied_migrations(conn) -> list[str] | None:
+    """Names of the migrations recorded as applied in ``_prisma_migrations`` (None when there is no ledger)."""
+    if conn.execute("SELECT to_regclass('_prisma_migrations')").fetchone()[0] is None:
+        return None
+    return [r[0] for r in conn.execute(
+        "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL "
+        "ORDER BY migration_name").fetchall()]
+
+
+def admin_target(target: PgTarget) -> PgTarget:
+    """The same server and credentials on the maintenance database (for CREATE/RENAME DATABASE)."""
+    return target_for(target, "postgres")
+
+
+def database_exists(admin: PgTarget, name: str) -> bool:
+    with admin.connect() as c:
+        return c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def role_exists(admin: PgTarget, name: str) -> bool:
+    with admin.connect() as c:
+        return c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+
+
+def create_database(admin: PgTarget, name: str, owner: str | None) -> None:
+    from psycopg import sql
+
+    q = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(name))
+    if owner:
+        q = q + sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+    with admin.connect(timeout=10) as c:
+        c.execute(q)
+
+
+def drop_database(admin: PgTarget, name: str) -> None:
+    from psycopg import sql
+
+    with admin.connect(timeout=10) as c:
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                  (name,))
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def target_for(target: PgTarget, database: str) -> PgTarget:
+    parts = urlsplit(target.conninfo)
+    url = urlunsplit(parts._replace(path="/" + database))
+    if target.schema:
+        url += ("&" if parts.query else "?") + f"schema={target.schema}"
+    return parse_database_url(url)

@@ -1,0 +1,234 @@
+"""``backup restore``: a plan first, then the database by swap and the objects by version.
+
+Database: pg_restore (parallel) into a new scratch database, compared table by table with the manifest,
+provider keys re-encrypted when the key changed since the backup; only then, with the app stopped, one
+transaction renames the live database to ``<name>_pre_restore_<time>`` and the scratch one to ``<name>``.
+The live database is therefore either untouched or fully restored, and the previous one is kept for undo.
+
+Objects: each recorded version made current again by a server-side copy, keys created after the snapshot
+hidden by delete markers; versions are never deleted, objects that already match are skipped.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aixsss_ops.backup import manifest as mf
+from aixsss_ops.backup import objects, rekey
+from aixsss_ops.backup import postgres as pgb
+from aixsss_ops.backup.catalog import Catalog, Entry
+from aixsss_ops.backup.verify import check_files, compare_tables, materialize, read_objects, require_key, restore_database
+from aixsss_ops.dburl import PgTarget
+from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+
+
+@dataclass
+class RestorePlan:
+    backup_id: str
+    created_at: str
+    database: dict[str, Any] | None = None
+    objects: objects.ObjectPlan | None = None
+    keys: rekey.KeyPlan | None = None
+    newer_migrations: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backup": self.backup_id, "snapshot_at": self.created_at, "database": self.database,
+            "objects": self.objects.to_dict() if self.objects else None,
+            "keys": self.keys.to_dict() if self.keys else None, "newer_migrations": self.newer_migrations,
+            "steps": self.steps, "warnings": self.warnings,
+        }
+
+
+def migration_names(directory: Path) -> list[str] | None:
+    if not directory.is_dir():
+        return None
+    return sorted(p.name for p in directory.iterdir() if (p / "migration.sql").is_file())
+
+
+def plan_restore(
+    entry: Entry,
+    *,
+    pg: PgTarget | None,
+    s3: objects.S3Target | None,
+    db: bool = True,
+    objs: bool = True,
+    target_db: str | None = None,
+    migrations_dir: Path | None = None,
+    force: bool = False,
+    backup_key: bytes | None = None,
+    backup_key_env: str = "",
+    current_api_key: bytes | None = None,
+    old_api_key: bytes | None = None,
+    old_api_key_source: str | None = None,
+    env_hint: str = "the api env file",
+) -> RestorePlan:
+    m = entry.manifest
+    plan = RestorePlan(entry.id, m["created_at"])
+    problems = check_files(entry)
+    if problems:
+        raise CheckFailed(f"backup {entry.id} failed its checksums: {problems[0]}", details="\n".join(problems))
+    require_key(entry, backup_key, backup_key_env)
+    snap = read_objects(entry, backup_key) if objs else None
+    if db:
+        if pg is None:
+            raise UsageError("no database to restore into: pass --database-url, set DATABASE_URL, or run the stack")
+        if migrations_dir is not None and m.get("migrations") is not None:
+            known = migration_names(migrations_dir)
+            if known is not None:
+                plan.newer_migrations = [n for n in m["migrations"] if n not in set(known)]
+        if plan.newer_migrations and not force:
+            raise CheckFailed(
+                f"backup {entry.id} has a schema newer than this tool's migrations: "
+                + ", ".join(plan.newer_migrations[:5]) + (" …" if len(plan.newer_migrations) > 5 else ""),
+                hint="upgrade aixsss-ops/the app first, or pass --force to restore anyway")
+        plan.keys = rekey.plan_keys(m.get("api_key_fingerprint"), current_api_key, old_api_key, old_api_key_source,
+                                    env_hint)
+        name = target_db or pg.database
+        live = target_db is None
+        exists = pgb.database_exists(pgb.admin_target(pg), name)
+        if target_db and exists:
+            raise UsageError(f"--target-db {target_db} already exists; name a new database")
+        stamp = mf.utcnow().strftime("%Y%m%dT%H%M%SZ")
+        plan.database = {
+            "name": name, "live": live, "exists": exists, "server": pg.masked,
+            "scratch": f"{name[:40]}_restoring_{secrets.token_hex(3)}",
+            "previous": f"{name[:40]}_pre_restore_{stamp}" if exists else None,
+            "tables": len(m["tables"]), "rows": sum(t["rows"] for t in m["tables"].values()),
+        }
+        plan.steps.append(f"pg_restore backup {entry.id} into a new database {plan.database['scratch']}")
+        plan.steps.append("compare row counts and checksums of every table with the manifest")
+        if plan.keys.action == "rekey":
+            plan.steps.append(f"re-encrypt provider keys from key {plan.keys.backup_fingerprint} to "
+                              f"{plan.keys.current_fingerprint}")
+        elif plan.keys.action == "unknown":
+            plan.warnings.append("the backup records no API key fingerprint (or no current key is known): provider "
+                                 "keys are restored as they are")
+        if exists:
+            plan.steps.append(f"stop the api and worker; rename {name} -> {plan.database['previous']} (kept for undo) "
+                              f"and {plan.database['scratch']} -> {name} in one transaction")
+        else:
+            plan.steps.append(f"rename {plan.database['scratch']} -> {name}")
+    if snap is not None:
+        if s3 is None:
+            raise UsageError("the backup has an object manifest but no S3 store is configured (or pass --db-only)")
+        plan.objects = objects.plan_restore(s3, snap)
+        if plan.objects.missing:
+            raise CheckFailed(
+                f"{len(plan.objects.missing)} recorded object version(s) no longer exist in {plan.objects.bucket}: "
+                + ", ".join(f"{o['key']}@{o['version_id']}" for o in plan.objects.missing[:5]),
+                hint="a lifecycle rule or a manual delete removed them; restore with --db-only to skip objects")
+        p = plan.objects
+        plan.steps.append(f"objects in {p.bucket}: make {len(p.copy)} recorded version(s) current again (server-side "
+                          f"copy), add delete markers to {len(p.hide)} newer key(s), {p.unchanged} already match")
+    elif objs and m.get("objects") is None and not db:
+        raise UsageError(f"backup {entry.id} has no object manifest")
+    return plan
+
+
+@dataclass
+class RestoreResult:
+    plan: RestorePlan
+    database: dict[str, Any] | None = None
+    objects: dict[str, int] | None = None
+    keys: dict[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "database": self.database, "objects": self.objects, "keys": self.keys}
+
+
+def execute_restore(
+    catalog: Catalog,
+    entry: Entry,
+    plan: RestorePlan,
+    *,
+    pg: PgTarget | None,
+    s3: objects.S3Target | None,
+    jobs: int,
+    backup_key: bytes | None = None,
+    stop_app: Callable[[], list[str]] | None = None,
+    start_app: Callable[[list[str]], None] | None = None,
+    phase: Callable[[str], None] | None = None,
+) -> RestoreResult:
+    say = phase or (lambda _m: None)
+    res = RestoreResult(plan)
+    stopped: list[str] | None = None
+    try:
+        if plan.database is not None:
+            d = plan.database
+            admin = pgb.admin_target(pg)
+            work = catalog.root / f".restore-{entry.id}-{secrets.token_hex(3)}"
+            try:
+                dump_dir = materialize(entry, backup_key, work)
+                say(f"pg_restore into {d['scratch']}")
+                scratch = restore_database(entry, dump_dir, pg, d["scratch"], jobs)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            try:
+                say("comparing row counts and checksums with the manifest")
+                problems = compare_tables(entry.manifest["tables"], pgb.table_sums(scratch, jobs))
+                if problems:
+                    raise CheckFailed(f"the restored database differs from the backup: {problems[0]}",
+                                      details="\n".join(problems))
+                if plan.keys and plan.keys.action == "rekey":
+                    say("re-encrypting provider keys with the current key")
+                    res.keys = rekey.rekey_profiles(scratch, plan.keys.old_key, plan.keys.current_key)
+            except BaseException:
+                pgb.drop_database(admin, d["scratch"])
+                raise
+            if d["exists"] and d["live"] and stop_app is not None:
+                say("stopping the api and worker")
+                stopped = stop_app()
+            say(f"switching {d['name']} to the restored database")
+            _swap(admin, d)
+            res.database = {"name": d["name"], "previous": d["previous"], "tables": d["tables"], "rows": d["rows"]}
+        if plan.objects is not None:
+            if stopped is None and stop_app is not None and (plan.database is None or plan.database["live"]):
+                stopped = stop_app()
+            say(f"restoring objects in {plan.objects.bucket}")
+            res.objects = objects.apply_restore(s3, plan.objects, jobs=max(4, jobs * 4))
+    finally:
+        if stopped and start_app is not None:
+            say("starting the api and worker again")
+            start_app(stopped)
+    return res
+
+
+def _swap(admin: PgTarget, d: dict[str, Any], timeout: float = 15.0) -> None:
+    import time
+
+    import psycopg
+    from psycopg import sql
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with admin.connect(timeout=10, autocommit=True) as c:
+            if d["exists"]:
+                c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                          "AND pid <> pg_backend_pid()", (d["name"],))
+            try:
+                with c.transaction():  # both renames or neither
+                    if d["exists"]:
+                        c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(d["name"]), sql.Identifier(d["previous"])))
+                    c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(d["scratch"]), sql.Identifier(d["name"])))
+                return
+            except psycopg.errors.ObjectInUse as e:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                err = e
+            except psycopg.Error as e:
+                err = e
+        raise OpsError(
+            f"could not switch {d['name']} to the restored database: {str(err).strip().splitlines()[0]}",
+            hint=f"{d['name']} is unchanged; the restored copy is the database {d['scratch']} (rename it by hand, "
+                 "or drop it and rerun)")

@@ -1,0 +1,185 @@
+"""``backup verify``: every file against its SHA-256; with ``--restore``, a restore into a scratch database
+compared table by table (row count and checksum) with the manifest, and every recorded object version checked."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aixsss_ops.backup import crypt, objects
+from aixsss_ops.backup import manifest as mf
+from aixsss_ops.backup import postgres as pgb
+from aixsss_ops.backup.catalog import Catalog, Entry
+from aixsss_ops.dburl import PgTarget
+from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+
+
+def check_files(entry: Entry, on_file: Callable[[str], None] | None = None) -> list[str]:
+    """Mismatches of the stored files against the manifest (missing, altered, truncated, unexpected)."""
+    problems = []
+    files = entry.manifest["files"]
+    for rel, want in sorted(files.items()):
+        p = entry.path / rel
+        if not p.is_file():
+            problems.append(f"{rel}: missing")
+            continue
+        digest, size = mf.sha256_file(p)
+        if size != want["size"]:
+            problems.append(f"{rel}: size {size} differs from the recorded {want['size']} (truncated or altered)")
+        elif digest != want["sha256"]:
+            problems.append(f"{rel}: SHA-256 mismatch (altered)")
+        if on_file:
+            on_file(rel)
+    db_dir = entry.path / mf.DB_DIR
+    if db_dir.is_dir():
+        for p in sorted(db_dir.iterdir()):
+            rel = str(p.relative_to(entry.path))
+            if rel not in files:
+                problems.append(f"{rel}: not part of the backup (unexpected file)")
+    return problems
+
+
+def require_key(entry: Entry, key: bytes | None, env_name: str) -> bytes | None:
+    enc = entry.manifest.get("encryption")
+    if not enc:
+        return None
+    if key is None:
+        raise UsageError(f"backup {entry.id} is encrypted: set {env_name} to its key")
+    if crypt.key_fingerprint(key) != enc["key_fingerprint"]:
+        raise CheckFailed(f"wrong encryption key for backup {entry.id}: the key in {env_name} has fingerprint "
+                          f"{crypt.key_fingerprint(key)}, the backup was encrypted with {enc['key_fingerprint']}")
+    return key
+
+
+def materialize(entry: Entry, key: bytes | None, workdir: Path) -> Path:
+    """The dump directory pg_restore can read: the backup's own, or a decrypted copy under ``workdir``."""
+    if not entry.manifest.get("encryption"):
+        return entry.path / mf.DB_DIR
+    out = workdir / mf.DB_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in entry.manifest["files"]:
+        if rel.startswith(mf.DB_DIR + "/") and rel.endswith(".enc"):
+            crypt.decrypt_file(entry.path / rel, out / Path(rel).name[: -len(".enc")], key, name=rel)
+    return out
+
+
+def read_objects(entry: Entry, key: bytes | None) -> dict[str, Any] | None:
+    import json
+
+    if not entry.manifest.get("objects"):
+        return None
+    plain = entry.path / mf.OBJECTS
+    if entry.manifest.get("encryption"):
+        tmp = entry.path / f".objects-{secrets.token_hex(4)}.json"
+        try:
+            crypt.decrypt_file(entry.path / (mf.OBJECTS + ".enc"), tmp, key, name=mf.OBJECTS + ".enc")
+            data = json.loads(tmp.read_text())
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        data = json.loads(plain.read_text())
+    if objects.ObjectSnapshot(data["bucket"], data["at"], data["objects"]).checksum != entry.manifest["objects"]["checksum"]:
+        raise CheckFailed(f"{mf.OBJECTS}: object manifest checksum mismatch (altered)")
+    return data
+
+
+def compare_tables(expected: dict[str, dict], actual: dict[str, pgb.TableSum]) -> list[str]:
+    problems = []
+    for name, want in sorted(expected.items()):
+        got = actual.get(name)
+        if got is None:
+            problems.append(f"table {name}: missing after restore")
+        elif got.rows != want["rows"]:
+            problems.append(f"table {name}: {got.rows} rows after restore, {want['rows']} in the backup")
+        elif got.checksum != want["checksum"]:
+            problems.append(f"table {name}: checksum differs from the backup's ({got.rows} rows)")
+    for name in sorted(set(actual) - set(expected)):
+        problems.append(f"table {name}: present after restore but not in the backup")
+    return problems
+
+
+def restore_database(entry: Entry, dump_dir: Path, base: PgTarget, name: str, jobs: int) -> PgTarget:
+    """Create ``name`` (it must not exist) and pg_restore the dump into it; dropped again on failure."""
+    admin = pgb.admin_target(base)
+    if pgb.database_exists(admin, name):
+        raise UsageError(f"database {name} already exists")
+    owner = entry.manifest["database"].get("owner")
+    if owner and not pgb.role_exists(admin, owner):
+        owner = None
+    pg_restore, _ = pgb.tool_major("pg_restore")
+    pgb.create_database(admin, name, owner)
+    target = pgb.target_for(base, name)
+    conninfo, env = pgb.conninfo_and_env(target)
+    try:
+        pgb.run(pgb.restore_argv(pg_restore, conninfo, dump_dir, jobs), env, f"pg_restore into {name}")
+    except BaseException:
+        pgb.drop_database(admin, name)
+        raise
+    return target
+
+
+@dataclass
+class VerifyResult:
+    id: str
+    files_checked: int
+    problems: list[str] = field(default_factory=list)
+    restored: bool = False
+    tables_compared: int = 0
+    objects_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ok": self.ok, "files_checked": self.files_checked, "restored": self.restored,
+                "tables_compared": self.tables_compared, "objects_checked": self.objects_checked,
+                "problems": self.problems}
+
+
+def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env: str, restore: bool = False,
+                  pg: PgTarget | None = None, s3: objects.S3Target | None = None, jobs: int = 1,
+                  phase: Callable[[str], None] | None = None) -> VerifyResult:
+    say = phase or (lambda _m: None)
+    say("checking file checksums")
+    res = VerifyResult(entry.id, len(entry.manifest["files"]))
+    res.problems += check_files(entry)
+    if restore and not res.problems:
+        if pg is None:
+            raise UsageError("verify --restore needs a PostgreSQL server (--database-url or the embedded stack)")
+        key = require_key(entry, key, key_env)
+        work = catalog.root / f".verify-{entry.id}-{secrets.token_hex(3)}"
+        scratch = f"aixsss_verify_{secrets.token_hex(6)}"
+        try:
+            dump_dir = materialize(entry, key, work)
+            say(f"restoring into the scratch database {scratch}")
+            target = restore_database(entry, dump_dir, pg, scratch, jobs)
+            try:
+                say("comparing row counts and checksums")
+                sums = pgb.table_sums(target, jobs)
+                res.problems += compare_tables(entry.manifest["tables"], sums)
+                res.tables_compared = len(entry.manifest["tables"])
+            finally:
+                pgb.drop_database(pgb.admin_target(pg), scratch)
+        except CheckFailed as e:
+            res.problems.append(e.message)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        res.restored = True
+        snap = read_objects(entry, key) if entry.manifest.get("objects") else None
+        if snap is not None:
+            if s3 is None:
+                raise UsageError("verify --restore of a backup with objects needs the S3 store")
+            say("checking the recorded object versions")
+            res.problems += objects.verify_versions(s3, snap)
+            res.objects_checked = len(snap["objects"])
+    try:
+        catalog.update_meta(entry, verify={"at": mf.iso(mf.utcnow()), "ok": res.ok, "restore": restore,
+                                           "problems": res.problems[:20]})
+    except OSError as e:
+        raise OpsError(f"cannot record the verification of {entry.id}: {e.strerror}") from None
+    return res
