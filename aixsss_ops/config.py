@@ -88,6 +88,14 @@ class DeploySection(_Section):
 
 class BackupSection(_Section):
     dir: Path = Path(".aixsss/backups")
+    jobs: int = Field(0, ge=0, description="pg_dump/pg_restore parallel jobs; 0 = the number of cores")
+    compression: int = Field(1, ge=0, le=9, description="gzip level of the dump files (pg_dump --compress)")
+    encrypt: bool = False
+    encryption_key_env: str = Field("AIXSSS_BACKUP_ENCRYPTION_KEY", min_length=1)
+    keep_last: int = Field(7, ge=0)
+    keep_daily: int = Field(7, ge=0)
+    keep_weekly: int = Field(4, ge=0)
+    noncurrent_version_days: int = Field(0, ge=0, description="add a lifecycle rule expiring noncurrent versions; 0 = none")
 
 
 class OpsConfig(BaseSettings):

@@ -1,0 +1,431 @@
+"""`aixsss-ops backup`: one restore point for Postgres and the object store; list, verify, restore, prune.
+
+Thin: resolve the targets (flag, then the process environment, then the env files, then the embedded stack),
+confirm, call one domain function, render.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import suppress
+from urllib.parse import urlsplit
+
+import typer
+
+from aixsss_ops.cli.common import State, confirm, handle_errors, state
+
+app = typer.Typer(help="Backups: Postgres dumps + S3 object versions as one restore point; list, verify, restore, "
+                       "prune.", no_args_is_help=True)
+
+URL_HELP = "PostgreSQL URL (else $DATABASE_URL, else the embedded stack's superuser URL)."
+DatabaseUrl = typer.Option(None, "--database-url", help=URL_HELP, show_default=False)
+Jobs = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs for pg_dump/pg_restore (default: backup.jobs, "
+                                                      "0 = cores).", show_default=False)
+NoObjects = typer.Option(False, "--no-objects", help="Leave the object store out (database only).")
+
+
+# -- target resolution (connection precedence: flag, process env, env files, ops.toml/embedded stack) --
+
+def _api_env(st: State) -> dict[str, str]:
+    from aixsss_ops.migrate.settings import read_env_file
+
+    return read_env_file(st.config.state / "env" / "api.env")
+
+
+def _pg(st: State, flag: str | None):
+    from aixsss_ops.dburl import parse_database_url
+    from aixsss_ops.output import scrubber
+
+    url = flag or os.environ.get("DATABASE_URL")
+    if not url:
+        from aixsss_ops.stack.manager import Stack
+
+        url = Stack(st.config).admin_url(st.config.postgres.database)
+    with suppress(ValueError):
+        scrubber.add(urlsplit(url).password)
+    return parse_database_url(url)
+
+
+def _s3(st: State, with_objects: bool):
+    from aixsss_ops.output import scrubber
+    from aixsss_ops.s3 import S3Target
+
+    if not with_objects:
+        return None, None
+    env = os.environ
+    if env.get("S3_ENDPOINT"):
+        t = S3Target(env["S3_ENDPOINT"], env.get("S3_ACCESS_KEY", ""), env.get("S3_SECRET_KEY", ""),
+                     env.get("S3_REGION", st.config.s3.region))
+        bucket = env.get("S3_BUCKET") or st.config.s3.bucket
+    else:
+        from aixsss_ops.stack.manager import Stack
+
+        t, bucket = Stack(st.config).s3_target(), st.config.s3.bucket
+    scrubber.add(t.secret_key)
+    return t, bucket
+
+
+def _api_key(st: State, name: str = "API_KEY_ENCRYPTION_KEY") -> tuple[bytes | None, str | None]:
+    from aixsss_ops.crypto import derive_key
+    from aixsss_ops.output import scrubber
+
+    raw, source = os.environ.get(name), f"${name}"
+    if not raw:
+        raw, source = _api_env(st).get(name), f"{name} in {st.config.state / 'env' / 'api.env'}"
+    if not raw:
+        return None, None
+    scrubber.add(raw)
+    return derive_key(raw), source
+
+
+def _backup_key(st: State, required: bool) -> bytes | None:
+    from aixsss_ops.backup.crypt import load_key
+    from aixsss_ops.output import scrubber
+
+    name = st.config.backup.encryption_key_env
+    raw = os.environ.get(name)
+    if not raw and not required:
+        return None
+    scrubber.add(raw)
+    return load_key(raw, f"${name}")
+
+
+def _catalog(st: State):
+    from aixsss_ops.backup.catalog import Catalog
+
+    return Catalog(st.config.backup_dir)
+
+
+def _jobs(st: State, jobs: int | None) -> int:
+    from aixsss_ops.backup.create import cores
+
+    return jobs or st.config.backup.jobs or cores()
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _age(iso: str | None) -> str:
+    from aixsss_ops.backup.manifest import parse_iso, utcnow
+
+    if not iso:
+        return "-"
+    s = (utcnow() - parse_iso(iso)).total_seconds()
+    for unit, width in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= width:
+            return f"{s / width:.0f}{unit}"
+    return f"{s:.0f}s"
+
+
+class _Progress:
+    """Rich progress (bytes dumped, tables checksummed) on a TTY; phase lines otherwise."""
+
+    def __init__(self, st: State):
+        self.st = st
+        self.bar = None
+        if not st.out.json_mode and not st.out.quiet and sys.stderr.isatty():
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                                console=st.out.err, transient=True)
+            self.dump = self.bar.add_task("dump (compressed bytes / database size)", total=None)
+            self.tables = self.bar.add_task("tables checksummed", total=None)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def phase(self, message: str) -> None:
+        if self.bar:
+            self.bar.console.print(message, markup=False)
+        else:
+            self.st.out.info(message)
+
+    def dumped(self, nbytes: int, total: int | None) -> None:
+        if self.bar:
+            self.bar.update(self.dump, completed=nbytes, total=total)
+
+    def table(self, done: int, total: int, name: str) -> None:
+        if self.bar:
+            self.bar.update(self.tables, completed=done, total=total, description=f"tables checksummed ({name})")
+
+    def warn(self, message: str) -> None:
+        self.st.out.warn(message)
+
+
+@app.command()
+@handle_errors
+def create(
+    ctx: typer.Context,
+    label: str = typer.Option(None, "--label", "-l", help="A free-text label shown by `backup list`."),
+    keep: bool = typer.Option(False, "--keep", help="Mark the backup so that prune never deletes it."),
+    jobs: int = Jobs,
+    database_url: str = DatabaseUrl,
+    no_objects: bool = NoObjects,
+    encrypt: bool = typer.Option(None, "--encrypt/--no-encrypt", help="Override backup.encrypt.", show_default=False),
+) -> None:
+    """Take one restore point: pg_dump (directory, parallel) + globals + per-table checksums + the object manifest."""
+    from aixsss_ops.backup.create import CreateOptions, create_backup
+    from aixsss_ops.backup.prune import Policy
+
+    st = state(ctx)
+    cfg = st.config
+    b = cfg.backup
+    pg = _pg(st, database_url)
+    s3, bucket = _s3(st, not no_objects)
+    do_encrypt = b.encrypt if encrypt is None else encrypt
+    api_key, _ = _api_key(st)
+    app_info = {"version": cfg.app.version, "active_color": None}
+    with suppress(Exception):
+        from aixsss_ops.stack.manager import Stack
+
+        colors = Stack(cfg).colors()
+        active = colors.get("active")
+        app_info = {"active_color": active, "version": colors["colors"].get(active, {}).get("version")}
+    opts = CreateOptions(
+        label=label, jobs=_jobs(st, jobs), compression=b.compression,
+        encryption_key=_backup_key(st, required=True) if do_encrypt else None, api_key=api_key, app=app_info,
+        keep=keep, retention_days=Policy(b.keep_last, b.keep_daily, b.keep_weekly).horizon_days,
+        noncurrent_version_days=b.noncurrent_version_days,
+    )
+    with _Progress(st) as prog:
+        result = create_backup(_catalog(st), pg, s3, bucket, opts, prog)
+
+    def human(d):
+        c = st.out.console
+        c.print(f"backup {d['id']} complete: {d['tables']} tables, {d['rows']} rows, "
+                f"{'-' if d['objects'] is None else d['objects']} objects; dump {_size(d['dump_size'])} of a "
+                f"{_size(d['database_size'])} database in {d['duration_s']:.1f}s"
+                + (" (encrypted)" if d["encrypted"] else ""), markup=False)
+        c.print(f"snapshot at {d['created_at']}; stored in {d['path']}", markup=False)
+
+    st.out.emit(result.to_dict(), human)
+
+
+@app.command("list")
+@handle_errors
+def list_cmd(ctx: typer.Context) -> None:
+    """Backups ordered by snapshot time (oldest first): id, time, label, sizes, objects, status, age, last verified."""
+    st = state(ctx)
+    rows = [e.summary() for e in _catalog(st).entries()]
+
+    def human(data):
+        if not data:
+            st.out.info(f"no backups in {st.config.backup_dir}")
+            return
+        st.out.table(None, ["id", "time", "label", "db size", "dump", "objects", "status", "age", "verified"], [
+            (r["id"], r["created_at"] or "-", r["label"] or "", _size(r["database_size"]), _size(r["dump_size"]),
+             "-" if r["objects"] is None else r["objects"],
+             r["status"] + (" keep" if r["keep"] else "") + (" enc" if r["encrypted"] else ""),
+             _age(r["created_at"]),
+             "-" if not r["last_verified"] else f"{r['last_verified']} ({'ok' if r['last_verify_ok'] else 'FAILED'})")
+            for r in data])
+
+    st.out.emit(rows, human)
+
+
+@app.command()
+@handle_errors
+def verify(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(..., metavar="ID", help="Backup id (or 'latest')."),
+    restore: bool = typer.Option(False, "--restore", help="Also restore into a scratch database and compare every "
+                                                          "table; check every recorded object version."),
+    jobs: int = Jobs,
+    database_url: str = DatabaseUrl,
+    no_objects: bool = NoObjects,
+) -> None:
+    """Check every file's SHA-256; with --restore prove the backup restores. Exit 3 on any mismatch, naming it."""
+    from aixsss_ops.backup.verify import verify_backup
+
+    st = state(ctx)
+    cat = _catalog(st)
+    entry = cat.get(backup_id)
+    pg = _pg(st, database_url) if restore else None
+    s3 = _s3(st, restore and not no_objects and entry.manifest.get("objects") is not None)[0]
+    key = _backup_key(st, required=False) if entry.manifest.get("encryption") else None
+    res = verify_backup(cat, entry, key=key, key_env=st.config.backup.encryption_key_env, restore=restore, pg=pg,
+                        s3=s3, jobs=_jobs(st, jobs), phase=st.out.info)
+
+    def human(d):
+        for p in d["problems"]:
+            st.out.error(p)
+        if d["ok"]:
+            extra = (f"; restored and compared {d['tables_compared']} tables, {d['objects_checked']} object versions"
+                     if d["restored"] else "")
+            st.out.console.print(f"backup {d['id']}: {d['files_checked']} files ok{extra}", markup=False)
+
+    st.out.emit(res.to_dict(), human)
+    if not res.ok:
+        raise typer.Exit(3)
+
+
+@app.command()
+@handle_errors
+def keep(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(..., metavar="ID"),
+    unset: bool = typer.Option(False, "--unset", help="Remove the mark."),
+) -> None:
+    """Mark a backup so that prune never deletes it (or remove the mark)."""
+    st = state(ctx)
+    cat = _catalog(st)
+    entry = cat.get(backup_id)
+    cat.update_meta(entry, keep=not unset)
+    st.out.emit({"id": entry.id, "keep": not unset},
+                lambda d: st.out.console.print(f"backup {d['id']}: keep = {d['keep']}", markup=False))
+
+
+@app.command()
+@handle_errors
+def prune(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be deleted; delete nothing."),
+) -> None:
+    """Apply the retention policy (backup.keep_last/keep_daily/keep_weekly); incomplete backups never count."""
+    from aixsss_ops.backup.prune import Policy
+    from aixsss_ops.backup.prune import prune as run
+
+    st = state(ctx)
+    b = st.config.backup
+    policy = Policy(b.keep_last, b.keep_daily, b.keep_weekly)
+    cat = _catalog(st)
+    if not dry_run:
+        from aixsss_ops.backup.prune import plan_prune
+
+        preview = plan_prune(cat.entries(), policy)
+        if preview.delete:
+            confirm(st, f"delete {len(preview.delete)} backup(s): {', '.join(preview.delete)}?")
+    plan, cleaned = run(cat, policy, dry_run=dry_run)
+    data = {**plan.to_dict(), "dry_run": dry_run, "cleaned": cleaned}
+
+    def human(d):
+        c = st.out.console
+        for bid, why in d["keep"].items():
+            c.print(f"keep    {bid}  ({', '.join(why)})", markup=False)
+        for bid in d["delete"]:
+            c.print(f"{'would delete' if dry_run else 'deleted'} {bid}", markup=False)
+        for name in d["cleaned"] or d["incomplete_remains"]:
+            c.print(f"{'would remove' if dry_run else 'removed'} interrupted remains {name}", markup=False)
+
+    st.out.emit(data, human)
+
+
+def restore_command(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(..., metavar="ID", help="Backup id (or 'latest')."),
+    db_only: bool = typer.Option(False, "--db-only", help="Restore the database only."),
+    objects_only: bool = typer.Option(False, "--objects-only", help="Restore the objects only."),
+    target_db: str = typer.Option(None, "--target-db", metavar="NAME",
+                                  help="Restore into a new database NAME instead of the live one."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    force: bool = typer.Option(False, "--force", help="Restore even a backup whose schema is newer than the "
+                                                      "migrations this tool knows."),
+    old_key: str = typer.Option(None, "--old-key", envvar="AIXSSS_OPS_OLD_KEY", show_envvar=False,
+                                help="The API_KEY_ENCRYPTION_KEY in force when the backup was taken (else "
+                                     "API_KEY_ENCRYPTION_KEY_PREVIOUS)."),
+    jobs: int = Jobs,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Restore a backup: the database (pg_restore into a scratch database, compare, swap) and the objects
+    (recorded versions made current again). Prints the plan first; --dry-run stops there."""
+    from aixsss_ops.backup.restore import execute_restore, plan_restore
+    from aixsss_ops.crypto import derive_key
+    from aixsss_ops.errors import UsageError
+    from aixsss_ops.output import scrubber
+
+    st = state(ctx)
+    if db_only and objects_only:
+        raise UsageError("--db-only and --objects-only exclude each other")
+    cat = _catalog(st)
+    entry = cat.get(backup_id)
+    db, objs = not objects_only, not db_only and entry.manifest.get("objects") is not None
+    if objects_only and entry.manifest.get("objects") is None:
+        raise UsageError(f"backup {entry.id} has no object manifest")
+    pg = _pg(st, database_url) if db else None
+    s3 = _s3(st, objs)[0]
+    bkey = _backup_key(st, required=False) if entry.manifest.get("encryption") else None
+    current, _ = _api_key(st)
+    old, old_source = None, None
+    if old_key:
+        scrubber.add(old_key)
+        old, old_source = derive_key(old_key), "--old-key"
+    else:
+        old, old_source = _api_key(st, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
+    plan = plan_restore(
+        entry, pg=pg, s3=s3, db=db, objs=objs, target_db=target_db, migrations_dir=st.config.app_source / "migrations",
+        force=force, backup_key=bkey, backup_key_env=st.config.backup.encryption_key_env, current_api_key=current,
+        old_api_key=old, old_api_key_source=old_source, env_hint=str(st.config.state / "env" / "api.env"),
+    )
+    out = st.out
+    if not out.json_mode:
+        out.info(f"restore plan for backup {entry.id} (snapshot at {plan.created_at}):")
+        for i, step in enumerate(plan.steps, 1):
+            out.info(f"  {i}. {step}")
+        for w in plan.warnings:
+            out.warn(w)
+    if dry_run:
+        out.emit({"dry_run": True, "plan": plan.to_dict()}, lambda d: None)
+        return
+    live_db = plan.database is not None and plan.database["live"]
+    if live_db or plan.objects is not None:
+        what = []
+        if live_db:
+            what.append(f"replace the live database {plan.database['name']}")
+        if plan.objects is not None:
+            what.append(f"restore objects in bucket {plan.objects.bucket}")
+        confirm(st, f"{' and '.join(what)} with backup {entry.id}?")
+
+    stack = None
+    if database_url is None and not os.environ.get("DATABASE_URL"):
+        from aixsss_ops.stack.manager import Stack
+
+        stack = Stack(st.config)
+
+    def stop_app() -> list[tuple[str, str | None]]:
+        if stack is None or not stack.sup.is_running():
+            return []
+        units = [(u.service, u.color) for u in stack.runtime.status()
+                 if u.service in ("api", "worker") and u.state in ("RUNNING", "STARTING")]
+        for service, color in units:
+            stack.runtime.stop(service, color)
+        return units
+
+    def start_app(units) -> None:
+        for service, color in units:
+            stack.runtime.start(service, color)
+
+    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_jobs(st, jobs), backup_key=bkey, stop_app=stop_app,
+                          start_app=start_app, phase=out.info)
+
+    def human(d):
+        c = out.console
+        if d["database"]:
+            db_ = d["database"]
+            c.print(f"database {db_['name']} restored from backup {entry.id}: {db_['tables']} tables, {db_['rows']} "
+                    "rows, identical to the backup" + (f"; the previous database is kept as {db_['previous']}"
+                                                        if db_["previous"] else ""), markup=False)
+        if d["keys"]:
+            c.print(f"provider keys: {d['keys']['reencrypted']} value(s) re-encrypted with the current key", markup=False)
+        if d["objects"]:
+            o = d["objects"]
+            c.print(f"objects: {o['copied']} version(s) made current, {o['delete_markers']} delete marker(s), "
+                    f"{o['unchanged']} unchanged", markup=False)
+
+    out.emit(res.to_dict(), human)
+
+
+app.command("restore")(handle_errors(restore_command))
