@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -169,7 +170,7 @@ def stack_config(root: Path, **sections: dict) -> Path:
         lines.append(f"{key} = {p}")
     lines += ["", "[app]", f'source = "{REPO / "app"}"']
     for name, values in sections.items():
-        lines += ["", f"[{name}]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
+        lines += ["", f"[{name}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path = root / "ops.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -78,10 +78,12 @@ class ApiEnv(_BackendEnv):
     PORT: PositiveInt = 3001
     JWT_SECRET: Secret32
     CORS_ORIGIN: str | None = None
-    # bundled: the release label /api/health reports, and the bind address
+    # bundled: the release label /api/health reports, the bind address, and a unix socket the
+    # local proxy connects to (served in addition to HOST:PORT)
     APP_VERSION: NonEmpty = "dev"
     APP_COLOR: Literal["blue", "green"] = "blue"
     HOST: NonEmpty = "0.0.0.0"
+    API_SOCKET: Annotated[str, AfterValidator(_absolute_path)] | None = None
 
 
 class WorkerEnv(_BackendEnv):

@@ -20,6 +20,7 @@ from aixsss_ops.deploy.health import gate
 from aixsss_ops.deploy.lock import DeployLock
 from aixsss_ops.deploy.state import now_iso, other
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime.supervisor import tail
 from aixsss_ops.stack import probes, services
 from aixsss_ops.stack.manager import Stack, color_spec
@@ -75,6 +76,7 @@ class Deployer:
         for d in self.stack.app_defs(color):
             self.stack.sup.write_program(d.program)
         self.stack.sup.apply()
+        self.stack.prepare_proxy_color(color, release.path)
         for svc in ("api", "worker"):
             self.stack.sup.start(f"{svc}-{color}")
 
@@ -118,19 +120,17 @@ class Deployer:
         return "\n".join(parts)
 
     def _switch(self, color: str) -> float:
-        """Point the proxy at ``color``; returns seconds from the reload to the first answer from that color."""
+        """Point the proxy at ``color``; returns seconds from the switch to the first answer from that color."""
         self.say(f"switching the proxy to {color}")
-        self.stack.render_proxy(color)
         t0 = time.monotonic()
-        if self.stack.unit_state("proxy") == "RUNNING":
-            self.stack.runtime.signal("proxy", "HUP")
+        nginx.switch_live(self.stack.layout.nginx_dir, color)
         deadline = t0 + 30
         while time.monotonic() < deadline:
             ok, body = probes.api_health(f"{self.stack.url}/api/health", timeout=1.0)
             if ok and body.get("color") == color:
-                return round(time.monotonic() - t0, 3)
-            time.sleep(0.02)
-        raise OpsError(f"the proxy did not answer from {color} within 30s after the reload")
+                return round(time.monotonic() - t0, 4)
+            time.sleep(0.005)
+        raise OpsError(f"the proxy did not answer from {color} within 30s after the switch")
 
     def _hooks(self, phase: str, env: dict[str, str]) -> list[str]:
         folder = self.cfg.resolve(self.cfg.deploy.hooks_dir) / phase

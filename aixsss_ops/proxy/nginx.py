@@ -1,7 +1,11 @@
-"""nginx as the reverse proxy: ``/api`` to the active color's api, ``/`` to its web build.
+"""nginx as the reverse proxy: ``/api`` to the live color's api, ``/`` to its web build.
 
-Switching colors renders a new config, checks it with ``nginx -t`` and reloads gracefully (SIGHUP):
-old workers finish their in-flight requests while new ones take new connections.
+The config never names a color. It proxies to ``<proxy>/live/api.sock`` and serves ``<proxy>/live/web``,
+where ``live`` is a symlink to ``colors/<color>``. nginx resolves a unix socket path at every connect()
+and a root at every request, so a switch is one atomic ``rename(2)`` of that symlink: no reload, no
+worker restart, no keepalive connection closed under a client; requests in flight finish on the old
+color. The config is only re-rendered, checked (``nginx -t``) and gracefully reloaded (SIGHUP) when it
+changes (ports, paths), which ``stack up`` does.
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from aixsss_ops import sysbin
@@ -19,12 +22,34 @@ from aixsss_ops.fsutil import atomic_write
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
-@dataclass(frozen=True)
-class ProxyTarget:
-    color: str
-    api_host: str
-    api_port: int
-    web_root: Path
+def live_link(prefix: Path) -> Path:
+    return prefix / "live"
+
+
+def color_dir(prefix: Path, color: str) -> Path:
+    return prefix / "colors" / color
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def prepare_color(prefix: Path, color: str, api_socket: Path, web_root: Path) -> None:
+    """Point ``colors/<color>`` at that color's api socket and web build (done while the color is idle)."""
+    d = color_dir(prefix, color)
+    d.mkdir(parents=True, exist_ok=True)
+    _replace_symlink(d / "api.sock", str(api_socket))
+    _replace_symlink(d / "web", str(web_root))
+
+
+def switch_live(prefix: Path, color: str) -> None:
+    """Send new requests to ``color``: one atomic rename of the ``live`` symlink."""
+    if not color_dir(prefix, color).is_dir():
+        raise OpsError(f"the {color} color was never prepared for the proxy")
+    _replace_symlink(live_link(prefix), f"colors/{color}")
 
 
 def _worker_user() -> str | None:
@@ -39,10 +64,11 @@ def _worker_user() -> str | None:
     return None
 
 
-def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path, target: ProxyTarget) -> str:
+def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path) -> str:
     user = _worker_user()
     temp = "\n".join(f"    {d}_temp_path {prefix / 'tmp' / d};" for d in _TEMP_DIRS)
-    return f"""# rendered by aixsss-ops; active color: {target.color}
+    live = live_link(prefix)
+    return f"""# rendered by aixsss-ops; the live color is the target of the symlink {live}
 {f"user {user};" if user else ""}
 worker_processes 2;
 pid {prefix / "nginx.pid"};
@@ -72,32 +98,28 @@ http {{
     client_max_body_size 50m;
 
     upstream aixsss_api {{
-        # {target.color}
-        server {target.api_host}:{target.api_port} max_fails=0;
-        keepalive 64;
+        # no upstream keepalive: every request connects anew, so it follows the live symlink
+        server unix:{live}/api.sock max_fails=0;
     }}
 
     server {{
         listen {listen_host}:{listen_port};
-        add_header X-AIXSSS-Color {target.color} always;
 
         location = /api {{
             return 308 /api/;
         }}
         location /api/ {{
             proxy_pass http://aixsss_api;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Request-Id $request_id;
-            proxy_next_upstream error timeout http_502;
+            proxy_next_upstream error timeout;
             proxy_connect_timeout 5s;
             proxy_read_timeout 300s;
         }}
         location / {{
-            root {target.web_root};
+            root {live}/web;
             try_files $uri /index.html;
         }}
     }}
@@ -105,8 +127,10 @@ http {{
 """
 
 
-def write_config(conf: Path, text: str) -> None:
-    """Write the config after ``nginx -t`` accepted it; a rejected config leaves the old one in place."""
+def write_config(conf: Path, text: str) -> bool:
+    """Write the config after ``nginx -t`` accepted it (a rejected one leaves the old in place); True if changed."""
+    if conf.exists() and conf.read_text() == text:
+        return False
     prefix = conf.parent
     for d in _TEMP_DIRS:
         (prefix / "tmp" / d).mkdir(parents=True, exist_ok=True)
@@ -117,6 +141,7 @@ def write_config(conf: Path, text: str) -> None:
         os.replace(candidate, conf)
     finally:
         candidate.unlink(missing_ok=True)
+    return True
 
 
 def test_config(conf: Path, prefix: Path) -> None:
@@ -130,9 +155,8 @@ def test_config(conf: Path, prefix: Path) -> None:
         raise OpsError("nginx rejected the proxy config", details=r.stderr.strip())
 
 
-def active_color(conf: Path) -> str | None:
+def live_color(prefix: Path) -> str | None:
     try:
-        first = conf.read_text().splitlines()[0]
-    except (FileNotFoundError, IndexError):
+        return Path(os.readlink(live_link(prefix))).name
+    except (FileNotFoundError, OSError):
         return None
-    return first.rsplit(":", 1)[1].strip() if "active color:" in first else None

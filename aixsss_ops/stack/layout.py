@@ -43,6 +43,13 @@ class Layout:
         return self.root / "nginx" / "nginx.conf"
 
     @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def api_socket(self, color: str) -> Path:
+        return self.run_dir / f"api-{color}.sock"
+
+    @property
     def env_dir(self) -> Path:
         return self.root / "env"
 

@@ -129,7 +129,7 @@ class Stack:
             actions.append("started supervisord")
         for d in defs:
             self.sup.write_program(d.program)
-        self.render_proxy(active)
+        proxy_changed = self.configure_proxy(colors)
         changes = self.sup.apply()
         actions += [f"configured {n}" for n in changes["added"] + changes["changed"]]
 
@@ -161,8 +161,9 @@ class Stack:
         if self.unit_state("proxy") != "RUNNING":
             self.sup.start("proxy")
             actions.append("started proxy")
-        elif "proxy" not in changes["added"]:
+        elif proxy_changed:
             self.runtime.signal("proxy", "HUP")
+            actions.append("reloaded proxy")
         self.wait_ready([proxy], say)
         return self.status(actions)
 
@@ -183,18 +184,22 @@ class Stack:
                         hint=f"stop what holds it, or change ports in {self.cfg.config_path or 'ops.toml'}",
                     )
 
-    def render_proxy(self, color: str) -> None:
-        """Render the proxy config for ``color``; ``nginx -t`` must accept it before it replaces the old one."""
-        spec = self.colors()["colors"][color]
-        target = nginx.ProxyTarget(color, self.cfg.host, services.api_port(self.cfg, color), Path(spec["source"]) / "web")
-        text = nginx.render(
-            listen_host=self.cfg.host,
-            listen_port=self.cfg.ports.proxy,
-            prefix=self.layout.nginx_dir,
-            logs=self.layout.logs,
-            target=target,
-        )
-        nginx.write_config(self.layout.nginx_conf, text)
+    def configure_proxy(self, colors: dict) -> bool:
+        """Render the nginx config (``nginx -t`` first) and point each color's slot at its api and web build.
+
+        Returns True when the config changed and a running nginx needs a graceful reload."""
+        lay = self.layout
+        text = nginx.render(listen_host=self.cfg.host, listen_port=self.cfg.ports.proxy, prefix=lay.nginx_dir, logs=lay.logs)
+        changed = nginx.write_config(lay.nginx_conf, text)
+        for color, spec in colors["colors"].items():
+            self.prepare_proxy_color(color, Path(spec["source"]))
+        if nginx.live_color(lay.nginx_dir) is None:
+            nginx.switch_live(lay.nginx_dir, colors["active"])
+        return changed
+
+    def prepare_proxy_color(self, color: str, source: Path) -> None:
+        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        nginx.prepare_color(self.layout.nginx_dir, color, self.layout.api_socket(color), source / "web")
 
     def app_database_url(self) -> str:
         secret = envgen.stack_secrets(self.layout)["postgres_app_password"]
@@ -314,7 +319,7 @@ class Stack:
 
     def live_color(self) -> str | None:
         """The color the proxy config sends traffic to (the truth, whatever colors.json says)."""
-        return nginx.active_color(self.layout.nginx_conf)
+        return nginx.live_color(self.layout.nginx_dir)
 
     def logs(self, unit: str, lines: int = 100) -> str:
         known = {d.unit for d in self.all_defs()}

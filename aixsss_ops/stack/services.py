@@ -141,7 +141,12 @@ def _app_env(cfg: OpsConfig, color: str, version: str, source: Path) -> dict[str
 
 def api(cfg: OpsConfig, layout: Layout, color: str, source: Path, version: str) -> ServiceDef:
     port = api_port(cfg, color)
-    overrides = {**_app_env(cfg, color, version, source), "PORT": str(port), "HOST": cfg.host}
+    overrides = {
+        **_app_env(cfg, color, version, source),
+        "PORT": str(port),
+        "HOST": cfg.host,
+        "API_SOCKET": str(layout.api_socket(color)),
+    }
     argv = envexec_argv([layout.env_file("api")], overrides, [sys.executable, "-m", "api"])
     prog = Program(unit_name("api", color), argv, directory=source, stopsignal="TERM", stopwaitsecs=30, startsecs=1)
     return ServiceDef("api", color, prog, {f"api {color}": port})

@@ -1,5 +1,6 @@
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -25,7 +26,12 @@ def main() -> None:
     config = uvicorn.Config(
         app, host=env.HOST, port=env.PORT, timeout_graceful_shutdown=10, access_log=False,
     )
-    uvicorn.Server(config).run()
+    sockets = [config.bind_socket()]
+    if env.API_SOCKET:
+        config.uds = env.API_SOCKET
+        Path(env.API_SOCKET).unlink(missing_ok=True)
+        sockets.append(config.bind_socket())  # made 0666 by uvicorn, for the proxy's unprivileged workers
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 main()
