@@ -54,12 +54,15 @@ def deploy(
     source: Path = typer.Option(None, "--source", help="App source folder (default: app.source in ops.toml)."),
     allow_destructive: bool = typer.Option(False, "--allow-destructive", help="Apply migrations lint flags."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
+    force: bool = typer.Option(False, "--force", help="Redeploy even when this release is already live."),
 ) -> None:
     """Build a release and deploy it to the idle color; switch the proxy once it is healthy."""
     if ctx.invoked_subcommand:
         return
     st = state(ctx)
-    res = _deployer(ctx).deploy(version=version, source=source, allow_destructive=allow_destructive, dry_run=dry_run)
+    res = _deployer(ctx).deploy(
+        version=version, source=source, allow_destructive=allow_destructive, dry_run=dry_run, force=force
+    )
     _show(st, res)
 
 

@@ -166,8 +166,11 @@ class Deployer:
         source: Path | None = None,
         allow_destructive: bool = False,
         dry_run: bool = False,
+        force: bool = False,
         actor: str = "cli",
     ) -> DeployResult:
+        """Deploy a release to the idle color. ``force`` redeploys the live release too (a blue/green
+        restart, e.g. to pick up changed env files without a moment of downtime)."""
         t0 = time.monotonic()
         release, created = releases.build(
             source or self.cfg.app_source, version or self.cfg.app.version, self.stack.layout.releases, dry_run=dry_run
