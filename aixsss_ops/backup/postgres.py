@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -144,21 +143,34 @@ class TableSum:
         return f"{self.schema}.{self.table}"
 
 
-def list_tables(conn) -> list[tuple[str, str]]:
+def list_tables(conn, with_blocks: bool = False) -> list[tuple]:
+    """User tables (schema, name[, blocks]); extension-owned and system tables left out."""
+    blocks = ", pg_relation_size(c.oid) / current_setting('block_size')::int" if with_blocks else ""
     return [tuple(r) for r in conn.execute(
-        f"SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"SELECT n.nspname, c.relname{blocks} FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE c.relkind = 'r' AND {_SYSTEM_SCHEMAS} "
         f"AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') ORDER BY 1, 2"
     ).fetchall()]
 
 
-def table_sum(conn, schema: str, table: str) -> TableSum:
-    """Row count and an order-independent checksum: the sum of a 64-bit hash of each row's text form."""
+def _sum_query(schema: str, table: str, lo: int | None, hi: int | None):
+    """Row count and an order-independent checksum (sum of a 64-bit hash of each row's text form) of a block range."""
     from psycopg import sql
 
     q = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW(r.*)::text, 0)), 0)::text FROM {}.{} AS r").format(
         sql.Identifier(schema), sql.Identifier(table))
-    rows, checksum = conn.execute(q).fetchone()
+    conds = []
+    if lo:
+        conds.append(sql.SQL("r.ctid >= {}::tid").format(sql.Literal(f"({lo},0)")))
+    if hi is not None:
+        conds.append(sql.SQL("r.ctid < {}::tid").format(sql.Literal(f"({hi},0)")))
+    if conds:
+        q = q + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds)
+    return q
+
+
+def table_sum(conn, schema: str, table: str) -> TableSum:
+    rows, checksum = conn.execute(_sum_query(schema, table, None, None)).fetchone()
     return TableSum(schema, table, int(rows), checksum)
 
 
@@ -167,36 +179,70 @@ def stable_session(conn) -> None:
         conn.execute(s)
 
 
+def _begin(conn, snapshot: str | None) -> None:
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    if snapshot:
+        conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+
+
 def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
                on_table: Callable[[TableSum], None] | None = None) -> dict[str, TableSum]:
-    """Checksums of every user table of ``target`` (optionally inside an exported snapshot), ``jobs`` at a time."""
+    """Checksums of every user table of ``target`` (optionally inside an exported snapshot).
+
+    Large tables are split into block ranges (TID range scans) so that ``jobs`` connections share even one big
+    table; the sums of the ranges add up to exactly the sum over the whole table.
+    """
+    import queue
+    import threading
+
     with target.connect(autocommit=False) as conn:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        if snapshot:
-            conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-        tables = list_tables(conn)
+        _begin(conn, snapshot)
+        blocks = {(s, t): n for s, t, n in list_tables(conn, with_blocks=True)}
+    jobs = max(1, jobs)
+    per_chunk = max(2048, sum(blocks.values()) // (jobs * 4) + 1)
+    tasks: queue.Queue = queue.Queue()
+    pending: dict[tuple[str, str], int] = {}
+    for (s, t), n in sorted(blocks.items(), key=lambda kv: -kv[1]):
+        bounds = list(range(0, max(n, 1), per_chunk))
+        pending[(s, t)] = len(bounds)
+        for i, lo in enumerate(bounds):
+            tasks.put((s, t, lo, bounds[i + 1] if i + 1 < len(bounds) else None))
+    acc: dict[tuple[str, str], list[int]] = {k: [0, 0] for k in pending}
     out: dict[str, TableSum] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
 
-    def work(chunk: list[tuple[str, str]]) -> list[TableSum]:
-        res = []
-        with target.connect(autocommit=False) as c:
-            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            if snapshot:
-                c.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            stable_session(c)
-            for s, t in chunk:
-                ts = table_sum(c, s, t)
-                res.append(ts)
-                if on_table:
-                    on_table(ts)
-        return res
+    def worker() -> None:
+        try:
+            with target.connect(autocommit=False) as c:
+                _begin(c, snapshot)
+                stable_session(c)
+                while True:
+                    try:
+                        s, t, lo, hi = tasks.get_nowait()
+                    except queue.Empty:
+                        return
+                    rows, checksum = c.execute(_sum_query(s, t, lo, hi)).fetchone()
+                    with lock:
+                        a = acc[(s, t)]
+                        a[0] += int(rows)
+                        a[1] += int(checksum)
+                        pending[(s, t)] -= 1
+                        if pending[(s, t)] == 0:
+                            ts = TableSum(s, t, a[0], str(a[1]))
+                            out[ts.name] = ts
+                            if on_table:
+                                on_table(ts)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
 
-    jobs = max(1, min(jobs, len(tables)))
-    chunks = [tables[i::jobs] for i in range(jobs)]
-    with ThreadPoolExecutor(jobs) as pool:
-        for res in pool.map(work, chunks):
-            for ts in res:
-                out[ts.name] = ts
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, tasks.qsize() or 1))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
     return out
 
 

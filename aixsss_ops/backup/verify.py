@@ -18,22 +18,28 @@ from aixsss_ops.dburl import PgTarget
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
 
 
-def check_files(entry: Entry, on_file: Callable[[str], None] | None = None) -> list[str]:
+def check_files(entry: Entry, on_file: Callable[[str], None] | None = None, jobs: int = 4) -> list[str]:
     """Mismatches of the stored files against the manifest (missing, altered, truncated, unexpected)."""
-    problems = []
+    from concurrent.futures import ThreadPoolExecutor
+
     files = entry.manifest["files"]
-    for rel, want in sorted(files.items()):
+
+    def check(item: tuple[str, dict]) -> str | None:
+        rel, want = item
         p = entry.path / rel
         if not p.is_file():
-            problems.append(f"{rel}: missing")
-            continue
+            return f"{rel}: missing"
         digest, size = mf.sha256_file(p)
-        if size != want["size"]:
-            problems.append(f"{rel}: size {size} differs from the recorded {want['size']} (truncated or altered)")
-        elif digest != want["sha256"]:
-            problems.append(f"{rel}: SHA-256 mismatch (altered)")
         if on_file:
             on_file(rel)
+        if size != want["size"]:
+            return f"{rel}: size {size} differs from the recorded {want['size']} (truncated or altered)"
+        if digest != want["sha256"]:
+            return f"{rel}: SHA-256 mismatch (altered)"
+        return None
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:  # hashlib releases the GIL: files hash in parallel
+        problems = [p for p in pool.map(check, sorted(files.items())) if p]
     db_dir = entry.path / mf.DB_DIR
     if db_dir.is_dir():
         for p in sorted(db_dir.iterdir()):

@@ -282,3 +282,43 @@ def test_prune_keeps_what_the_policy_says(pg_server, s3_server):
     assert r.code == 0, r.output
     assert sorted(b["id"] for b in env.cli("--json", "backup", "list").json) == sorted([ids[0], ids[2], ids[3]])
     assert not (env.dir / ids[1]).exists()
+
+
+def test_lifecycle_rule_shorter_than_the_retention_is_warned_about(env):
+    from minio.commonconfig import ENABLED, Filter
+    from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, Rule
+
+    seed(env.url, rows=5)
+    seed_objects(env.client, env.bucket, n=2)
+    env.client.set_bucket_lifecycle(env.bucket, LifecycleConfig([Rule(
+        ENABLED, rule_filter=Filter(prefix=""), rule_id="short",
+        noncurrent_version_expiration=NoncurrentVersionExpiration(noncurrent_days=3))]))
+    r = env.cli("--json", "backup", "create")
+    assert r.code == 0, r.output
+    assert any("'short'" in w and "3 day(s)" in w for w in r.json["warnings"]), r.json
+
+
+def test_noncurrent_version_rule_is_added_when_configured(pg_server, s3_server):
+    env = Env(pg_server, s3_server, state_tmpdir("aixsss-bk-"), noncurrent_version_days=90)
+    seed(env.url, rows=5)
+    r = env.cli("--json", "backup", "create")
+    assert r.code == 0, r.output
+    assert any("lifecycle rule" in a for a in r.json["actions"])
+    rules = env.client.get_bucket_lifecycle(env.bucket).rules
+    assert [x.noncurrent_version_expiration.noncurrent_days for x in rules] == [90]
+
+
+def test_table_checksums_split_into_block_ranges_add_up_to_the_whole_table(database_url):
+    from aixsss_ops.backup import postgres as pgb
+    from aixsss_ops.dburl import parse_database_url
+
+    _big_table(database_url, 120_000)  # ~40 MB: several ranges of 2048 blocks
+    target = parse_database_url(database_url)
+    with target.connect() as c:
+        pgb.stable_session(c)
+        whole = pgb.table_sum(c, "public", "big")
+        c.execute("UPDATE big SET payload = 'x' WHERE id = 99999")
+        changed = pgb.table_sum(c, "public", "big")
+    split = pgb.table_sums(target, jobs=3)["public.big"]
+    assert (split.rows, split.checksum) == (changed.rows, changed.checksum)
+    assert changed.checksum != whole.checksum and changed.rows == whole.rows == 120_000
