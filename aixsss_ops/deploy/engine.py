@@ -181,7 +181,8 @@ class Deployer:
         live = state["active"]
         target = other(live)
         res = DeployResult(release.id, release.version, target, live, dry_run=dry_run)
-        if state["colors"].get(live, {}).get("release") == release.id and self.stack.unit_state(f"api-{live}") == "RUNNING":
+        if (not force and state["colors"].get(live, {}).get("release") == release.id
+                and self.stack.unit_state(f"api-{live}") == "RUNNING"):
             res.noop, res.color = True, live
             res.plan.append(f"release {release.id} is already live on {live}: nothing to do")
             return res
