@@ -20,8 +20,7 @@ from aixsss_ops.deploy.health import gate
 from aixsss_ops.deploy.lock import DeployLock
 from aixsss_ops.deploy.state import now_iso, other
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
-from aixsss_ops.proxy import nginx
-from aixsss_ops.runtime.supervisor import tail
+from aixsss_ops.runtime.base import FAILED_STATES, wait_stopped
 from aixsss_ops.stack import probes, services
 from aixsss_ops.stack.manager import Stack, color_spec
 
@@ -57,6 +56,7 @@ class Deployer:
         self.stack = stack
         self.cfg = stack.cfg
         self.say = say or (lambda _m: None)
+        self.rt = stack.runtime
         self.lock = DeployLock(stack.layout.deploy_dir)
 
     # -- helpers --
@@ -65,29 +65,27 @@ class Deployer:
 
     def _stop_color(self, color: str) -> None:
         for svc in ("worker", "api"):
-            self.stack.sup.stop(f"{svc}-{color}", wait=False)
-        self.stack.wait_stopped([f"worker-{color}", f"api-{color}"])
+            self.rt.stop(svc, color, wait=False)
+        wait_stopped(self.rt, [("worker", color), ("api", color)], self.cfg.supervisor.stop_timeout + 30)
 
     def _boot(self, color: str, release: releases.Release, state: dict) -> None:
         """Stop whatever the idle color ran, then start api and worker of ``color`` from ``release``."""
         self._stop_color(color)
         state["colors"][color] = {**color_spec(release), "status": "booting"}
         self.stack.deploy_state.save(state)
-        for d in self.stack.app_defs(color):
-            self.stack.sup.write_program(d.program)
-        self.stack.sup.apply()
-        self.stack.prepare_proxy_color(color, release.path)
+        self.rt.define_app(color, release.path, release.version)
+        self.rt.prepare_route(color, release.path)
         for svc in ("api", "worker"):
-            self.stack.sup.start(f"{svc}-{color}")
+            self.rt.start(svc, color)
 
     def _gate(self, color: str) -> int:
         d = self.cfg.deploy
 
         def alive() -> str | None:
-            for unit in (f"api-{color}", f"worker-{color}"):
-                st = self.stack.unit_state(unit)
-                if st in ("FATAL", "BACKOFF", "EXITED", "STOPPED"):
-                    return f"{unit} is {st}"
+            for svc in ("api", "worker"):
+                st = self.rt.state(svc, color)
+                if st in (*FAILED_STATES, "STOPPED"):
+                    return f"{svc}-{color} is {st}"
             return None
 
         self.say(f"health gate on {color}: {d.health_threshold} consecutive 2xx within {d.health_timeout:.0f}s")
@@ -105,7 +103,7 @@ class Deployer:
                 details=self._failure_logs(color),
             )
         deadline = time.monotonic() + max(0.0, d.health_timeout - res.seconds)
-        while (worker_state := self.stack.unit_state(f"worker-{color}")) == "STARTING" and time.monotonic() < deadline:
+        while (worker_state := self.rt.state("worker", color)) == "STARTING" and time.monotonic() < deadline:
             time.sleep(0.1)
         if worker_state != "RUNNING":
             raise DeployFailed(f"worker-{color} is {worker_state}", details=self._failure_logs(color))
@@ -113,17 +111,17 @@ class Deployer:
 
     def _failure_logs(self, color: str) -> str:
         parts = []
-        for unit in (f"api-{color}", f"worker-{color}"):
-            text = tail(self.stack.sup.logfile(unit), 30)
+        for svc in ("api", "worker"):
+            text = self.rt.logs(svc, color, 30)
             if text:
-                parts.append(f"--- last lines of {unit} ---\n{text}")
+                parts.append(f"--- last lines of {svc}-{color} ---\n{text}")
         return "\n".join(parts)
 
     def _switch(self, color: str) -> float:
         """Point the proxy at ``color``; returns seconds from the switch to the first answer from that color."""
         self.say(f"switching the proxy to {color}")
         t0 = time.monotonic()
-        nginx.switch_live(self.stack.layout.nginx_dir, color)
+        self.rt.route(color)
         deadline = t0 + 30
         while time.monotonic() < deadline:
             ok, body = probes.api_health(f"{self.stack.url}/api/health", timeout=1.0)
@@ -182,7 +180,7 @@ class Deployer:
         target = other(live)
         res = DeployResult(release.id, release.version, target, live, dry_run=dry_run)
         if (not force and state["colors"].get(live, {}).get("release") == release.id
-                and self.stack.unit_state(f"api-{live}") == "RUNNING"):
+                and self.rt.state("api", live) == "RUNNING"):
             res.noop, res.color = True, live
             res.plan.append(f"release {release.id} is already live on {live}: nothing to do")
             return res
@@ -246,9 +244,9 @@ class Deployer:
             }
             self.stack.deploy_state.save(state)
             self.say(f"draining {live}: stopping worker-{live} (active jobs finish)")
-            self.stack.sup.stop(f"worker-{live}", wait=True)
+            self.rt.stop("worker", live)
             if self.cfg.deploy.warm_minutes <= 0:
-                self.stack.sup.stop(f"api-{live}", wait=True)
+                self.rt.stop("api", live)
             self._record(res, "live", t0, actor)
             try:
                 self._hooks("post-deploy", hook_env)
@@ -350,10 +348,10 @@ class Deployer:
         res.warnings += self._migrations_since(release.id)
         with self.lock:
             self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "rollback", "version": release.id}, self.say)
-            warm = idle_spec and idle_spec.get("release") == release.id and self.stack.unit_state(f"api-{idle}") == "RUNNING"
+            warm = idle_spec and idle_spec.get("release") == release.id and self.rt.state("api", idle) == "RUNNING"
             if warm:
                 self.say(f"{idle} is warm with {release.id}: starting worker-{idle}")
-                self.stack.sup.start(f"worker-{idle}")
+                self.rt.start("worker", idle)
                 res.health_checks = self._quick_gate(idle)
             else:
                 self.say(f"{idle} is cold: booting {release.id} on it")
@@ -392,15 +390,15 @@ class Deployer:
 
     def _ensure_running(self, color: str, state: dict) -> None:
         for svc in ("api", "worker"):
-            if self.stack.unit_state(f"{svc}-{color}") != "RUNNING":
-                self.stack.sup.start(f"{svc}-{color}")
+            if self.rt.state(svc, color) != "RUNNING":
+                self.rt.start(svc, color)
 
     def _after_switch(self, state: dict, target: str, old: str) -> None:
         state["active"] = target
         state["colors"][target] = {**state["colors"][target], "status": "live"}
         state["colors"][old] = {**state["colors"][old], "status": "warm", "warm_until": _later(self.cfg.deploy.warm_minutes)}
         self.stack.deploy_state.save(state)
-        self.stack.sup.stop(f"worker-{old}", wait=True)
+        self.rt.stop("worker", old)
 
     def _migrations_since(self, release_id: str) -> list[str]:
         hist = self.stack.deploy_state.history()
@@ -419,7 +417,7 @@ class Deployer:
     def status(self) -> dict:
         state = self._state()
         intended = (self.stack.deploy_state.load() or {}).get("active")
-        units = {u.unit: u for u in self.stack.runtime.status()} if self.stack.sup.is_running() else {}
+        units = {u.unit: u for u in self.rt.status()}
         colors = {}
         for color in ("blue", "green"):
             spec = state["colors"].get(color)

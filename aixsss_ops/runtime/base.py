@@ -1,17 +1,22 @@
-"""The runtime protocol: how deploy, backup and doctor start, stop and inspect a service of a color.
+"""The runtime protocol: how stack, deploy, backup and doctor start, stop and inspect a service of a color.
 
-Two engines implement it: ``local`` (supervised processes) and, later, ``docker`` (Engine API).
+Two engines implement it: ``local`` (supervised processes, runtime/local.py) and ``docker`` (Engine API).
+Callers never reach past it to an engine's own mechanism.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 COLORS = ("blue", "green")
 INFRA = ("postgres", "redis", "s3", "proxy")
 APP = ("api", "worker")
+STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "ABSENT")
+FAILED_STATES = ("FATAL", "BACKOFF", "EXITED")
 
 
 def unit_name(service: str, color: str | None = None) -> str:
@@ -38,9 +43,15 @@ class UnitStatus:
 
 
 class Runtime(Protocol):
-    def start(self, service: str, color: str | None = None) -> None: ...
+    def define_app(self, color: str, source: Path, version: str) -> None:
+        """(Re)define api and worker of ``color`` to run the release at ``source``; starts nothing."""
 
-    def stop(self, service: str, color: str | None = None) -> None: ...
+    def start(self, service: str, color: str | None = None) -> None:
+        """Start without waiting; poll ``state`` for RUNNING."""
+
+    def stop(self, service: str, color: str | None = None, wait: bool = True) -> None: ...
+
+    def state(self, service: str, color: str | None = None) -> str: ...
 
     def signal(self, service: str, sig: str, color: str | None = None) -> None: ...
 
@@ -51,3 +62,20 @@ class Runtime(Protocol):
     ) -> subprocess.CompletedProcess: ...
 
     def logs(self, service: str, color: str | None = None, lines: int = 100) -> str: ...
+
+    def prepare_route(self, color: str, source: Path) -> None:
+        """Make ``color`` routable by the proxy (its api and the web build of ``source``) without routing to it."""
+
+    def route(self, color: str) -> None:
+        """Send every new proxied request to ``color``, atomically; requests in flight finish where they are."""
+
+    def routed_color(self) -> str | None: ...
+
+
+def wait_stopped(rt: Runtime, units: list[tuple[str, str | None]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(rt.state(s, c) in STOPPED_STATES for s, c in units):
+            return True
+        time.sleep(0.1)
+    return False

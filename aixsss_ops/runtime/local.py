@@ -1,4 +1,5 @@
-"""The local engine: every service is a program of the state directory's supervisord."""
+"""The local engine: every service is a program of the state directory's supervisord; the proxy routes
+to a color through the ``live`` symlink (see proxy/nginx.py)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,43 @@ import os
 import pwd
 import subprocess
 import time
+from pathlib import Path
 
+from aixsss_ops.config import OpsConfig
 from aixsss_ops.errors import OpsError
+from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime.base import APP, UnitStatus, unit_name
 from aixsss_ops.runtime.supervisor import Supervisor, tail
+from aixsss_ops.stack import services
+from aixsss_ops.stack.layout import Layout
 
 
 class LocalRuntime:
-    def __init__(self, supervisor: Supervisor, users: dict[str, str] | None = None):
+    def __init__(self, cfg: OpsConfig, layout: Layout, supervisor: Supervisor):
+        self.cfg = cfg
+        self.layout = layout
         self.sup = supervisor
-        self.users = users or {}
+        self.users = {"postgres": cfg.postgres.os_user}
+
+    def define_app(self, color: str, source: Path, version: str) -> None:
+        for d in (
+            services.api(self.cfg, self.layout, color, source, version),
+            services.worker(self.cfg, self.layout, color, source, version),
+        ):
+            self.sup.write_program(d.program)
+        self.sup.apply()
 
     def start(self, service: str, color: str | None = None) -> None:
         self.sup.start(unit_name(service, color))
 
-    def stop(self, service: str, color: str | None = None) -> None:
-        self.sup.stop(unit_name(service, color))
+    def stop(self, service: str, color: str | None = None, wait: bool = True) -> None:
+        self.sup.stop(unit_name(service, color), wait=wait)
+
+    def state(self, service: str, color: str | None = None) -> str:
+        if not self.sup.sock.exists():
+            return "ABSENT"
+        info = self.sup.info(unit_name(service, color))
+        return info["statename"] if info else "ABSENT"
 
     def signal(self, service: str, sig: str, color: str | None = None) -> None:
         self.sup.signal(unit_name(service, color), sig)
@@ -63,3 +85,13 @@ class LocalRuntime:
         if service in APP and color is None:
             raise OpsError(f"{service} runs per color: name one (blue or green)")
         return tail(self.sup.logfile(unit_name(service, color)), lines)
+
+    def prepare_route(self, color: str, source: Path) -> None:
+        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        nginx.prepare_color(self.layout.nginx_dir, color, self.layout.api_socket(color), source / "web")
+
+    def route(self, color: str) -> None:
+        nginx.switch_live(self.layout.nginx_dir, color)
+
+    def routed_color(self) -> str | None:
+        return nginx.live_color(self.layout.nginx_dir)

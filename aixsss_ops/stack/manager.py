@@ -58,7 +58,7 @@ class Stack:
         self.cfg = cfg
         self.layout = Layout(cfg.state)
         self.sup = Supervisor(self.layout.supervisor)
-        self.runtime = LocalRuntime(self.sup, users={"postgres": cfg.postgres.os_user})
+        self.runtime = LocalRuntime(cfg, self.layout, self.sup)
         self.deploy_state = DeployState(self.layout.deploy_dir)
 
     # -- what each color runs (see aixsss_ops.deploy) --
@@ -192,14 +192,10 @@ class Stack:
         text = nginx.render(listen_host=self.cfg.host, listen_port=self.cfg.ports.proxy, prefix=lay.nginx_dir, logs=lay.logs)
         changed = nginx.write_config(lay.nginx_conf, text)
         for color, spec in colors["colors"].items():
-            self.prepare_proxy_color(color, Path(spec["source"]))
-        if nginx.live_color(lay.nginx_dir) is None:
-            nginx.switch_live(lay.nginx_dir, colors["active"])
+            self.runtime.prepare_route(color, Path(spec["source"]))
+        if self.runtime.routed_color() is None:
+            self.runtime.route(colors["active"])
         return changed
-
-    def prepare_proxy_color(self, color: str, source: Path) -> None:
-        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
-        nginx.prepare_color(self.layout.nginx_dir, color, self.layout.api_socket(color), source / "web")
 
     def app_database_url(self) -> str:
         secret = envgen.stack_secrets(self.layout)["postgres_app_password"]
@@ -319,7 +315,7 @@ class Stack:
 
     def live_color(self) -> str | None:
         """The color the proxy config sends traffic to (the truth, whatever colors.json says)."""
-        return nginx.live_color(self.layout.nginx_dir)
+        return self.runtime.routed_color()
 
     def logs(self, unit: str, lines: int = 100) -> str:
         known = {d.unit for d in self.all_defs()}
