@@ -7,27 +7,16 @@ reads them from Redis and the services' env files and runs them all.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Literal
 
+from aixsss_ops.findings import Finding, Status
 from aixsss_ops.queue.conn import DEFAULT_QUEUE, DEFAULT_TIMEOUT, connect
 from aixsss_ops.queue.inspect import RECENT_WINDOW_S, QueueStats
 from aixsss_ops.queue.keys import DEFAULT_PREFIX
 
-Status = Literal["ok", "warn", "fail"]
 OLDEST_WAITING_THRESHOLD_S = 300.0
 FAILED_RISING_MIN = 5
 
-
-@dataclass
-class Finding:
-    check: str
-    status: Status
-    message: str
-    fix: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Finding", "Status", "queue_findings"]
 
 
 def check_maxmemory_policy(policy: str | None) -> Finding:
@@ -59,7 +48,7 @@ def check_queue_name_match(envs: Mapping[str, Mapping[str, str]]) -> Finding:
     if "api" not in envs or "worker" not in envs:
         missing = ", ".join(s for s in ("api", "worker") if s not in envs)
         return Finding(name, "warn", f"cannot compare queue names: no env file for {missing}",
-                       "render the env files with `aixsss-ops env render`")
+                       "write them with `aixsss-ops env init` (or `aixsss-ops stack up`)")
     api = envs["api"].get("AI_QUEUE_NAME") or DEFAULT_QUEUE
     worker = envs["worker"].get("AI_QUEUE_NAME") or DEFAULT_QUEUE
     if api != worker:
