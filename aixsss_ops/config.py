@@ -96,6 +96,8 @@ class BackupSection(_Section):
     keep_daily: int = Field(7, ge=0)
     keep_weekly: int = Field(4, ge=0)
     noncurrent_version_days: int = Field(0, ge=0, description="add a lifecycle rule expiring noncurrent versions; 0 = none")
+    rpo_hours: float = Field(24.0, gt=0, description="recovery point objective: doctor fails past it")
+    verify_max_age_days: float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
 
 
 class OpsConfig(BaseSettings):
