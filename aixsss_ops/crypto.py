@@ -9,6 +9,7 @@ so it is reproduced here rather than using Python's strict one.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 
@@ -91,26 +92,58 @@ def encrypt(plaintext: str, key: bytes) -> str:
 
 def _b64_part(text: str, name: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except ValueError:  # binascii.Error, or non-ASCII text
         raise MalformedPayload(f"encrypted payload: the {name} part is not base64") from None
 
 
-def decrypt(payload: str, key: bytes) -> str:
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+def split_payload(payload: str) -> tuple[bytes, bytes, bytes]:
+    """``(iv, tag, ciphertext)`` of a stored value; :class:`MalformedPayload` unless it has the exact shape."""
     parts = payload.split(".")
     if len(parts) != 3:
         raise MalformedPayload(f"encrypted payload must have 3 dot-separated parts, found {len(parts)}")
-    iv, tag, ciphertext = (_b64_part(text, name) for text, name in zip(parts, ("iv", "tag", "ciphertext"), strict=True))
+    iv, tag, ciphertext = (_b64_part(parts[0], "iv"), _b64_part(parts[1], "tag"), _b64_part(parts[2], "ciphertext"))
     if len(iv) != _IV_BYTES or len(tag) != _TAG_BYTES:
         raise MalformedPayload(
             f"encrypted payload needs a {_IV_BYTES}-byte iv and a {_TAG_BYTES}-byte tag, "
             f"found {len(iv)} and {len(tag)} bytes"
         )
-    try:
-        plain = AESGCM(key).decrypt(iv, ciphertext + tag, None)
-    except InvalidTag:
-        raise WrongKey("authentication tag mismatch: encrypted with another key, or altered") from None
-    return plain.decode("utf-8", "replace")
+    return iv, tag, ciphertext
+
+
+class KeyCipher:
+    """One derived key, ready for many values (the AES context is built once; for bulk work such as rotation).
+
+    ``open`` returns the plaintext bytes exactly as stored (no UTF-8 round trip), ``seal`` writes the payload.
+    """
+
+    __slots__ = ("_aead", "_invalid_tag", "fingerprint")
+
+    def __init__(self, key: bytes):
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._aead = AESGCM(key)
+        self._invalid_tag = InvalidTag
+        self.fingerprint = fingerprint(key)
+
+    def __repr__(self) -> str:
+        return f"KeyCipher(fingerprint={self.fingerprint})"
+
+    def open(self, payload: str) -> bytes:
+        iv, tag, ciphertext = split_payload(payload)
+        try:
+            return self._aead.decrypt(iv, ciphertext + tag, None)
+        except self._invalid_tag:
+            raise WrongKey("authentication tag mismatch: encrypted with another key, or altered") from None
+
+    def seal(self, plaintext: bytes) -> str:
+        iv = os.urandom(_IV_BYTES)
+        sealed = self._aead.encrypt(iv, plaintext, None)
+        b64 = binascii.b2a_base64
+        return (b64(iv, newline=False) + b"." + b64(sealed[-_TAG_BYTES:], newline=False) + b"."
+                + b64(sealed[:-_TAG_BYTES], newline=False)).decode("ascii")
+
+
+def decrypt(payload: str, key: bytes) -> str:
+    return KeyCipher(key).open(payload).decode("utf-8", "replace")

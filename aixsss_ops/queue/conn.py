@@ -8,12 +8,18 @@ Precedence (DESIGN.md): ``--redis-url``/``--queue`` flags, then the process envi
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aixsss_ops.connsettings import (  # noqa: F401 (parse_env_text, read_env_file, service_env_files: re-exported)
+    SERVICES,
+    parse_env_text,
+    read_env_file,
+    resolve,
+    service_env_files,
+    service_envs,
+)
 from aixsss_ops.errors import ServiceUnavailable, UsageError
 from aixsss_ops.output import mask_url
 
@@ -24,7 +30,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 3.0
 DEFAULT_QUEUE = "ai-jobs"
-SERVICES = ("api", "worker")
 
 
 @dataclass(frozen=True)
@@ -39,81 +44,19 @@ class QueueTarget:
                 "redis_url_source": self.redis_url_source, "queue_source": self.queue_source}
 
 
-def parse_env_text(text: str) -> dict[str, str]:
-    """dotenv ``KEY=value`` lines: comments, blank lines, ``export``, single/double quotes."""
-    env: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = value.replace("\\n", "\n").replace('\\"', '"')
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        env[key] = value
-    return env
-
-
-def read_env_file(path: Path) -> dict[str, str] | None:
-    """The variables of one env file, or None when it does not exist."""
-    try:
-        return parse_env_text(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
-
-
-def service_env_files(cfg: OpsConfig) -> dict[str, Path]:
-    return {svc: cfg.state / "env" / f"{svc}.env" for svc in SERVICES}
-
-
-def service_envs(cfg: OpsConfig) -> dict[str, dict[str, str]]:
-    """The env files of the api and worker that exist, by service name."""
-    out = {}
-    for svc, path in service_env_files(cfg).items():
-        env = read_env_file(path)
-        if env is not None:
-            out[svc] = env
-    return out
-
-
 def resolve_target(
     cfg: OpsConfig,
     redis_url: str | None = None,
     queue: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> QueueTarget:
-    environ = os.environ if environ is None else environ
-    url_choice: tuple[str, str] | None = (redis_url, "--redis-url") if redis_url else None
-    q_choice: tuple[str, str] | None = (queue, "--queue") if queue else None
-    if url_choice is None and environ.get("REDIS_URL"):
-        url_choice = (environ["REDIS_URL"], "env REDIS_URL")
-    if q_choice is None and environ.get("AI_QUEUE_NAME"):
-        q_choice = (environ["AI_QUEUE_NAME"], "env AI_QUEUE_NAME")
-    if url_choice is None or q_choice is None:
-        for svc, path in service_env_files(cfg).items():
-            env = read_env_file(path) or {}
-            if url_choice is None and env.get("REDIS_URL"):
-                url_choice = (env["REDIS_URL"], f"{svc}.env")
-            if q_choice is None and env.get("AI_QUEUE_NAME"):
-                q_choice = (env["AI_QUEUE_NAME"], f"{svc}.env")
-    if url_choice is None:
-        url_choice = (f"redis://{cfg.host}:{cfg.ports.redis}", "ops.toml")
-    if q_choice is None:
-        q_choice = (cfg.app.queue, "ops.toml")
-    if not q_choice[0].strip():
+    envs = service_envs(cfg)
+    url = resolve(cfg, "REDIS_URL", redis_url, "--redis-url", environ, lambda: f"redis://{cfg.host}:{cfg.ports.redis}",
+                  envs)
+    q = resolve(cfg, "AI_QUEUE_NAME", queue, "--queue", environ, lambda: cfg.app.queue, envs)
+    if q is None or not q.value.strip():
         raise UsageError("the queue name is empty")
-    return QueueTarget(url_choice[0], q_choice[0], url_choice[1], q_choice[1])
+    return QueueTarget(url.value, q.value, url.source, q.source)
 
 
 def unavailable(url: str, err: BaseException) -> ServiceUnavailable:
