@@ -204,7 +204,7 @@ def create_backup(
                 "server_version_num": server_num, "pg_dump_major": dump_major, "format": "directory",
                 "compression": opts.compression, "jobs": jobs, "globals": globals_status,
             },
-            "tables": {n: {"rows": t.rows, "checksum": t.checksum} for n, t in sorted(sums.items())},
+            "tables": {n: {"rows": t.rows, "checksum": t.checksum, "method": t.method} for n, t in sorted(sums.items())},
             "migrations": migrations,
             "files": files,
             "objects": None if snap is None else {

@@ -137,6 +137,7 @@ class TableSum:
     table: str
     rows: int
     checksum: str
+    method: str = "text"
 
     @property
     def name(self) -> str:
@@ -153,12 +154,54 @@ def list_tables(conn, with_blocks: bool = False) -> list[tuple]:
     ).fetchall()]
 
 
-def _sum_query(schema: str, table: str, lo: int | None, hi: int | None):
-    """Row count and an order-independent checksum (sum of a 64-bit hash of each row's text form) of a block range."""
+# How a row is hashed. "record": hash_record_extended over the row's columns (no text conversion, about 3x
+# faster), with the columns whose hash is not a function of the value alone (enums hash their OID; json, geometry
+# have no hash; nondeterministic collations) cast to text/bytes first. "text": the hash of the row's text form.
+_HASH_SAFE = frozenset({
+    "bool", "int2", "int4", "int8", "numeric", "float4", "float8", "text", "varchar", "bpchar", "name", "char",
+    "bytea", "jsonb", "uuid", "date", "time", "timetz", "timestamp", "timestamptz", "interval", "inet", "cidr",
+    "macaddr", "macaddr8", "money", "bit", "varbit",
+})
+
+
+def _row_hash(conn, schema: str, table: str, method: str):
     from psycopg import sql
 
-    q = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW(r.*)::text, 0)), 0)::text FROM {}.{} AS r").format(
-        sql.Identifier(schema), sql.Identifier(table))
+    if method == "text":
+        return sql.SQL("hashtextextended(ROW(r.*)::text, 0)")
+    cols = conn.execute(
+        """SELECT a.attname, coalesce(bt.typname, t.typname), coalesce(et.typname, ''),
+                  coalesce(co.collisdeterministic, true)
+           FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+           LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
+           LEFT JOIN pg_type et ON et.oid = coalesce(bt.typelem, t.typelem)
+                                AND coalesce(bt.typcategory, t.typcategory) = 'A'
+           LEFT JOIN pg_collation co ON co.oid = a.attcollation
+           WHERE a.attrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           ORDER BY a.attnum""",
+        (schema, table)).fetchall()
+    if not cols:
+        return sql.SQL("hashtextextended(ROW(r.*)::text, 0)")
+    parts = []
+    for name, typ, elem, deterministic in cols:
+        col = sql.SQL("r.{}").format(sql.Identifier(name))
+        if not deterministic:
+            parts.append(sql.SQL("convert_to({}::text, 'UTF8')").format(col))
+        elif typ in _HASH_SAFE or elem in _HASH_SAFE:
+            parts.append(col)
+        else:
+            parts.append(sql.SQL("{}::text").format(col))
+    if len(parts) == 1:
+        parts.append(sql.SQL("0"))  # ROW() of one column is still a record
+    return sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(parts))
+
+
+def _sum_query(schema: str, table: str, lo: int | None, hi: int | None, row_hash):
+    """Row count and an order-independent checksum (the sum of a 64-bit hash of each row) of a block range."""
+    from psycopg import sql
+
+    q = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {}.{} AS r").format(
+        row_hash, sql.Identifier(schema), sql.Identifier(table))
     conds = []
     if lo:
         conds.append(sql.SQL("r.ctid >= {}::tid").format(sql.Literal(f"({lo},0)")))
@@ -169,9 +212,9 @@ def _sum_query(schema: str, table: str, lo: int | None, hi: int | None):
     return q
 
 
-def table_sum(conn, schema: str, table: str) -> TableSum:
-    rows, checksum = conn.execute(_sum_query(schema, table, None, None)).fetchone()
-    return TableSum(schema, table, int(rows), checksum)
+def table_sum(conn, schema: str, table: str, method: str = "record") -> TableSum:
+    rows, checksum = conn.execute(_sum_query(schema, table, None, None, _row_hash(conn, schema, table, method))).fetchone()
+    return TableSum(schema, table, int(rows), checksum, method)
 
 
 def stable_session(conn) -> None:
@@ -186,7 +229,8 @@ def _begin(conn, snapshot: str | None) -> None:
 
 
 def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
-               on_table: Callable[[TableSum], None] | None = None) -> dict[str, TableSum]:
+               on_table: Callable[[TableSum], None] | None = None,
+               methods: dict[str, str] | None = None) -> dict[str, TableSum]:
     """Checksums of every user table of ``target`` (optionally inside an exported snapshot).
 
     Large tables are split into block ranges (TID range scans) so that ``jobs`` connections share even one big
@@ -198,6 +242,8 @@ def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
     with target.connect(autocommit=False) as conn:
         _begin(conn, snapshot)
         blocks = {(s, t): n for s, t, n in list_tables(conn, with_blocks=True)}
+        method = {(s, t): (methods or {}).get(f"{s}.{t}") or "record" for s, t in blocks}
+        row_hash = {k: _row_hash(conn, *k, m) for k, m in method.items()}
     jobs = max(1, jobs)
     per_chunk = max(2048, sum(blocks.values()) // (jobs * 4) + 1)
     tasks: queue.Queue = queue.Queue()
@@ -222,14 +268,14 @@ def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
                         s, t, lo, hi = tasks.get_nowait()
                     except queue.Empty:
                         return
-                    rows, checksum = c.execute(_sum_query(s, t, lo, hi)).fetchone()
+                    rows, checksum = c.execute(_sum_query(s, t, lo, hi, row_hash[(s, t)])).fetchone()
                     with lock:
                         a = acc[(s, t)]
                         a[0] += int(rows)
                         a[1] += int(checksum)
                         pending[(s, t)] -= 1
                         if pending[(s, t)] == 0:
-                            ts = TableSum(s, t, a[0], str(a[1]))
+                            ts = TableSum(s, t, a[0], str(a[1]), method[(s, t)])
                             out[ts.name] = ts
                             if on_table:
                                 on_table(ts)

@@ -22,7 +22,15 @@ from aixsss_ops.backup import manifest as mf
 from aixsss_ops.backup import objects, rekey
 from aixsss_ops.backup import postgres as pgb
 from aixsss_ops.backup.catalog import Catalog, Entry
-from aixsss_ops.backup.verify import check_files, compare_tables, materialize, read_objects, require_key, restore_database
+from aixsss_ops.backup.verify import (
+    check_files,
+    compare_tables,
+    materialize,
+    methods_of,
+    read_objects,
+    require_key,
+    restore_database,
+)
 from aixsss_ops.dburl import PgTarget
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
 
@@ -173,7 +181,7 @@ def execute_restore(
                 shutil.rmtree(work, ignore_errors=True)
             try:
                 say("comparing row counts and checksums with the manifest")
-                problems = compare_tables(entry.manifest["tables"], pgb.table_sums(scratch, jobs))
+                problems = compare_tables(entry.manifest["tables"], pgb.table_sums(scratch, jobs, methods=methods_of(entry)))
                 if problems:
                     raise CheckFailed(f"the restored database differs from the backup: {problems[0]}",
                                       details="\n".join(problems))

@@ -93,6 +93,10 @@ def read_objects(entry: Entry, key: bytes | None) -> dict[str, Any] | None:
     return data
 
 
+def methods_of(entry: Entry) -> dict[str, str]:
+    return {n: t.get("method", "text") for n, t in entry.manifest["tables"].items()}
+
+
 def compare_tables(expected: dict[str, dict], actual: dict[str, pgb.TableSum]) -> list[str]:
     problems = []
     for name, want in sorted(expected.items()):
@@ -166,7 +170,7 @@ def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env:
             target = restore_database(entry, dump_dir, pg, scratch, jobs)
             try:
                 say("comparing row counts and checksums")
-                sums = pgb.table_sums(target, jobs)
+                sums = pgb.table_sums(target, jobs, methods=methods_of(entry))
                 res.problems += compare_tables(entry.manifest["tables"], sums)
                 res.tables_compared = len(entry.manifest["tables"])
             finally:

@@ -334,7 +334,7 @@ def restore_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
     force: bool = typer.Option(False, "--force", help="Restore even a backup whose schema is newer than the "
                                                       "migrations this tool knows."),
-    old_key: str = typer.Option(None, "--old-key", envvar="AIXSSS_OPS_OLD_KEY", show_envvar=False,
+    old_key: str = typer.Option(None, "--old-key",
                                 help="The API_KEY_ENCRYPTION_KEY in force when the backup was taken (else "
                                      "API_KEY_ENCRYPTION_KEY_PREVIOUS)."),
     jobs: int = Jobs,

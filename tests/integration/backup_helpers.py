@@ -19,6 +19,7 @@ CREATE TABLE "AIJob" (
     blob BYTEA, "createdAt" TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX "AIJob_teamId_idx" ON "AIJob"("teamId");
+CREATE TABLE "Legacy" (id SERIAL PRIMARY KEY, doc JSON, at POINT);
 CREATE TABLE _prisma_migrations (
     id VARCHAR(36) PRIMARY KEY, checksum VARCHAR(64) NOT NULL, finished_at TIMESTAMPTZ,
     migration_name VARCHAR(255) NOT NULL, logs TEXT, rolled_back_at TIMESTAMPTZ,
@@ -37,6 +38,8 @@ def seed(url: str, migrations: list[str] | None = None, key: bytes | None = None
         for name in migrations or ["000_init", "001_ai_job_profile"]:
             c.execute("INSERT INTO _prisma_migrations (id, checksum, finished_at, migration_name, applied_steps_count) "
                       "VALUES (%s, 'x', now(), %s, 1)", (str(uuid.uuid4()), name))
+        c.execute("""INSERT INTO "Legacy" (doc, at) SELECT json_build_object('n', g, 'pad', md5(g::text)), point(g, -g)
+                     FROM generate_series(1, 40) g""")
         c.execute("""INSERT INTO "Team" SELECT 'team' || g, 'Team ' || md5(g::text) FROM generate_series(1, 20) g""")
         with c.cursor() as cur:
             cur.executemany(
