@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli import backup, config_cmd, deploy, migrate, queue, stack
+from aixsss_ops.cli import backup, config_cmd, deploy, doctor, env, migrate, queue, stack
 from aixsss_ops.cli.common import handle_errors, state
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(env.app, name="env")
 app.add_typer(queue.app, name="queue")
 app.add_typer(migrate.app, name="migrate")
 app.add_typer(backup.app, name="backup")
@@ -23,6 +24,7 @@ app.command("restore", help="Alias of `backup restore`.")(handle_errors(backup.r
 app.add_typer(deploy.app, name="deploy")
 app.command("rollback", help="Alias of 'deploy rollback'.")(deploy.rollback)
 app.command("switch", help="Alias of 'deploy switch'.")(deploy.switch)
+app.command("doctor")(doctor.doctor)
 
 
 def _version(value: bool) -> None:

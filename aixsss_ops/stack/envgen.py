@@ -48,9 +48,11 @@ def _existing(path: Path) -> dict[str, str]:
     return envfile.parse(path.read_text(encoding="utf-8"), str(path)) if path.exists() else {}
 
 
-def write_env_files(cfg: OpsConfig, layout: Layout) -> dict[str, Path]:
+def render_env_files(cfg: OpsConfig, layout: Layout, old: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The api, worker and web env of ``cfg``: connection settings from ops.toml, the secrets (and any variable
+    the user added) kept from ``old`` (``{'api': {...}, 'worker': {...}, 'web': {...}}``), new strong ones otherwise."""
     sec = stack_secrets(layout)
-    api_old, worker_old = _existing(layout.env_file("api")), _existing(layout.env_file("worker"))
+    api_old, worker_old = old.get("api", {}), old.get("worker", {})
     key = (
         api_old.get("API_KEY_ENCRYPTION_KEY")
         or worker_old.get("API_KEY_ENCRYPTION_KEY")
@@ -76,11 +78,16 @@ def write_env_files(cfg: OpsConfig, layout: Layout) -> dict[str, Path]:
         "CORS_ORIGIN": cfg.app.cors_origin or f"http://{cfg.host}:{cfg.ports.proxy}",
     }
     worker = {**worker_old, **shared, "WORKER_CONCURRENCY": str(cfg.app.worker_concurrency)}
-    web = {**_existing(layout.env_file("web")), "VITE_DATA_MODE": "api", "VITE_API_BASE_PATH": "/api"}
+    web = {**old.get("web", {}), "VITE_DATA_MODE": "api", "VITE_API_BASE_PATH": "/api"}
+    return {"api": api, "worker": worker, "web": web}
+
+
+def write_env_files(cfg: OpsConfig, layout: Layout) -> dict[str, Path]:
+    envs = render_env_files(cfg, layout, {name: _existing(layout.env_file(name)) for name in ("api", "worker", "web")})
     layout.env_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.env_dir, 0o700)
     files = {}
-    for name, env in (("api", api), ("worker", worker), ("web", web)):
+    for name, env in envs.items():
         path = layout.env_file(name)
         if _existing(path) != env:
             envfile.write(path, env, HEADER)

@@ -1,0 +1,61 @@
+"""Every doctor check, in the order the report lists them, with the dependency it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aixsss_ops.doctor import checks as c
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    fn: Callable
+    needs: str | None = None  # the name of a reachability check; skipped when that one failed
+
+    @property
+    def group(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("env", c.env_rules),
+    Check("config.clock-skew", c.clock_skew, "postgres.reachable"),
+    Check("postgres.reachable", c.postgres_reachable),
+    Check("postgres.migrations", c.migrations, "postgres.reachable"),
+    Check("postgres.connections", c.postgres_connections, "postgres.reachable"),
+    Check("keys.decrypt", c.provider_keys, "postgres.reachable"),
+    Check("redis.reachable", c.redis_reachable),
+    Check("redis.maxmemory-policy", c.redis_policy, "redis.reachable"),
+    Check("redis.persistence", c.redis_persistence, "redis.reachable"),
+    Check("redis.memory", c.redis_memory, "redis.reachable"),
+    Check("queue.name-match", c.queue_name_match),
+    Check("queue.jobs", c.queue_jobs, "redis.reachable"),
+    Check("s3.reachable", c.s3_reachable),
+    Check("s3.bucket", c.s3_bucket, "s3.reachable"),
+    Check("s3.versioning", c.s3_versioning, "s3.reachable"),
+    Check("s3.lifecycle", c.s3_lifecycle, "s3.reachable"),
+    Check("backup.newest", c.backup_newest),
+    Check("backup.verified", c.backup_verified),
+    Check("deploy.active", c.deploy_proxy),
+    Check("deploy.state", c.deploy_state),
+    Check("deploy.proxy-config", c.proxy_config),
+    Check("host.disk", c.host_disk),
+)
+
+
+def select(only: list[str] | None = None, skip: list[str] | None = None) -> list[Check]:
+    """``--only``/``--skip`` take check names (``redis.memory``) or groups (``redis``)."""
+    from aixsss_ops.errors import UsageError
+
+    names = {ch.name for ch in CHECKS} | {ch.group for ch in CHECKS}
+    unknown = sorted({n for n in (only or []) + (skip or []) if n not in names})
+    if unknown:
+        raise UsageError(f"unknown check(s): {', '.join(unknown)}",
+                         hint="one of: " + ", ".join(sorted(names)))
+
+    def hit(ch: Check, wanted: list[str]) -> bool:
+        return ch.name in wanted or ch.group in wanted
+
+    return [ch for ch in CHECKS if (not only or hit(ch, only)) and not (skip and hit(ch, skip))]

@@ -1,0 +1,1 @@
+"""``aixsss-ops env``: validate the services' environment, write fresh env files, compare two of them."""
