@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli import backup, config_cmd, deploy, doctor, env, migrate, queue, stack
+from aixsss_ops.cli import backup, ci, config_cmd, deploy, doctor, env, migrate, play, queue, stack
 from aixsss_ops.cli.common import handle_errors, state
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ app.command("restore", help="Alias of `backup restore`.")(handle_errors(backup.r
 app.add_typer(deploy.app, name="deploy")
 app.command("rollback", help="Alias of 'deploy rollback'.")(deploy.rollback)
 app.command("switch", help="Alias of 'deploy switch'.")(deploy.switch)
+app.command("play", help=play.HELP)(play.play)
+app.add_typer(ci.app, name="ci")
 app.command("doctor")(doctor.doctor)
 
 

@@ -1,0 +1,489 @@
+"""The step actions a playbook can call: each maps a name to an in-process domain call.
+
+Importing this module is cheap (domain modules are imported inside the actions), because loading a
+playbook validates every step against this registry before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aixsss_ops.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from aixsss_ops.config import OpsConfig
+    from aixsss_ops.stack.manager import Stack
+
+
+@dataclass(frozen=True)
+class Param:
+    type: Any
+    default: Any = None
+    required: bool = False
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    fn: Callable[..., dict]
+    params: dict[str, Param]
+    destructive: bool  # changes the deployment (data, schema, live release, keys, backups)
+    summary: str
+    timeout: float | None = None  # default per-step timeout in seconds
+
+
+REGISTRY: dict[str, Action] = {}
+
+
+def action(name: str, *, destructive: bool, summary: str, default_timeout: float | None = None, **params: Param):
+    def register(fn):
+        REGISTRY[name] = Action(name, fn, params, destructive, summary, default_timeout)
+        return fn
+
+    return register
+
+
+@dataclass
+class ActionContext:
+    """What an action gets besides its parameters."""
+
+    cfg: OpsConfig
+    say: Callable[[str], None]
+    run_id: str = ""
+    step_id: str = ""
+    resumed: bool = False  # this step was started by an earlier, interrupted process
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def stack(self) -> Stack:
+        from aixsss_ops.stack.manager import Stack
+
+        return Stack(self.cfg)
+
+    @property
+    def marker(self) -> str:
+        """Names this step of this run (stored with what the step creates, so a re-run can find it)."""
+        return f"play:{self.run_id}/{self.step_id}"
+
+    def source(self, value: str | None) -> Path:
+        return Path(value).expanduser().resolve() if value else self.cfg.app_source
+
+    def deployer(self):
+        from aixsss_ops.deploy.engine import Deployer
+
+        return Deployer(self.stack, say=self.say)
+
+
+def jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return jsonable(asdict(value))
+    if hasattr(value, "to_dict"):
+        return jsonable(value.to_dict())
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+# -- env and checks --
+
+
+@action(
+    "env.validate", destructive=False,
+    summary="validate the env of api, worker and web: the contract, api/worker agreement, production rules",
+    strict=Param(bool, False, help="fail on warnings too"),
+    environ=Param(bool, False, help="lay the process environment over the env files, as the services do"),
+)
+def env_validate(ctx: ActionContext, strict=False, environ=False) -> dict:
+    from aixsss_ops.envcheck import sources
+    from aixsss_ops.envcheck.rules import validate
+    from aixsss_ops.output import scrubber
+
+    services = ["api", "worker", "web"]
+    files = {svc: ctx.cfg.state / "env" / f"{svc}.env" for svc in services}
+    src = sources.load(services, files, {}, dict(os.environ) if environ else None)
+    scrubber.add(*sources.secret_values(src.envs))
+    findings = src.problems + validate(src.envs, src.origins)
+    errors = [f for f in findings if f.status == "fail"]
+    warnings = [f for f in findings if f.status == "warn"]
+    out = {"errors": len(errors), "warnings": len(warnings), "origins": src.origins,
+           "findings": [f.to_dict() for f in findings]}
+    bad = errors + (warnings if strict else [])
+    if bad:
+        raise CheckFailed(f"env invalid: {len(errors)} error(s), {len(warnings)} warning(s); first: {bad[0].message}",
+                          hint=bad[0].fix, details="\n".join(f"{f.check}: {f.message}" for f in bad))
+    ctx.say(f"env valid: {len(warnings)} warning(s)")
+    return out
+
+
+@action(
+    "doctor", destructive=False, default_timeout=120.0,
+    summary="run the doctor's checks as a gate: fails on any failed check (warnings pass unless strict)",
+    only=Param(list[str], help="check names or groups to run"),
+    skip=Param(list[str], help="check names or groups to leave out"),
+    check_timeout=Param(float, 3.0, help="seconds each check may take"),
+    strict=Param(bool, False, help="fail on warnings too"),
+)
+def doctor(ctx: ActionContext, only=None, skip=None, check_timeout=3.0, strict=False) -> dict:
+    from aixsss_ops.doctor import runner
+    from aixsss_ops.doctor.context import Context
+    from aixsss_ops.doctor.registry import select
+    from aixsss_ops.output import scrubber
+
+    checks = select(only, skip)
+    c = Context(ctx.cfg, timeout=check_timeout)
+    with contextlib.suppress(Exception):  # an unreadable env file: the env check reports it
+        scrubber.add(*c.secrets())
+    report = runner.run(checks, c)
+    bad = [f for f in report.findings if f.status == "fail" or (strict and f.status == "warn")]
+    if bad:
+        raise CheckFailed(f"doctor: {len(bad)} finding(s); first: {bad[0].check}: {bad[0].message}", hint=bad[0].fix,
+                          details="\n".join(f"{f.check} [{f.status}]: {f.message}" for f in bad))
+    n = report.counts
+    ctx.say(f"doctor: {n['ok']} ok, {n['warn']} warning(s), {n['skipped']} skipped")
+    return report.to_dict()
+
+
+# -- deploy --
+
+
+@action("deploy.status", destructive=False, summary="record the live color and release (e.g. to roll back to it)")
+def deploy_status(ctx: ActionContext) -> dict:
+    state = ctx.stack.colors()
+    live = ctx.stack.live_color() or state["active"]
+    spec = state["colors"].get(live, {})
+    return {"color": live, "release": spec.get("release"), "version": spec.get("version")}
+
+
+@action(
+    "deploy", destructive=True, default_timeout=1800.0,
+    summary="blue/green deploy of a release: build, migrate, boot the idle color, health gate, switch",
+    version=Param(str, help="release version (default app.version)"),
+    source=Param(str, help="app source folder (default app.source)"),
+    allow_destructive=Param(bool, False, help="apply migrations that lint flags"),
+    force=Param(bool, False, help="redeploy even when this release is live"),
+)
+def deploy(ctx: ActionContext, version=None, source=None, allow_destructive=False, force=False) -> dict:
+    res = ctx.deployer().deploy(version=version or None, source=ctx.source(source) if source else None,
+                                allow_destructive=allow_destructive, force=force, actor=f"play {ctx.run_id}")
+    return res.to_dict()
+
+
+@action(
+    "rollback", destructive=True, default_timeout=900.0,
+    summary="make a release live again (default: the previous one); nothing to do when it already is",
+    to=Param(str, help="release id to go back to"),
+)
+def rollback(ctx: ActionContext, to=None) -> dict:
+    if to:
+        live = deploy_status(ctx)
+        if live["release"] == to:
+            ctx.say(f"{to} is live on {live['color']}: nothing to roll back")
+            return {"noop": True, "release": to, "color": live["color"]}
+    res = ctx.deployer().rollback(to or None, actor=f"play {ctx.run_id}")
+    return {"noop": False, **res.to_dict()}
+
+
+@action(
+    "smoke", destructive=False, default_timeout=180.0,
+    summary="end-to-end check through the proxy: health, ready, a job processed by the worker, its artifact",
+    url=Param(str, help="base URL (default: the stack's proxy)"),
+    job_timeout=Param(float, 60.0, help="seconds the smoke job may take"),
+    expect_version=Param(str, help="fail unless this version answers"),
+)
+def smoke(ctx: ActionContext, url=None, job_timeout=60.0, expect_version=None) -> dict:
+    from aixsss_ops.stack import smoke as smoke_mod
+
+    res = smoke_mod.run(url or ctx.stack.url, timeout=job_timeout)
+    if expect_version and res.version != expect_version:
+        raise CheckFailed(f"smoke: {res.url} answers version {res.version}, expected {expect_version}")
+    ctx.say(f"smoke ok: {res.color} {res.version}, job {res.job_id} {res.job_status}")
+    return jsonable(res)
+
+
+# -- migrations --
+
+
+def _migrations_dir(ctx: ActionContext, source: str | None) -> Path:
+    return ctx.source(source) / "migrations"
+
+
+def _database_url(ctx: ActionContext) -> str:
+    from aixsss_ops.migrate.settings import database_url
+    from aixsss_ops.output import scrubber
+
+    url, _ = database_url(None, os.environ, ctx.cfg.state / "env" / "api.env")
+    from urllib.parse import urlsplit
+
+    with contextlib.suppress(ValueError):
+        scrubber.add(urlsplit(url).password)
+    return url
+
+
+@action(
+    "migrate.lint", destructive=False,
+    summary="lint the migrations for statements that break the running color or lose data",
+    source=Param(str, help="app source folder whose migrations/ is linted (default app.source)"),
+    allow_destructive=Param(bool, False, help="report errors without failing"),
+)
+def migrate_lint(ctx: ActionContext, source=None, allow_destructive=False) -> dict:
+    from aixsss_ops.migrate.layout import read_layout
+    from aixsss_ops.migrate.lint import blocking, lint
+
+    layout = read_layout(_migrations_dir(ctx, source))
+    findings = lint(layout.migrations)
+    errors = blocking(findings)
+    out = {"migrations": len(layout.migrations), "errors": len(errors), "warnings": len(findings) - len(errors),
+           "findings": [f.to_dict() for f in findings]}
+    if errors and not allow_destructive:
+        first = errors[0]
+        raise CheckFailed(f"migrate lint: {len(errors)} error(s); first: {first.migration}:{first.line}: {first.message}",
+                          hint="review `aixsss-ops migrate lint`; pass allow_destructive to go ahead",
+                          details="\n".join(f"{f.migration}:{f.line}: [{f.rule}] {f.message}" for f in errors))
+    ctx.say(f"lint: {out['migrations']} migrations, {out['errors']} error(s), {out['warnings']} warning(s)")
+    return out
+
+
+@action(
+    "migrate.status", destructive=False,
+    summary="migration status; fails on failed, modified or missing migrations (and on pending ones if asked)",
+    source=Param(str, help="app source folder (default app.source)"),
+    allow_pending=Param(bool, True, help="pending migrations are not a failure"),
+)
+def migrate_status(ctx: ActionContext, source=None, allow_pending=True) -> dict:
+    from aixsss_ops.migrate import status
+
+    rep = status(_database_url(ctx), _migrations_dir(ctx, source))
+    d = rep.to_dict()
+    bad = [n for s in ("failed", "interrupted", "modified", "missing") for n in d.get(s, [])]
+    if not allow_pending:
+        bad += d.get("pending", [])
+    if bad or rep.needs_baseline:
+        raise CheckFailed(f"migrate status: not up to date ({', '.join(bad) or 'needs a baseline'})")
+    return d
+
+
+@action(
+    "migrate.deploy", destructive=True, default_timeout=3600.0,
+    summary="apply pending migrations in order under Prisma's advisory lock",
+    source=Param(str, help="app source folder whose migrations/ is applied (default app.source)"),
+    allow_destructive=Param(bool, False, help="apply statements that lint flags"),
+)
+def migrate_deploy(ctx: ActionContext, source=None, allow_destructive=False) -> dict:
+    from aixsss_ops.migrate import deploy as run
+
+    res = run(_database_url(ctx), _migrations_dir(ctx, source), allow_destructive=allow_destructive, progress=ctx.say)
+    ctx.say(f"applied {len(res.applied)} migration(s)" if res.applied else "no pending migrations")
+    return res.to_dict()
+
+
+# -- backups (targets: the process environment as CI sets it, else the embedded stack) --
+
+
+def _pg_target(ctx: ActionContext):
+    from urllib.parse import urlsplit
+
+    from aixsss_ops.dburl import parse_database_url
+    from aixsss_ops.output import scrubber
+
+    url = os.environ.get("DATABASE_URL") or ctx.stack.admin_url(ctx.cfg.postgres.database)
+    with contextlib.suppress(ValueError):
+        scrubber.add(urlsplit(url).password)
+    return parse_database_url(url)
+
+
+def _s3_target(ctx: ActionContext):
+    from aixsss_ops.output import scrubber
+    from aixsss_ops.s3 import S3Target
+
+    env = os.environ
+    if env.get("S3_ENDPOINT"):
+        t = S3Target(env["S3_ENDPOINT"], env.get("S3_ACCESS_KEY", ""), env.get("S3_SECRET_KEY", ""),
+                     env.get("S3_REGION", ctx.cfg.s3.region))
+        bucket = env.get("S3_BUCKET") or ctx.cfg.s3.bucket
+    else:
+        t, bucket = ctx.stack.s3_target(), ctx.cfg.s3.bucket
+    scrubber.add(t.secret_key)
+    return t, bucket
+
+
+def _api_key(ctx: ActionContext, name: str = "API_KEY_ENCRYPTION_KEY") -> tuple[bytes | None, str | None]:
+    from aixsss_ops.connsettings import read_env_file
+    from aixsss_ops.crypto import derive_key
+    from aixsss_ops.output import scrubber
+
+    raw, source = os.environ.get(name), f"${name}"
+    if not raw:
+        path = ctx.cfg.state / "env" / "api.env"
+        raw, source = (read_env_file(path) or {}).get(name), f"{name} in {path}"
+    if not raw:
+        return None, None
+    scrubber.add(raw)
+    return derive_key(raw), source
+
+
+def _backup_key(ctx: ActionContext, required: bool) -> bytes | None:
+    from aixsss_ops.backup.crypt import load_key
+    from aixsss_ops.output import scrubber
+
+    name = ctx.cfg.backup.encryption_key_env
+    raw = os.environ.get(name)
+    if not raw and not required:
+        return None
+    scrubber.add(raw)
+    return load_key(raw, f"${name}")
+
+
+def _jobs(ctx: ActionContext) -> int:
+    from aixsss_ops.backup.create import cores
+
+    return ctx.cfg.backup.jobs or cores()
+
+
+def _catalog(ctx: ActionContext):
+    from aixsss_ops.backup.catalog import Catalog
+
+    return Catalog(ctx.cfg.backup_dir)
+
+
+class _Phases:
+    def __init__(self, say):
+        self.phase = say
+        self.warn = lambda m: say(f"warning: {m}")
+
+    def dumped(self, nbytes, total):
+        pass
+
+    def table(self, done, total, name):
+        pass
+
+
+@action(
+    "backup.create", destructive=True, default_timeout=7200.0,
+    summary="take one restore point: Postgres dump + per-table checksums + the object manifest",
+    label=Param(str, help="a label shown by `backup list` (the run and step are appended)"),
+    keep=Param(bool, False, help="never pruned"),
+    objects=Param(bool, True, help="include the object store"),
+)
+def backup_create(ctx: ActionContext, label=None, keep=False, objects=True) -> dict:
+    from aixsss_ops.backup.create import CreateOptions, create_backup
+    from aixsss_ops.backup.prune import Policy
+
+    cat = _catalog(ctx)
+    if ctx.resumed:  # the interrupted process may have finished the backup before it could record it
+        done = [e for e in cat.complete() if ctx.marker in ((e.manifest or {}).get("label") or "")]
+        if done:
+            ctx.say(f"backup {done[-1].id} of this step was completed before the interruption: using it")
+            return {"id": done[-1].id, "adopted": True, **done[-1].summary()}
+    b = ctx.cfg.backup
+    s3, bucket = _s3_target(ctx) if objects else (None, None)
+    api_key, _ = _api_key(ctx)
+    app_info: dict[str, Any] = {"version": ctx.cfg.app.version, "active_color": None}
+    try:
+        live = deploy_status(ctx)
+        app_info = {"active_color": live["color"], "version": live["version"]}
+    except Exception:  # noqa: BLE001 - a backup of an external database has no local deploy state
+        pass
+    opts = CreateOptions(
+        label=f"{label + ' ' if label else ''}[{ctx.marker}]", jobs=_jobs(ctx), compression=b.compression,
+        encryption_key=_backup_key(ctx, required=True) if b.encrypt else None, api_key=api_key, app=app_info,
+        keep=keep, retention_days=Policy(b.keep_last, b.keep_daily, b.keep_weekly).horizon_days,
+        noncurrent_version_days=b.noncurrent_version_days,
+    )
+    res = create_backup(cat, _pg_target(ctx), s3, bucket, opts, _Phases(ctx.say))
+    ctx.say(f"backup {res.id} complete")
+    return res.to_dict()
+
+
+@action(
+    "backup.latest", destructive=False,
+    summary="the newest complete backup (fails when there is none, or it is older than max_age_hours)",
+    max_age_hours=Param(float, 0.0, help="0 = any age"),
+)
+def backup_latest(ctx: ActionContext, max_age_hours=0.0) -> dict:
+    from aixsss_ops.backup.manifest import parse_iso, utcnow
+
+    entry = _catalog(ctx).get("latest")
+    age = (utcnow() - parse_iso(entry.created_at)).total_seconds() / 3600
+    if max_age_hours and age > max_age_hours:
+        raise CheckFailed(f"the newest backup {entry.id} is {age:.1f}h old (limit {max_age_hours:g}h)")
+    ctx.say(f"newest backup: {entry.id} ({age:.1f}h old)")
+    return {**entry.summary(), "age_hours": round(age, 3)}
+
+
+@action(
+    "backup.verify", destructive=False, default_timeout=7200.0,
+    summary="check a backup's checksums; with restore, restore it into a scratch database and compare every table",
+    id=Param(str, "latest", help="backup id or 'latest'"),
+    restore=Param(bool, False, help="restore into a scratch database (dropped after) and compare"),
+)
+def backup_verify(ctx: ActionContext, id="latest", restore=False) -> dict:  # noqa: A002 - the playbook's name
+    from aixsss_ops.backup.verify import verify_backup
+
+    cat = _catalog(ctx)
+    entry = cat.get(id or "latest")
+    s3 = None
+    if restore and entry.manifest.get("objects") is not None:
+        s3 = _s3_target(ctx)[0]
+    key = _backup_key(ctx, required=False) if entry.manifest.get("encryption") else None
+    res = verify_backup(cat, entry, key=key, key_env=ctx.cfg.backup.encryption_key_env, restore=restore,
+                        pg=_pg_target(ctx) if restore else None, s3=s3, jobs=_jobs(ctx), phase=ctx.say)
+    if not res.ok:
+        raise CheckFailed(f"backup {entry.id} failed verification: {res.problems[0]}", details="\n".join(res.problems))
+    ctx.say(f"backup {entry.id} verified" + (f": {res.tables_compared} tables compared after a restore" if restore else ""))
+    return res.to_dict()
+
+
+@action(
+    "backup.restore", destructive=True, default_timeout=7200.0,
+    summary="restore a backup: the live database (the old one is kept) and objects, or a new database (target_db)",
+    id=Param(str, "latest", help="backup id or 'latest'"),
+    target_db=Param(str, help="restore into this new database instead of the live one (objects are left alone)"),
+    db_only=Param(bool, False, help="leave the objects alone"),
+    force=Param(bool, False, help="restore a schema newer than the known migrations"),
+)
+def backup_restore(ctx: ActionContext, id="latest", target_db=None, db_only=False, force=False) -> dict:  # noqa: A002
+    from aixsss_ops.backup.restore import execute_restore, plan_restore
+
+    cat = _catalog(ctx)
+    entry = cat.get(id or "latest")
+    objs = not db_only and not target_db and entry.manifest.get("objects") is not None
+    pg = _pg_target(ctx)
+    s3 = _s3_target(ctx)[0] if objs else None
+    bkey = _backup_key(ctx, required=False) if entry.manifest.get("encryption") else None
+    current, _ = _api_key(ctx)
+    old, old_source = _api_key(ctx, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
+    plan = plan_restore(entry, pg=pg, s3=s3, db=True, objs=objs, target_db=target_db or None,
+                        migrations_dir=ctx.cfg.app_source / "migrations", force=force, backup_key=bkey,
+                        backup_key_env=ctx.cfg.backup.encryption_key_env, current_api_key=current, old_api_key=old,
+                        old_api_key_source=old_source, env_hint=str(ctx.cfg.state / "env" / "api.env"))
+    for i, s in enumerate(plan.steps, 1):
+        ctx.say(f"restore plan {i}. {s}")
+    stack = None if os.environ.get("DATABASE_URL") else ctx.stack
+
+    def stop_app():
+        if stack is None or not stack.sup.is_running():
+            return []
+        units = [(u.service, u.color) for u in stack.runtime.status()
+                 if u.service in ("api", "worker") and u.state in ("RUNNING", "STARTING")]
+        for service, color in units:
+            stack.runtime.stop(service, color)
+        return units
+
+    def start_app(units):
+        for service, color in units:
+            stack.runtime.start(service, color)
+
+    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_jobs(ctx), backup_key=bkey, stop_app=stop_app,
+                          start_app=start_app, phase=ctx.say)
+    return {"backup": entry.id, **res.to_dict()}

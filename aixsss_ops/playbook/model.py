@@ -1,0 +1,312 @@
+"""The playbook format: YAML read with line numbers, validated by pydantic, then checked against the action
+registry and the expression language. Every error names the file, the line and the field."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+
+from aixsss_ops.errors import UsageError
+from aixsss_ops.playbook import expr
+from aixsss_ops.playbook.actions import REGISTRY
+
+_ID = r"^[a-z][a-z0-9_]*$"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+ABORT, CONTINUE = "abort", "continue"
+
+
+def parse_duration(v: Any) -> Any:
+    """``90``, ``"90s"``, ``"5m"``, ``"1h"`` → seconds."""
+    if isinstance(v, str):
+        m = _DURATION.match(v)
+        if not m:
+            raise ValueError(f"not a duration: {v!r} (use seconds, or e.g. '30s', '5m', '1h')")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return v
+
+
+def _var_spec(v: Any) -> Any:
+    return v if isinstance(v, dict) else {"default": v}
+
+
+class VarSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    default: Any = None
+    required: bool = False
+    description: str = ""
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    id: str = Field(pattern=_ID)
+    action: str
+    params: dict[str, Any] = Field(default_factory=dict, alias="with")
+    when: str | None = None
+    timeout: Annotated[float | None, BeforeValidator(parse_duration), Field(gt=0)] = None
+    on_failure: str = ABORT
+    description: str = ""
+
+
+class PlaybookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    vars: dict[Annotated[str, Field(pattern=_ID)], Annotated[VarSpec, BeforeValidator(_var_spec)]] = Field(
+        default_factory=dict)
+    steps: list[StepSpec] = Field(min_length=1)
+    rollbacks: dict[Annotated[str, Field(pattern=_ID)], list[StepSpec]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Located:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class PlaybookInvalid(UsageError):
+    def __init__(self, errors: list[Located]):
+        self.errors = errors
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"invalid playbook: {errors[0]}{more}", details="\n".join(str(e) for e in errors[1:]) or None)
+
+
+@dataclass
+class Playbook:
+    spec: PlaybookSpec
+    path: Path
+    sha256: str
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def step_lists(self) -> dict[str, list[StepSpec]]:
+        return {"steps": self.spec.steps, **{f"rollbacks.{k}": v for k, v in self.spec.rollbacks.items()}}
+
+
+# -- YAML with line numbers --
+
+
+def _compose(text: str, file: str) -> tuple[Any, dict[tuple, int]]:
+    import yaml
+
+    lines: dict[tuple, int] = {}
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise PlaybookInvalid([Located(file, (mark.line + 1) if mark else 1, "yaml", str(e.problem or e))]) from None
+    except yaml.YAMLError as e:
+        raise PlaybookInvalid([Located(file, 1, "yaml", str(e))]) from None
+
+    def build(n, path: tuple) -> Any:
+        if isinstance(n, yaml.MappingNode):
+            out: dict = {}
+            for k, v in n.value:
+                key = loader.construct_object(k, deep=True) if isinstance(k, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    raise PlaybookInvalid([Located(file, k.start_mark.line + 1, _field(path), "keys must be names")])
+                if key in out:
+                    raise PlaybookInvalid([Located(file, k.start_mark.line + 1, _field((*path, key)),
+                                                   "duplicate key")])
+                lines[(*path, key)] = k.start_mark.line + 1
+                out[key] = build(v, (*path, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            items = []
+            for i, v in enumerate(n.value):
+                lines[(*path, i)] = v.start_mark.line + 1
+                items.append(build(v, (*path, i)))
+            return items
+        return loader.construct_object(n, deep=True)
+
+    try:
+        data = None if node is None else build(node, ())
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _field(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _line(lines: dict[tuple, int], path: tuple) -> int:
+    for n in range(len(path), 0, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return 1
+
+
+# -- loading and checking --
+
+
+def load(path: Path, display: str | None = None) -> Playbook:
+    file = display or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{file}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PlaybookInvalid([Located(file, 1, "yaml", "not UTF-8 text")]) from None
+    data, lines = _compose(text, file)
+    if not isinstance(data, dict):
+        raise PlaybookInvalid([Located(file, 1, "(top level)", "a playbook is a mapping with name and steps")])
+    try:
+        spec = PlaybookSpec.model_validate(data)
+    except ValidationError as e:
+        errs = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = tuple(p for p in loc if p not in ("[key]",))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif err["type"] == "missing":
+                msg = "required field missing"
+            errs.append(Located(file, _line(lines, loc), _field(loc), msg))
+        raise PlaybookInvalid(errs) from None
+    book = Playbook(spec, path, hashlib.sha256(raw).hexdigest(), lines)
+    problems = check(book, file)
+    if problems:
+        raise PlaybookInvalid(problems)
+    return book
+
+
+def check(book: Playbook, file: str) -> list[Located]:
+    """Semantic checks: unique ids, known actions and parameters, literal parameter types, on_failure targets,
+    expressions that parse and name declared variables and known steps."""
+    spec, lines = book.spec, book.lines
+    errs: list[Located] = []
+
+    def err(path: tuple, msg: str) -> None:
+        errs.append(Located(file, _line(lines, path), _field(path), msg))
+
+    main_ids = [s.id for s in spec.steps]
+    seen: dict[str, tuple] = {}
+    for lname, steps in book.step_lists().items():
+        base = tuple(lname.split("."))
+        for i, step in enumerate(steps):
+            if step.id in seen:
+                err((*base, i, "id"), f"duplicate step id {step.id!r}")
+            seen[step.id] = (*base, i)
+    for lname, steps in book.step_lists().items():
+        base = tuple(lname.split("."))
+        is_main = lname == "steps"
+        for i, step in enumerate(steps):
+            at = (*base, i)
+            act = REGISTRY.get(step.action)
+            if act is None:
+                err((*at, "action"), f"unknown action {step.action!r}; known: {', '.join(sorted(REGISTRY))}")
+            else:
+                for pname, value in step.params.items():
+                    p = act.params.get(pname)
+                    if p is None:
+                        known = ", ".join(sorted(act.params)) or "none"
+                        err((*at, "with", pname), f"unknown parameter of {step.action} (known: {known})")
+                    elif not expr.has_template(value):
+                        try:
+                            TypeAdapter(p.type | None).validate_python(value, strict=p.type is not float)
+                        except ValidationError as e:
+                            err((*at, "with", pname), f"expected {p.type.__name__}: {e.errors()[0]['msg']}")
+                for pname, p in act.params.items():
+                    if p.required and pname not in step.params:
+                        err((*at, "with"), f"{step.action} needs parameter {pname!r}")
+            allowed = {ABORT, CONTINUE} | (set(spec.rollbacks) if is_main else set())
+            if step.on_failure not in allowed:
+                where = "a rollback list" if is_main else "a rollback step (abort or continue only)"
+                err((*at, "on_failure"), f"{step.on_failure!r} is not abort, continue or {where}"
+                    + (f"; rollback lists: {', '.join(spec.rollbacks) or 'none'}" if is_main else ""))
+            # expressions: a main step sees the steps before it; a rollback step sees every main step
+            visible = set(main_ids[:i]) if is_main else set(main_ids) | {s.id for s in steps[:i]}
+            exprs: list[tuple[tuple, expr.Expr]] = []
+            if step.when is not None:
+                try:
+                    exprs.append(((*at, "when"), expr.parse(step.when)))
+                except expr.ExprError as e:
+                    err((*at, "when"), str(e))
+            for pname, value in step.params.items():
+                try:
+                    exprs += [((*at, "with", pname), x) for x in expr.template_exprs(value)]
+                except expr.ExprError as e:
+                    err((*at, "with", pname), str(e))
+            for path, x in exprs:
+                for ref in x.paths():
+                    root = ref[0]
+                    if root not in expr.ROOTS:
+                        err(path, f"unknown name {root!r} (use {', '.join(expr.ROOTS)})")
+                    elif root == "vars" and (len(ref) < 2 or ref[1] not in spec.vars):
+                        err(path, f"undeclared variable {'.'.join(map(str, ref[1:2])) or '(none)'!r}; declare it "
+                                  "under vars:")
+                    elif root == "steps" and (len(ref) < 2 or ref[1] not in visible):
+                        name = ref[1] if len(ref) > 1 else ""
+                        why = "a later step" if name in seen else "no such step"
+                        err(path, f"steps.{name} is {why}; a step can only read steps that ran before it")
+                    elif root == "failure" and is_main:
+                        err(path, "failure.* is only defined in rollback steps")
+    return errs
+
+
+def coerce_var(name: str, spec: VarSpec, raw: str) -> Any:
+    """A value from --var or the environment, typed like the variable's default."""
+    d = spec.default
+    if isinstance(d, bool):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise UsageError(f"variable {name} is a boolean: {raw!r} is not true or false")
+    if isinstance(d, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"variable {name} is an integer: {raw!r}") from None
+    if isinstance(d, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise UsageError(f"variable {name} is a number: {raw!r}") from None
+    return raw
+
+
+def env_var_name(playbook_var: str) -> str:
+    return f"AIXSSS_VAR_{playbook_var.upper()}"
+
+
+def resolve_vars(book: Playbook, cli: dict[str, str], environ: dict[str, str]) -> dict[str, Any]:
+    """--var k=v, then $AIXSSS_VAR_<K>, then the default; undeclared or missing required variables are errors."""
+    spec = book.spec
+    unknown = sorted(set(cli) - set(spec.vars))
+    if unknown:
+        raise UsageError(f"{book.name} declares no variable {', '.join(unknown)}",
+                         hint=f"its variables: {', '.join(spec.vars) or 'none'}")
+    out: dict[str, Any] = {}
+    for name, v in spec.vars.items():
+        if name in cli:
+            out[name] = coerce_var(name, v, cli[name])
+        elif env_var_name(name) in environ:
+            out[name] = coerce_var(name, v, environ[env_var_name(name)])
+        elif v.required:
+            raise UsageError(f"{book.name} needs variable {name}: pass --var {name}=VALUE or set {env_var_name(name)}")
+        else:
+            out[name] = v.default
+    return out
