@@ -39,9 +39,13 @@ def _pg(st: State, flag: str | None):
 
     url = flag or os.environ.get("DATABASE_URL")
     if not url:
+        from aixsss_ops.errors import UsageError
         from aixsss_ops.stack.manager import Stack
 
-        url = Stack(st.config).admin_url(st.config.postgres.database)
+        stack = Stack(st.config)
+        if not stack.layout.secrets_file.exists():  # no embedded stack here: do not invent its secrets
+            raise UsageError("no database: pass --database-url, set DATABASE_URL, or run `aixsss-ops stack up`")
+        url = stack.admin_url(st.config.postgres.database)
     with suppress(ValueError):
         scrubber.add(urlsplit(url).password)
     return parse_database_url(url)

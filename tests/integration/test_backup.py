@@ -328,3 +328,10 @@ def test_table_checksums_split_into_block_ranges_add_up_to_the_whole_table(datab
     assert changed.checksum != whole.checksum and changed.rows == whole.rows == 120_000
     after = pgb.table_sums(target, jobs=2)["public.big"]
     assert (after.rows, after.checksum) == (changed.rows, changed.checksum)
+
+
+def test_without_a_database_url_or_a_stack_create_is_a_usage_error(env):
+    e = {k: v for k, v in env.env.items() if k != "DATABASE_URL"}
+    r = run_cli("backup", "create", "--no-objects", config=env.config, env={**e, "DATABASE_URL": ""})
+    assert r.code == 2 and "--database-url" in r.stderr, r.output
+    assert not (env.config.parent / "state" / "secrets").exists()
