@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli import backup, ci, config_cmd, deploy, doctor, env, migrate, play, queue, stack
+from aixsss_ops.cli import backup, ci, config_cmd, deploy, doctor, env, keys, migrate, play, queue, stack
 from aixsss_ops.cli.common import handle_errors, state
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(env.app, name="env")
 app.add_typer(queue.app, name="queue")
 app.add_typer(migrate.app, name="migrate")
+app.add_typer(keys.app, name="keys")
 app.add_typer(backup.app, name="backup")
 app.command("restore", help="Alias of `backup restore`.")(handle_errors(backup.restore_command))
 app.add_typer(deploy.app, name="deploy")
