@@ -483,6 +483,8 @@ def backup_restore(ctx: ActionContext, id="latest", target_db=None, db_only=Fals
     def start_app(units):
         for service, color in units:
             stack.runtime.start(service, color)
+        defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in set(units)]
+        stack.wait_ready(defs, ctx.say)  # answer only once the app serves again
 
     res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_jobs(ctx), backup_key=bkey, stop_app=stop_app,
                           start_app=start_app, phase=ctx.say)

@@ -46,7 +46,7 @@ class StepTimeout(Exception):
 
 
 def call(fn: Callable[[Callable[[str], None]], Any], timeout: float | None, on_say: Callable[[str], None],
-         grace: float = 15.0) -> dict[str, Any]:
+         grace: float = 15.0, on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
     """``fn(say)`` in a child process; returns ``{"ok": True, "output": ...}`` or ``{"ok": False, "error": ...}``.
 
     The child runs in its own process group: a timeout sends SIGTERM to the group, then SIGKILL after ``grace``.
@@ -80,6 +80,8 @@ def call(fn: Callable[[Callable[[str], None]], Any], timeout: float | None, on_s
         finally:
             os._exit(code)
     os.close(w)
+    if on_start is not None:
+        on_start(pid)
     deadline = None if timeout is None else time.monotonic() + timeout
     buf, result = b"", None
     try:

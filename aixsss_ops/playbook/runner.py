@@ -282,7 +282,11 @@ class Runner:
             actx = ActionContext(say=say, **actx_args)
             return jsonable(act.fn(actx, **params))
 
-        res = child.call(work, timeout_of(step), lambda m: self.events("say", step=rec, message=m))
+        def started(pid: int) -> None:
+            rec["pid"] = pid
+            self.store.save(record)
+
+        res = child.call(work, timeout_of(step), lambda m: self.events("say", step=rec, message=m), on_start=started)
         rec["duration_s"] = round(time.monotonic() - t0, 3)
         rec["finished_at"] = now_iso()
         if res["ok"]:
