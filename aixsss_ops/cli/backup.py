@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import suppress
-from urllib.parse import urlsplit
 
 import typer
 
@@ -25,86 +23,10 @@ Jobs = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs for pg_dump
 NoObjects = typer.Option(False, "--no-objects", help="Leave the object store out (database only).")
 
 
-# -- target resolution (connection precedence: flag, process env, env files, ops.toml/embedded stack) --
+def _targets():
+    from aixsss_ops.backup import targets
 
-def _api_env(st: State) -> dict[str, str]:
-    from aixsss_ops.migrate.settings import read_env_file
-
-    return read_env_file(st.config.state / "env" / "api.env")
-
-
-def _pg(st: State, flag: str | None):
-    from aixsss_ops.dburl import parse_database_url
-    from aixsss_ops.output import scrubber
-
-    url = flag or os.environ.get("DATABASE_URL")
-    if not url:
-        from aixsss_ops.errors import UsageError
-        from aixsss_ops.stack.manager import Stack
-
-        stack = Stack(st.config)
-        if not stack.layout.secrets_file.exists():  # no embedded stack here: do not invent its secrets
-            raise UsageError("no database: pass --database-url, set DATABASE_URL, or run `aixsss-ops stack up`")
-        url = stack.admin_url(st.config.postgres.database)
-    with suppress(ValueError):
-        scrubber.add(urlsplit(url).password)
-    return parse_database_url(url)
-
-
-def _s3(st: State, with_objects: bool):
-    from aixsss_ops.output import scrubber
-    from aixsss_ops.s3 import S3Target
-
-    if not with_objects:
-        return None, None
-    env = os.environ
-    if env.get("S3_ENDPOINT"):
-        t = S3Target(env["S3_ENDPOINT"], env.get("S3_ACCESS_KEY", ""), env.get("S3_SECRET_KEY", ""),
-                     env.get("S3_REGION", st.config.s3.region))
-        bucket = env.get("S3_BUCKET") or st.config.s3.bucket
-    else:
-        from aixsss_ops.stack.manager import Stack
-
-        t, bucket = Stack(st.config).s3_target(), st.config.s3.bucket
-    scrubber.add(t.secret_key)
-    return t, bucket
-
-
-def _api_key(st: State, name: str = "API_KEY_ENCRYPTION_KEY") -> tuple[bytes | None, str | None]:
-    from aixsss_ops.crypto import derive_key
-    from aixsss_ops.output import scrubber
-
-    raw, source = os.environ.get(name), f"${name}"
-    if not raw:
-        raw, source = _api_env(st).get(name), f"{name} in {st.config.state / 'env' / 'api.env'}"
-    if not raw:
-        return None, None
-    scrubber.add(raw)
-    return derive_key(raw), source
-
-
-def _backup_key(st: State, required: bool) -> bytes | None:
-    from aixsss_ops.backup.crypt import load_key
-    from aixsss_ops.output import scrubber
-
-    name = st.config.backup.encryption_key_env
-    raw = os.environ.get(name)
-    if not raw and not required:
-        return None
-    scrubber.add(raw)
-    return load_key(raw, f"${name}")
-
-
-def _catalog(st: State):
-    from aixsss_ops.backup.catalog import Catalog
-
-    return Catalog(st.config.backup_dir)
-
-
-def _jobs(st: State, jobs: int | None) -> int:
-    from aixsss_ops.backup.create import cores
-
-    return jobs or st.config.backup.jobs or cores()
+    return targets
 
 
 def _size(n: int | None) -> str:
@@ -182,31 +104,10 @@ def create(
     encrypt: bool = typer.Option(None, "--encrypt/--no-encrypt", help="Override backup.encrypt.", show_default=False),
 ) -> None:
     """Take one restore point: pg_dump (directory, parallel) + globals + per-table checksums + the object manifest."""
-    from aixsss_ops.backup.create import CreateOptions, create_backup
-    from aixsss_ops.backup.prune import Policy
-
     st = state(ctx)
-    cfg = st.config
-    b = cfg.backup
-    pg = _pg(st, database_url)
-    s3, bucket = _s3(st, not no_objects)
-    do_encrypt = b.encrypt if encrypt is None else encrypt
-    api_key, _ = _api_key(st)
-    app_info = {"version": cfg.app.version, "active_color": None}
-    with suppress(Exception):
-        from aixsss_ops.stack.manager import Stack
-
-        colors = Stack(cfg).colors()
-        active = colors.get("active")
-        app_info = {"active_color": active, "version": colors["colors"].get(active, {}).get("version")}
-    opts = CreateOptions(
-        label=label, jobs=_jobs(st, jobs), compression=b.compression,
-        encryption_key=_backup_key(st, required=True) if do_encrypt else None, api_key=api_key, app=app_info,
-        keep=keep, retention_days=Policy(b.keep_last, b.keep_daily, b.keep_weekly).horizon_days,
-        noncurrent_version_days=b.noncurrent_version_days,
-    )
     with _Progress(st) as prog:
-        result = create_backup(_catalog(st), pg, s3, bucket, opts, prog)
+        result = _targets().create(st.config, label=label, keep=keep, requested_jobs=jobs, database_url=database_url,
+                                   with_objects=not no_objects, encrypt=encrypt, reporter=prog)
 
     def human(d):
         c = st.out.console
@@ -224,7 +125,7 @@ def create(
 def list_cmd(ctx: typer.Context) -> None:
     """Backups ordered by snapshot time (oldest first): id, time, label, sizes, objects, status, age, last verified."""
     st = state(ctx)
-    rows = [e.summary() for e in _catalog(st).entries()]
+    rows = [e.summary() for e in _targets().catalog(st.config).entries()]
 
     def human(data):
         if not data:
@@ -256,13 +157,13 @@ def verify(
     from aixsss_ops.backup.verify import verify_backup
 
     st = state(ctx)
-    cat = _catalog(st)
+    cat = _targets().catalog(st.config)
     entry = cat.get(backup_id)
-    pg = _pg(st, database_url) if restore else None
-    s3 = _s3(st, restore and not no_objects and entry.manifest.get("objects") is not None)[0]
-    key = _backup_key(st, required=False) if entry.manifest.get("encryption") else None
+    pg = _targets().database(st.config, database_url) if restore else None
+    s3 = _targets().objects(st.config, restore and not no_objects and entry.manifest.get("objects") is not None)[0]
+    key = _targets().backup_key(st.config, required=False) if entry.manifest.get("encryption") else None
     res = verify_backup(cat, entry, key=key, key_env=st.config.backup.encryption_key_env, restore=restore, pg=pg,
-                        s3=s3, jobs=_jobs(st, jobs), phase=st.out.info)
+                        s3=s3, jobs=_targets().jobs(st.config, jobs), phase=st.out.info)
 
     def human(d):
         for p in d["problems"]:
@@ -286,7 +187,7 @@ def keep(
 ) -> None:
     """Mark a backup so that prune never deletes it (or remove the mark)."""
     st = state(ctx)
-    cat = _catalog(st)
+    cat = _targets().catalog(st.config)
     entry = cat.get(backup_id)
     cat.update_meta(entry, keep=not unset)
     st.out.emit({"id": entry.id, "keep": not unset},
@@ -306,7 +207,7 @@ def prune(
     st = state(ctx)
     b = st.config.backup
     policy = Policy(b.keep_last, b.keep_daily, b.keep_weekly)
-    cat = _catalog(st)
+    cat = _targets().catalog(st.config)
     if not dry_run:
         from aixsss_ops.backup.prune import plan_prune
 
@@ -354,21 +255,21 @@ def restore_command(
     st = state(ctx)
     if db_only and objects_only:
         raise UsageError("--db-only and --objects-only exclude each other")
-    cat = _catalog(st)
+    cat = _targets().catalog(st.config)
     entry = cat.get(backup_id)
     db, objs = not objects_only, not db_only and entry.manifest.get("objects") is not None
     if objects_only and entry.manifest.get("objects") is None:
         raise UsageError(f"backup {entry.id} has no object manifest")
-    pg = _pg(st, database_url) if db else None
-    s3 = _s3(st, objs)[0]
-    bkey = _backup_key(st, required=False) if entry.manifest.get("encryption") else None
-    current, _ = _api_key(st)
+    pg = _targets().database(st.config, database_url) if db else None
+    s3 = _targets().objects(st.config, objs)[0]
+    bkey = _targets().backup_key(st.config, required=False) if entry.manifest.get("encryption") else None
+    current, _ = _targets().api_key(st.config)
     old, old_source = None, None
     if old_key:
         scrubber.add(old_key)
         old, old_source = derive_key(old_key), "--old-key"
     else:
-        old, old_source = _api_key(st, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
+        old, old_source = _targets().api_key(st.config, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
     plan = plan_restore(
         entry, pg=pg, s3=s3, db=db, objs=objs, target_db=target_db, migrations_dir=st.config.app_source / "migrations",
         force=force, backup_key=bkey, backup_key_env=st.config.backup.encryption_key_env, current_api_key=current,
@@ -400,7 +301,7 @@ def restore_command(
         stack = Stack(st.config)
 
     def stop_app() -> list[tuple[str, str | None]]:
-        if stack is None or not stack.sup.is_running():
+        if stack is None:
             return []
         units = [(u.service, u.color) for u in stack.runtime.status()
                  if u.service in ("api", "worker") and u.state in ("RUNNING", "STARTING")]
@@ -412,8 +313,8 @@ def restore_command(
         for service, color in units:
             stack.runtime.start(service, color)
 
-    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_jobs(st, jobs), backup_key=bkey, stop_app=stop_app,
-                          start_app=start_app, phase=out.info)
+    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_targets().jobs(st.config, jobs), backup_key=bkey,
+                          stop_app=stop_app, start_app=start_app, phase=out.info)
 
     def human(d):
         c = out.console

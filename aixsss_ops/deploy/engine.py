@@ -188,7 +188,7 @@ class Deployer:
             "take the deploy lock",
             "validate the env of api, worker and web",
             "run pre-deploy hooks",
-            *(["take a pre-deploy backup"] if self.cfg.deploy.backup and _backup_available() else []),
+            *(["take a pre-deploy backup"] if self.cfg.deploy.backup else []),
             f"apply pending migrations from {release.id}",
             f"boot api-{target} and worker-{target} from {release.id}",
             f"health gate on {self._api_url(target)}",
@@ -269,12 +269,22 @@ class Deployer:
         return list(result.applied)
 
     def _backup(self, release: releases.Release) -> str | None:
-        if not (self.cfg.deploy.backup and _backup_available()):
+        if not self.cfg.deploy.backup:
             return None
-        from aixsss_ops.backup import create_for_stack
+        from aixsss_ops.backup import targets
+        from aixsss_ops.backup.create import Reporter
+
+        say = self.say
+
+        class Phases(Reporter):
+            def phase(self, message: str) -> None:
+                say(f"backup: {message}")
+
+            def warn(self, message: str) -> None:
+                say(f"backup warning: {message}")
 
         self.say("taking a pre-deploy backup")
-        return create_for_stack(self.stack, label=f"pre-deploy {release.id}").id
+        return targets.create(self.cfg, label=f"pre-deploy {release.id}", reporter=Phases()).id
 
     def _smoke(self, release: releases.Release) -> None:
         ok, body = probes.api_health(f"{self.stack.url}/api/health")
@@ -449,9 +459,3 @@ class Deployer:
 
 def _later(minutes: float) -> str:
     return (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat(timespec="seconds")
-
-
-def _backup_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("aixsss_ops.backup") is not None

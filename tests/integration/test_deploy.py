@@ -237,3 +237,16 @@ def test_sigkill_during_deploy_leaves_the_live_color_serving_and_status_truthful
     again = run_cli("--json", "deploy", "--version", "8.0.0", config=cfg, timeout=180)
     assert again.code == 0, again.output
     assert health(url)["version"] == "8.0.0" and json.loads(again.stdout)["color"] == idle
+
+
+def test_deploy_takes_a_pre_deploy_backup_and_records_it(env):
+    cfg = env["cfg"]
+    r = run_cli("--json", "deploy", "--version", "9.1.0", config=cfg, env={"AIXSSS_OPS_DEPLOY__BACKUP": "true"},
+                timeout=240)
+    assert r.code == 0, r.output
+    backup_id = r.json["backup_id"]
+    assert backup_id
+    listed = run_cli("--json", "backup", "list", config=cfg).json
+    entry = next(b for b in listed if b["id"] == backup_id)
+    assert entry["status"] == "complete" and entry["label"].startswith("pre-deploy 9.1.0-")
+    assert run_cli("--json", "deploy", "releases", config=cfg).json[-1]["backup_id"] == backup_id

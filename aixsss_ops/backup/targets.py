@@ -1,0 +1,116 @@
+"""Where a backup reads from and writes to, resolved from the configuration.
+
+Connection precedence: an explicit URL, then the process environment (``DATABASE_URL``, ``S3_*``,
+``API_KEY_ENCRYPTION_KEY``) as CI sets it, then the services' env files, then the embedded stack.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import suppress
+from urllib.parse import urlsplit
+
+from aixsss_ops import envfile
+from aixsss_ops.backup.catalog import Catalog
+from aixsss_ops.backup.create import CreateOptions, CreateResult, Reporter, cores, create_backup
+from aixsss_ops.backup.prune import Policy
+from aixsss_ops.config import OpsConfig
+from aixsss_ops.dburl import PgTarget, parse_database_url
+from aixsss_ops.errors import UsageError
+from aixsss_ops.output import scrubber
+from aixsss_ops.s3 import S3Target
+
+
+def catalog(cfg: OpsConfig) -> Catalog:
+    return Catalog(cfg.backup_dir)
+
+
+def jobs(cfg: OpsConfig, requested: int | None = None) -> int:
+    return requested or cfg.backup.jobs or cores()
+
+
+def _stack(cfg: OpsConfig):
+    from aixsss_ops.stack.manager import Stack
+
+    return Stack(cfg)
+
+
+def database(cfg: OpsConfig, url: str | None = None) -> PgTarget:
+    url = url or os.environ.get("DATABASE_URL")
+    if not url:
+        stack = _stack(cfg)
+        if not stack.layout.secrets_file.exists():  # no embedded stack here: do not invent its secrets
+            raise UsageError("no database: pass --database-url, set DATABASE_URL, or run `aixsss-ops stack up`")
+        url = stack.admin_url(cfg.postgres.database)
+    with suppress(ValueError):
+        scrubber.add(urlsplit(url).password)
+    return parse_database_url(url)
+
+
+def objects(cfg: OpsConfig, wanted: bool = True) -> tuple[S3Target | None, str | None]:
+    if not wanted:
+        return None, None
+    env = os.environ
+    if env.get("S3_ENDPOINT"):
+        t = S3Target(env["S3_ENDPOINT"], env.get("S3_ACCESS_KEY", ""), env.get("S3_SECRET_KEY", ""),
+                     env.get("S3_REGION", cfg.s3.region))
+        bucket = env.get("S3_BUCKET") or cfg.s3.bucket
+    else:
+        t, bucket = _stack(cfg).s3_target(), cfg.s3.bucket
+    scrubber.add(t.secret_key)
+    return t, bucket
+
+
+def _api_env(cfg: OpsConfig) -> dict[str, str]:
+    path = cfg.state / "env" / "api.env"
+    return envfile.read(path) if path.exists() else {}
+
+
+def api_key(cfg: OpsConfig, name: str = "API_KEY_ENCRYPTION_KEY") -> tuple[bytes | None, str | None]:
+    """The derived provider-key encryption key in force (from the environment, else the api env file)."""
+    from aixsss_ops.crypto import derive_key
+
+    raw, source = os.environ.get(name), f"${name}"
+    if not raw:
+        raw, source = _api_env(cfg).get(name), f"{name} in {cfg.state / 'env' / 'api.env'}"
+    if not raw:
+        return None, None
+    scrubber.add(raw)
+    return derive_key(raw), source
+
+
+def backup_key(cfg: OpsConfig, required: bool) -> bytes | None:
+    from aixsss_ops.backup.crypt import load_key
+
+    name = cfg.backup.encryption_key_env
+    raw = os.environ.get(name)
+    if not raw and not required:
+        return None
+    scrubber.add(raw)
+    return load_key(raw, f"${name}")
+
+
+def app_info(cfg: OpsConfig) -> dict:
+    info = {"version": cfg.app.version, "active_color": None}
+    with suppress(Exception):
+        colors = _stack(cfg).colors()
+        active = colors.get("active")
+        info = {"active_color": active, "version": colors["colors"].get(active, {}).get("version")}
+    return info
+
+
+def create(cfg: OpsConfig, *, label: str | None = None, keep: bool = False, requested_jobs: int | None = None,
+           database_url: str | None = None, with_objects: bool = True, encrypt: bool | None = None,
+           reporter: Reporter | None = None) -> CreateResult:
+    """One restore point of the configured deployment (what ``backup create`` and a pre-deploy backup take)."""
+    b = cfg.backup
+    pg = database(cfg, database_url)
+    s3, bucket = objects(cfg, with_objects)
+    do_encrypt = b.encrypt if encrypt is None else encrypt
+    opts = CreateOptions(
+        label=label, jobs=jobs(cfg, requested_jobs), compression=b.compression,
+        encryption_key=backup_key(cfg, required=True) if do_encrypt else None, api_key=api_key(cfg)[0],
+        app=app_info(cfg), keep=keep, retention_days=Policy(b.keep_last, b.keep_daily, b.keep_weekly).horizon_days,
+        noncurrent_version_days=b.noncurrent_version_days,
+    )
+    return create_backup(catalog(cfg), pg, s3, bucket, opts, reporter or Reporter())
