@@ -5,29 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from aixsss_ops import envfile
 from aixsss_ops.errors import UsageError
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=value`` lines (``export`` prefixes, comments and surrounding quotes tolerated)."""
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return values
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key = key.strip().removeprefix("export ").strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
-    return values
+    """The variables of an env file; empty when it does not exist (a malformed line is an error naming it)."""
+    return envfile.read(path) if path.exists() else {}
 
 
 def database_url(flag: str | None, environ: Mapping[str, str], env_file: Path | None) -> tuple[str, str]:
