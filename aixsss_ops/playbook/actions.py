@@ -489,3 +489,54 @@ def backup_restore(ctx: ActionContext, id="latest", target_db=None, db_only=Fals
     res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_jobs(ctx), backup_key=bkey, stop_app=stop_app,
                           start_app=start_app, phase=ctx.say)
     return {"backup": entry.id, **res.to_dict()}
+
+
+# -- provider-key encryption key --
+
+
+@action(
+    "keys.check", destructive=False, default_timeout=600.0,
+    summary="every stored provider key decrypts with the configured key; api and worker agree; no rotation unfinished",
+)
+def keys_check(ctx: ActionContext) -> dict:
+    from aixsss_ops.keys.service import check
+
+    res = check(ctx.cfg)
+    if not res["ok"]:
+        raise CheckFailed(f"keys: {res['findings'][0]}", details="\n".join(res["findings"][1:]) or None)
+    ctx.say(f"keys: {res['values']} value(s), all decrypt with key {res['key_fingerprint']}")
+    return res
+
+
+@action(
+    "keys.rotate", destructive=True, default_timeout=7200.0,
+    summary="re-encrypt every provider key with a new key, write the env files, blue/green restart (resumable)",
+    new_key_env=Param(str, help="name of an environment variable holding the new key (default: generate one)"),
+    rollback=Param(bool, False, help="go back to the kept previous key instead"),
+    drain_timeout=Param(float, 120.0, help="seconds to wait for active jobs"),
+    batch_size=Param(int, help="rows per transaction"),
+)
+def keys_rotate(ctx: ActionContext, new_key_env=None, rollback=False, drain_timeout=120.0, batch_size=None) -> dict:
+    import signal
+
+    from aixsss_ops.keys.service import RotateOptions, next_steps, prepare
+    from aixsss_ops.output import scrubber
+
+    new_key = None
+    if new_key_env and not rollback:
+        new_key = os.environ.get(new_key_env)
+        if not new_key:
+            raise CheckFailed(f"${new_key_env} (the new key) is not set")
+        scrubber.add(new_key)
+
+    def interrupt(_signum, _frame):  # a step timeout stops the rotation the way Ctrl-C does: it reverts cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    opts = RotateOptions(new_key=new_key, generate=not new_key and not rollback, rollback=rollback,
+                         drain_timeout=drain_timeout, batch=batch_size)
+    rot = prepare(ctx.cfg, opts, say=ctx.say)
+    res = rot.abort() if rot.revert_only else rot.run()
+    res.next_steps = next_steps(rot) if res.phase == "db-done" else []
+    ctx.say(f"keys: {res.phase}, {res.old_fingerprint} -> {res.new_fingerprint}, {res.reencrypted} re-encrypted")
+    return res.to_dict()

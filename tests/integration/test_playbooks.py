@@ -223,6 +223,29 @@ def test_a_release_killed_during_the_deploy_resumes_without_repeating_the_backup
     assert again.code == 2 and "already ended: succeeded" in again.json["error"]
 
 
+def test_rotate_key_reencrypts_provider_keys_and_the_app_keeps_working(env):
+    from aixsss_ops.connsettings import read_env_file
+    from aixsss_ops.crypto import derive_key, fingerprint
+
+    api_env = env["conf"].state / "env" / "api.env"
+    old = read_env_file(api_env)["API_KEY_ENCRYPTION_KEY"]
+    before = backups(env)
+    r = play(env, "rotate-key")
+    assert r.code == 0, r.output
+    steps = {s["id"]: s for s in r.json["steps"]}
+    assert all(s["status"] == "succeeded" for s in steps.values())
+    rot = steps["rotate"]["output"]
+    assert rot["phase"] == "done" and rot["old_fingerprint"] == fingerprint(derive_key(old))
+    assert rot["new_fingerprint"] != rot["old_fingerprint"] and rot["reencrypted"] > 0
+    new = read_env_file(api_env)["API_KEY_ENCRYPTION_KEY"]
+    assert new != old and fingerprint(derive_key(new)) == rot["new_fingerprint"]
+    assert read_env_file(env["conf"].state / "env" / "worker.env")["API_KEY_ENCRYPTION_KEY"] == new
+    after = steps["keys_after"]["output"]
+    assert after["key_fingerprint"] == rot["new_fingerprint"] and after["decrypt_ok"] == after["values"] > 0
+    assert steps["smoke"]["output"]["job_status"] == "succeeded"  # the worker decrypts with the new key
+    assert [b for b in backups(env) if b not in before] == [steps["backup"]["output"]["id"]]
+
+
 def test_restore_drill_restores_the_newest_backup_into_a_scratch_database(env):
     newest = backups(env)[-1]
     r = play(env, "restore-drill")

@@ -237,7 +237,7 @@ def test_variables_from_cli_then_environment_then_default(tmp_path):
         model.resolve_vars(book, {"restore": "maybe", "who": "x"}, {})
 
 
-@pytest.mark.parametrize("name", ["release", "restore-drill"])
+@pytest.mark.parametrize("name", ["release", "restore-drill", "rotate-key"])
 def test_bundled_playbooks_are_valid(name):
     book = model.load(REPO / "playbooks" / f"{name}.yml")
     assert book.name == name
