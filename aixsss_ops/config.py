@@ -100,6 +100,28 @@ class BackupSection(_Section):
     verify_max_age_days: float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
 
 
+class DockerSection(_Section):
+    """The docker runtime (``runtime = "docker"``): engine address, image names, resource limits."""
+
+    host: str = Field("", description="Engine address, as DOCKER_HOST; empty = $DOCKER_HOST, else the local socket")
+    timeout: float = Field(60.0, gt=0, description="seconds every Engine API call may take")
+    network: str = Field("", description="user-defined network of the project; empty = the project name")
+    base_image: str = Field("aixsss/base:bookworm", min_length=1, description="Debian root filesystem (images base)")
+    runtime_image: str = Field("aixsss/runtime:bookworm", min_length=1, description="base + the project's wheels")
+    app_image: str = Field("aixsss/app", min_length=1, description="repository of the app images; tag = release id")
+    postgres_image: str = Field("aixsss/base:bookworm", min_length=1)
+    redis_image: str = Field("aixsss/base:bookworm", min_length=1)
+    s3_image: str = Field("aixsss/runtime:bookworm", min_length=1)
+    proxy_image: str = Field("aixsss/base:bookworm", min_length=1)
+    debian_mirror: str = Field("", description="mirror for debootstrap; empty = the one apt uses here")
+    debian_suite: str = "bookworm"
+    app_memory: str = Field("512m", description="memory limit of each api/worker container; empty = none")
+    app_cpus: float = Field(1.0, ge=0, description="CPU limit of each api/worker container; 0 = none")
+    infra_memory: str = Field("1g", description="memory limit of postgres, redis, s3 and the proxy; empty = none")
+    infra_cpus: float = Field(0.0, ge=0, description="CPU limit of each infra container; 0 = none")
+    stop_timeout: int = Field(30, ge=1, description="seconds a container gets after SIGTERM before SIGKILL")
+
+
 class OpsConfig(BaseSettings):
     """The effective configuration. Relative paths are resolved against the config file's folder."""
 
@@ -117,6 +139,7 @@ class OpsConfig(BaseSettings):
     supervisor: SupervisorSection = SupervisorSection()
     deploy: DeploySection = DeploySection()
     backup: BackupSection = BackupSection()
+    docker: DockerSection = DockerSection()
 
     config_path: Path | None = Field(None, exclude=True)
 

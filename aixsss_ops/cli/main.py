@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli import backup, ci, config_cmd, deploy, doctor, env, keys, migrate, play, queue, stack
+from aixsss_ops.cli import backup, ci, config_cmd, deploy, doctor, env, images, keys, migrate, play, queue, stack
+from aixsss_ops.cli import compose as compose_cli
 from aixsss_ops.cli.common import handle_errors, state
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app.command("rollback", help="Alias of 'deploy rollback'.")(deploy.rollback)
 app.command("switch", help="Alias of 'deploy switch'.")(deploy.switch)
 app.command("play", help=play.HELP)(play.play)
 app.add_typer(ci.app, name="ci")
+app.add_typer(images.app, name="images")
+app.add_typer(compose_cli.app, name="compose")
 app.command("doctor")(doctor.doctor)
 
 

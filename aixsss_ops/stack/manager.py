@@ -54,6 +54,14 @@ class StackReport:
 
 
 class Stack:
+    def __new__(cls, cfg: OpsConfig):
+        # the engine comes from ops.toml: runtime = "docker" gives the docker stack (stack/docker_stack.py)
+        if cls is Stack and cfg.runtime == "docker":
+            from aixsss_ops.stack.docker_stack import DockerStack
+
+            cls = DockerStack
+        return super().__new__(cls)
+
     def __init__(self, cfg: OpsConfig):
         self.cfg = cfg
         self.layout = Layout(cfg.state)

@@ -1,0 +1,57 @@
+"""`aixsss-ops images`: container images for the docker runtime, built without a registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from aixsss_ops.cli.common import handle_errors, state
+
+app = typer.Typer(help="Build the docker runtime's images: the Debian base (debootstrap) and the app per release.",
+                  no_args_is_help=True)
+
+
+@app.command("base")
+@handle_errors
+def base(
+    ctx: typer.Context,
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the images exist."),
+    wheels_dir: Path = typer.Option(None, "--wheels-dir", help="Keep the project's wheels in this folder."),
+) -> None:
+    """The Debian base image (debootstrap + import) and the runtime image (base + the project's wheels)."""
+    from aixsss_ops.runtime import docker_images
+    from aixsss_ops.runtime.docker_engine import connect
+
+    st = state(ctx)
+    cfg = st.config
+    client = connect(cfg)
+    res = {
+        "base": docker_images.build_base(client, cfg, st.out.info, force=force),
+        "runtime": docker_images.build_runtime(client, cfg, st.out.info, wheels_dir=wheels_dir, force=force),
+    }
+    st.out.emit(res, lambda d: [st.out.console.print(f"{k}: {v['image']} ({'built' if v['built'] else 'kept'})")
+                                for k, v in d.items()])
+
+
+@app.command("app")
+@handle_errors
+def app_image(
+    ctx: typer.Context,
+    version: str = typer.Option(None, "--version", help="Release version (default: app.version of ops.toml)."),
+    source: Path = typer.Option(None, "--source", help="App source folder (default: app.source of ops.toml)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the image exists."),
+) -> None:
+    """The app image of a release (runtime image + the release's source), tagged with the release id."""
+    from aixsss_ops.deploy import releases
+    from aixsss_ops.runtime import docker_images
+    from aixsss_ops.runtime.docker_engine import connect
+    from aixsss_ops.stack.layout import Layout
+
+    st = state(ctx)
+    cfg = st.config
+    client = connect(cfg)
+    release, _ = releases.build(source or cfg.app_source, version or cfg.app.version, Layout(cfg.state).releases)
+    res = {"release": release.id, **docker_images.build_app(client, cfg, release.path, release.version, st.out.info,
+                                                            force=force)}
+    st.out.emit(res, lambda d: st.out.console.print(f"{d['image']} ({'built' if d['built'] else 'kept'})"))

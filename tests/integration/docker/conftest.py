@@ -1,0 +1,102 @@
+"""The docker runtime's tests run against a real dockerd: started here when none answers, stopped at the end if
+started here. Images are built once per session (reused when present). If the engine cannot start, the run fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cli import run_cli
+from tests.conftest import stack_config, state_tmpdir
+
+SOCK = "/var/run/docker.sock"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "docker: the docker runtime against a real dockerd (CI runs them)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/docker/" in str(item.fspath):
+            item.add_marker(pytest.mark.docker)
+
+
+def _answers() -> bool:
+    import docker
+
+    try:
+        docker.DockerClient(base_url=f"unix://{SOCK}", timeout=5).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A dockerd answering on the default socket; started (and later stopped) here when none answers."""
+    os.environ.pop("DOCKER_HOST", None)
+    if _answers():
+        yield SOCK
+        return
+    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+    if not os.path.exists(dockerd):
+        pytest.fail("dockerd is not installed (apt-get install docker.io; scripts/setup does it)")
+    log_dir = state_tmpdir("aixsss-dockerd-")
+    log = open(log_dir / "dockerd.log", "wb")
+    proc = subprocess.Popen([dockerd, "--host", f"unix://{SOCK}"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not _answers():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"dockerd did not start: {(log_dir / 'dockerd.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    try:
+        yield SOCK
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def docker_images(docker_engine):
+    """The base and runtime images (``images base``: kept when present and up to date)."""
+    root = state_tmpdir("aixsss-images-")
+    cfg = stack_config(root)
+    r = run_cli("images", "base", config=cfg, timeout=1500)
+    assert r.code == 0, r.output
+    return cfg
+
+
+def docker_config(prefix: str, **sections) -> tuple[Path, str]:
+    """An ops.toml for a docker stack of its own: a unique project (containers, network, volumes), free ports."""
+    root = state_tmpdir(prefix)
+    project = f"t{uuid.uuid4().hex[:8]}"
+    cfg = stack_config(root, **sections)
+    cfg.write_text(f'project = "{project}"\nruntime = "docker"\n' + cfg.read_text())
+    return cfg, project
+
+
+def purge(project: str) -> None:
+    """Remove every container, volume and the network of a test project."""
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=120)
+    label = f"io.aixsss.project={project}"
+    for c in client.containers.list(all=True, filters={"label": label}):
+        c.remove(force=True)
+    for v in client.volumes.list(filters={"label": label}):
+        v.remove(force=True)
+    for n in client.networks.list(filters={"label": label}):
+        n.remove()
