@@ -540,3 +540,20 @@ def keys_rotate(ctx: ActionContext, new_key_env=None, rollback=False, drain_time
     res.next_steps = next_steps(rot) if res.phase == "db-done" else []
     ctx.say(f"keys: {res.phase}, {res.old_fingerprint} -> {res.new_fingerprint}, {res.reencrypted} re-encrypted")
     return res.to_dict()
+
+
+def reference_table() -> str:
+    """The action table of docs/playbooks.md (a test keeps the two in sync)."""
+
+    def type_name(t) -> str:
+        return "list of str" if str(t).startswith("list") else getattr(t, "__name__", str(t))
+
+    rows = ["| action | changes things | default timeout | what it does | parameters |", "|---|---|---|---|---|"]
+    for name in sorted(REGISTRY):
+        a = REGISTRY[name]
+        params = "; ".join(
+            f"`{k}` ({type_name(p.type)}{'' if p.default is None else f', default {p.default!r}'}"
+            f"{', required' if p.required else ''}): {p.help}" for k, p in a.params.items()) or "—"
+        timeout = "" if a.timeout is None else f"{a.timeout:g}s"
+        rows.append(f"| `{name}` | {'yes' if a.destructive else 'no'} | {timeout} | {a.summary} | {params} |")
+    return "\n".join(rows) + "\n"

@@ -252,3 +252,10 @@ def test_release_playbook_shape():
     assert deploy.on_failure == "rollback"
     assert [s.action for s in book.spec.rollbacks["rollback"]][0] == "rollback"
     assert any(s.action == "backup.restore" for s in book.spec.rollbacks["rollback"])
+
+
+def test_docs_list_every_action_with_its_parameters():
+    from aixsss_ops.playbook.actions import reference_table
+
+    doc = (REPO / "docs" / "playbooks.md").read_text()
+    assert reference_table() in doc, "docs/playbooks.md is stale: paste reference_table() under ## Actions"
