@@ -255,7 +255,12 @@ def test_release_playbook_shape():
 
 
 def test_docs_list_every_action_with_its_parameters():
-    from aixsss_ops.playbook.actions import reference_table
+    from aixsss_ops.playbook.actions import REGISTRY, reference_table
 
+    test_only = {k: REGISTRY.pop(k) for k in list(REGISTRY) if k.startswith("test.")}  # the runner tests' actions
+    try:
+        table = reference_table()
+    finally:
+        REGISTRY.update(test_only)
     doc = (REPO / "docs" / "playbooks.md").read_text()
-    assert reference_table() in doc, "docs/playbooks.md is stale: paste reference_table() under ## Actions"
+    assert table in doc, "docs/playbooks.md is stale: paste reference_table() under ## Actions"
