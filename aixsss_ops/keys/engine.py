@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 from aixsss_ops.crypto import KeyCipher, MalformedPayload, WrongKey
 from aixsss_ops.dburl import PgTarget
+from aixsss_ops.errors import OpsError
 
 TABLE = "AIProfile"
 COLUMNS = ("apiKeyEncrypted", "imageApiKeyEncrypted", "videoApiKeyEncrypted")
@@ -208,6 +209,21 @@ def _reencrypt(rows: list[tuple], src: int, dst: int) -> tuple[list[tuple], Pass
     return updates, res, errors
 
 
+def _verify(rows: list[tuple], key: int) -> list[BadValue]:
+    """Stored values (as ``UPDATE … RETURNING`` gives them) that ``key`` does not open."""
+    c = _CIPHERS[key]
+    bad: list[BadValue] = []
+    for row in rows:
+        for col, value in zip(COLUMNS, row[1:], strict=True):
+            if value is None:
+                continue
+            try:
+                c.open(value)
+            except (WrongKey, MalformedPayload) as e:
+                bad.append(BadValue(str(row[0]), col, f"does not verify with the new key after writing ({e})"))
+    return bad
+
+
 # -- the database side ------------------------------------------------------------------------------------
 
 def default_workers() -> int:
@@ -223,7 +239,9 @@ class Engine:
         # rows re-sealed during a check: id -> (values seen, new values); used by the next reencrypt if unchanged
         self.memo: dict[str, tuple[tuple, tuple]] = {}
         self.memo_pair: tuple[int, int] | None = None  # the (src, dst) the memo was sealed for
-        self._seen: dict[str, tuple] = {}
+        # rows whose stored values were verified with key ``verified_key`` after writing: id -> values
+        self.verified: dict[str, tuple] = {}
+        self.verified_key: int | None = None
         self.batch = batch
         self.workers = workers or default_workers()
         import multiprocessing
@@ -274,12 +292,29 @@ class Engine:
                 else:
                     cur.execute(f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" = ANY(%s)', (list(ids),))
                 inflight: list[Future] = []
+                # values verified right after this engine wrote them, unchanged since: no need to decrypt again
+                known = self.verified if self.verified_key == order[0] and ids is None else {}
                 while True:
                     rows = cur.fetchmany(SCAN_CHUNK)
-                    if rows:
+                    todo = rows
+                    if rows and known:
+                        todo = []
+                        for row in rows:
+                            v = known.get(row[0])
+                            if v is None or v != row[1:]:
+                                todo.append(row)
+                                continue
+                            total.rows += 1
+                            n = sum(x is not None for x in v)
+                            total.values += n
+                            total.nulls += len(v) - n
+                            total.by_key[order[0]] += n
+                        if progress and len(todo) < len(rows):
+                            progress(len(rows) - len(todo))
+                    if todo:
                         rs = reseal if reseal and len(self.memo) < MEMO_ROWS else None
                         inflight += [self.pool.submit(_classify, part, list(order), self.nkeys, rs)
-                                     for part in self._split(rows)]
+                                     for part in self._split(todo)]
                     while inflight and (len(inflight) > 2 * self.workers or not rows):
                         part, sealed = inflight.pop(0).result()
                         for row, new in sealed:
@@ -305,14 +340,19 @@ class Engine:
                   ids: Sequence[str] | None = None) -> PassResult:
         """Every ``src`` value becomes a ``dst`` value, batch by batch (each batch one transaction).
 
-        ``on_batch(batch_result, last_id)`` runs after each commit (progress, the state file). With ``ids``
-        only those rows are visited. Values of neither key abort: the batch holding them rolls back and
-        :class:`BadValues` is raised; earlier batches stay committed (every value is still of one of the keys).
+        A batch: ``SELECT … FOR UPDATE`` (row locks), crypto in the pool (or the check's memo), ``COPY`` into a temp
+        table, ``UPDATE … FROM … RETURNING``, the returned (stored) values decrypted with ``dst`` in the pool, and only
+        then ``COMMIT``: no batch is committed unverified. Three connections form a pipeline, so batch i is read
+        while batch i-1 is written and batch i-2 verified. ``on_batch(batch_result, last_id)`` runs after each
+        commit. With ``ids`` only those rows are visited. Values of neither key abort: the batch holding them rolls
+        back and :class:`BadValues` is raised; committed batches stay (each value is in one of the two keys).
         """
         total = PassResult()
         conns: list = []
         if self.memo_pair != (src, dst):
             self.memo, self.memo_pair = {}, None
+        if self.verified_key != dst:
+            self.verified, self.verified_key = {}, dst
         try:
             probe = self._conn()
             conns.append(probe)
@@ -320,65 +360,36 @@ class Engine:
                 probe.rollback()
                 return total
             probe.rollback()
-            conns.append(self._conn())
+            conns += [self._conn(), self._conn()]
             id_list = list(ids) if ids is not None else None
             last: str | None = None
             pos = 0
-            pending = None
+            fetched = written = None  # (conn, futures, last) read and sealing; (conn, batch, verify futures, last)
             i = 0
             while True:
-                conn = conns[i % 2]
-                if id_list is None:
-                    if last is None:
-                        q = f'SELECT "id", {_SELECT} FROM "{TABLE}" ORDER BY "id" LIMIT %s FOR UPDATE'
-                        rows = conn.execute(q, (self.batch,)).fetchall()
-                    else:
-                        q = f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" > %s ORDER BY "id" LIMIT %s FOR UPDATE'
-                        rows = conn.execute(q, (last, self.batch)).fetchall()
-                else:
-                    chunk = id_list[pos:pos + self.batch]
-                    pos += len(chunk)
-                    q = f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" = ANY(%s) ORDER BY "id" FOR UPDATE'
-                    rows = conn.execute(q, (chunk,)).fetchall() if chunk else []
-                    if chunk and not rows:  # rows deleted meanwhile: go on with the next chunk
+                conn = conns[i % 3]
+                rows = self._fetch(conn, id_list, pos, last)
+                if id_list is not None:
+                    pos += self.batch
+                    if not rows and pos < len(id_list):  # rows deleted meanwhile: go on with the next chunk
                         conn.rollback()
                         continue
-                ready: list[tuple] = []
-                todo = rows
-                if self.memo:
-                    todo = []
-                    for row in rows:
-                        m = self.memo.pop(row[0], None)
-                        if m is not None and m[0] == row[1:]:
-                            ready.append(m[1])
-                            self._seen[row[0]] = m[0]
-                        else:
-                            todo.append(row)
-                futures = [self.pool.submit(_reencrypt, part, src, dst) for part in self._split(todo)]
-                if ready:
-                    pr = PassResult(rows=len(ready))
-                    for r in ready:
-                        for v, o in zip(r[1:], self._seen.pop(r[0]), strict=True):
-                            if v is None:
-                                pr.nulls += 1
-                            elif v != o:
-                                pr.reencrypted += 1
-                            else:
-                                pr.already += 1
-                    done: Future = Future()
-                    done.set_result((ready, pr, []))
-                    futures.append(done)
-                if pending is not None:
-                    self._finish(*pending, total, on_batch)
-                    pending = None
+                if rows:
+                    last = rows[-1][0]
+                    futures = self._seal(rows, src, dst)
+                nxt = self._write(*fetched, dst) if fetched is not None else None
+                if written is not None:
+                    self._commit(*written, total, on_batch)
+                written, fetched = nxt, None
                 if not rows:
                     conn.rollback()
                     break
-                last = rows[-1][0]
-                pending = (conn, futures, last)
+                fetched = (conn, futures, last)
                 i += 1
-            if pending is not None:
-                self._finish(*pending, total, on_batch)
+            if fetched is not None:
+                written = self._write(*fetched, dst)
+            if written is not None:
+                self._commit(*written, total, on_batch)
         finally:
             for c in conns:  # closing ends any open transaction (and its row locks) even if rollback cannot
                 with contextlib.suppress(Exception):  # after a failure (or an interrupted query) the first error matters
@@ -386,8 +397,48 @@ class Engine:
                 c.close()
         return total
 
-    def _finish(self, conn, futures: list[Future], last: str, total: PassResult,
-                on_batch: Callable[[PassResult, str], None] | None) -> None:
+    def _fetch(self, conn, id_list: list[str] | None, pos: int, last: str | None) -> list[tuple]:
+        if id_list is not None:
+            chunk = id_list[pos:pos + self.batch]
+            if not chunk:
+                return []
+            q = f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" = ANY(%s) ORDER BY "id" FOR UPDATE'
+            return conn.execute(q, (chunk,)).fetchall()
+        if last is None:
+            q = f'SELECT "id", {_SELECT} FROM "{TABLE}" ORDER BY "id" LIMIT %s FOR UPDATE'
+            return conn.execute(q, (self.batch,)).fetchall()
+        q = f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" > %s ORDER BY "id" LIMIT %s FOR UPDATE'
+        return conn.execute(q, (last, self.batch)).fetchall()
+
+    def _seal(self, rows: list[tuple], src: int, dst: int) -> list[Future]:
+        """The batch's new values: from the check's memo when the row is unchanged since, else from the pool."""
+        ready: list[tuple] = []
+        todo = rows
+        pr = PassResult()
+        if self.memo:
+            todo = []
+            for row in rows:
+                m = self.memo.pop(row[0], None)
+                if m is None or m[0] != row[1:]:
+                    todo.append(row)
+                    continue
+                ready.append(m[1])
+                pr.rows += 1
+                for v, o in zip(m[1][1:], m[0], strict=True):
+                    if v is None:
+                        pr.nulls += 1
+                    elif v != o:
+                        pr.reencrypted += 1
+                    else:
+                        pr.already += 1
+        futures = [self.pool.submit(_reencrypt, part, src, dst) for part in self._split(todo)]
+        if ready:
+            done: Future = Future()
+            done.set_result((ready, pr, []))
+            futures.append(done)
+        return futures
+
+    def _write(self, conn, futures: list[Future], last: str, dst: int):
         batch = PassResult(batches=1)
         updates: list[tuple] = []
         errors: list[BadValue] = []
@@ -402,15 +453,33 @@ class Engine:
         if errors:
             conn.rollback()
             raise BadValues(errors[:MAX_ERRORS])
+        verify: list[Future] = []
         if updates:
             with conn.cursor() as cur:
                 with cur.copy(f'COPY "{_TMP}" ("id", {_SELECT}) FROM STDIN') as cp:
                     for u in updates:
                         cp.write_row(u)
                 sets = ", ".join(f'"{c}" = t."{c}"' for c in COLUMNS)
+                ret = ", ".join(f'p."{c}"' for c in COLUMNS)
                 # the id range lets the planner join by a range scan instead of one index probe per row
-                cur.execute(f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" '
-                            'AND p."id" >= %s AND p."id" <= %s', (min(u[0] for u in updates), max(u[0] for u in updates)))
+                stored = cur.execute(
+                    f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" '
+                    f'AND p."id" >= %s AND p."id" <= %s RETURNING p."id", {ret}',
+                    (min(u[0] for u in updates), max(u[0] for u in updates))).fetchall()
+            if len(stored) != len(updates):
+                conn.rollback()
+                raise OpsError(f"a batch updated {len(stored)} of {len(updates)} locked rows; rolled back")
+            verify = [self.pool.submit(_verify, part, dst) for part in self._split(stored)]
+            if len(self.verified) < MEMO_ROWS:
+                self.verified.update((row[0], row[1:]) for row in stored)
+        return conn, batch, verify, last
+
+    def _commit(self, conn, batch: PassResult, verify: list[Future], last: str, total: PassResult,
+                on_batch: Callable[[PassResult, str], None] | None) -> None:
+        errors = [e for f in verify for e in f.result()]
+        if errors:
+            conn.rollback()
+            raise BadValues(errors[:MAX_ERRORS])
         conn.commit()
         for k in ("batches", "rows", "reencrypted", "already", "nulls"):
             setattr(total, k, getattr(total, k) + getattr(batch, k))
