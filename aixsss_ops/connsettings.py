@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aixsss_ops import envfile
 from aixsss_ops.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,34 +22,10 @@ if TYPE_CHECKING:
 SERVICES = ("api", "worker")
 
 
-def parse_env_text(text: str) -> dict[str, str]:
-    """dotenv ``KEY=value`` lines: comments, blank lines, ``export``, single/double quotes."""
-    env: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = value.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        env[key] = value
-    return env
-
-
 def read_env_file(path: Path) -> dict[str, str] | None:
     """The variables of one env file, or None when it does not exist."""
     try:
-        return parse_env_text(path.read_text(encoding="utf-8"))
+        return envfile.parse(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         return None
     except OSError as e:

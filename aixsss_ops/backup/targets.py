@@ -114,3 +114,28 @@ def create(cfg: OpsConfig, *, label: str | None = None, keep: bool = False, requ
         noncurrent_version_days=b.noncurrent_version_days,
     )
     return create_backup(catalog(cfg), pg, s3, bucket, opts, reporter or Reporter())
+
+
+def app_control(cfg: OpsConfig, external: bool, say=lambda _m: None):
+    """Callbacks that stop the api and worker for a live restore and start them again once it is done.
+
+    ``external``: the database is not the embedded stack's (a URL was given), so there is nothing to stop."""
+    if external:
+        return (lambda: []), (lambda _units: None)
+    stack = _stack(cfg)
+
+    def stop() -> list[tuple[str, str | None]]:
+        units = [(u.service, u.color) for u in stack.runtime.status()
+                 if u.service in ("api", "worker") and u.state in ("RUNNING", "STARTING")]
+        for service, color in units:
+            stack.runtime.stop(service, color)
+        return units
+
+    def start(units: list[tuple[str, str | None]]) -> None:
+        for service, color in units:
+            stack.runtime.start(service, color)
+        wanted = set(units)
+        defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in wanted]
+        stack.wait_ready(defs, say)  # return only once the app serves again
+
+    return stop, start

@@ -294,25 +294,8 @@ def restore_command(
             what.append(f"restore objects in bucket {plan.objects.bucket}")
         confirm(st, f"{' and '.join(what)} with backup {entry.id}?")
 
-    stack = None
-    if database_url is None and not os.environ.get("DATABASE_URL"):
-        from aixsss_ops.stack.manager import Stack
-
-        stack = Stack(st.config)
-
-    def stop_app() -> list[tuple[str, str | None]]:
-        if stack is None:
-            return []
-        units = [(u.service, u.color) for u in stack.runtime.status()
-                 if u.service in ("api", "worker") and u.state in ("RUNNING", "STARTING")]
-        for service, color in units:
-            stack.runtime.stop(service, color)
-        return units
-
-    def start_app(units) -> None:
-        for service, color in units:
-            stack.runtime.start(service, color)
-
+    external = database_url is not None or bool(os.environ.get("DATABASE_URL"))
+    stop_app, start_app = _targets().app_control(st.config, external, out.info)
     res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_targets().jobs(st.config, jobs), backup_key=bkey,
                           stop_app=stop_app, start_app=start_app, phase=out.info)
 

@@ -290,70 +290,10 @@ def migrate_deploy(ctx: ActionContext, source=None, allow_destructive=False) -> 
 # -- backups (targets: the process environment as CI sets it, else the embedded stack) --
 
 
-def _pg_target(ctx: ActionContext):
-    from urllib.parse import urlsplit
+def _targets():
+    from aixsss_ops.backup import targets
 
-    from aixsss_ops.dburl import parse_database_url
-    from aixsss_ops.output import scrubber
-
-    url = os.environ.get("DATABASE_URL") or ctx.stack.admin_url(ctx.cfg.postgres.database)
-    with contextlib.suppress(ValueError):
-        scrubber.add(urlsplit(url).password)
-    return parse_database_url(url)
-
-
-def _s3_target(ctx: ActionContext):
-    from aixsss_ops.output import scrubber
-    from aixsss_ops.s3 import S3Target
-
-    env = os.environ
-    if env.get("S3_ENDPOINT"):
-        t = S3Target(env["S3_ENDPOINT"], env.get("S3_ACCESS_KEY", ""), env.get("S3_SECRET_KEY", ""),
-                     env.get("S3_REGION", ctx.cfg.s3.region))
-        bucket = env.get("S3_BUCKET") or ctx.cfg.s3.bucket
-    else:
-        t, bucket = ctx.stack.s3_target(), ctx.cfg.s3.bucket
-    scrubber.add(t.secret_key)
-    return t, bucket
-
-
-def _api_key(ctx: ActionContext, name: str = "API_KEY_ENCRYPTION_KEY") -> tuple[bytes | None, str | None]:
-    from aixsss_ops.connsettings import read_env_file
-    from aixsss_ops.crypto import derive_key
-    from aixsss_ops.output import scrubber
-
-    raw, source = os.environ.get(name), f"${name}"
-    if not raw:
-        path = ctx.cfg.state / "env" / "api.env"
-        raw, source = (read_env_file(path) or {}).get(name), f"{name} in {path}"
-    if not raw:
-        return None, None
-    scrubber.add(raw)
-    return derive_key(raw), source
-
-
-def _backup_key(ctx: ActionContext, required: bool) -> bytes | None:
-    from aixsss_ops.backup.crypt import load_key
-    from aixsss_ops.output import scrubber
-
-    name = ctx.cfg.backup.encryption_key_env
-    raw = os.environ.get(name)
-    if not raw and not required:
-        return None
-    scrubber.add(raw)
-    return load_key(raw, f"${name}")
-
-
-def _jobs(ctx: ActionContext) -> int:
-    from aixsss_ops.backup.create import cores
-
-    return ctx.cfg.backup.jobs or cores()
-
-
-def _catalog(ctx: ActionContext):
-    from aixsss_ops.backup.catalog import Catalog
-
-    return Catalog(ctx.cfg.backup_dir)
+    return targets
 
 
 class _Phases:
@@ -376,31 +316,14 @@ class _Phases:
     objects=Param(bool, True, help="include the object store"),
 )
 def backup_create(ctx: ActionContext, label=None, keep=False, objects=True) -> dict:
-    from aixsss_ops.backup.create import CreateOptions, create_backup
-    from aixsss_ops.backup.prune import Policy
-
-    cat = _catalog(ctx)
+    cat = _targets().catalog(ctx.cfg)
     if ctx.resumed:  # the interrupted process may have finished the backup before it could record it
         done = [e for e in cat.complete() if ctx.marker in ((e.manifest or {}).get("label") or "")]
         if done:
             ctx.say(f"backup {done[-1].id} of this step was completed before the interruption: using it")
             return {"id": done[-1].id, "adopted": True, **done[-1].summary()}
-    b = ctx.cfg.backup
-    s3, bucket = _s3_target(ctx) if objects else (None, None)
-    api_key, _ = _api_key(ctx)
-    app_info: dict[str, Any] = {"version": ctx.cfg.app.version, "active_color": None}
-    try:
-        live = deploy_status(ctx)
-        app_info = {"active_color": live["color"], "version": live["version"]}
-    except Exception:  # noqa: BLE001 - a backup of an external database has no local deploy state
-        pass
-    opts = CreateOptions(
-        label=f"{label + ' ' if label else ''}[{ctx.marker}]", jobs=_jobs(ctx), compression=b.compression,
-        encryption_key=_backup_key(ctx, required=True) if b.encrypt else None, api_key=api_key, app=app_info,
-        keep=keep, retention_days=Policy(b.keep_last, b.keep_daily, b.keep_weekly).horizon_days,
-        noncurrent_version_days=b.noncurrent_version_days,
-    )
-    res = create_backup(cat, _pg_target(ctx), s3, bucket, opts, _Phases(ctx.say))
+    res = _targets().create(ctx.cfg, label=f"{label + ' ' if label else ''}[{ctx.marker}]", keep=keep,
+                            with_objects=objects, reporter=_Phases(ctx.say))
     ctx.say(f"backup {res.id} complete")
     return res.to_dict()
 
@@ -413,7 +336,7 @@ def backup_create(ctx: ActionContext, label=None, keep=False, objects=True) -> d
 def backup_latest(ctx: ActionContext, max_age_hours=0.0) -> dict:
     from aixsss_ops.backup.manifest import parse_iso, utcnow
 
-    entry = _catalog(ctx).get("latest")
+    entry = _targets().catalog(ctx.cfg).get("latest")
     age = (utcnow() - parse_iso(entry.created_at)).total_seconds() / 3600
     if max_age_hours and age > max_age_hours:
         raise CheckFailed(f"the newest backup {entry.id} is {age:.1f}h old (limit {max_age_hours:g}h)")
@@ -430,14 +353,15 @@ def backup_latest(ctx: ActionContext, max_age_hours=0.0) -> dict:
 def backup_verify(ctx: ActionContext, id="latest", restore=False) -> dict:  # noqa: A002 - the playbook's name
     from aixsss_ops.backup.verify import verify_backup
 
-    cat = _catalog(ctx)
+    cat = _targets().catalog(ctx.cfg)
     entry = cat.get(id or "latest")
     s3 = None
     if restore and entry.manifest.get("objects") is not None:
-        s3 = _s3_target(ctx)[0]
-    key = _backup_key(ctx, required=False) if entry.manifest.get("encryption") else None
+        s3 = _targets().objects(ctx.cfg)[0]
+    key = _targets().backup_key(ctx.cfg, required=False) if entry.manifest.get("encryption") else None
     res = verify_backup(cat, entry, key=key, key_env=ctx.cfg.backup.encryption_key_env, restore=restore,
-                        pg=_pg_target(ctx) if restore else None, s3=s3, jobs=_jobs(ctx), phase=ctx.say)
+                        pg=_targets().database(ctx.cfg) if restore else None, s3=s3, jobs=_targets().jobs(ctx.cfg),
+                        phase=ctx.say)
     if not res.ok:
         raise CheckFailed(f"backup {entry.id} failed verification: {res.problems[0]}", details="\n".join(res.problems))
     ctx.say(f"backup {entry.id} verified" + (f": {res.tables_compared} tables compared after a restore" if restore else ""))
@@ -455,38 +379,22 @@ def backup_verify(ctx: ActionContext, id="latest", restore=False) -> dict:  # no
 def backup_restore(ctx: ActionContext, id="latest", target_db=None, db_only=False, force=False) -> dict:  # noqa: A002
     from aixsss_ops.backup.restore import execute_restore, plan_restore
 
-    cat = _catalog(ctx)
+    cat = _targets().catalog(ctx.cfg)
     entry = cat.get(id or "latest")
     objs = not db_only and not target_db and entry.manifest.get("objects") is not None
-    pg = _pg_target(ctx)
-    s3 = _s3_target(ctx)[0] if objs else None
-    bkey = _backup_key(ctx, required=False) if entry.manifest.get("encryption") else None
-    current, _ = _api_key(ctx)
-    old, old_source = _api_key(ctx, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
+    pg = _targets().database(ctx.cfg)
+    s3 = _targets().objects(ctx.cfg)[0] if objs else None
+    bkey = _targets().backup_key(ctx.cfg, required=False) if entry.manifest.get("encryption") else None
+    current, _ = _targets().api_key(ctx.cfg)
+    old, old_source = _targets().api_key(ctx.cfg, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
     plan = plan_restore(entry, pg=pg, s3=s3, db=True, objs=objs, target_db=target_db or None,
                         migrations_dir=ctx.cfg.app_source / "migrations", force=force, backup_key=bkey,
                         backup_key_env=ctx.cfg.backup.encryption_key_env, current_api_key=current, old_api_key=old,
                         old_api_key_source=old_source, env_hint=str(ctx.cfg.state / "env" / "api.env"))
     for i, s in enumerate(plan.steps, 1):
         ctx.say(f"restore plan {i}. {s}")
-    stack = None if os.environ.get("DATABASE_URL") else ctx.stack
-
-    def stop_app():
-        if stack is None or not stack.sup.is_running():
-            return []
-        units = [(u.service, u.color) for u in stack.runtime.status()
-                 if u.service in ("api", "worker") and u.state in ("RUNNING", "STARTING")]
-        for service, color in units:
-            stack.runtime.stop(service, color)
-        return units
-
-    def start_app(units):
-        for service, color in units:
-            stack.runtime.start(service, color)
-        defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in set(units)]
-        stack.wait_ready(defs, ctx.say)  # answer only once the app serves again
-
-    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_jobs(ctx), backup_key=bkey, stop_app=stop_app,
+    stop_app, start_app = _targets().app_control(ctx.cfg, bool(os.environ.get("DATABASE_URL")), ctx.say)
+    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_targets().jobs(ctx.cfg), backup_key=bkey, stop_app=stop_app,
                           start_app=start_app, phase=ctx.say)
     return {"backup": entry.id, **res.to_dict()}
 

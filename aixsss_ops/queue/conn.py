@@ -12,9 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aixsss_ops.connsettings import (  # noqa: F401 (parse_env_text, read_env_file, service_env_files: re-exported)
+from aixsss_ops.connsettings import (  # noqa: F401 (read_env_file, service_env_files: re-exported)
     SERVICES,
-    parse_env_text,
     read_env_file,
     resolve,
     service_env_files,

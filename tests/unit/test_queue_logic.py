@@ -15,7 +15,7 @@ from aixsss_ops.queue.checks import (
     check_queue_name_match,
     check_workers_present,
 )
-from aixsss_ops.queue.conn import parse_env_text, resolve_target
+from aixsss_ops.queue.conn import resolve_target
 from aixsss_ops.queue.control import parse_duration
 from aixsss_ops.queue.inspect import QueueStats, detect_layout, job_counts, list_count
 from aixsss_ops.queue.keys import JOB_COUNT_TYPES, QueueKeys
@@ -98,12 +98,6 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(UsageError):
         parse_duration(text)
-
-
-def test_parse_env_text():
-    env = parse_env_text(
-        "# comment\nREDIS_URL=redis://:p@h:1\nexport AI_QUEUE_NAME='jobs'\nX=\"a b\"\nY=v # note\n\nbad line\n")
-    assert env == {"REDIS_URL": "redis://:p@h:1", "AI_QUEUE_NAME": "jobs", "X": "a b", "Y": "v"}
 
 
 def _cfg(tmp_path: Path) -> OpsConfig:
