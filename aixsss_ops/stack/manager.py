@@ -232,7 +232,11 @@ class Stack:
         if d.service == "redis":
             return probes.redis_ping(c.host, c.ports.redis)
         if d.service == "s3":
-            return probes.http(f"http://{c.host}:{c.ports.s3}/", expect_any_status=True)
+            ok, detail = probes.http(f"http://{c.host}:{c.ports.s3}/", expect_any_status=True)
+            if not ok:
+                return ok, detail
+            volumes = len(list((self.layout.s3_dir / "data").glob("*.dat")))
+            return probes.seaweed_volumes(f"http://{c.host}:{c.ports.weed_master}", volumes)
         if d.service == "proxy":
             ok, body = probes.api_health(f"{self.url}/api/health")
             return (

@@ -37,6 +37,21 @@ def api_health(url: str, timeout: float = 2.0) -> tuple[bool, dict | str]:
         return False, str(getattr(e, "reason", e))
 
 
+def seaweed_volumes(master_url: str, expected: int, timeout: float = 2.0) -> tuple[bool, str]:
+    """SeaweedFS serves reads only once the volume servers have reported every volume on disk to the master;
+    until then the S3 port already answers but a GET of an existing object fails with 500."""
+    try:
+        with urllib.request.urlopen(f"{master_url}/dir/status", timeout=timeout) as r:
+            topo = json.loads(r.read()).get("Topology") or {}
+    except (OSError, urllib.error.URLError, ValueError) as e:
+        return False, f"master {master_url}: {getattr(e, 'reason', e)}"
+    known = sum(n.get("Volumes", 0) for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or []
+                for n in rack.get("DataNodes") or [])
+    if known < expected:
+        return False, f"{known} of {expected} volumes registered with the master"
+    return True, f"serving, {known} volume(s)"
+
+
 def redis_ping(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
