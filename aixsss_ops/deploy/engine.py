@@ -444,7 +444,10 @@ class Deployer:
             if svc["api"]["state"] == "RUNNING":
                 ok, body = probes.api_health(self._api_url(color) + "/api/health")
                 svc["api"]["healthy"] = ok
-            colors[color] = {**spec, "services": svc}
+            status = spec.get("status")
+            if status == "warm" and svc["api"]["state"] != "RUNNING":
+                status = "cold"  # its api was stopped (e.g. by a key rotation): a rollback boots it again
+            colors[color] = {**spec, "status": status, "services": svc}
         lock = self.lock.info()
         return {
             "active": state["active"],

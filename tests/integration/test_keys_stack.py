@@ -139,6 +139,7 @@ def test_rotation_with_jobs_queued_and_a_worker_running(env):
     # the old color's api held the old key: it is stopped, not kept warm for a rollback
     st = run_cli("--json", "deploy", "status", config=cfg).json
     assert st["colors"][live_before]["services"]["api"]["state"] in ("STOPPED", "EXITED")
+    assert st["colors"][live_before]["status"] == "cold"
     chk = run_cli("--json", "keys", "check", config=cfg)
     assert chk.code == 0, chk.output
     assert chk.json["decrypt_ok"] == chk.json["values"] == 2 * 20 + (len(profiles) - 20)
