@@ -316,4 +316,5 @@ def restore_command(
     out.emit(res.to_dict(), human)
 
 
-app.command("restore")(handle_errors(restore_command))
+restore_alias = handle_errors(restore_command)
+app.command("restore")(restore_alias)

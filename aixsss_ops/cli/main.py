@@ -5,32 +5,40 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli import backup, ci, config_cmd, deploy, doctor, env, images, keys, migrate, play, queue, stack
-from aixsss_ops.cli import compose as compose_cli
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
+from aixsss_ops.cli.lazy import Entry, LazyGroup
+
+LazyGroup.entries = {
+    "stack": Entry("stack", "app", "Run the embedded stack: postgres, redis, s3 (SeaweedFS), nginx and the app."),
+    "config": Entry("config_cmd", "app", "Show the effective configuration (ops.toml + AIXSSS_OPS_* overrides)."),
+    "env": Entry("env", "app", "The services' environment: validate it, write fresh env files, compare two."),
+    "queue": Entry("queue", "app", "Inspect and control the BullMQ queue: depth, workers, pause/resume, failed jobs."),
+    "migrate": Entry("migrate", "app", "Prisma-compatible migrations: the _prisma_migrations ledger, Prisma's advisory "
+                                       "lock, blue/green lint."),
+    "keys": Entry("keys", "app", "The API_KEY_ENCRYPTION_KEY: generate, check every stored provider key, rotate "
+                                 "without losing a secret or a job."),
+    "backup": Entry("backup", "app", "Backups: Postgres dumps + S3 object versions as one restore point; list, verify, "
+                                     "restore, prune."),
+    "restore": Entry("backup", "restore_alias", "Alias of `backup restore`.", group=False),
+    "deploy": Entry("deploy", "app", "Blue/green deploy of a release: health gate, atomic proxy switch, warm rollback."),
+    "rollback": Entry("deploy", "rollback", "Alias of 'deploy rollback'.", group=False),
+    "switch": Entry("deploy", "switch", "Alias of 'deploy switch'.", group=False),
+    "play": Entry("play", "play", "Run a playbook: print its plan, run its steps, record the run.", group=False),
+    "doctor": Entry("doctor", "doctor", "Diagnose the deployment: env, Postgres, Redis, queue, keys, object store, "
+                                        "backups, deploy, host.", group=False),
+    "ci": Entry("ci", "app", "Print a CI pipeline that builds, tests, gates on migrations, deploys and rolls back."),
+    "images": Entry("images", "app", "Build the docker runtime's images: the Debian base (debootstrap) and the app "
+                                     "per release."),
+    "compose": Entry("compose", "app", "Docker compose files for users who run the stack with compose."),
+}
 
 app = typer.Typer(
     name="aixsss-ops",
+    cls=LazyGroup,
     help="Run and keep an AIXSSS deployment healthy: stack, migrations, keys, backups, queue, deploys, doctor.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(stack.app, name="stack")
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(env.app, name="env")
-app.add_typer(queue.app, name="queue")
-app.add_typer(migrate.app, name="migrate")
-app.add_typer(keys.app, name="keys")
-app.add_typer(backup.app, name="backup")
-app.command("restore", help="Alias of `backup restore`.")(handle_errors(backup.restore_command))
-app.add_typer(deploy.app, name="deploy")
-app.command("rollback", help="Alias of 'deploy rollback'.")(deploy.rollback)
-app.command("switch", help="Alias of 'deploy switch'.")(deploy.switch)
-app.command("play", help=play.HELP)(play.play)
-app.add_typer(ci.app, name="ci")
-app.add_typer(images.app, name="images")
-app.add_typer(compose_cli.app, name="compose")
-app.command("doctor")(doctor.doctor)
 
 
 def _version(value: bool) -> None:

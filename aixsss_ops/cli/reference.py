@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def _walk(cmd, path: list[str]):
+    if hasattr(cmd, "load_all"):
+        cmd.load_all()
     yield path, cmd
     for name in sorted(getattr(cmd, "commands", {}) or {}):
         yield from _walk(cmd.commands[name], [*path, name])

@@ -189,7 +189,8 @@ def test_stats_watch_refreshes_until_interrupted(redis_server, queue_name):
             if re.search(r"\bwaiting\b\W+2\b", line):
                 break  # a later snapshot shows the jobs added after the first
         p.send_signal(signal.SIGINT)
-        assert p.wait(20) == 0 and seen >= 2
+        p.communicate(timeout=30)  # keep draining stdout: a full pipe would block the final flush
+        assert p.returncode == 0 and seen >= 2
     finally:
         if p.poll() is None:
             p.kill()

@@ -27,6 +27,7 @@ def _commands(script: str) -> list[list[str]]:
 def _check_command(argv: list[str]) -> str:
     """The command path; fails when a command or an option does not exist."""
     cmd = typer.main.get_command(app)  # Typer ships its own click: duck-typed below
+    cmd.load_all()  # the root imports its sub-apps lazily
     path = []
     args = list(argv)
     while args:
