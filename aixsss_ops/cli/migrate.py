@@ -107,15 +107,24 @@ def deploy(
         False, "--allow-destructive", help="Apply pending migrations with destructive or color-breaking statements."
     ),
     lock_timeout: float = LockTimeout,
+    backup: bool = typer.Option(
+        False, "--backup", help="Take a backup first (always done when --allow-destructive lets findings through)."
+    ),
 ) -> None:
     """Apply pending migrations in order, each in its own transaction, under Prisma's advisory lock."""
     from aixsss_ops.migrate import deploy as run
+    from aixsss_ops.migrate.deploy import deploy_with_backup
 
     st = state(ctx)
-    result = run(
-        _url(st, database_url), _dir(st, migrations_dir), allow_drift=allow_drift, allow_destructive=allow_destructive,
-        lock_timeout=lock_timeout, dry_run=dry_run, progress=st.out.info,
-    )
+    url, mdir = _url(st, database_url), _dir(st, migrations_dir)
+    if dry_run:
+        result = run(url, mdir, allow_drift=allow_drift, allow_destructive=allow_destructive, lock_timeout=lock_timeout,
+                     dry_run=True, progress=st.out.info)
+    else:
+        explicit = database_url or os.environ.get("DATABASE_URL")  # else the embedded stack's superuser dumps it
+        result = deploy_with_backup(st.config, url, mdir, backup=backup, backup_database_url=explicit,
+                                    allow_drift=allow_drift, allow_destructive=allow_destructive,
+                                    lock_timeout=lock_timeout, progress=st.out.info)
 
     def human(_):
         out = st.out
@@ -131,6 +140,8 @@ def deploy(
             for b in result.blockers:
                 out.error(b)
             return
+        if result.backup_id:
+            out.console.print(f"pre-migration backup: {result.backup_id}", markup=False)
         if result.applied:
             out.console.print(f"applied {len(result.applied)} migration(s) in {result.duration_s:.2f}s: "
                               + ", ".join(result.applied), markup=False)

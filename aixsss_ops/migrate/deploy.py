@@ -36,6 +36,7 @@ class DeployResult:
     dry_run: bool = False
     lock_waited_s: float = 0.0
     duration_s: float = 0.0
+    backup_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -167,4 +168,21 @@ def deploy(
         finally:
             result.duration_s = round(time.monotonic() - started, 3)
             # the session lock goes with the connection, which connect() closes
+    return result
+
+
+def deploy_with_backup(cfg, database_url: str, migrations_dir: Path, *, backup: bool, backup_database_url: str | None,
+                       allow_destructive: bool = False, progress: Progress | None = None, **kwargs) -> DeployResult:
+    """``deploy``, preceded by a backup when asked (``backup``) or when ``allow_destructive`` lets lint findings
+    through: nothing is taken when nothing is pending. The backup's id is added to the result's warnings."""
+    say = progress or (lambda _m: None)
+    plan = deploy(database_url, migrations_dir, allow_destructive=allow_destructive, dry_run=True, **kwargs)
+    backup_id = None
+    if plan.plan and (backup or (allow_destructive and plan.findings)):
+        from aixsss_ops.backup import targets
+
+        say(f"taking a pre-migration backup before {len(plan.plan)} migration(s)")
+        backup_id = targets.create(cfg, label=f"pre-migrate {plan.plan[-1]}", database_url=backup_database_url).id
+    result = deploy(database_url, migrations_dir, allow_destructive=allow_destructive, progress=progress, **kwargs)
+    result.backup_id = backup_id
     return result
