@@ -139,3 +139,29 @@ def app_control(cfg: OpsConfig, external: bool, say=lambda _m: None):
         stack.wait_ready(defs, say)  # return only once the app serves again
 
     return stop, start
+
+
+def restore(cfg: OpsConfig, backup_id: str = "latest", *, target_db: str | None = None, db_only: bool = False,
+            force: bool = False, say=lambda _m: None) -> dict:
+    """Restore a backup of the configured deployment: the live database (api and worker stopped meanwhile, the old
+    database kept) and, unless ``db_only`` or ``target_db``, the objects. Used by playbooks and ``rollback``."""
+    from aixsss_ops.backup.restore import execute_restore, plan_restore
+
+    cat = catalog(cfg)
+    entry = cat.get(backup_id or "latest")
+    objs = not db_only and not target_db and entry.manifest.get("objects") is not None
+    pg = database(cfg)
+    s3 = objects(cfg)[0] if objs else None
+    bkey = backup_key(cfg, required=False) if entry.manifest.get("encryption") else None
+    current, _ = api_key(cfg)
+    old, old_source = api_key(cfg, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
+    plan = plan_restore(entry, pg=pg, s3=s3, db=True, objs=objs, target_db=target_db or None,
+                        migrations_dir=cfg.app_source / "migrations", force=force, backup_key=bkey,
+                        backup_key_env=cfg.backup.encryption_key_env, current_api_key=current, old_api_key=old,
+                        old_api_key_source=old_source, env_hint=str(cfg.state / "env" / "api.env"))
+    for i, s in enumerate(plan.steps, 1):
+        say(f"restore plan {i}. {s}")
+    stop_app, start_app = app_control(cfg, bool(os.environ.get("DATABASE_URL")), say)
+    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=jobs(cfg), backup_key=bkey, stop_app=stop_app,
+                          start_app=start_app, phase=say)
+    return {"backup": entry.id, **res.to_dict()}

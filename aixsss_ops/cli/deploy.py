@@ -82,9 +82,17 @@ def switch(ctx: typer.Context, color: str = typer.Argument(None, help="blue or g
 def rollback(
     ctx: typer.Context,
     to: str = typer.Option(None, "--to", help="Release id to go back to (default: the previous one)."),
+    restore_db: str = typer.Option(
+        None, "--restore-db", metavar="BACKUP", help="Then restore this backup's database (e.g. the pre-deploy one)."
+    ),
 ) -> None:
     """Go back to the previous release: a proxy switch when its color is still warm, else a boot and a switch."""
-    _show(state(ctx), _deployer(ctx).rollback(to))
+    st = state(ctx)
+    if restore_db:
+        from aixsss_ops.cli.common import confirm
+
+        confirm(st, f"roll back and replace the live database with backup {restore_db}?")
+    _show(st, _deployer(ctx).rollback(to, restore_db=restore_db))
 
 
 @app.command("status")

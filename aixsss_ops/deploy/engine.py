@@ -332,7 +332,9 @@ class Deployer:
         res.seconds = round(time.monotonic() - t0, 3)
         return res
 
-    def rollback(self, to: str | None = None, actor: str = "cli") -> DeployResult:
+    def rollback(self, to: str | None = None, restore_db: str | None = None, actor: str = "cli") -> DeployResult:
+        """Back to ``to`` (default: the previous release); ``restore_db`` then restores that backup's database
+        (api and worker are stopped while it is swapped in), for migrations that are not backward compatible."""
         state = self._state()
         live = state["active"]
         idle = other(live)
@@ -373,6 +375,11 @@ class Deployer:
                     raise
             res.switch_seconds = self._switch(idle)
             self._after_switch(state, idle, live)
+            if restore_db:
+                from aixsss_ops.backup import targets
+
+                self.say(f"restoring the database from backup {restore_db}")
+                res.backup_id = targets.restore(self.cfg, restore_db, db_only=True, say=self.say)["backup"]
             self.stack.deploy_state.record(
                 {
                     "at": now_iso(),
@@ -386,6 +393,7 @@ class Deployer:
                     "warm": bool(warm),
                     "migrations_applied": [],
                     "backup_id": None,
+                    "restored_backup": res.backup_id,
                     "seconds": round(time.monotonic() - t0, 3),
                 }
             )
@@ -418,9 +426,11 @@ class Deployer:
         later = [m for h in hist[idx + 1 :] for m in h.get("migrations_applied", [])]
         if not later:
             return []
+        backup = next((h["backup_id"] for h in hist[idx + 1 :] if h.get("backup_id")), None)
+        offer = f"rollback --restore-db {backup}" if backup else "rollback --restore-db BACKUP_ID"
         return [
             f"migrations applied since {release_id} stay in the database: {', '.join(later)}; "
-            "if they are not backward compatible, restore the pre-deploy backup"
+            f"if they are not backward compatible, restore the pre-deploy backup ({offer})"
         ]
 
     # -- status --

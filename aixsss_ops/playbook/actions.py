@@ -377,26 +377,7 @@ def backup_verify(ctx: ActionContext, id="latest", restore=False) -> dict:  # no
     force=Param(bool, False, help="restore a schema newer than the known migrations"),
 )
 def backup_restore(ctx: ActionContext, id="latest", target_db=None, db_only=False, force=False) -> dict:  # noqa: A002
-    from aixsss_ops.backup.restore import execute_restore, plan_restore
-
-    cat = _targets().catalog(ctx.cfg)
-    entry = cat.get(id or "latest")
-    objs = not db_only and not target_db and entry.manifest.get("objects") is not None
-    pg = _targets().database(ctx.cfg)
-    s3 = _targets().objects(ctx.cfg)[0] if objs else None
-    bkey = _targets().backup_key(ctx.cfg, required=False) if entry.manifest.get("encryption") else None
-    current, _ = _targets().api_key(ctx.cfg)
-    old, old_source = _targets().api_key(ctx.cfg, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
-    plan = plan_restore(entry, pg=pg, s3=s3, db=True, objs=objs, target_db=target_db or None,
-                        migrations_dir=ctx.cfg.app_source / "migrations", force=force, backup_key=bkey,
-                        backup_key_env=ctx.cfg.backup.encryption_key_env, current_api_key=current, old_api_key=old,
-                        old_api_key_source=old_source, env_hint=str(ctx.cfg.state / "env" / "api.env"))
-    for i, s in enumerate(plan.steps, 1):
-        ctx.say(f"restore plan {i}. {s}")
-    stop_app, start_app = _targets().app_control(ctx.cfg, bool(os.environ.get("DATABASE_URL")), ctx.say)
-    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_targets().jobs(ctx.cfg), backup_key=bkey, stop_app=stop_app,
-                          start_app=start_app, phase=ctx.say)
-    return {"backup": entry.id, **res.to_dict()}
+    return _targets().restore(ctx.cfg, id, target_db=target_db, db_only=db_only, force=force, say=ctx.say)
 
 
 # -- provider-key encryption key --

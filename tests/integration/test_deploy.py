@@ -250,3 +250,41 @@ def test_deploy_takes_a_pre_deploy_backup_and_records_it(env):
     entry = next(b for b in listed if b["id"] == backup_id)
     assert entry["status"] == "complete" and entry["label"].startswith("pre-deploy 9.1.0-")
     assert run_cli("--json", "deploy", "releases", config=cfg).json[-1]["backup_id"] == backup_id
+
+
+def test_rollback_offers_and_restores_the_pre_deploy_database(env):
+    cfg, url = env["cfg"], env["url"]
+    before = health(url)["version"]
+    src = env["root"] / "with-migration"
+    if not src.exists():
+        shutil.copytree(REPO / "app", src, ignore=shutil.ignore_patterns("__pycache__"))
+        m = src / "migrations" / "29990101000000_add_notes"
+        m.mkdir()
+        (m / "migration.sql").write_text('CREATE TABLE "ReleaseNote" (id TEXT PRIMARY KEY, body TEXT NOT NULL);\n')
+    r = run_cli("--json", "deploy", "--source", str(src), "--version", "10.0.0", config=cfg,
+                env={"AIXSSS_OPS_DEPLOY__BACKUP": "true"}, timeout=240)
+    assert r.code == 0, r.output
+    assert r.json["migrations_applied"] == ["29990101000000_add_notes"]
+    backup_id = r.json["backup_id"]
+    stack = Stack(load_config(cfg))
+    with stack_db(stack) as conn:
+        conn.execute("""INSERT INTO "ReleaseNote" VALUES ('n1', 'written by 10.0.0')""")
+
+    refused = run_cli("rollback", "--restore-db", backup_id, config=cfg)
+    assert refused.code == 2 and health(url)["version"] == "10.0.0"  # no TTY, no --yes: nothing done
+
+    rb = run_cli("--json", "--yes", "rollback", "--restore-db", backup_id, config=cfg, timeout=240)
+    assert rb.code == 0, rb.output
+    assert any(f"--restore-db {backup_id}" in w for w in rb.json["warnings"])
+    assert rb.json["backup_id"] == backup_id
+    assert health(url)["version"] == before
+    with stack_db(stack) as conn:
+        assert conn.execute("SELECT to_regclass('\"ReleaseNote\"')").fetchone()[0] is None
+    smoke = run_cli("--json", "stack", "smoke", config=cfg, timeout=120)
+    assert smoke.code == 0, smoke.output  # the app works again on the restored database
+
+
+def stack_db(stack):
+    from aixsss_ops.dburl import parse_database_url
+
+    return parse_database_url(stack.app_database_url()).connect()
