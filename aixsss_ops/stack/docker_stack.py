@@ -163,7 +163,13 @@ class DockerStack(Stack):
         if spec.service == "redis":
             return probes.redis_ping(c.host, c.ports.redis)
         if spec.service == "s3":
-            return probes.http(f"http://{c.host}:{c.ports.s3}/", expect_any_status=True)
+            ok, detail = probes.http(f"http://{c.host}:{c.ports.s3}/", expect_any_status=True)
+            if not ok:
+                return ok, detail
+            r = self.runtime.exec("s3", ["python3", "-c", probes.SEAWEED_READY_SCRIPT, "/data", "http://127.0.0.1:9333"],
+                                  timeout=10)
+            out = (r.stdout or b"").decode(errors="replace").strip() or (r.stderr or b"").decode(errors="replace")[-200:]
+            return r.returncode == 0, out
         if spec.service == "proxy":
             ok, body = probes.api_health(f"{self.url}/api/health")
             detail = f"serving {body.get('color')} {body.get('version')}" if ok else f"/api/health through the proxy: {body}"

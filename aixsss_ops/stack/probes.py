@@ -37,6 +37,18 @@ def api_health(url: str, timeout: float = 2.0) -> tuple[bool, dict | str]:
         return False, str(getattr(e, "reason", e))
 
 
+# The same readiness rule run inside a container, where the data folder and the master port are local.
+SEAWEED_READY_SCRIPT = """
+import glob, json, sys, urllib.request
+expected = len(glob.glob(sys.argv[1] + "/*.dat"))
+topo = json.load(urllib.request.urlopen(sys.argv[2] + "/dir/status", timeout=2)).get("Topology") or {}
+known = sum(n.get("Volumes", 0) for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or []
+            for n in rack.get("DataNodes") or [])
+print(f"{known} of {expected} volumes registered with the master")
+sys.exit(0 if known >= expected else 1)
+"""
+
+
 def seaweed_volumes(master_url: str, expected: int, timeout: float = 2.0) -> tuple[bool, str]:
     """SeaweedFS serves reads only once the volume servers have reported every volume on disk to the master;
     until then the S3 port already answers but a GET of an existing object fails with 500."""
