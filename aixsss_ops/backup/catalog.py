@@ -20,7 +20,7 @@ from typing import Any
 
 from aixsss_ops.backup import manifest as mf
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
-from aixsss_ops.fsutil import atomic_write_json, read_json
+from aixsss_ops.fsutil import atomic_write_json, flock_held, read_json
 
 PARTIAL = ".partial"
 DELETING = ".deleting-"
@@ -83,20 +83,6 @@ class Lock:
             self.fd = None
 
 
-def _lock_is_free(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -120,7 +106,7 @@ class Catalog:
                 continue
             if p.name.endswith(PARTIAL):
                 bid = p.name[: -len(PARTIAL)]
-                state = "in-progress" if not _lock_is_free(p / ".lock") else "incomplete"
+                state = "in-progress" if flock_held(p / ".lock") else "incomplete"
                 out.append(Entry(bid, p, state, meta={}))
                 continue
             meta = read_json(p / mf.META, {}) or {}
@@ -183,7 +169,7 @@ class Catalog:
         if not self.root.is_dir():
             return removed
         for p in self.root.iterdir():
-            dead = p.name.endswith(PARTIAL) and _lock_is_free(p / ".lock")
+            dead = p.name.endswith(PARTIAL) and not flock_held(p / ".lock")
             if p.is_dir() and (dead or p.name.startswith(DELETING)):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)

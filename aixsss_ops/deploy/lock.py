@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aixsss_ops.errors import OpsError
-from aixsss_ops.fsutil import atomic_write_json, read_json
+from aixsss_ops.fsutil import atomic_write_json, flock_held, read_json
 
 
 class LockBusy(OpsError):
@@ -83,17 +83,9 @@ class DeployLock:
     def info(self) -> LockInfo:
         """Is the lock held right now, and by whom; a note left by a killed deploy is reported as stale."""
         note = read_json(self.note)
-        if not self.path.exists():
-            return LockInfo(False, None, note is not None)
-        fd = os.open(self.path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return LockInfo(False, None, note is not None)
-        except BlockingIOError:
+        if flock_held(self.path):
             return LockInfo(True, note)
-        finally:
-            os.close(fd)
+        return LockInfo(False, None, note is not None)
 
     def clear_stale(self) -> bool:
         """Remove the note of a holder that died; refuses while a live process holds the lock."""

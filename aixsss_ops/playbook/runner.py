@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aixsss_ops.errors import OpsError, UsageError
-from aixsss_ops.fsutil import atomic_write_json, read_json
+from aixsss_ops.fsutil import atomic_write_json, flock_held, read_json
 from aixsss_ops.output import redact
 from aixsss_ops.playbook import child, expr
 from aixsss_ops.playbook.actions import REGISTRY, ActionContext, jsonable
@@ -77,17 +77,7 @@ class RunStore:
         return fd
 
     def held(self, run_id: str) -> bool:
-        try:
-            fd = os.open(self.dir / f"{run_id}.lock", os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return flock_held(self.dir / f"{run_id}.lock")
 
 
 def _step_record(step: StepSpec, where: str) -> dict:
