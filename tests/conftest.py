@@ -35,6 +35,18 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"port {port} did not open within {timeout}s")
 
 
+def poll(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Wait until ``predicate()`` is truthy (return it) or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
 def state_tmpdir(prefix: str) -> Path:
     """A temp dir reachable by the unprivileged postgres account (pytest's tmp_path is 0700)."""
     d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

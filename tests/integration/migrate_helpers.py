@@ -6,12 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 
 from aixsss_ops.dburl import parse_database_url
+from tests.conftest import poll  # noqa: F401 (re-exported for the test modules)
 
 CLI = str(Path(sys.executable).parent / "aixsss-ops")
 
@@ -52,14 +52,3 @@ def ledger(url: str) -> list[dict]:
 def tables(url: str) -> set[str]:
     with connect(url) as c:
         return {r[0] for r in c.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-
-
-def poll(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)

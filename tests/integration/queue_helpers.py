@@ -7,17 +7,7 @@ import time
 
 import redis
 
-
-def poll(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    """Wait until ``predicate()`` is truthy (return it) or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
+from tests.conftest import poll  # noqa: F401 (re-exported for the test modules)
 
 
 async def apoll(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
