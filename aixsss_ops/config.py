@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aixsss_ops.errors import ConfigError
@@ -88,6 +88,12 @@ class DeploySection(_Section):
 
 class BackupSection(_Section):
     dir: Path = Path(".aixsss/backups")
+    destination: Literal["local", "s3"] = Field("local", description="where backups are kept: backup.dir or a bucket")
+    s3_bucket: str = Field("", description="destination = s3: the bucket; must differ from the app's bucket")
+    s3_prefix: str = Field("", description="destination = s3: key prefix of the backups in s3_bucket")
+    s3_endpoint: str = Field("", description="destination = s3: http(s)://host:port; empty = the app's S3")
+    s3_access_key: str = Field("", description="destination = s3: empty = the app's S3 credentials")
+    s3_secret_key: SecretStr = SecretStr("")
     jobs: int = Field(0, ge=0, description="pg_dump/pg_restore parallel jobs; 0 = the number of cores")
     compression: int = Field(1, ge=0, le=9, description="gzip level of the dump files (pg_dump --compress)")
     encrypt: bool = False
@@ -98,6 +104,12 @@ class BackupSection(_Section):
     noncurrent_version_days: int = Field(0, ge=0, description="add a lifecycle rule expiring noncurrent versions; 0 = none")
     rpo_hours: float = Field(24.0, gt=0, description="recovery point objective: doctor fails past it")
     verify_max_age_days: float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
+
+    @model_validator(mode="after")
+    def _s3_destination(self) -> BackupSection:
+        if self.destination == "s3" and not self.s3_bucket:
+            raise ValueError('destination = "s3" needs s3_bucket (a bucket other than the app\'s)')
+        return self
 
 
 class DockerSection(_Section):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,15 @@ def _fsync_dir(path: Path) -> None:
 class Catalog:
     def __init__(self, root: Path):
         self.root = root
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    @contextmanager
+    def fetch(self, entry: Entry) -> Iterator[Entry]:
+        """The backup as a local directory (verify and restore read its files): here, the entry itself."""
+        yield entry
 
     # -- reading --
     def entries(self) -> list[Entry]:

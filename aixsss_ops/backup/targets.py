@@ -14,15 +14,30 @@ from aixsss_ops import envfile
 from aixsss_ops.backup.catalog import Catalog
 from aixsss_ops.backup.create import CreateOptions, CreateResult, Reporter, cores, create_backup
 from aixsss_ops.backup.prune import Policy
+from aixsss_ops.backup.s3catalog import S3Catalog
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.dburl import PgTarget, parse_database_url
-from aixsss_ops.errors import UsageError
+from aixsss_ops.errors import ConfigError, UsageError
 from aixsss_ops.output import scrubber
 from aixsss_ops.s3 import S3Target
 
 
-def catalog(cfg: OpsConfig) -> Catalog:
-    return Catalog(cfg.backup_dir)
+def catalog(cfg: OpsConfig) -> Catalog | S3Catalog:
+    """The backup catalogue: ``backup.dir``, or (``destination = "s3"``) a bucket staged through ``backup.dir``."""
+    b = cfg.backup
+    if b.destination != "s3":
+        return Catalog(cfg.backup_dir)
+    app_target, app_bucket = objects(cfg)
+    if b.s3_bucket in {cfg.s3.bucket, app_bucket} and (not b.s3_endpoint or b.s3_endpoint == app_target.endpoint):
+        raise ConfigError(f"backup.s3_bucket = '{b.s3_bucket}' is the app's own bucket: backups must go to another "
+                          "bucket (a backup stored beside the data it protects dies with it)")
+    target = app_target
+    if b.s3_endpoint or b.s3_access_key:
+        secret = b.s3_secret_key.get_secret_value()
+        target = S3Target(b.s3_endpoint or app_target.endpoint, b.s3_access_key or app_target.access_key,
+                          secret if b.s3_access_key else app_target.secret_key, app_target.region)
+        scrubber.add(target.secret_key)
+    return S3Catalog(target, b.s3_bucket, b.s3_prefix, cfg.backup_dir, jobs=max(4, jobs(cfg)))
 
 
 def jobs(cfg: OpsConfig, requested: int | None = None) -> int:
@@ -145,10 +160,14 @@ def restore(cfg: OpsConfig, backup_id: str = "latest", *, target_db: str | None 
             force: bool = False, say=lambda _m: None) -> dict:
     """Restore a backup of the configured deployment: the live database (api and worker stopped meanwhile, the old
     database kept) and, unless ``db_only`` or ``target_db``, the objects. Used by playbooks and ``rollback``."""
+    cat = catalog(cfg)
+    with cat.fetch(cat.get(backup_id or "latest")) as entry:
+        return _restore(cfg, cat, entry, target_db=target_db, db_only=db_only, force=force, say=say)
+
+
+def _restore(cfg: OpsConfig, cat, entry, *, target_db: str | None, db_only: bool, force: bool, say) -> dict:
     from aixsss_ops.backup.restore import execute_restore, plan_restore
 
-    cat = catalog(cfg)
-    entry = cat.get(backup_id or "latest")
     objs = not db_only and not target_db and entry.manifest.get("objects") is not None
     pg = database(cfg)
     s3 = objects(cfg)[0] if objs else None

@@ -125,11 +125,12 @@ def create(
 def list_cmd(ctx: typer.Context) -> None:
     """Backups ordered by snapshot time (oldest first): id, time, label, sizes, objects, status, age, last verified."""
     st = state(ctx)
-    rows = [e.summary() for e in _targets().catalog(st.config).entries()]
+    cat = _targets().catalog(st.config)
+    rows = [e.summary() for e in cat.entries()]
 
     def human(data):
         if not data:
-            st.out.info(f"no backups in {st.config.backup_dir}")
+            st.out.info(f"no backups in {cat.location}")
             return
         st.out.table(None, ["id", "time", "label", "db size", "dump", "objects", "status", "age", "verified"], [
             (r["id"], r["created_at"] or "-", r["label"] or "", _size(r["database_size"]), _size(r["dump_size"]),
@@ -162,8 +163,9 @@ def verify(
     pg = _targets().database(st.config, database_url) if restore else None
     s3 = _targets().objects(st.config, restore and not no_objects and entry.manifest.get("objects") is not None)[0]
     key = _targets().backup_key(st.config, required=False) if entry.manifest.get("encryption") else None
-    res = verify_backup(cat, entry, key=key, key_env=st.config.backup.encryption_key_env, restore=restore, pg=pg,
-                        s3=s3, jobs=_targets().jobs(st.config, jobs), phase=st.out.info)
+    with cat.fetch(entry) as local:  # an S3 destination: downloaded first; a local one: itself
+        res = verify_backup(cat, local, key=key, key_env=st.config.backup.encryption_key_env, restore=restore, pg=pg,
+                            s3=s3, jobs=_targets().jobs(st.config, jobs), phase=st.out.info)
 
     def human(d):
         for p in d["problems"]:
@@ -247,16 +249,24 @@ def restore_command(
 ) -> None:
     """Restore a backup: the database (pg_restore into a scratch database, compare, swap) and the objects
     (recorded versions made current again). Prints the plan first; --dry-run stops there."""
-    from aixsss_ops.backup.restore import execute_restore, plan_restore
-    from aixsss_ops.crypto import derive_key
     from aixsss_ops.errors import UsageError
-    from aixsss_ops.output import scrubber
 
     st = state(ctx)
     if db_only and objects_only:
         raise UsageError("--db-only and --objects-only exclude each other")
     cat = _targets().catalog(st.config)
-    entry = cat.get(backup_id)
+    with cat.fetch(cat.get(backup_id)) as entry:  # an S3 destination: downloaded first; a local one: itself
+        _restore(st, cat, entry, db_only=db_only, objects_only=objects_only, target_db=target_db, dry_run=dry_run,
+                 force=force, old_key=old_key, jobs=jobs, database_url=database_url)
+
+
+def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target_db: str | None, dry_run: bool,
+             force: bool, old_key: str | None, jobs: int | None, database_url: str | None) -> None:
+    from aixsss_ops.backup.restore import execute_restore, plan_restore
+    from aixsss_ops.crypto import derive_key
+    from aixsss_ops.errors import UsageError
+    from aixsss_ops.output import scrubber
+
     db, objs = not objects_only, not db_only and entry.manifest.get("objects") is not None
     if objects_only and entry.manifest.get("objects") is None:
         raise UsageError(f"backup {entry.id} has no object manifest")
