@@ -1,32 +1,45 @@
 """Scanning and re-encrypting the provider keys stored in ``"AIProfile"``.
 
-The crypto runs in a small process pool (the per-value Python work would otherwise hold the GIL) while the
-main process talks to PostgreSQL, so the two overlap. Re-encryption works in batches, each one transaction:
-``SELECT … ORDER BY id LIMIT n FOR UPDATE`` (row locks), crypto in the pool, ``COPY`` into a temp table,
-``UPDATE … FROM``, ``COMMIT``. Two connections alternate, so batch i+1 is read and its crypto runs while batch i
-is written. A value already decrypting with the target key is left alone (the GCM tag tells), which makes every
-pass idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
+Rows travel as ``COPY … TO STDOUT`` text, untouched by the main process, to a small process pool that parses them
+and does all the crypto (the per-value Python work would otherwise hold the GIL); the pool hands back ``COPY … FROM
+STDIN`` text for the writes. So the main process only moves bytes, and the crypto overlaps the database work.
 
-Nothing here ever returns plaintext or keys: workers return ciphertext, counts and (row id, column, reason).
+Re-encryption works in batches, each one transaction: ``COPY`` the batch's rows (id, the stored values as read, the
+new values) into a temp table, then one compare-and-set ``UPDATE … FROM`` that writes a row only where its stored
+values are still the ones read. The UPDATE takes the row locks itself (no separate ``SELECT … FOR UPDATE`` round
+trip); a row changed concurrently is simply not written by that batch, and the verification that follows finds
+it and re-encrypts it in a later pass. A value already decrypting with the target key is left alone (the GCM tag
+tells), which makes every pass idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
+
+Every new value is opened again with the target key before it can be written (by the worker that sealed it, or,
+for the values a check sealed ahead, in the pool while the batches before its own are written); the final scan
+then compares the stored rows byte for byte with rows known to open with the target key and
+decrypts whatever differs. Nothing here ever returns plaintext or keys: workers return ciphertext, counts and
+(row id, column, reason).
 """
 
 from __future__ import annotations
 
+import binascii
 import contextlib
+import hashlib
 import os
+import re
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from aixsss_ops.crypto import KeyCipher, MalformedPayload, WrongKey
 from aixsss_ops.dburl import PgTarget
-from aixsss_ops.errors import OpsError
 
 TABLE = "AIProfile"
 COLUMNS = ("apiKeyEncrypted", "imageApiKeyEncrypted", "videoApiKeyEncrypted")
 BATCH = 5000
 MEMO_ROWS = 250_000  # rows whose new values a check may keep for the rotation that follows (~100 MB at most)
+VERIFIED_ROWS = 2_000_000  # rows remembered as verified with the target key (digests; ~250 MB at most)
 SCAN_CHUNK = 5000
+WRITERS = 2  # connections writing batches at once
 MAX_ERRORS = 50
 LOCK_KEY = 0x4B455953  # pg advisory lock: one rotation at a time per database ("KEYS")
 
@@ -116,13 +129,41 @@ def _init(keys: Sequence[bytes]) -> None:
     except (OSError, AttributeError):
         pass
     _CIPHERS = [KeyCipher(k) for k in keys]
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    _AEADS[:] = [AESGCM(k) for k in keys]
+    _INVALID_TAG[:] = [InvalidTag]
+
+
+_AEADS: list = []
+_INVALID_TAG: list = []
+_a2b = binascii.a2b_base64
+
+
+def _open(k: int, value: str) -> bytes:
+    """``_CIPHERS[k].open(value)`` with the common case inlined (the same strict parsing); anything unusual goes
+    through ``KeyCipher.open`` itself, so errors and their messages are exactly its own."""
+    parts = value.split(".")
+    if len(parts) == 3:
+        try:
+            iv, tag, ct = (_a2b(parts[0], strict_mode=True), _a2b(parts[1], strict_mode=True),
+                           _a2b(parts[2], strict_mode=True))
+        except ValueError:
+            iv = tag = b""
+        if len(iv) == 12 and len(tag) == 16:
+            try:
+                return _AEADS[k].decrypt(iv, ct + tag, None)
+            except _INVALID_TAG[0]:
+                raise WrongKey("authentication tag mismatch: encrypted with another key, or altered") from None
+    return _CIPHERS[k].open(value)
 
 
 def _whose(value: str, order: Sequence[int]) -> int | str:
     """Index of the first key (in ``order``) opening ``value``, or a reason string."""
     for i in order:
         try:
-            _CIPHERS[i].open(value)
+            _open(i, value)
             return i
         except WrongKey:
             continue
@@ -131,8 +172,8 @@ def _whose(value: str, order: Sequence[int]) -> int | str:
     return "decrypts with none of the given keys"
 
 
-def _classify(rows: list[tuple], order: Sequence[int], nkeys: int,
-              reseal: tuple[int, int] | None = None) -> tuple[ScanResult, list[tuple]]:
+def _classify(rows: list[tuple], order: Sequence[int], nkeys: int, reseal: tuple[int, int] | None = None,
+              verify: bool = True) -> tuple[ScanResult, list[tuple]]:
     """Whose every value is; with ``reseal=(src, dst)`` also the rows' new values (src values sealed with dst)."""
     res = ScanResult(by_key=[0] * nkeys)
     first = order[0]
@@ -149,14 +190,28 @@ def _classify(rows: list[tuple], order: Sequence[int], nkeys: int,
             res.values += 1
             if reseal is not None and reseal[0] == first:
                 try:  # the common case of a check before rotating: open with src once, seal right away
-                    plain = _CIPHERS[first].open(value)
+                    plain = _open(first, value)
+                except (WrongKey, MalformedPayload):
+                    plain = None
+                if plain is not None:
                     res.by_key[first] += 1
+                    sealed_value = _CIPHERS[reseal[1]].seal(plain)
+                    # the verification with the new key of the exact text that will be stored: it is written only by a
+                    # compare-and-set UPDATE setting this text, and the final scan compares stored rows byte for byte
+                    try:  # (verify=False: the caller opens it later, with _verify_update, before writing it)
+                        ok = not verify or _open(reseal[1], sealed_value) == plain
+                    except (WrongKey, MalformedPayload):
+                        ok = False
+                    if not ok:
+                        res.neither += 1
+                        straggler = True
+                        if len(res.errors) < MAX_ERRORS:
+                            res.errors.append(BadValue(str(rid), col, "a sealed value does not open with the new key"))
+                        continue
                     if new is None:
                         new = list(row)
-                    new[i] = _CIPHERS[reseal[1]].seal(plain)
+                    new[i] = sealed_value
                     continue
-                except (WrongKey, MalformedPayload):
-                    pass
             who = _whose(value, order)
             if isinstance(who, int):
                 res.by_key[who] += 1
@@ -176,51 +231,124 @@ def _classify(rows: list[tuple], order: Sequence[int], nkeys: int,
     return res, sealed
 
 
-def _reencrypt(rows: list[tuple], src: int, dst: int) -> tuple[list[tuple], PassResult, list[BadValue]]:
-    """New column values for the rows holding a ``src`` value; ``dst`` values stay as they are."""
-    s, d = _CIPHERS[src], _CIPHERS[dst]
-    updates: list[tuple] = []
-    res = PassResult(rows=len(rows))
-    errors: list[BadValue] = []
-    for row in rows:
-        out = list(row)
-        changed = False
-        for i, value in enumerate(row[1:], 1):
-            if value is None:
-                res.nulls += 1
-                continue
-            try:
-                out[i] = d.seal(s.open(value))
-                changed = True
-                res.reencrypted += 1
-                continue
-            except WrongKey:
-                pass
-            except MalformedPayload as e:
-                errors.append(BadValue(str(row[0]), COLUMNS[i - 1], f"malformed payload ({e})"))
-                continue
-            try:
-                d.open(value)
-                res.already += 1
-            except WrongKey:
-                errors.append(BadValue(str(row[0]), COLUMNS[i - 1], "decrypts with neither the old nor the new key"))
-        if changed:
-            updates.append(tuple(out))
-    return updates, res, errors
+# -- COPY text, parsed and written in the pool ------------------------------------------------------------
+
+# PostgreSQL's COPY text escapes (what COPY TO prints and COPY FROM reads); other characters go through as they are
+_ESC = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\b": "\\b", "\f": "\\f", "\v": "\\v"})
+_NEEDS_ESC = re.compile(r"[\\\t\n\r\b\f\v]").search
+_UNESC = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
 
-def _verify(rows: list[tuple], key: int) -> list[BadValue]:
-    """Stored values (as ``UPDATE … RETURNING`` gives them) that ``key`` does not open."""
-    c = _CIPHERS[key]
+def _unescape(field: str) -> str | None:
+    if field == "\\N":
+        return None
+    out, i, n = [], 0, len(field)
+    while i < n:
+        ch = field[i]
+        if ch != "\\" or i + 1 == n:
+            out.append(ch)
+            i += 1
+            continue
+        nxt = field[i + 1]
+        if nxt in "01234567":
+            j = i + 1
+            while j < n and j < i + 4 and field[j] in "01234567":
+                j += 1
+            out.append(chr(int(field[i + 1:j], 8)))
+            i = j
+        elif nxt == "x" and i + 2 < n and field[i + 2] in "0123456789abcdefABCDEF":
+            j = i + 2
+            while j < n and j < i + 4 and field[j] in "0123456789abcdefABCDEF":
+                j += 1
+            out.append(chr(int(field[i + 2:j], 16)))
+            i = j
+        else:
+            out.append(_UNESC.get(nxt, nxt))
+            i += 2
+    return "".join(out)
+
+
+def _digest(line: bytes) -> bytes:
+    """A row's COPY text stands for the row in the verified sets: 128-bit BLAKE2b, collisions out of reach."""
+    return hashlib.blake2b(line, digest_size=16).digest()
+
+
+def _line(fields: Sequence[str | None]) -> bytes:
+    """One row of COPY text, exactly as ``COPY … TO STDOUT`` prints it (and ``COPY … FROM STDIN`` reads it)."""
+    return ("\t".join("\\N" if f is None else f.translate(_ESC) if _NEEDS_ESC(f) else f for f in fields)
+            + "\n").encode("utf-8", "surrogateescape")
+
+
+@dataclass
+class Chunk:
+    """What the pool makes of one chunk of rows. ``update`` is temp-table COPY text: id, stored values, new values."""
+
+    scan: ScanResult
+    last_id: str | None = None
+    update: bytes = b""
+    updates: int = 0
+    first_update: str | None = None
+    last_update: str | None = None
+    verified: dict[bytes, int] | None = None  # rows (digests of their COPY text) whose every value opens with dst
+    unverified: bool = False  # the new values in ``update`` are still to be opened with dst (_verify_update)
+
+
+def _chunk(data: bytes, order: Sequence[int], nkeys: int, reseal: tuple[int, int] | None = None,
+           verify: bool = True) -> Chunk:
+    """``_classify`` on a chunk of COPY text; with ``reseal=(src, dst)`` also its update and verified rows (with
+    ``verify=False`` its new values are not opened yet: ``unverified``, and ``verified`` holds only once they are)."""
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    rows = [tuple(ln.split("\t")) if "\\" not in ln else tuple(_unescape(f) for f in ln.split("\t")) for ln in lines]
+    res, sealed = _classify(rows, order, nkeys, reseal, verify)
+    out = Chunk(res, rows[-1][0] if rows else None, unverified=bool(sealed) and not verify)
+    others = any(n for k, n in enumerate(res.by_key) if reseal is None or k not in reseal)
+    if reseal is None or res.bad or others:
+        return out
+    # a line without a backslash has no NULL and nothing escaped: its fields (and sealed values, plain base64)
+    # go into COPY text as they are
+    raw = {row[0]: ln for row, ln in zip(rows, lines, strict=True) if "\\" not in ln}
+    verified = out.verified = {}
+    parts = []
+    for row, new in sealed:
+        ln = raw.pop(row[0], None)
+        if ln is not None:
+            vals = "\t".join(new[1:])
+            parts.append(f"{ln}\t{vals}\n".encode("utf-8", "surrogateescape"))
+            verified[_digest(f"{row[0]}\t{vals}\n".encode("utf-8", "surrogateescape"))] = len(COLUMNS)
+        else:
+            parts.append(_line((*row, *new[1:])))
+            verified[_digest(_line(new))] = sum(v is not None for v in new[1:])
+    if sealed:
+        out.first_update, out.last_update = sealed[0][0][0], sealed[-1][0][0]
+    resealed = {row[0] for row, _new in sealed}
+    for row, ln in zip(rows, lines, strict=True):  # rows with nothing to change: all their values opened with dst
+        if row[0] not in resealed:  # (COPY prints a row exactly as it sent it here)
+            verified[_digest(f"{ln}\n".encode("utf-8", "surrogateescape"))] = sum(v is not None for v in row[1:])
+    out.update, out.updates = b"".join(parts), len(parts)
+    return out
+
+
+def _verify_update(update: bytes, dst: int) -> list[BadValue]:
+    """Opens with ``dst`` every new value of an update (temp-table COPY text) that is not the value read: the
+    verification of a check's sealed values, in the pool while earlier batches are written, before this one is."""
     bad: list[BadValue] = []
-    for row in rows:
-        for col, value in zip(COLUMNS, row[1:], strict=True):
-            if value is None:
+    n = len(COLUMNS)
+    for ln in update.decode("utf-8", "surrogateescape").split("\n"):
+        if not ln:
+            continue
+        fields = ln.split("\t")
+        if "\\" in ln:
+            fields = [_unescape(f) for f in fields]
+        for i in range(n):
+            value = fields[1 + n + i]
+            if value is None or value == fields[1 + i]:
                 continue
             try:
-                c.open(value)
+                _open(dst, value)
             except (WrongKey, MalformedPayload) as e:
-                bad.append(BadValue(str(row[0]), col, f"does not verify with the new key after writing ({e})"))
+                bad.append(BadValue(str(fields[0]), COLUMNS[i], f"does not verify with the new key ({e})"))
     return bad
 
 
@@ -230,17 +358,53 @@ def default_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
+def _copy_out(conn, *, after: str | None = None, ids: Sequence[str] | None = None):
+    """The rows (id and the three columns, by id), one COPY text line each, as the server sends them."""
+    from psycopg import sql
+
+    where = sql.SQL("")
+    if ids is not None:
+        where = sql.SQL('WHERE "id" = ANY({})').format(sql.Literal(list(ids)))
+    elif after is not None:
+        where = sql.SQL('WHERE "id" > {}').format(sql.Literal(after))
+    q = sql.SQL('COPY (SELECT "id", {} FROM {} {} ORDER BY "id") TO STDOUT').format(
+        sql.SQL(_SELECT), sql.Identifier(TABLE), where)
+    with conn.cursor() as cur, cur.copy(q) as cp:
+        yield from cp  # libpq hands out one data row per read
+
+
+def _chunks(rows, size: int):
+    """Lists of up to ``size`` COPY lines."""
+    buf: list = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _pass_result(c: Chunk, src: int, dst: int) -> PassResult:
+    return PassResult(batches=1, rows=c.scan.rows, reencrypted=c.scan.by_key[src], already=c.scan.by_key[dst],
+                      nulls=c.scan.nulls)
+
+
 class Engine:
     """A process pool holding the keys (in that order) and the database target. Use as a context manager."""
 
     def __init__(self, target: PgTarget, keys: Sequence[bytes], *, workers: int | None = None, batch: int = BATCH):
         self.target = target
         self.nkeys = len(keys)
-        # rows re-sealed during a check: id -> (values seen, new values); used by the next reencrypt if unchanged
-        self.memo: dict[str, tuple[tuple, tuple]] = {}
-        self.memo_pair: tuple[int, int] | None = None  # the (src, dst) the memo was sealed for
-        # rows whose stored values were verified with key ``verified_key`` after writing: id -> values
-        self.verified: dict[str, tuple] = {}
+        # chunks re-sealed during a check, in id order, for the next reencrypt(*memo_pair); they cover the rows up to
+        # memo_upto (all rows when memo_full). Their writes compare-and-set, so rows changed since are left alone.
+        self.memo: list[Chunk] = []
+        self.memo_pair: tuple[int, int] | None = None
+        self.memo_upto: str | None = None
+        self.memo_full = False
+        # rows (digests of their COPY text) whose every value is known to open with key ``verified_key``: a scan by
+        # that key skips decrypting a stored row identical to one of them
+        self.verified: dict[bytes, int] = {}
         self.verified_key: int | None = None
         self.batch = batch
         self.workers = workers or default_workers()
@@ -262,13 +426,14 @@ class Engine:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _split(self, rows: list[tuple]) -> list[list[tuple]]:
-        n = self.workers
-        size = -(-len(rows) // n) if rows else 0
-        return [rows[i:i + size] for i in range(0, len(rows), size)] if size else []
-
     def table_exists(self, conn) -> bool:
         return conn.execute("SELECT to_regclass(%s)", (f'"{TABLE}"',)).fetchone()[0] is not None
+
+    def _remember(self, key: int, verified: dict[bytes, int] | None) -> None:
+        if self.verified_key != key:
+            self.verified, self.verified_key = {}, key
+        if verified and len(self.verified) < VERIFIED_ROWS:
+            self.verified.update(verified)
 
     # -- read-only scan --------------------------------------------------------------------------------
     def scan(self, order: Sequence[int], progress: Callable[[int], None] | None = None,
@@ -276,212 +441,225 @@ class Engine:
         """Whose key every stored value is, trying the keys in ``order``; one snapshot, no locks.
 
         With ``reseal=(src, dst)`` the crypto of the next ``reencrypt(src, dst)`` is done here too (up to
-        MEMO_ROWS rows): it only writes what it finds unchanged, so a check that runs while nothing is written yet
-        takes the crypto off the locked batches."""
+        MEMO_ROWS rows): it only writes what is unchanged by then, so a check that runs while nothing is written yet
+        takes the crypto off the batches."""
+        order = list(order)
         total = ScanResult(by_key=[0] * self.nkeys)
-        self.memo, self.memo_pair = {}, reseal
+        self.memo, self.memo_pair, self.memo_upto, self.memo_full = [], None, None, False
+        if reseal is not None:
+            reseal = tuple(reseal)
+            self._remember(reseal[1], None)
+        # rows known to open with the first key, unchanged since: no need to decrypt them again
+        known = self.verified if self.verified_key == order[0] and ids is None and reseal is None else {}
         with self.target.connect(autocommit=False, timeout=10) as conn:
             if not self.table_exists(conn):
+                self.memo_pair, self.memo_full = reseal, True
                 return total
             conn.rollback()
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            with conn.cursor(name="aixsss_keys_scan") as cur:
-                cur.itersize = SCAN_CHUNK
-                if ids is None:
-                    cur.execute(f'SELECT "id", {_SELECT} FROM "{TABLE}"')
-                else:
-                    cur.execute(f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" = ANY(%s)', (list(ids),))
-                inflight: list[Future] = []
-                # values verified right after this engine wrote them, unchanged since: no need to decrypt again
-                known = self.verified if self.verified_key == order[0] and ids is None else {}
-                while True:
-                    rows = cur.fetchmany(SCAN_CHUNK)
-                    todo = rows
-                    if rows and known:
-                        todo = []
-                        for row in rows:
-                            v = known.get(row[0])
-                            if v is None or v != row[1:]:
-                                todo.append(row)
-                                continue
-                            total.rows += 1
-                            n = sum(x is not None for x in v)
-                            total.values += n
-                            total.nulls += len(v) - n
-                            total.by_key[order[0]] += n
-                        if progress and len(todo) < len(rows):
-                            progress(len(rows) - len(todo))
-                    if todo:
-                        rs = reseal if reseal and len(self.memo) < MEMO_ROWS else None
-                        inflight += [self.pool.submit(_classify, part, list(order), self.nkeys, rs)
-                                     for part in self._split(todo)]
-                    while inflight and (len(inflight) > 2 * self.workers or not rows):
-                        part, sealed = inflight.pop(0).result()
-                        for row, new in sealed:
-                            self.memo[row[0]] = (row[1:], new)
-                        total.merge(part)
-                        if progress:
-                            progress(part.rows)
-                    if not rows:
-                        break
+            rows = _copy_out(conn, ids=list(ids) if ids is not None else None)
+            with contextlib.closing(rows):
+                self._scan_rows(rows, order, reseal, known, total, progress)
             conn.rollback()
+        if reseal is not None and not total.bad:
+            self.memo_pair = reseal
+        else:
+            self.memo = []
         return total
+
+    def _scan_rows(self, rows, order: list[int], reseal: tuple[int, int] | None, known: dict[bytes, int],
+                   total: ScanResult, progress: Callable[[int], None] | None) -> None:
+        inflight: deque = deque()  # (future, re-sealed?) in id order
+        memo_rows = 0
+        memo_open = reseal is not None  # still re-sealing, and the memo covers every row read so far
+
+        def take() -> None:
+            nonlocal memo_rows, memo_open
+            f, resealed = inflight.popleft()
+            c: Chunk = f.result()
+            total.merge(c.scan)
+            if progress:
+                progress(c.scan.rows)
+            if not resealed:
+                return
+            if c.verified is None or not memo_open:  # a gap: the memo ends before this chunk
+                memo_open = False
+                return
+            self.memo.append(c)  # its verified rows count once reencrypt has verified and written it
+            self.memo_upto = c.last_id
+            memo_rows += c.scan.rows
+
+        for chunk in _chunks(rows, self.batch if reseal is not None else SCAN_CHUNK):
+            if known:
+                todo = []
+                skipped = 0
+                for row in chunk:
+                    n = known.get(_digest(row))
+                    if n is None:
+                        todo.append(row)
+                        continue
+                    skipped += 1
+                    total.values += n
+                    total.nulls += len(COLUMNS) - n
+                    total.by_key[order[0]] += n
+                total.rows += skipped
+                if progress and skipped:
+                    progress(skipped)
+                chunk = todo
+                if not chunk:
+                    continue
+            rs = reseal if memo_open and memo_rows + len(inflight) * self.batch < MEMO_ROWS else None
+            if rs is None:
+                memo_open = False
+            # the new values are opened with dst by reencrypt, in the pool while the batches before are written
+            inflight.append((self.pool.submit(_chunk, b"".join(chunk), order, self.nkeys, rs, rs is None),
+                             rs is not None))
+            while len(inflight) > 2 * self.workers:
+                take()
+        while inflight:
+            take()
+        self.memo_full = memo_open
 
     # -- re-encryption ---------------------------------------------------------------------------------
     def _conn(self):
         conn = self.target.connect(autocommit=False, timeout=10)
         conn.execute("SET lock_timeout = '60s'")  # a row held elsewhere for that long fails the batch, never hangs
-        cols = ", ".join(f'"{c}" text' for c in COLUMNS)
+        # The batches commit without waiting for their WAL flush. A crash of the server may then lose the last few
+        # committed batches: WAL replay stops at a consistent point, each batch is one transaction, so the lost ones
+        # are back to the values they replaced (old-key values, still decryptable; the rerun redoes them), and no
+        # value can end in neither key. Durability only matters from step 5 on, when the env files start naming the
+        # new key: every reencrypt() therefore ends with one synchronous commit (_flush), which flushes the WAL up to
+        # it, all the batches before it included (from either writer connection, and from an earlier killed run), and
+        # waits for synchronous standbys likewise, before it returns.
+        # A SIGKILL of this process loses nothing committed. The session setting covers this connection only.
+        conn.execute("SET synchronous_commit = off")
+        cols = ", ".join(f'"o{i}" text' for i in range(len(COLUMNS))) + ", " + ", ".join(
+            f'"n{i}" text' for i in range(len(COLUMNS)))
         conn.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{_TMP}" ("id" text, {cols}) ON COMMIT DELETE ROWS')
         conn.commit()
         return conn
+
+    @staticmethod
+    def _flush(conn) -> None:
+        """One synchronous commit of a transaction with an xid: the WAL is flushed up to it, earlier batches included."""
+        conn.execute("SET LOCAL synchronous_commit = on")
+        conn.execute("SELECT txid_current()")  # an xid, so that the commit writes (and waits for) a commit record
+        conn.commit()
 
     def reencrypt(self, src: int, dst: int, on_batch: Callable[[PassResult, str], None] | None = None,
                   ids: Sequence[str] | None = None) -> PassResult:
         """Every ``src`` value becomes a ``dst`` value, batch by batch (each batch one transaction).
 
-        A batch: ``SELECT … FOR UPDATE`` (row locks), crypto in the pool (or the check's memo), ``COPY`` into a temp
-        table, ``UPDATE … FROM … RETURNING``, the returned (stored) values decrypted with ``dst`` in the pool, and only
-        then ``COMMIT``: no batch is committed unverified. Three connections form a pipeline, so batch i is read
-        while batch i-1 is written and batch i-2 verified. ``on_batch(batch_result, last_id)`` runs after each
-        commit. With ``ids`` only those rows are visited. Values of neither key abort: the batch holding them rolls
-        back and :class:`BadValues` is raised; committed batches stay (each value is in one of the two keys).
+        A batch: its rows' new values (from the check's memo, or read with ``COPY`` and sealed in the pool, where each
+        new value is opened again with ``dst`` before it can be written), ``COPY`` into a temp table, one
+        compare-and-set ``UPDATE … FROM`` (row locks; rows changed since they were read are left for a later pass),
+        ``COMMIT``. The pool seals the next batches while one is written. ``on_batch(batch_result, last_id)`` runs
+        after each commit. With ``ids`` only those rows are visited. Values of neither key abort: the batch holding
+        them is never written and :class:`BadValues` is raised; committed batches stay (each value is in one of the
+        two keys). Returns after the committed batches are durable (see ``_conn``).
         """
         total = PassResult()
+        memo: list[Chunk] = []
+        after: str | None = None
+        stream = True
+        if self.memo_pair == (src, dst) and ids is None:
+            memo, after, stream = self.memo, self.memo_upto, not self.memo_full
+        self.memo, self.memo_pair, self.memo_upto, self.memo_full = [], None, None, False  # good for one pass
+        self._remember(dst, None)
+        # the memo's new values are opened with dst in the pool ahead of the writes; each batch waits for its own
+        checks = {id(c): self.pool.submit(_verify_update, c.update, dst) for c in memo if c.unverified}
+        batches = self._sealed(memo, stream, after, ids, src, dst)
         conns: list = []
-        if self.memo_pair != (src, dst):
-            self.memo, self.memo_pair = {}, None
-        if self.verified_key != dst:
-            self.verified, self.verified_key = {}, dst
+        pending: deque = deque()  # (chunk, connection, write future or None), in id order
+        from concurrent.futures import ThreadPoolExecutor
+
+        # two connections write alternate batches at once (disjoint id ranges, so they never wait on each other's
+        # row locks); results are taken in order, so on_batch still reports the batches in id order
+        tp = ThreadPoolExecutor(WRITERS, thread_name_prefix="keys-write")
         try:
-            probe = self._conn()
-            conns.append(probe)
-            if not self.table_exists(probe):
-                probe.rollback()
+            conns.append(self._conn())
+            if not self.table_exists(conns[0]):
+                conns[0].rollback()
                 return total
-            probe.rollback()
-            conns += [self._conn(), self._conn()]
-            id_list = list(ids) if ids is not None else None
-            last: str | None = None
-            pos = 0
-            fetched = written = None  # (conn, futures, last) read and sealing; (conn, batch, verify futures, last)
-            i = 0
-            while True:
-                conn = conns[i % 3]
-                rows = self._fetch(conn, id_list, pos, last)
-                if id_list is not None:
-                    pos += self.batch
-                    if not rows and pos < len(id_list):  # rows deleted meanwhile: go on with the next chunk
-                        conn.rollback()
-                        continue
-                if rows:
-                    last = rows[-1][0]
-                    futures = self._seal(rows, src, dst)
-                nxt = self._write(*fetched, dst) if fetched is not None else None
-                if written is not None:
-                    self._commit(*written, total, on_batch)
-                written, fetched = nxt, None
-                if not rows:
-                    conn.rollback()
-                    break
-                fetched = (conn, futures, last)
-                i += 1
-            if fetched is not None:
-                written = self._write(*fetched, dst)
-            if written is not None:
-                self._commit(*written, total, on_batch)
+            conns[0].rollback()
+            conns += [self._conn() for _ in range(WRITERS - 1)]
+            free = list(conns)
+
+            def finish() -> None:
+                c, conn, fut = pending.popleft()
+                if fut is not None:
+                    fut.result()
+                    free.append(conn)
+                self._remember(dst, c.verified)
+                b = _pass_result(c, src, dst)
+                for k in ("batches", "rows", "reencrypted", "already", "nulls"):
+                    setattr(total, k, getattr(total, k) + getattr(b, k))
+                if on_batch:
+                    on_batch(b, c.last_id)
+
+            for c in batches:
+                if c.updates:
+                    while not free:
+                        finish()
+                    conn = free.pop(0)
+                    pending.append((c, conn, tp.submit(self._write, conn, c, checks.get(id(c)))))
+                else:
+                    pending.append((c, None, None))
+                while len(pending) > WRITERS:
+                    finish()
+            while pending:
+                finish()
+            # always, even with nothing written here: an earlier run killed just after its last asynchronous
+            # commits may have left them unflushed, and step 5 may follow this pass
+            self._flush(conns[0])
         finally:
-            for c in conns:  # closing ends any open transaction (and its row locks) even if rollback cannot
-                with contextlib.suppress(Exception):  # after a failure (or an interrupted query) the first error matters
-                    c.rollback()
-                c.close()
+            for f in checks.values():
+                f.cancel()
+            tp.shutdown(wait=True)  # no connection is closed under a running write
+            with contextlib.suppress(Exception):  # after a failure the first error matters
+                batches.close()  # ends the reading COPY and closes its connection
+            for conn in conns:  # closing ends any open transaction (and its row locks) even if rollback cannot
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                conn.close()
         return total
 
-    def _fetch(self, conn, id_list: list[str] | None, pos: int, last: str | None) -> list[tuple]:
-        if id_list is not None:
-            chunk = id_list[pos:pos + self.batch]
-            if not chunk:
-                return []
-            q = f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" = ANY(%s) ORDER BY "id" FOR UPDATE'
-            return conn.execute(q, (chunk,)).fetchall()
-        if last is None:
-            q = f'SELECT "id", {_SELECT} FROM "{TABLE}" ORDER BY "id" LIMIT %s FOR UPDATE'
-            return conn.execute(q, (self.batch,)).fetchall()
-        q = f'SELECT "id", {_SELECT} FROM "{TABLE}" WHERE "id" > %s ORDER BY "id" LIMIT %s FOR UPDATE'
-        return conn.execute(q, (last, self.batch)).fetchall()
+    def _sealed(self, memo: list[Chunk], stream: bool, after: str | None, ids: Sequence[str] | None,
+                src: int, dst: int):
+        """The batches in id order: the memo's, then (when it does not cover every row) freshly read and sealed ones."""
+        yield from memo
+        if not stream:
+            return
+        with self.target.connect(autocommit=True, timeout=10) as reader:
+            inflight: deque = deque()
+            rows = _copy_out(reader, after=after, ids=list(ids) if ids is not None else None)
+            with contextlib.closing(rows):
+                for chunk in _chunks(rows, self.batch):
+                    inflight.append(self.pool.submit(_chunk, b"".join(chunk), [src, dst], self.nkeys, (src, dst)))
+                    while len(inflight) > 2 * self.workers:
+                        yield self._checked(inflight.popleft())
+            while inflight:
+                yield self._checked(inflight.popleft())
 
-    def _seal(self, rows: list[tuple], src: int, dst: int) -> list[Future]:
-        """The batch's new values: from the check's memo when the row is unchanged since, else from the pool."""
-        ready: list[tuple] = []
-        todo = rows
-        pr = PassResult()
-        if self.memo:
-            todo = []
-            for row in rows:
-                m = self.memo.pop(row[0], None)
-                if m is None or m[0] != row[1:]:
-                    todo.append(row)
-                    continue
-                ready.append(m[1])
-                pr.rows += 1
-                for v, o in zip(m[1][1:], m[0], strict=True):
-                    if v is None:
-                        pr.nulls += 1
-                    elif v != o:
-                        pr.reencrypted += 1
-                    else:
-                        pr.already += 1
-        futures = [self.pool.submit(_reencrypt, part, src, dst) for part in self._split(todo)]
-        if ready:
-            done: Future = Future()
-            done.set_result((ready, pr, []))
-            futures.append(done)
-        return futures
+    @staticmethod
+    def _checked(f: Future) -> Chunk:
+        c: Chunk = f.result()
+        if c.scan.bad or c.verified is None:
+            raise BadValues(c.scan.errors[:MAX_ERRORS] or [BadValue("?", "?", "a value of another key")])
+        return c
 
-    def _write(self, conn, futures: list[Future], last: str, dst: int):
-        batch = PassResult(batches=1)
-        updates: list[tuple] = []
-        errors: list[BadValue] = []
-        for f in futures:
-            u, r, e = f.result()
-            updates += u
-            errors += e
-            batch.rows += r.rows
-            batch.reencrypted += r.reencrypted
-            batch.already += r.already
-            batch.nulls += r.nulls
-        if errors:
-            conn.rollback()
-            raise BadValues(errors[:MAX_ERRORS])
-        verify: list[Future] = []
-        if updates:
-            with conn.cursor() as cur:
-                with cur.copy(f'COPY "{_TMP}" ("id", {_SELECT}) FROM STDIN') as cp:
-                    for u in updates:
-                        cp.write_row(u)
-                sets = ", ".join(f'"{c}" = t."{c}"' for c in COLUMNS)
-                ret = ", ".join(f'p."{c}"' for c in COLUMNS)
-                # the id range lets the planner join by a range scan instead of one index probe per row
-                stored = cur.execute(
-                    f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" '
-                    f'AND p."id" >= %s AND p."id" <= %s RETURNING p."id", {ret}',
-                    (min(u[0] for u in updates), max(u[0] for u in updates))).fetchall()
-            if len(stored) != len(updates):
-                conn.rollback()
-                raise OpsError(f"a batch updated {len(stored)} of {len(updates)} locked rows; rolled back")
-            verify = [self.pool.submit(_verify, part, dst) for part in self._split(stored)]
-            if len(self.verified) < MEMO_ROWS:
-                self.verified.update((row[0], row[1:]) for row in stored)
-        return conn, batch, verify, last
-
-    def _commit(self, conn, batch: PassResult, verify: list[Future], last: str, total: PassResult,
-                on_batch: Callable[[PassResult, str], None] | None) -> None:
-        errors = [e for f in verify for e in f.result()]
-        if errors:
-            conn.rollback()
-            raise BadValues(errors[:MAX_ERRORS])
+    def _write(self, conn, c: Chunk, check: Future | None) -> None:
+        if c.unverified:  # never write a value not opened with the new key
+            errors = check.result() if check is not None else [BadValue("?", "?", "not verified")]
+            if errors:
+                raise BadValues(errors[:MAX_ERRORS])
+        with conn.cursor() as cur:
+            with cur.copy(f'COPY "{_TMP}" FROM STDIN') as cp:
+                cp.write(c.update)
+            sets = ", ".join(f'"{col}" = t."n{i}"' for i, col in enumerate(COLUMNS))
+            same = " AND ".join(f'p."{col}" IS NOT DISTINCT FROM t."o{i}"' for i, col in enumerate(COLUMNS))
+            # compare-and-set: only rows still holding what was read (and sealed) are written; the id range lets
+            # the planner join by a range scan instead of one index probe per row
+            cur.execute(f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" AND {same} '
+                        f'AND p."id" >= %s AND p."id" <= %s', (c.first_update, c.last_update))
         conn.commit()
-        for k in ("batches", "rows", "reencrypted", "already", "nulls"):
-            setattr(total, k, getattr(total, k) + getattr(batch, k))
-        if on_batch:
-            on_batch(batch, last)

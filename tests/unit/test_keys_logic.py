@@ -46,19 +46,6 @@ def test_classify_counts_per_key_and_names_bad_values_without_their_text():
     assert res.straggler_ids == ["r1", "r2", "r3"] and sealed == []
 
 
-def test_reencrypt_moves_old_values_and_leaves_new_ones():
-    engine._init([A, B])
-    good = [rows()[0], rows()[2]]
-    updates, res, errors = engine._reencrypt(good, 0, 1)
-    assert errors == [] and (res.rows, res.reencrypted, res.already, res.nulls) == (2, 2, 2, 2)
-    by_id = {u[0]: u for u in updates}
-    assert crypto.decrypt(by_id["r1"][1], B) == "p1" and by_id["r1"][3] == good[0][3]  # the B value is untouched
-    assert crypto.decrypt(by_id["r3"][2], B) == "p3i" and by_id["r3"][1] == good[1][1]
-    _u, _r, errors = engine._reencrypt([rows()[1]], 0, 1)
-    assert {e.column for e in errors} == {"apiKeyEncrypted", "imageApiKeyEncrypted"}
-    assert all("p2" not in str(e) for e in errors)
-
-
 def test_a_check_can_seal_ahead_for_the_rotation():
     engine._init([A, B])
     r1 = rows()[0]
@@ -74,3 +61,48 @@ def test_keys_shorter_than_the_contract_are_refused_and_never_shown():
     k = key("a passphrase that is long enough, yes", "--new-key")
     assert "passphrase" not in repr(k) and k.fingerprint in repr(k)
     assert Key(crypto.generate_key(), "env").derived != k.derived
+
+
+def test_a_chunk_of_copy_text_yields_the_update_and_the_rows_verified_with_the_new_key():
+    engine._init([A, B])
+    rows = [("r1", crypto.encrypt("p1", A), None, crypto.encrypt("p1v", B)),  # a NULL: the escaped path
+            ("r\t2", crypto.encrypt("p2", A), crypto.encrypt("p2i", A), crypto.encrypt("p2v", A)),
+            ("r3", crypto.encrypt("p3", A), crypto.encrypt("p3i", B), crypto.encrypt("p3v", A)),  # the plain path
+            ("r4", crypto.encrypt("p4", B), None, None)]  # nothing to change
+    c = engine._chunk(b"".join(engine._line(r) for r in rows), [0, 1], 2, (0, 1))
+    assert (c.scan.rows, c.scan.by_key, c.scan.nulls, c.updates) == (4, [6, 3], 3, 3)
+    assert (c.last_id, c.first_update, c.last_update) == ("r4", "r1", "r3")
+    lines = c.update.decode().split("\n")[:-1]
+    assert len(lines) == 3
+    for line, row in zip(lines, rows, strict=False):
+        fields = [None if f == "\\N" else f.replace("\\t", "\t") for f in line.split("\t")]
+        assert tuple(fields[:4]) == row  # the values as read, for the compare-and-set
+        new = fields[4:]
+        for old, value in zip(row[1:], new, strict=True):
+            if old is None:
+                assert value is None
+            else:
+                assert crypto.decrypt(value, B) == crypto.decrypt(old, A if old != value else B)
+        assert c.verified[engine._digest(engine._line((row[0], *new)))] == sum(v is not None for v in new)
+    assert c.verified[engine._digest(engine._line(rows[3]))] == 1 and len(c.verified) == 4
+    bad = engine._chunk(engine._line(("r5", crypto.encrypt("p5", C), "not.a payload", None)), [0, 1], 2, (0, 1))
+    assert bad.scan.bad == 2 and bad.verified is None and bad.updates == 0
+    assert {e.column for e in bad.scan.errors} == {"apiKeyEncrypted", "imageApiKeyEncrypted"}
+    assert all("p5" not in str(e) for e in bad.scan.errors)
+
+
+def test_copy_text_escapes_round_trip():
+    for v in ("a\\b\tc\nd\re", "plain", "\b\f\v"):
+        line = engine._line(("id", v, None, "x")).decode()
+        assert line.endswith("\n") and line.count("\t") == 3 and "\n" not in line[:-1]
+        assert [engine._unescape(f) for f in line[:-1].split("\t")] == ["id", v, None, "x"]
+
+
+def test_a_check_can_leave_the_verification_of_its_sealed_values_to_the_writes():
+    engine._init([A, B])
+    rows = [("r1", crypto.encrypt("p1", A), None, crypto.encrypt("p1v", B))]
+    c = engine._chunk(b"".join(engine._line(r) for r in rows), [0, 1], 2, (0, 1), False)
+    assert c.unverified and c.updates == 1 and engine._verify_update(c.update, 1) == []
+    forged = c.update.replace(c.update.split(b"\t")[4], crypto.encrypt("p1", C).encode())
+    assert [(e.row_id, e.column) for e in engine._verify_update(forged, 1)] == [("r1", "apiKeyEncrypted")]
+    assert not engine._chunk(engine._line(rows[0]), [0, 1], 2, (0, 1)).unverified
