@@ -420,9 +420,8 @@ class Deployer:
 
     def _migrations_since(self, release_id: str) -> list[str]:
         hist = self.stack.deploy_state.history()
-        idx = max((i for i, h in enumerate(hist) if h["release"] == release_id and h["outcome"] == "live"), default=None)
-        if idx is None:
-            return []
+        # the first release (from `stack up`) has no record: everything recorded came after it
+        idx = max((i for i, h in enumerate(hist) if h["release"] == release_id and h["outcome"] == "live"), default=-1)
         later = [m for h in hist[idx + 1 :] for m in h.get("migrations_applied", [])]
         if not later:
             return []

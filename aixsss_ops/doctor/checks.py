@@ -320,16 +320,17 @@ def _hours(seconds: float) -> str:
 
 
 def backup_newest(ctx: Context) -> Finding:
-    from aixsss_ops.backup.catalog import Catalog
+    from aixsss_ops.backup.targets import catalog
 
     name = "backup.newest"
     rpo = ctx.cfg.backup.rpo_hours
-    entries = Catalog(ctx.cfg.backup_dir).entries()
+    cat = catalog(ctx.cfg)
+    entries = cat.entries()
     complete = [e for e in entries if e.status == "complete"]
     leftovers = [e.id for e in entries if e.status in ("incomplete", "invalid")]
     extra = f"; {len(leftovers)} incomplete/invalid: {', '.join(leftovers[:3])}" if leftovers else ""
     if not complete:
-        return Finding(name, "fail", f"no complete backup in {ctx.cfg.backup_dir}{extra}",
+        return Finding(name, "fail", f"no complete backup in {cat.location}{extra}",
                        "take one: `aixsss-ops backup create` (and schedule it)")
     newest = complete[-1]
     age = _age(newest.created_at)
@@ -341,10 +342,10 @@ def backup_newest(ctx: Context) -> Finding:
 
 
 def backup_verified(ctx: Context) -> Finding:
-    from aixsss_ops.backup.catalog import Catalog
+    from aixsss_ops.backup.targets import catalog
 
     name = "backup.verified"
-    complete = Catalog(ctx.cfg.backup_dir).complete()
+    complete = catalog(ctx.cfg).complete()
     fix = "verify the newest: `aixsss-ops backup verify latest --restore`"
     if not complete:
         return Finding(name, "skipped", "no complete backup to verify", fix)
