@@ -229,6 +229,9 @@ def test_rotate_key_reencrypts_provider_keys_and_the_app_keeps_working(env):
 
     api_env = env["conf"].state / "env" / "api.env"
     old = read_env_file(api_env)["API_KEY_ENCRYPTION_KEY"]
+    created = httpx.post(env["url"] + "/api/ai-profiles", timeout=10, json={
+        "name": "before-rotation", "provider": "openai_compatible", "apiKey": "sk-before-rotation"})
+    assert created.status_code in (200, 201), created.text  # at least one stored secret to re-encrypt
     before = backups(env)
     r = play(env, "rotate-key")
     assert r.code == 0, r.output
