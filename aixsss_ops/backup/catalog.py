@@ -93,7 +93,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class Catalog:
+def ordered(entries: list[Entry]) -> list[Entry]:
+    """Complete backups by manifest time (never by name), then the rest by id."""
+    complete = sorted((e for e in entries if e.status == "complete"), key=lambda e: mf.parse_iso(e.created_at))
+    return complete + sorted((e for e in entries if e.status != "complete"), key=lambda e: e.id)
+
+
+class Lookup:
+    """``complete()`` and ``get(id | 'latest')`` over ``entries()``, for the local and the S3 catalog alike."""
+
+    def complete(self) -> list[Entry]:
+        return [e for e in self.entries() if e.status == "complete"]
+
+    def get(self, backup_id: str) -> Entry:
+        if not backup_id or "/" in backup_id or backup_id.startswith("."):
+            raise UsageError(f"invalid backup id '{backup_id}'")
+        if backup_id == "latest":
+            done = self.complete()
+            if not done:
+                raise UsageError(f"no complete backup in {self.location}")
+            return done[-1]
+        for e in self.entries():
+            if e.id == backup_id:
+                if e.status != "complete":
+                    raise CheckFailed(f"backup {backup_id} is {e.status}" + (f": {e.problem}" if e.problem else ""),
+                                      hint="only complete backups can be verified or restored")
+                return e
+        raise UsageError(f"unknown backup id '{backup_id}' in {self.location}", hint="see `aixsss-ops backup list`")
+
+
+
+class Catalog(Lookup):
     def __init__(self, root: Path):
         self.root = root
 
@@ -127,27 +157,7 @@ class Catalog:
                 out.append(Entry(p.name, p, "invalid", meta=meta, problem=e.message))
                 continue
             out.append(Entry(p.name, p, "complete", m, meta))
-        complete = sorted((e for e in out if e.status == "complete"), key=lambda e: mf.parse_iso(e.created_at))
-        return complete + sorted((e for e in out if e.status != "complete"), key=lambda e: e.id)
-
-    def complete(self) -> list[Entry]:
-        return [e for e in self.entries() if e.status == "complete"]
-
-    def get(self, backup_id: str) -> Entry:
-        if not backup_id or "/" in backup_id or backup_id.startswith("."):
-            raise UsageError(f"invalid backup id '{backup_id}'")
-        if backup_id == "latest":
-            done = self.complete()
-            if not done:
-                raise UsageError(f"no complete backup in {self.root}")
-            return done[-1]
-        for e in self.entries():
-            if e.id == backup_id:
-                if e.status != "complete":
-                    raise CheckFailed(f"backup {backup_id} is {e.status}" + (f": {e.problem}" if e.problem else ""),
-                                      hint="only complete backups can be verified or restored")
-                return e
-        raise UsageError(f"unknown backup id '{backup_id}' in {self.root}", hint="see `aixsss-ops backup list`")
+        return ordered(out)
 
     # -- writing --
     def begin(self, backup_id: str) -> tuple[Path, Lock]:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aixsss_ops.backup import manifest as mf
-from aixsss_ops.backup.catalog import PARTIAL, Catalog, Entry, Lock
-from aixsss_ops.errors import CheckFailed, OpsError, ServiceUnavailable, UsageError
+from aixsss_ops.backup.catalog import PARTIAL, Catalog, Entry, Lock, Lookup, ordered
+from aixsss_ops.errors import CheckFailed, OpsError, ServiceUnavailable
 from aixsss_ops.fsutil import atomic_write_json, flock_held
 from aixsss_ops.s3 import S3Target, ensure_bucket
 
@@ -35,7 +35,7 @@ FETCH = ".fetch-"
 T = TypeVar("T")
 
 
-class S3Catalog:
+class S3Catalog(Lookup):
     def __init__(self, target: S3Target, bucket: str, prefix: str, staging: Path, jobs: int = 8):
         self.target = target
         self.bucket = bucket
@@ -157,27 +157,7 @@ class S3Catalog:
         for e in self.local.entries():  # a run still dumping locally, not yet uploaded
             if e.id not in seen and e.status == "in-progress":
                 out.append(Entry(e.id, self.location + e.id, "in-progress"))
-        complete = sorted((e for e in out if e.status == "complete"), key=lambda e: mf.parse_iso(e.created_at))
-        return complete + sorted((e for e in out if e.status != "complete"), key=lambda e: e.id)
-
-    def complete(self) -> list[Entry]:
-        return [e for e in self.entries() if e.status == "complete"]
-
-    def get(self, backup_id: str) -> Entry:
-        if not backup_id or "/" in backup_id or backup_id.startswith("."):
-            raise UsageError(f"invalid backup id '{backup_id}'")
-        if backup_id == "latest":
-            done = self.complete()
-            if not done:
-                raise UsageError(f"no complete backup in {self.location}")
-            return done[-1]
-        for e in self.entries():
-            if e.id == backup_id:
-                if e.status != "complete":
-                    raise CheckFailed(f"backup {backup_id} is {e.status}" + (f": {e.problem}" if e.problem else ""),
-                                      hint="only complete backups can be verified or restored")
-                return e
-        raise UsageError(f"unknown backup id '{backup_id}' in {self.location}", hint="see `aixsss-ops backup list`")
+        return ordered(out)
 
     @contextmanager
     def fetch(self, entry: Entry) -> Iterator[Entry]:
