@@ -1,34 +1,35 @@
 """Scanning and re-encrypting the provider keys stored in ``"AIProfile"``.
 
-Rows travel as ``COPY … TO STDOUT`` text, untouched by the main process, to a small process pool that parses them
-and does all the crypto (the per-value Python work would otherwise hold the GIL); the pool hands back ``COPY … FROM
-STDIN`` text for the writes. So the main process only moves bytes, and the crypto overlaps the database work.
+A small process pool does all the per-value work (it would otherwise hold the GIL): for a whole-table pass each
+worker reads id ranges itself with ``COPY … TO STDOUT`` on its own connection, in one snapshot the main process
+exports, parses them, does the crypto and hands back ``COPY … FROM STDIN`` text for the writes. So the main process
+only hands out ranges and writes batches, and the crypto overlaps the database work.
 
-Re-encryption works in batches, each one transaction: ``COPY`` the batch's rows (id, the stored values as read, the
-new values) into a temp table, then one compare-and-set ``UPDATE … FROM`` that writes a row only where its stored
-values are still the ones read. The UPDATE takes the row locks itself (no separate ``SELECT … FOR UPDATE`` round
+Re-encryption works in batches, each one transaction: ``COPY`` the batch's rows (id, the xmin of the row version
+read, the new values) into a temp table, then one compare-and-set ``UPDATE … FROM`` that writes a row only where it
+is still the version read. The UPDATE takes the row locks itself (no separate ``SELECT … FOR UPDATE`` round
 trip); a row changed concurrently is simply not written by that batch, and the verification that follows finds
 it and re-encrypts it in a later pass. A value already decrypting with the target key is left alone (the GCM tag
 tells), which makes every pass idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
 
 Every new value is opened again with the target key before it can be written (by the worker that sealed it, or,
-for the values a check sealed ahead, in the pool while the batches before its own are written); the final scan
-then compares the stored rows byte for byte with rows known to open with the target key and
-decrypts whatever differs. Nothing here ever returns plaintext or keys: workers return ciphertext, counts and
-(row id, column, reason).
+for the values a check sealed ahead, in the pool while the batches before its own are written). A written range
+leaves the digest of its text as written (every value in it opened with the target key): the final scan compares
+each range's stored text with it byte for byte and decrypts every value of a range that differs. Nothing here ever
+returns plaintext or keys: workers return ciphertext, counts and (row id, column, reason).
 """
 
 from __future__ import annotations
 
 import binascii
 import contextlib
-import hashlib
 import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from hashlib import sha256
 
 from aixsss_ops.crypto import KeyCipher, MalformedPayload, WrongKey
 from aixsss_ops.dburl import PgTarget
@@ -37,7 +38,6 @@ TABLE = "AIProfile"
 COLUMNS = ("apiKeyEncrypted", "imageApiKeyEncrypted", "videoApiKeyEncrypted")
 BATCH = 5000
 MEMO_ROWS = 250_000  # rows whose new values a check may keep for the rotation that follows (~100 MB at most)
-VERIFIED_ROWS = 2_000_000  # rows remembered as verified with the target key (digests; ~250 MB at most)
 SCAN_CHUNK = 5000
 WRITERS = 2  # connections writing batches at once
 MAX_ERRORS = 50
@@ -268,20 +268,38 @@ def _unescape(field: str) -> str | None:
     return "".join(out)
 
 
-def _digest(line: bytes) -> bytes:
-    """A row's COPY text stands for the row in the verified sets: 128-bit BLAKE2b, collisions out of reach."""
-    return hashlib.blake2b(line, digest_size=16).digest()
-
-
 def _line(fields: Sequence[str | None]) -> bytes:
     """One row of COPY text, exactly as ``COPY … TO STDOUT`` prints it (and ``COPY … FROM STDIN`` reads it)."""
     return ("\t".join("\\N" if f is None else f.translate(_ESC) if _NEEDS_ESC(f) else f for f in fields)
             + "\n").encode("utf-8", "surrogateescape")
 
 
+def _canon(row: Sequence[str | None]) -> bytes:
+    """A row (id and values) in the unambiguous length-prefixed form the verification digests; ``_CANON_SQL`` is the
+    same in SQL, so the server can digest a range for a comparison with what a pass wrote."""
+    return "".join("-" if v is None else f"{len(v)}:{v}" for v in row).encode("utf-8", "surrogateescape")
+
+
+_CANON_SQL = " || ".join(f"""coalesce(length("{c}") || ':' || "{c}", '-')""" for c in ("id", *COLUMNS))
+
+
+def _range_digest(conn, lo: str | None, hi: str | None) -> bytes:
+    """SHA-256 of ``_canon`` of the range's rows in id order, computed by the server."""
+    from psycopg import sql
+
+    cond = [sql.SQL("TRUE")]
+    if lo is not None:
+        cond.append(sql.SQL('"id" >= {}').format(sql.Literal(lo)))
+    if hi is not None:
+        cond.append(sql.SQL('"id" < {}').format(sql.Literal(hi)))
+    q = sql.SQL("SELECT sha256(convert_to(coalesce(string_agg({}, '' ORDER BY \"id\"), ''), 'UTF8')) FROM {} "
+                "WHERE {}").format(sql.SQL(_CANON_SQL), sql.Identifier(TABLE), sql.SQL(" AND ").join(cond))
+    return bytes(conn.execute(q).fetchone()[0])
+
+
 @dataclass
 class Chunk:
-    """What the pool makes of one chunk of rows. ``update`` is temp-table COPY text: id, stored values, new values."""
+    """What the pool makes of one chunk of rows. ``update`` is temp-table COPY text: id, xmin read, new values."""
 
     scan: ScanResult
     last_id: str | None = None
@@ -289,17 +307,85 @@ class Chunk:
     updates: int = 0
     first_update: str | None = None
     last_update: str | None = None
-    verified: dict[bytes, int] | None = None  # rows (digests of their COPY text) whose every value opens with dst
+    # SHA-256 of the chunk's rows (``_canon``) as they read once ``update`` is written: every value opens with dst.
+    # None when the chunk cannot be re-sealed (a value of neither key, or of a key not in the pair)
+    expect: bytes | None = None
     unverified: bool = False  # the new values in ``update`` are still to be opened with dst (_verify_update)
+    index: int | None = None  # the id range the chunk is (Engine.bounds), when it is one
+
+
+def _reseal_all(data: bytes, src: int, dst: int, nkeys: int, verify: bool) -> Chunk | None:
+    """The common case of ``_chunk`` with ``reseal=(src, dst)``, in one tight loop: every row has its three values
+    (no NULL, nothing escaped) and each opens with ``src``. None as soon as anything else turns up (a value of
+    another key, a malformed one, an escape): the caller then takes the general path for the whole chunk."""
+    if b"\\" in data:
+        return None
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        return None
+    dec, enc, vdec = _AEADS[src].decrypt, _AEADS[dst].encrypt, _AEADS[dst].decrypt
+    a2b, b2a = binascii.a2b_base64, binascii.b2a_base64
+    ivs = os.urandom(12 * len(COLUMNS) * len(lines))  # fresh random IVs, one read for the chunk
+    parts, canon = [], []
+    j = 0
+    try:
+        for ln in lines:
+            rid, xmin, *values = ln.split("\t")
+            if len(values) != len(COLUMNS):
+                return None
+            new = []
+            for value in values:
+                iv, tag, ct = value.split(".")
+                iv, tag = a2b(iv, strict_mode=True), a2b(tag, strict_mode=True)
+                if len(iv) != 12 or len(tag) != 16:
+                    return None
+                plain = dec(iv, a2b(ct, strict_mode=True) + tag, None)
+                niv = ivs[j:j + 12]
+                j += 12
+                s = enc(niv, plain, None)
+                sealed = b".".join((b2a(niv, newline=False), b2a(s[-16:], newline=False),
+                                    b2a(s[:-16], newline=False))).decode("ascii")
+                if verify:  # the exact text to be stored, parsed back and opened with dst
+                    iv, tag, ct = sealed.split(".")
+                    if vdec(a2b(iv, strict_mode=True), a2b(ct, strict_mode=True) + a2b(tag, strict_mode=True),
+                            None) != plain:
+                        return None
+                new.append(sealed)
+            parts.append(f"{rid}\t{xmin}\t" + "\t".join(new) + "\n")
+            canon.append(f"{len(rid)}:{rid}" + "".join([f"{len(v)}:{v}" for v in new]))
+    except (ValueError, _INVALID_TAG[0]):  # a wrong number of parts or fields, bad base64, another key
+        return None
+    expect = sha256("".join(canon).encode("utf-8", "surrogateescape"))
+    n = len(lines)
+    by_key = [0] * nkeys
+    by_key[src] = len(COLUMNS) * n
+    out = Chunk(ScanResult(rows=n, values=len(COLUMNS) * n, by_key=by_key), lines[-1].split("\t", 1)[0],
+                update="".join(parts).encode("utf-8", "surrogateescape"), updates=n,
+                first_update=lines[0].split("\t", 1)[0], expect=expect.digest(), unverified=not verify)
+    out.last_update = out.last_id
+    return out
 
 
 def _chunk(data: bytes, order: Sequence[int], nkeys: int, reseal: tuple[int, int] | None = None,
            verify: bool = True) -> Chunk:
-    """``_classify`` on a chunk of COPY text; with ``reseal=(src, dst)`` also its update and verified rows (with
-    ``verify=False`` its new values are not opened yet: ``unverified``, and ``verified`` holds only once they are)."""
+    """``_classify`` on a chunk of COPY text; with ``reseal=(src, dst)`` also its update and the digest of its text
+    once written (with ``verify=False`` its new values are not opened yet: ``unverified``, and ``expect`` holds only
+    once they are). With ``reseal`` each row's COPY text carries its xmin after its id (``_copy_out(xmin=True)``),
+    which the update keeps for the compare-and-set."""
+    if reseal is not None and reseal[0] == order[0]:
+        fast = _reseal_all(data, reseal[0], reseal[1], nkeys, verify)
+        if fast is not None:
+            return fast
     lines = data.decode("utf-8", "surrogateescape").split("\n")
     if lines and not lines[-1]:
         lines.pop()
+    xmins: list[str] = []
+    if reseal is not None:
+        split = [ln.split("\t", 2) for ln in lines]
+        xmins = [f[1] for f in split]
+        lines = [f"{f[0]}\t{f[2]}" for f in split]
     rows = [tuple(ln.split("\t")) if "\\" not in ln else tuple(_unescape(f) for f in ln.split("\t")) for ln in lines]
     res, sealed = _classify(rows, order, nkeys, reseal, verify)
     out = Chunk(res, rows[-1][0] if rows else None, unverified=bool(sealed) and not verify)
@@ -308,33 +394,32 @@ def _chunk(data: bytes, order: Sequence[int], nkeys: int, reseal: tuple[int, int
         return out
     # a line without a backslash has no NULL and nothing escaped: its fields (and sealed values, plain base64)
     # go into COPY text as they are
-    raw = {row[0]: ln for row, ln in zip(rows, lines, strict=True) if "\\" not in ln}
-    verified = out.verified = {}
+    news = {row[0]: new for row, new in sealed}
+    expect = sha256()
     parts = []
-    for row, new in sealed:
-        ln = raw.pop(row[0], None)
-        if ln is not None:
+    for row, ln, xmin in zip(rows, lines, xmins, strict=True):  # in id order: the chunk's rows once written
+        new = news.get(row[0])
+        if new is None:  # nothing to change: all its values opened with dst
+            expect.update(_canon(row))
+        elif "\\" not in ln:
             vals = "\t".join(new[1:])
-            parts.append(f"{ln}\t{vals}\n".encode("utf-8", "surrogateescape"))
-            verified[_digest(f"{row[0]}\t{vals}\n".encode("utf-8", "surrogateescape"))] = len(COLUMNS)
+            parts.append(f"{row[0]}\t{xmin}\t{vals}\n".encode("utf-8", "surrogateescape"))
+            expect.update(_canon(new))
         else:
-            parts.append(_line((*row, *new[1:])))
-            verified[_digest(_line(new))] = sum(v is not None for v in new[1:])
+            parts.append(_line((row[0], xmin, *new[1:])))
+            expect.update(_canon(new))
     if sealed:
         out.first_update, out.last_update = sealed[0][0][0], sealed[-1][0][0]
-    resealed = {row[0] for row, _new in sealed}
-    for row, ln in zip(rows, lines, strict=True):  # rows with nothing to change: all their values opened with dst
-        if row[0] not in resealed:  # (COPY prints a row exactly as it sent it here)
-            verified[_digest(f"{ln}\n".encode("utf-8", "surrogateescape"))] = sum(v is not None for v in row[1:])
-    out.update, out.updates = b"".join(parts), len(parts)
+    out.update, out.updates, out.expect = b"".join(parts), len(parts), expect.digest()
     return out
 
 
 def _verify_update(update: bytes, dst: int) -> list[BadValue]:
-    """Opens with ``dst`` every new value of an update (temp-table COPY text) that is not the value read: the
-    verification of a check's sealed values, in the pool while earlier batches are written, before this one is."""
+    """Opens with ``dst`` every value of an update (temp-table COPY text: id, xmin, new values): the verification of
+    a check's sealed values, in the pool while earlier batches are written, before this one is."""
     bad: list[BadValue] = []
     n = len(COLUMNS)
+    vdec, a2b = _AEADS[dst].decrypt, binascii.a2b_base64
     for ln in update.decode("utf-8", "surrogateescape").split("\n"):
         if not ln:
             continue
@@ -342,9 +427,17 @@ def _verify_update(update: bytes, dst: int) -> list[BadValue]:
         if "\\" in ln:
             fields = [_unescape(f) for f in fields]
         for i in range(n):
-            value = fields[1 + n + i]
-            if value is None or value == fields[1 + i]:
+            value = fields[2 + i]
+            if value is None:
                 continue
+            try:  # _open inlined for the usual well-formed value; anything else gets _open's own error
+                p = value.split(".")
+                iv, tag = a2b(p[0], strict_mode=True), a2b(p[1], strict_mode=True)
+                if len(p) == 3 and len(iv) == 12 and len(tag) == 16:
+                    vdec(iv, a2b(p[2], strict_mode=True) + tag, None)
+                    continue
+            except (ValueError, IndexError, _INVALID_TAG[0]):
+                pass
             try:
                 _open(dst, value)
             except (WrongKey, MalformedPayload) as e:
@@ -358,19 +451,56 @@ def default_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def _copy_out(conn, *, after: str | None = None, ids: Sequence[str] | None = None):
-    """The rows (id and the three columns, by id), one COPY text line each, as the server sends them."""
+def _copy_out(conn, *, lo: str | None = None, hi: str | None = None, ids: Sequence[str] | None = None,
+              xmin: bool = False):
+    """The rows (id, with ``xmin`` the row version's xmin, and the three columns, by id; those of ``ids``, or with
+    lo <= id < hi), one COPY text line each, as the server sends them."""
     from psycopg import sql
 
-    where = sql.SQL("")
+    cond = []
     if ids is not None:
-        where = sql.SQL('WHERE "id" = ANY({})').format(sql.Literal(list(ids)))
-    elif after is not None:
-        where = sql.SQL('WHERE "id" > {}').format(sql.Literal(after))
-    q = sql.SQL('COPY (SELECT "id", {} FROM {} {} ORDER BY "id") TO STDOUT').format(
-        sql.SQL(_SELECT), sql.Identifier(TABLE), where)
+        cond.append(sql.SQL('"id" = ANY({})').format(sql.Literal(list(ids))))
+    if lo is not None:
+        cond.append(sql.SQL('"id" >= {}').format(sql.Literal(lo)))
+    if hi is not None:
+        cond.append(sql.SQL('"id" < {}').format(sql.Literal(hi)))
+    where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(cond) if cond else sql.SQL("")
+    q = sql.SQL('COPY (SELECT "id", {}{} FROM {} {} ORDER BY "id") TO STDOUT').format(
+        sql.SQL("xmin, " if xmin else ""), sql.SQL(_SELECT), sql.Identifier(TABLE), where)
     with conn.cursor() as cur, cur.copy(q) as cp:
         yield from cp  # libpq hands out one data row per read
+
+
+_WORKER_CONN: dict = {}
+
+
+def _range(target: PgTarget, snapshot: str | None, index: int, lo: str | None, hi: str | None, order: Sequence[int],
+           nkeys: int, reseal: tuple[int, int] | None, verify: bool, expect: tuple | None) -> Chunk:
+    """One id range read by a pool worker on its own connection (in the exported ``snapshot`` when given), then
+    ``_chunk``. ``expect=(digest, rows, values, nulls)``: the digest of the range's rows as a pass wrote them, every
+    value opening with ``order[0]``; a range whose stored rows (digested by the server) are still exactly those is
+    counted without reading or decrypting it again."""
+    from psycopg import sql
+
+    conn = _WORKER_CONN.get(target.conninfo)
+    if conn is None or conn.closed:
+        conn = _WORKER_CONN[target.conninfo] = target.connect(autocommit=True, timeout=10)
+    with conn.transaction():
+        if snapshot is not None:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        if expect is not None and _range_digest(conn, lo, hi) == expect[0]:
+            by_key = [0] * nkeys
+            by_key[order[0]] = expect[2]
+            c = Chunk(ScanResult(rows=expect[1], values=expect[2], nulls=expect[3], by_key=by_key), expect=expect[0])
+            c.index = index
+            return c
+        data = b"".join(_copy_out(conn, lo=lo, hi=hi, xmin=reseal is not None))
+    c = _chunk(data, order, nkeys, reseal, verify)
+    c.index = index
+    if c.last_id is None and data:
+        c.last_id = data[:data.index(b"\t")].decode("utf-8", "surrogateescape")
+    return c
 
 
 def _chunks(rows, size: int):
@@ -391,26 +521,29 @@ def _pass_result(c: Chunk, src: int, dst: int) -> PassResult:
 
 
 class Engine:
-    """A process pool holding the keys (in that order) and the database target. Use as a context manager."""
+    """A process pool holding the keys (in that order) and the database target. Use as a context manager.
+
+    Whole-table passes split the table into id ranges of ``batch`` rows (``bounds``, fixed for the engine's life)
+    that pool workers read themselves, on their own connections, in a snapshot the engine exports; the main process
+    only hands out ranges and writes batches."""
 
     def __init__(self, target: PgTarget, keys: Sequence[bytes], *, workers: int | None = None, batch: int = BATCH):
         self.target = target
         self.nkeys = len(keys)
-        # chunks re-sealed during a check, in id order, for the next reencrypt(*memo_pair); they cover the rows up to
-        # memo_upto (all rows when memo_full). Their writes compare-and-set, so rows changed since are left alone.
+        self.bounds: list[str] | None = None  # range i is bounds[i-1] <= id < bounds[i]
+        # ranges re-sealed during a check, in id order, for the next reencrypt(*memo_pair): ranges 0..len(memo)-1
+        # (all of them when memo_full). Their writes compare-and-set, so rows changed since are left alone.
         self.memo: list[Chunk] = []
         self.memo_pair: tuple[int, int] | None = None
-        self.memo_upto: str | None = None
         self.memo_full = False
-        # rows (digests of their COPY text) whose every value is known to open with key ``verified_key``: a scan by
-        # that key skips decrypting a stored row identical to one of them
-        self.verified: dict[bytes, int] = {}
-        self.verified_key: int | None = None
+        # per range: (digest, rows, values, nulls) of its text as a pass wrote it, all values of key expect_key
+        self.expect: dict[int, tuple] = {}
+        self.expect_key: int | None = None
         self.batch = batch
         self.workers = workers or default_workers()
         import multiprocessing
 
-        # fork before any database connection exists in this process; the children only ever run crypto
+        # fork before any database connection exists in this process; the children run crypto and read ranges
         self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                         initializer=_init, initargs=(list(keys),))
         # start the workers now (an idle pool otherwise forks lazily, after connections are open)
@@ -429,11 +562,19 @@ class Engine:
     def table_exists(self, conn) -> bool:
         return conn.execute("SELECT to_regclass(%s)", (f'"{TABLE}"',)).fetchone()[0] is not None
 
-    def _remember(self, key: int, verified: dict[bytes, int] | None) -> None:
-        if self.verified_key != key:
-            self.verified, self.verified_key = {}, key
-        if verified and len(self.verified) < VERIFIED_ROWS:
-            self.verified.update(verified)
+    def _ranges(self, conn) -> list[tuple[str | None, str | None]]:
+        """(lo, hi) of every id range; the bounds are read (once) in ``conn``'s transaction."""
+        if self.bounds is None:
+            self.bounds = [r[0] for r in conn.execute(
+                f'SELECT "id" FROM (SELECT "id", row_number() OVER (ORDER BY "id") AS n FROM "{TABLE}") s '
+                'WHERE n %% %s = 1 AND n > 1 ORDER BY "id"', (self.batch,))]
+        b = self.bounds
+        return [(b[i - 1] if i else None, b[i] if i < len(b) else None) for i in range(len(b) + 1)]
+
+    def _expected(self, key: int) -> dict[int, tuple]:
+        if self.expect_key != key:
+            self.expect, self.expect_key = {}, key
+        return self.expect
 
     # -- read-only scan --------------------------------------------------------------------------------
     def scan(self, order: Sequence[int], progress: Callable[[int], None] | None = None,
@@ -445,21 +586,27 @@ class Engine:
         takes the crypto off the batches."""
         order = list(order)
         total = ScanResult(by_key=[0] * self.nkeys)
-        self.memo, self.memo_pair, self.memo_upto, self.memo_full = [], None, None, False
+        self.memo, self.memo_pair, self.memo_full = [], None, False
         if reseal is not None:
             reseal = tuple(reseal)
-            self._remember(reseal[1], None)
-        # rows known to open with the first key, unchanged since: no need to decrypt them again
-        known = self.verified if self.verified_key == order[0] and ids is None and reseal is None else {}
         with self.target.connect(autocommit=False, timeout=10) as conn:
             if not self.table_exists(conn):
                 self.memo_pair, self.memo_full = reseal, True
                 return total
             conn.rollback()
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            rows = _copy_out(conn, ids=list(ids) if ids is not None else None)
-            with contextlib.closing(rows):
-                self._scan_rows(rows, order, reseal, known, total, progress)
+            if ids is not None:
+                rows = _copy_out(conn, ids=list(ids))
+                with contextlib.closing(rows):
+                    futures = [self.pool.submit(_chunk, b"".join(chunk), order, self.nkeys)
+                               for chunk in _chunks(rows, SCAN_CHUNK)]
+                for f in futures:
+                    c = f.result()
+                    total.merge(c.scan)
+                    if progress:
+                        progress(c.scan.rows)
+            else:
+                self._scan_ranges(conn, order, reseal, total, progress)
             conn.rollback()
         if reseal is not None and not total.bad:
             self.memo_pair = reseal
@@ -467,53 +614,35 @@ class Engine:
             self.memo = []
         return total
 
-    def _scan_rows(self, rows, order: list[int], reseal: tuple[int, int] | None, known: dict[bytes, int],
-                   total: ScanResult, progress: Callable[[int], None] | None) -> None:
+    def _scan_ranges(self, conn, order: list[int], reseal: tuple[int, int] | None, total: ScanResult,
+                     progress: Callable[[int], None] | None) -> None:
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        ranges = self._ranges(conn)
+        expect = self.expect if self.expect_key == order[0] and reseal is None else {}
         inflight: deque = deque()  # (future, re-sealed?) in id order
-        memo_rows = 0
-        memo_open = reseal is not None  # still re-sealing, and the memo covers every row read so far
+        memo_open = reseal is not None  # still re-sealing, and the memo covers every range read so far
 
         def take() -> None:
-            nonlocal memo_rows, memo_open
+            nonlocal memo_open
             f, resealed = inflight.popleft()
             c: Chunk = f.result()
             total.merge(c.scan)
             if progress:
                 progress(c.scan.rows)
-            if not resealed:
+            if not resealed or not memo_open:
                 return
-            if c.verified is None or not memo_open:  # a gap: the memo ends before this chunk
+            if c.expect is None:  # a gap: the memo ends before this range
                 memo_open = False
                 return
-            self.memo.append(c)  # its verified rows count once reencrypt has verified and written it
-            self.memo_upto = c.last_id
-            memo_rows += c.scan.rows
+            self.memo.append(c)
 
-        for chunk in _chunks(rows, self.batch if reseal is not None else SCAN_CHUNK):
-            if known:
-                todo = []
-                skipped = 0
-                for row in chunk:
-                    n = known.get(_digest(row))
-                    if n is None:
-                        todo.append(row)
-                        continue
-                    skipped += 1
-                    total.values += n
-                    total.nulls += len(COLUMNS) - n
-                    total.by_key[order[0]] += n
-                total.rows += skipped
-                if progress and skipped:
-                    progress(skipped)
-                chunk = todo
-                if not chunk:
-                    continue
-            rs = reseal if memo_open and memo_rows + len(inflight) * self.batch < MEMO_ROWS else None
+        for i, (lo, hi) in enumerate(ranges):
+            rs = reseal if memo_open and i * self.batch < MEMO_ROWS else None
             if rs is None:
                 memo_open = False
             # the new values are opened with dst by reencrypt, in the pool while the batches before are written
-            inflight.append((self.pool.submit(_chunk, b"".join(chunk), order, self.nkeys, rs, rs is None),
-                             rs is not None))
+            inflight.append((self.pool.submit(_range, self.target, snapshot, i, lo, hi, order, self.nkeys, rs,
+                                              rs is None, expect.get(i)), rs is not None))
             while len(inflight) > 2 * self.workers:
                 take()
         while inflight:
@@ -533,9 +662,8 @@ class Engine:
         # waits for synchronous standbys likewise, before it returns.
         # A SIGKILL of this process loses nothing committed. The session setting covers this connection only.
         conn.execute("SET synchronous_commit = off")
-        cols = ", ".join(f'"o{i}" text' for i in range(len(COLUMNS))) + ", " + ", ".join(
-            f'"n{i}" text' for i in range(len(COLUMNS)))
-        conn.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{_TMP}" ("id" text, {cols}) ON COMMIT DELETE ROWS')
+        cols = ", ".join(f'"n{i}" text' for i in range(len(COLUMNS)))
+        conn.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{_TMP}" ("id" text, "x" xid, {cols}) ON COMMIT DELETE ROWS')
         conn.commit()
         return conn
 
@@ -560,15 +688,14 @@ class Engine:
         """
         total = PassResult()
         memo: list[Chunk] = []
-        after: str | None = None
         stream = True
         if self.memo_pair == (src, dst) and ids is None:
-            memo, after, stream = self.memo, self.memo_upto, not self.memo_full
-        self.memo, self.memo_pair, self.memo_upto, self.memo_full = [], None, None, False  # good for one pass
-        self._remember(dst, None)
+            memo, stream = self.memo, not self.memo_full
+        self.memo, self.memo_pair, self.memo_full = [], None, False  # good for one pass
+        expect = self._expected(dst)
         # the memo's new values are opened with dst in the pool ahead of the writes; each batch waits for its own
         checks = {id(c): self.pool.submit(_verify_update, c.update, dst) for c in memo if c.unverified}
-        batches = self._sealed(memo, stream, after, ids, src, dst)
+        batches = self._sealed(memo, stream, ids, src, dst)
         conns: list = []
         pending: deque = deque()  # (chunk, connection, write future or None), in id order
         from concurrent.futures import ThreadPoolExecutor
@@ -590,7 +717,8 @@ class Engine:
                 if fut is not None:
                     fut.result()
                     free.append(conn)
-                self._remember(dst, c.verified)
+                if c.index is not None and c.expect is not None:
+                    expect[c.index] = (c.expect, c.scan.rows, c.scan.values, c.scan.nulls)
                 b = _pass_result(c, src, dst)
                 for k in ("batches", "rows", "reencrypted", "already", "nulls"):
                     setattr(total, k, getattr(total, k) + getattr(b, k))
@@ -624,27 +752,37 @@ class Engine:
                 conn.close()
         return total
 
-    def _sealed(self, memo: list[Chunk], stream: bool, after: str | None, ids: Sequence[str] | None,
-                src: int, dst: int):
-        """The batches in id order: the memo's, then (when it does not cover every row) freshly read and sealed ones."""
+    def _sealed(self, memo: list[Chunk], stream: bool, ids: Sequence[str] | None, src: int, dst: int):
+        """The batches in id order: the memo's, then (when it does not cover every row) the other ranges (or the rows
+        of ``ids``) freshly read and sealed in the pool."""
         yield from memo
         if not stream:
             return
-        with self.target.connect(autocommit=True, timeout=10) as reader:
-            inflight: deque = deque()
-            rows = _copy_out(reader, after=after, ids=list(ids) if ids is not None else None)
-            with contextlib.closing(rows):
-                for chunk in _chunks(rows, self.batch):
-                    inflight.append(self.pool.submit(_chunk, b"".join(chunk), [src, dst], self.nkeys, (src, dst)))
-                    while len(inflight) > 2 * self.workers:
-                        yield self._checked(inflight.popleft())
-            while inflight:
-                yield self._checked(inflight.popleft())
+        inflight: deque = deque()
+        if ids is None:
+            with self.target.connect(autocommit=True, timeout=10) as conn:
+                ranges = self._ranges(conn)
+            for i in range(len(memo), len(ranges)):
+                lo, hi = ranges[i]
+                inflight.append(self.pool.submit(_range, self.target, None, i, lo, hi, [src, dst], self.nkeys,
+                                                 (src, dst), True, None))
+                while len(inflight) > 2 * self.workers:
+                    yield self._checked(inflight.popleft())
+        else:
+            with self.target.connect(autocommit=True, timeout=10) as reader:
+                rows = _copy_out(reader, ids=list(ids), xmin=True)
+                with contextlib.closing(rows):
+                    for chunk in _chunks(rows, self.batch):
+                        inflight.append(self.pool.submit(_chunk, b"".join(chunk), [src, dst], self.nkeys, (src, dst)))
+                        while len(inflight) > 2 * self.workers:
+                            yield self._checked(inflight.popleft())
+        while inflight:
+            yield self._checked(inflight.popleft())
 
     @staticmethod
     def _checked(f: Future) -> Chunk:
         c: Chunk = f.result()
-        if c.scan.bad or c.verified is None:
+        if c.scan.bad or c.expect is None:
             raise BadValues(c.scan.errors[:MAX_ERRORS] or [BadValue("?", "?", "a value of another key")])
         return c
 
@@ -657,9 +795,10 @@ class Engine:
             with cur.copy(f'COPY "{_TMP}" FROM STDIN') as cp:
                 cp.write(c.update)
             sets = ", ".join(f'"{col}" = t."n{i}"' for i, col in enumerate(COLUMNS))
-            same = " AND ".join(f'p."{col}" IS NOT DISTINCT FROM t."o{i}"' for i, col in enumerate(COLUMNS))
-            # compare-and-set: only rows still holding what was read (and sealed) are written; the id range lets
-            # the planner join by a range scan instead of one index probe per row
-            cur.execute(f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" AND {same} '
+            # compare-and-set: only rows still in the version that was read (and sealed) are written. Any later
+            # version has another xmin: its writer committed after our read, so it cannot be the transaction that
+            # wrote the version read; a concurrent update is re-checked on the newest version (EvalPlanQual) and
+            # skipped. The id range lets the planner join by a range scan instead of one index probe per row.
+            cur.execute(f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" AND p.xmin = t."x" '
                         f'AND p."id" >= %s AND p."id" <= %s', (c.first_update, c.last_update))
         conn.commit()

@@ -279,3 +279,64 @@ def test_tricky_key_strings_round_trip_with_node(dep, old_raw, new_raw):
     assert_no_secrets(r.output, plain, old_raw.strip(), new_raw.strip())
     assert queue_paused(dep) and any("queue resume" in s for s in r.json["next_steps"])
     assert "api and worker" in r.json["next_steps"][0]
+
+
+def test_rows_changed_between_the_check_and_the_writes_keep_what_was_written_last(dep):
+    """The compare-and-set writes only the row versions the check read: a profile the api rewrites (old key, new key,
+    or unchanged text) after the check keeps its new content, and the verification finds what is still old."""
+    from aixsss_ops.dburl import parse_database_url
+    from aixsss_ops.keys.engine import Engine
+
+    plain = insert_profiles(dep, OLD, 600)
+    new_raw = crypto.generate_key()
+    old, new = crypto.derive_key(OLD), crypto.derive_key(new_raw)
+    with Engine(parse_database_url(dep.database_url), [old, new], batch=100) as eng:
+        check = eng.scan((0, 1), reseal=(0, 1))
+        assert check.bad == 0 and check.by_key[1] == 0 and len(eng.memo) == 6
+        with dep.connect() as c:  # the api writes meanwhile
+            c.execute('UPDATE "AIProfile" SET "apiKeyEncrypted" = %s WHERE "id" = %s',
+                      (crypto.encrypt("rewritten-old", old), "p000005"))
+            c.execute('UPDATE "AIProfile" SET "apiKeyEncrypted" = "apiKeyEncrypted" WHERE "id" = %s', ("p000010",))
+            c.execute('UPDATE "AIProfile" SET "apiKeyEncrypted" = %s WHERE "id" = %s',
+                      (crypto.encrypt("rewritten-new", new), "p000300"))
+            c.execute('DELETE FROM "AIProfile" WHERE "id" = %s', ("p000020",))
+        plain.update({"p000005": ("rewritten-old", *plain["p000005"][1:]),
+                      "p000300": ("rewritten-new", *plain["p000300"][1:])})
+        del plain["p000020"]
+        plain.update(insert_profiles(dep, OLD, 1, start=999))
+        written = eng.reencrypt(0, 1)
+        assert written.rows == 600  # the rows the check read and sealed (the one inserted since is not among them)
+        first = eng.scan((1, 0))
+        assert first.bad == 0 and sorted(first.straggler_ids) == ["p000005", "p000010", "p000999"]
+        eng.reencrypt(0, 1, ids=first.straggler_ids)
+        final = eng.scan((1, 0))
+        assert (final.bad, final.by_key[1], final.straggler_ids) == (0, final.values, [])
+        assert final.rows == 600 and whose(dep, OLD, new_raw)[OLD] == 0
+        assert dep.plaintexts(new_raw) == plain
+        # the verification trusts a range only while its text is exactly what was written and opened
+        other = crypto.derive_key(crypto.generate_key())
+        with dep.connect() as c:
+            c.execute('UPDATE "AIProfile" SET "videoApiKeyEncrypted" = %s WHERE "id" = %s',
+                      (crypto.encrypt("x", other), "p000101"))
+        tampered = eng.scan((1, 0))
+        assert (tampered.neither, [(e.row_id, e.column) for e in tampered.errors]) == (
+            1, [("p000101", "videoApiKeyEncrypted")])
+
+
+def test_the_server_digests_a_range_exactly_as_the_engine_does(dep):
+    """The verification compares the server's digest of a range with the engine's: they must agree on real rows
+    (NULLs, a value with a tab, a backslash and a newline, non-ASCII), or every range would be decrypted again."""
+    import hashlib
+
+    from aixsss_ops.keys import engine
+
+    insert_profiles(dep, OLD, 40, payloads=[(f"v{i}", "a\tb\\c\nd" if i == 3 else None, "ключ-é" if i % 2 else "x")
+                                            for i in range(40)])
+    rows = sorted(dep.values().items())
+    with dep.connect() as c:
+        lo, hi = rows[5][0], rows[30][0]
+        want = hashlib.sha256(b"".join(engine._canon((rid, *vals)) for rid, vals in rows[5:30])).digest()
+        assert engine._range_digest(c, lo, hi) == want
+        assert engine._range_digest(c, None, None) == hashlib.sha256(
+            b"".join(engine._canon((rid, *vals)) for rid, vals in rows)).digest()
+        assert engine._range_digest(c, "zzz", None) == hashlib.sha256(b"").digest()

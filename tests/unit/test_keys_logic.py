@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from aixsss_ops import crypto
@@ -63,30 +65,37 @@ def test_keys_shorter_than_the_contract_are_refused_and_never_shown():
     assert Key(crypto.generate_key(), "env").derived != k.derived
 
 
-def test_a_chunk_of_copy_text_yields_the_update_and_the_rows_verified_with_the_new_key():
+def with_xmin(row, xmin="7"):
+    """A row's COPY text as a re-sealing read prints it: the row version's xmin after the id."""
+    return engine._line((row[0], xmin, *row[1:]))
+
+
+def test_a_chunk_of_copy_text_yields_the_update_and_the_digest_of_its_text_once_written():
     engine._init([A, B])
     rows = [("r1", crypto.encrypt("p1", A), None, crypto.encrypt("p1v", B)),  # a NULL: the escaped path
             ("r\t2", crypto.encrypt("p2", A), crypto.encrypt("p2i", A), crypto.encrypt("p2v", A)),
             ("r3", crypto.encrypt("p3", A), crypto.encrypt("p3i", B), crypto.encrypt("p3v", A)),  # the plain path
             ("r4", crypto.encrypt("p4", B), None, None)]  # nothing to change
-    c = engine._chunk(b"".join(engine._line(r) for r in rows), [0, 1], 2, (0, 1))
+    c = engine._chunk(b"".join(with_xmin(r, str(i)) for i, r in enumerate(rows)), [0, 1], 2, (0, 1))
     assert (c.scan.rows, c.scan.by_key, c.scan.nulls, c.updates) == (4, [6, 3], 3, 3)
     assert (c.last_id, c.first_update, c.last_update) == ("r4", "r1", "r3")
     lines = c.update.decode().split("\n")[:-1]
     assert len(lines) == 3
-    for line, row in zip(lines, rows, strict=False):
+    written = []
+    for i, (line, row) in enumerate(zip(lines, rows, strict=False)):
         fields = [None if f == "\\N" else f.replace("\\t", "\t") for f in line.split("\t")]
-        assert tuple(fields[:4]) == row  # the values as read, for the compare-and-set
-        new = fields[4:]
+        assert fields[:2] == [row[0], str(i)]  # the id and the version read, for the compare-and-set
+        new = fields[2:]
         for old, value in zip(row[1:], new, strict=True):
             if old is None:
                 assert value is None
             else:
                 assert crypto.decrypt(value, B) == crypto.decrypt(old, A if old != value else B)
-        assert c.verified[engine._digest(engine._line((row[0], *new)))] == sum(v is not None for v in new)
-    assert c.verified[engine._digest(engine._line(rows[3]))] == 1 and len(c.verified) == 4
-    bad = engine._chunk(engine._line(("r5", crypto.encrypt("p5", C), "not.a payload", None)), [0, 1], 2, (0, 1))
-    assert bad.scan.bad == 2 and bad.verified is None and bad.updates == 0
+        written.append(engine._canon((row[0], *new)))
+    # the digest of these rows once the update is written, the unchanged row included, in id order
+    assert c.expect == hashlib.sha256(b"".join(written) + engine._canon(rows[3])).digest()
+    bad = engine._chunk(with_xmin(("r5", crypto.encrypt("p5", C), "not.a payload", None)), [0, 1], 2, (0, 1))
+    assert bad.scan.bad == 2 and bad.expect is None and bad.updates == 0
     assert {e.column for e in bad.scan.errors} == {"apiKeyEncrypted", "imageApiKeyEncrypted"}
     assert all("p5" not in str(e) for e in bad.scan.errors)
 
@@ -101,8 +110,43 @@ def test_copy_text_escapes_round_trip():
 def test_a_check_can_leave_the_verification_of_its_sealed_values_to_the_writes():
     engine._init([A, B])
     rows = [("r1", crypto.encrypt("p1", A), None, crypto.encrypt("p1v", B))]
-    c = engine._chunk(b"".join(engine._line(r) for r in rows), [0, 1], 2, (0, 1), False)
+    c = engine._chunk(b"".join(with_xmin(r) for r in rows), [0, 1], 2, (0, 1), False)
     assert c.unverified and c.updates == 1 and engine._verify_update(c.update, 1) == []
-    forged = c.update.replace(c.update.split(b"\t")[4], crypto.encrypt("p1", C).encode())
+    forged = c.update.replace(c.update.split(b"\t")[2], crypto.encrypt("p1", C).encode())
     assert [(e.row_id, e.column) for e in engine._verify_update(forged, 1)] == [("r1", "apiKeyEncrypted")]
-    assert not engine._chunk(engine._line(rows[0]), [0, 1], 2, (0, 1)).unverified
+    assert not engine._chunk(with_xmin(rows[0]), [0, 1], 2, (0, 1)).unverified
+
+
+def test_the_tight_loop_for_plain_rows_matches_the_general_path_and_steps_aside_for_anything_else():
+    engine._init([A, B])
+    rows = [(f"r{i}", crypto.encrypt(f"p{i}", A), crypto.encrypt(f"p{i}i", A), crypto.encrypt(f"p{i}v", A))
+            for i in range(5)]
+    data = b"".join(with_xmin(r, str(100 + i)) for i, r in enumerate(rows))
+    for verify in (True, False):
+        fast = engine._reseal_all(data, 0, 1, 2, verify)
+        assert fast is not None and fast.unverified is not verify
+        assert (fast.scan.rows, fast.scan.values, fast.scan.by_key, fast.updates) == (5, 15, [15, 0], 5)
+        assert (fast.first_update, fast.last_update, fast.last_id) == ("r0", "r4", "r4")
+        new_lines = []
+        for i, (line, row) in enumerate(zip(fast.update.decode().split("\n")[:-1], rows, strict=True)):
+            fields = line.split("\t")
+            assert fields[:2] == [row[0], str(100 + i)]
+            assert [crypto.decrypt(v, B) for v in fields[2:]] == [crypto.decrypt(v, A) for v in row[1:]]
+            new_lines.append(engine._canon((row[0], *fields[2:])))
+        assert fast.expect == hashlib.sha256(b"".join(new_lines)).digest()
+        assert engine._verify_update(fast.update, 1) == []
+    other = rows[:2] + [("r9", crypto.encrypt("p9", B), crypto.encrypt("p9i", A), crypto.encrypt("p9v", A))]
+    assert engine._reseal_all(b"".join(with_xmin(r) for r in other), 0, 1, 2, True) is None  # a value of B
+    assert engine._reseal_all(with_xmin(("r1", crypto.encrypt("x", A), None, crypto.encrypt("y", A))), 0, 1, 2,
+                              True) is None  # a NULL is escaped
+    c = engine._chunk(b"".join(with_xmin(r) for r in other), [0, 1], 2, (0, 1))  # the general path takes it
+    assert (c.scan.by_key, c.updates, c.scan.bad) == ([8, 1], 3, 0)
+
+
+def test_the_verification_digest_form_is_unambiguous():
+    """Values cannot shift across column or row boundaries (a value holding a separator cannot mimic two rows)."""
+    canon = engine._canon
+    assert canon(("a", "b\tc", None, "")) == b"1:a3:b\tc-0:"
+    assert canon(("id1", "A", "B", "C\nid2")) + canon(("x", "D", "E", "F")) != \
+        canon(("id1", "A", "B", "C")) + canon(("id2", "x", "D", "E"))
+    assert canon(("r", None, "x", "y")) != canon(("r", "\\N", "x", "y")) != canon(("r", "-", "x", "y"))
