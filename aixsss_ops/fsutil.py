@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, *, sync: bool = True) -> None:
+    """``sync=False`` still replaces the file atomically, only without waiting for the disk (for frequent notes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -19,11 +20,14 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not sync:
+        return
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -31,8 +35,8 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
-def atomic_write_json(path: Path, data: Any, mode: int = 0o644) -> None:
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", mode)
+def atomic_write_json(path: Path, data: Any, mode: int = 0o644, *, sync: bool = True) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", mode, sync=sync)
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -144,7 +144,7 @@ def rotate(
     queue: str = typer.Option(None, "--queue", help="Queue name (default: AI_QUEUE_NAME, the env files, then "
                                                     "ops.toml).", show_default=False),
     drain_timeout: float = typer.Option(120.0, "--drain-timeout", min=0.0, help="Seconds to wait for active jobs."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Rows per transaction (default 5000).",
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Rows per transaction (default 2500).",
                                    show_default=False),
     workers: int = Workers,
 ) -> None:

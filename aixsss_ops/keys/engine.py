@@ -26,7 +26,7 @@ import contextlib
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
@@ -36,7 +36,7 @@ from aixsss_ops.dburl import PgTarget
 
 TABLE = "AIProfile"
 COLUMNS = ("apiKeyEncrypted", "imageApiKeyEncrypted", "videoApiKeyEncrypted")
-BATCH = 5000
+BATCH = 2500
 MEMO_ROWS = 250_000  # rows whose new values a check may keep for the rotation that follows (~100 MB at most)
 SCAN_CHUNK = 5000
 WRITERS = 2  # connections writing batches at once
@@ -274,13 +274,17 @@ def _line(fields: Sequence[str | None]) -> bytes:
             + "\n").encode("utf-8", "surrogateescape")
 
 
+def _octets(v: str) -> int:
+    return len(v) if v.isascii() else len(v.encode("utf-8", "surrogateescape"))
+
+
 def _canon(row: Sequence[str | None]) -> bytes:
-    """A row (id and values) in the unambiguous length-prefixed form the verification digests; ``_CANON_SQL`` is the
-    same in SQL, so the server can digest a range for a comparison with what a pass wrote."""
-    return "".join("-" if v is None else f"{len(v)}:{v}" for v in row).encode("utf-8", "surrogateescape")
+    """A row (id and values) in the unambiguous form the verification digests, each value prefixed with its length in
+    bytes; ``_CANON_SQL`` is the same in SQL, so the server can digest a range to compare it with what a pass wrote."""
+    return "".join("-" if v is None else f"{_octets(v)}:{v}" for v in row).encode("utf-8", "surrogateescape")
 
 
-_CANON_SQL = " || ".join(f"""coalesce(length("{c}") || ':' || "{c}", '-')""" for c in ("id", *COLUMNS))
+_CANON_SQL = " || ".join(f"""coalesce(octet_length("{c}") || ':' || "{c}", '-')""" for c in ("id", *COLUMNS))
 
 
 def _range_digest(conn, lo: str | None, hi: str | None) -> bytes:
@@ -354,7 +358,7 @@ def _reseal_all(data: bytes, src: int, dst: int, nkeys: int, verify: bool) -> Ch
                         return None
                 new.append(sealed)
             parts.append(f"{rid}\t{xmin}\t" + "\t".join(new) + "\n")
-            canon.append(f"{len(rid)}:{rid}" + "".join([f"{len(v)}:{v}" for v in new]))
+            canon.append(f"{_octets(rid)}:{rid}" + "".join([f"{len(v)}:{v}" for v in new]))  # new: base64
     except (ValueError, _INVALID_TAG[0]):  # a wrong number of parts or fields, bad base64, another key
         return None
     expect = sha256("".join(canon).encode("utf-8", "surrogateescape"))
@@ -562,14 +566,25 @@ class Engine:
     def table_exists(self, conn) -> bool:
         return conn.execute("SELECT to_regclass(%s)", (f'"{TABLE}"',)).fetchone()[0] is not None
 
-    def _ranges(self, conn) -> list[tuple[str | None, str | None]]:
-        """(lo, hi) of every id range; the bounds are read (once) in ``conn``'s transaction."""
-        if self.bounds is None:
-            self.bounds = [r[0] for r in conn.execute(
-                f'SELECT "id" FROM (SELECT "id", row_number() OVER (ORDER BY "id") AS n FROM "{TABLE}") s '
-                'WHERE n %% %s = 1 AND n > 1 ORDER BY "id"', (self.batch,))]
-        b = self.bounds
-        return [(b[i - 1] if i else None, b[i] if i < len(b) else None) for i in range(len(b) + 1)]
+    def _ranges(self, conn) -> Iterator[tuple[str | None, str | None]]:
+        """(lo, hi) of every id range, in id order. The bounds are read once, in ``conn``'s transaction, through a
+        cursor handing out each bound as soon as the index scan reaches it, so the first ranges start early."""
+        bounds = self.bounds
+        if bounds is None:
+            bounds = []
+            with conn.cursor(name="aixsss_keys_bounds") as cur:
+                cur.itersize = 1
+                cur.execute(f'SELECT "id" FROM (SELECT "id", row_number() OVER (ORDER BY "id") AS n FROM "{TABLE}") s '
+                            'WHERE n %% %s = 1 AND n > 1', (self.batch,))
+                lo = None
+                for (hi,) in cur:
+                    bounds.append(hi)
+                    yield lo, hi
+                    lo = hi
+            self.bounds = bounds
+            yield lo, None
+            return
+        yield from zip([None, *bounds], [*bounds, None], strict=True)
 
     def _expected(self, key: int) -> dict[int, tuple]:
         if self.expect_key != key:
@@ -760,8 +775,8 @@ class Engine:
             return
         inflight: deque = deque()
         if ids is None:
-            with self.target.connect(autocommit=True, timeout=10) as conn:
-                ranges = self._ranges(conn)
+            with self.target.connect(autocommit=False, timeout=10) as conn:
+                ranges = list(self._ranges(conn))
             for i in range(len(memo), len(ranges)):
                 lo, hi = ranges[i]
                 inflight.append(self.pool.submit(_range, self.target, None, i, lo, hi, [src, dst], self.nkeys,

@@ -50,9 +50,9 @@ class ProgressFile:
     def load(self) -> dict | None:
         return read_json(self.path)
 
-    def save(self, data: dict) -> None:
+    def save(self, data: dict, *, sync: bool = True) -> None:
         data["updated_at"] = now_iso()
-        atomic_write_json(self.path, data, mode=0o600)
+        atomic_write_json(self.path, data, mode=0o600, sync=sync)
 
 
 @dataclass
@@ -274,7 +274,7 @@ class Rotation:
                 self.state["reencrypted"] = self.state.get("reencrypted", 0) + b.reencrypted
                 self.state["batches"] = self.state.get("batches", 0) + 1
                 self.state["last_id"] = last_id
-                self.file.save(self.state)
+                self.file.save(self.state, sync=False)  # counts only: a rerun redoes a lost batch note anyway
                 self.progress("re-encrypt", b.rows, total)
 
             p = eng.reencrypt(0, 1, on_batch=batch_done)

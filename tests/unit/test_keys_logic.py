@@ -147,6 +147,7 @@ def test_the_verification_digest_form_is_unambiguous():
     """Values cannot shift across column or row boundaries (a value holding a separator cannot mimic two rows)."""
     canon = engine._canon
     assert canon(("a", "b\tc", None, "")) == b"1:a3:b\tc-0:"
+    assert canon(("é", "x", None, None)) == "2:é1:x--".encode()  # lengths in bytes, as octet_length()
     assert canon(("id1", "A", "B", "C\nid2")) + canon(("x", "D", "E", "F")) != \
         canon(("id1", "A", "B", "C")) + canon(("id2", "x", "D", "E"))
     assert canon(("r", None, "x", "y")) != canon(("r", "\\N", "x", "y")) != canon(("r", "-", "x", "y"))
