@@ -545,6 +545,7 @@ class Engine:
         self.expect_key: int | None = None
         self.batch = batch
         self.workers = workers or default_workers()
+        self._writers: Future | None = None  # writer connections a check opens ahead for the next reencrypt
         import multiprocessing
 
         # fork before any database connection exists in this process; the children run crypto and read ranges
@@ -562,6 +563,15 @@ class Engine:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for conn in self._take_writers():
+            conn.close()
+
+    def _take_writers(self) -> list:
+        pre, self._writers = self._writers, None
+        try:
+            return pre.result() if pre is not None else []
+        except Exception:  # noqa: BLE001 - reencrypt opens them itself and reports a failure then
+            return []
 
     def table_exists(self, conn) -> bool:
         return conn.execute("SELECT to_regclass(%s)", (f'"{TABLE}"',)).fetchone()[0] is not None
@@ -604,6 +614,12 @@ class Engine:
         self.memo, self.memo_pair, self.memo_full = [], None, False
         if reseal is not None:
             reseal = tuple(reseal)
+            if self._writers is None:  # their set-up (a temp table each) overlaps the check
+                from concurrent.futures import ThreadPoolExecutor
+
+                tp = ThreadPoolExecutor(1, thread_name_prefix="keys-connect")
+                self._writers = tp.submit(lambda: [self._conn() for _ in range(WRITERS)])
+                tp.shutdown(wait=False)
         with self.target.connect(autocommit=False, timeout=10) as conn:
             if not self.table_exists(conn):
                 self.memo_pair, self.memo_full = reseal, True
@@ -719,12 +735,12 @@ class Engine:
         # row locks); results are taken in order, so on_batch still reports the batches in id order
         tp = ThreadPoolExecutor(WRITERS, thread_name_prefix="keys-write")
         try:
-            conns.append(self._conn())
+            conns += self._take_writers() or [self._conn()]
             if not self.table_exists(conns[0]):
                 conns[0].rollback()
                 return total
             conns[0].rollback()
-            conns += [self._conn() for _ in range(WRITERS - 1)]
+            conns += [self._conn() for _ in range(WRITERS - len(conns))]
             free = list(conns)
 
             def finish() -> None:
