@@ -13,10 +13,10 @@ it and re-encrypts it in a later pass. A value already decrypting with the targe
 tells), which makes every pass idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
 
 Every new value is opened again with the target key before it can be written (by the worker that sealed it, or,
-for the values a check sealed ahead, in the pool while the batches before its own are written). A written range
-leaves the digest of its text as written (every value in it opened with the target key): the final scan compares
-each range's stored text with it byte for byte and decrypts every value of a range that differs. Nothing here ever
-returns plaintext or keys: workers return ciphertext, counts and (row id, column, reason).
+for the values a check sealed ahead, in the pool while the batches before its own are written). The final scan
+lets the server count the rows whose version a batch of the pass wrote (their xmin is that batch's xid, see
+``_range``) and decrypts all the others. Nothing here ever returns plaintext or keys: workers return ciphertext,
+counts and (row id, column, reason).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from hashlib import sha256
 
 from aixsss_ops.crypto import KeyCipher, MalformedPayload, WrongKey
 from aixsss_ops.dburl import PgTarget
@@ -274,33 +273,6 @@ def _line(fields: Sequence[str | None]) -> bytes:
             + "\n").encode("utf-8", "surrogateescape")
 
 
-def _octets(v: str) -> int:
-    return len(v) if v.isascii() else len(v.encode("utf-8", "surrogateescape"))
-
-
-def _canon(row: Sequence[str | None]) -> bytes:
-    """A row (id and values) in the unambiguous form the verification digests, each value prefixed with its length in
-    bytes; ``_CANON_SQL`` is the same in SQL, so the server can digest a range to compare it with what a pass wrote."""
-    return "".join("-" if v is None else f"{_octets(v)}:{v}" for v in row).encode("utf-8", "surrogateescape")
-
-
-_CANON_SQL = " || ".join(f"""coalesce(octet_length("{c}") || ':' || "{c}", '-')""" for c in ("id", *COLUMNS))
-
-
-def _range_digest(conn, lo: str | None, hi: str | None) -> bytes:
-    """SHA-256 of ``_canon`` of the range's rows in id order, computed by the server."""
-    from psycopg import sql
-
-    cond = [sql.SQL("TRUE")]
-    if lo is not None:
-        cond.append(sql.SQL('"id" >= {}').format(sql.Literal(lo)))
-    if hi is not None:
-        cond.append(sql.SQL('"id" < {}').format(sql.Literal(hi)))
-    q = sql.SQL("SELECT sha256(convert_to(coalesce(string_agg({}, '' ORDER BY \"id\"), ''), 'UTF8')) FROM {} "
-                "WHERE {}").format(sql.SQL(_CANON_SQL), sql.Identifier(TABLE), sql.SQL(" AND ").join(cond))
-    return bytes(conn.execute(q).fetchone()[0])
-
-
 @dataclass
 class Chunk:
     """What the pool makes of one chunk of rows. ``update`` is temp-table COPY text: id, xmin read, new values."""
@@ -311,9 +283,9 @@ class Chunk:
     updates: int = 0
     first_update: str | None = None
     last_update: str | None = None
-    # SHA-256 of the chunk's rows (``_canon``) as they read once ``update`` is written: every value opens with dst.
-    # None when the chunk cannot be re-sealed (a value of neither key, or of a key not in the pair)
-    expect: bytes | None = None
+    # writing ``update`` leaves every row of the chunk in dst (False: a value of neither key, or of a key not in the
+    # pair, turned up)
+    resealed: bool = False
     unverified: bool = False  # the new values in ``update`` are still to be opened with dst (_verify_update)
     index: int | None = None  # the id range the chunk is (Engine.bounds), when it is one
 
@@ -332,7 +304,7 @@ def _reseal_all(data: bytes, src: int, dst: int, nkeys: int, verify: bool) -> Ch
     dec, enc, vdec = _AEADS[src].decrypt, _AEADS[dst].encrypt, _AEADS[dst].decrypt
     a2b, b2a = binascii.a2b_base64, binascii.b2a_base64
     ivs = os.urandom(12 * len(COLUMNS) * len(lines))  # fresh random IVs, one read for the chunk
-    parts, canon = [], []
+    parts = []
     j = 0
     try:
         for ln in lines:
@@ -358,26 +330,23 @@ def _reseal_all(data: bytes, src: int, dst: int, nkeys: int, verify: bool) -> Ch
                         return None
                 new.append(sealed)
             parts.append(f"{rid}\t{xmin}\t" + "\t".join(new) + "\n")
-            canon.append(f"{_octets(rid)}:{rid}" + "".join([f"{len(v)}:{v}" for v in new]))  # new: base64
     except (ValueError, _INVALID_TAG[0]):  # a wrong number of parts or fields, bad base64, another key
         return None
-    expect = sha256("".join(canon).encode("utf-8", "surrogateescape"))
     n = len(lines)
     by_key = [0] * nkeys
     by_key[src] = len(COLUMNS) * n
     out = Chunk(ScanResult(rows=n, values=len(COLUMNS) * n, by_key=by_key), lines[-1].split("\t", 1)[0],
                 update="".join(parts).encode("utf-8", "surrogateescape"), updates=n,
-                first_update=lines[0].split("\t", 1)[0], expect=expect.digest(), unverified=not verify)
+                first_update=lines[0].split("\t", 1)[0], resealed=True, unverified=not verify)
     out.last_update = out.last_id
     return out
 
 
 def _chunk(data: bytes, order: Sequence[int], nkeys: int, reseal: tuple[int, int] | None = None,
            verify: bool = True) -> Chunk:
-    """``_classify`` on a chunk of COPY text; with ``reseal=(src, dst)`` also its update and the digest of its text
-    once written (with ``verify=False`` its new values are not opened yet: ``unverified``, and ``expect`` holds only
-    once they are). With ``reseal`` each row's COPY text carries its xmin after its id (``_copy_out(xmin=True)``),
-    which the update keeps for the compare-and-set."""
+    """``_classify`` on a chunk of COPY text; with ``reseal=(src, dst)`` also its update (with ``verify=False`` its
+    new values are not opened yet: ``unverified``). With ``reseal`` each row's COPY text carries its xmin after its id
+    (``_copy_out(xmin=True)``), which the update keeps for the compare-and-set."""
     if reseal is not None and reseal[0] == order[0]:
         fast = _reseal_all(data, reseal[0], reseal[1], nkeys, verify)
         if fast is not None:
@@ -399,22 +368,19 @@ def _chunk(data: bytes, order: Sequence[int], nkeys: int, reseal: tuple[int, int
     # a line without a backslash has no NULL and nothing escaped: its fields (and sealed values, plain base64)
     # go into COPY text as they are
     news = {row[0]: new for row, new in sealed}
-    expect = sha256()
     parts = []
-    for row, ln, xmin in zip(rows, lines, xmins, strict=True):  # in id order: the chunk's rows once written
+    for row, ln, xmin in zip(rows, lines, xmins, strict=True):
         new = news.get(row[0])
         if new is None:  # nothing to change: all its values opened with dst
-            expect.update(_canon(row))
-        elif "\\" not in ln:
+            continue
+        if "\\" not in ln:  # nothing escaped: the fields (and sealed values, plain base64) go into COPY text as they are
             vals = "\t".join(new[1:])
             parts.append(f"{row[0]}\t{xmin}\t{vals}\n".encode("utf-8", "surrogateescape"))
-            expect.update(_canon(new))
         else:
             parts.append(_line((row[0], xmin, *new[1:])))
-            expect.update(_canon(new))
     if sealed:
         out.first_update, out.last_update = sealed[0][0][0], sealed[-1][0][0]
-    out.update, out.updates, out.expect = b"".join(parts), len(parts), expect.digest()
+    out.update, out.updates, out.resealed = b"".join(parts), len(sealed), True
     return out
 
 
@@ -455,22 +421,31 @@ def default_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def _copy_out(conn, *, lo: str | None = None, hi: str | None = None, ids: Sequence[str] | None = None,
-              xmin: bool = False):
-    """The rows (id, with ``xmin`` the row version's xmin, and the three columns, by id; those of ``ids``, or with
-    lo <= id < hi), one COPY text line each, as the server sends them."""
+def _range_cond(lo: str | None, hi: str | None):
     from psycopg import sql
 
-    cond = []
-    if ids is not None:
-        cond.append(sql.SQL('"id" = ANY({})').format(sql.Literal(list(ids))))
+    cond = [sql.SQL("TRUE")]
     if lo is not None:
         cond.append(sql.SQL('"id" >= {}').format(sql.Literal(lo)))
     if hi is not None:
         cond.append(sql.SQL('"id" < {}').format(sql.Literal(hi)))
-    where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(cond) if cond else sql.SQL("")
-    q = sql.SQL('COPY (SELECT "id", {}{} FROM {} {} ORDER BY "id") TO STDOUT').format(
-        sql.SQL("xmin, " if xmin else ""), sql.SQL(_SELECT), sql.Identifier(TABLE), where)
+    return sql.SQL(" AND ").join(cond)
+
+
+def _copy_out(conn, *, lo: str | None = None, hi: str | None = None, ids: Sequence[str] | None = None,
+              xmin: bool = False, not_written_by: str | None = None):
+    """The rows (id, with ``xmin`` the row version's xmin, and the three columns, by id; those of ``ids``, or with
+    lo <= id < hi; not those whose version transaction ``not_written_by`` wrote), one COPY text line each, as the
+    server sends them."""
+    from psycopg import sql
+
+    cond = [_range_cond(lo, hi)]
+    if not_written_by is not None:
+        cond.append(sql.SQL("NOT (xmin = {}::xid)").format(sql.Literal(not_written_by)))
+    if ids is not None:
+        cond.append(sql.SQL('"id" = ANY({})').format(sql.Literal(list(ids))))
+    q = sql.SQL('COPY (SELECT "id", {}{} FROM {} WHERE {} ORDER BY "id") TO STDOUT').format(
+        sql.SQL("xmin, " if xmin else ""), sql.SQL(_SELECT), sql.Identifier(TABLE), sql.SQL(" AND ").join(cond))
     with conn.cursor() as cur, cur.copy(q) as cp:
         yield from cp  # libpq hands out one data row per read
 
@@ -479,11 +454,12 @@ _WORKER_CONN: dict = {}
 
 
 def _range(target: PgTarget, snapshot: str | None, index: int, lo: str | None, hi: str | None, order: Sequence[int],
-           nkeys: int, reseal: tuple[int, int] | None, verify: bool, expect: tuple | None) -> Chunk:
+           nkeys: int, reseal: tuple[int, int] | None, verify: bool, written_by: str | None) -> Chunk:
     """One id range read by a pool worker on its own connection (in the exported ``snapshot`` when given), then
-    ``_chunk``. ``expect=(digest, rows, values, nulls)``: the digest of the range's rows as a pass wrote them, every
-    value opening with ``order[0]``; a range whose stored rows (digested by the server) are still exactly those is
-    counted without reading or decrypting it again."""
+    ``_chunk``. ``written_by``: the xid of the batch transaction that wrote the range's new values, every one opened
+    with ``order[0]`` before it was written. A row version whose xmin is that xid is one that transaction wrote, and
+    its only write was that compare-and-set UPDATE (any later change makes a version with another xmin): such rows
+    are counted by the server, and only the others are read and decrypted."""
     from psycopg import sql
 
     conn = _WORKER_CONN.get(target.conninfo)
@@ -493,15 +469,18 @@ def _range(target: PgTarget, snapshot: str | None, index: int, lo: str | None, h
         if snapshot is not None:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        if expect is not None and _range_digest(conn, lo, hi) == expect[0]:
-            by_key = [0] * nkeys
-            by_key[order[0]] = expect[2]
-            c = Chunk(ScanResult(rows=expect[1], values=expect[2], nulls=expect[3], by_key=by_key), expect=expect[0])
-            c.index = index
-            return c
-        data = b"".join(_copy_out(conn, lo=lo, hi=hi, xmin=reseal is not None))
+        known = None
+        if written_by is not None:
+            known = conn.execute(sql.SQL(
+                "SELECT count(*), coalesce(sum(num_nonnulls({})), 0) FROM {} WHERE {} AND xmin = {}::xid").format(
+                sql.SQL(_SELECT), sql.Identifier(TABLE), _range_cond(lo, hi), sql.Literal(written_by))).fetchone()
+        data = b"".join(_copy_out(conn, lo=lo, hi=hi, xmin=reseal is not None, not_written_by=written_by))
     c = _chunk(data, order, nkeys, reseal, verify)
     c.index = index
+    if known is not None:
+        rows, values = known
+        c.scan.merge(ScanResult(rows=rows, values=values, nulls=len(COLUMNS) * rows - values,
+                                by_key=[values if k == order[0] else 0 for k in range(nkeys)]))
     if c.last_id is None and data:
         c.last_id = data[:data.index(b"\t")].decode("utf-8", "surrogateescape")
     return c
@@ -540,9 +519,9 @@ class Engine:
         self.memo: list[Chunk] = []
         self.memo_pair: tuple[int, int] | None = None
         self.memo_full = False
-        # per range: (digest, rows, values, nulls) of its text as a pass wrote it, all values of key expect_key
-        self.expect: dict[int, tuple] = {}
-        self.expect_key: int | None = None
+        # per range: the xid of the batch that wrote it, every value written being of key written_key
+        self.written: dict[int, str] = {}
+        self.written_key: int | None = None
         self.batch = batch
         self.workers = workers or default_workers()
         self._writers: Future | None = None  # writer connections a check opens ahead for the next reencrypt
@@ -596,10 +575,10 @@ class Engine:
             return
         yield from zip([None, *bounds], [*bounds, None], strict=True)
 
-    def _expected(self, key: int) -> dict[int, tuple]:
-        if self.expect_key != key:
-            self.expect, self.expect_key = {}, key
-        return self.expect
+    def _written(self, key: int) -> dict[int, str]:
+        if self.written_key != key:
+            self.written, self.written_key = {}, key
+        return self.written
 
     # -- read-only scan --------------------------------------------------------------------------------
     def scan(self, order: Sequence[int], progress: Callable[[int], None] | None = None,
@@ -649,7 +628,7 @@ class Engine:
                      progress: Callable[[int], None] | None) -> None:
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         ranges = self._ranges(conn)
-        expect = self.expect if self.expect_key == order[0] and reseal is None else {}
+        written = self.written if self.written_key == order[0] and reseal is None else {}
         inflight: deque = deque()  # (future, re-sealed?) in id order
         memo_open = reseal is not None  # still re-sealing, and the memo covers every range read so far
 
@@ -662,7 +641,7 @@ class Engine:
                 progress(c.scan.rows)
             if not resealed or not memo_open:
                 return
-            if c.expect is None:  # a gap: the memo ends before this range
+            if not c.resealed:  # a gap: the memo ends before this range
                 memo_open = False
                 return
             self.memo.append(c)
@@ -673,7 +652,7 @@ class Engine:
                 memo_open = False
             # the new values are opened with dst by reencrypt, in the pool while the batches before are written
             inflight.append((self.pool.submit(_range, self.target, snapshot, i, lo, hi, order, self.nkeys, rs,
-                                              rs is None, expect.get(i)), rs is not None))
+                                              rs is None, written.get(i)), rs is not None))
             while len(inflight) > 2 * self.workers:
                 take()
         while inflight:
@@ -723,7 +702,7 @@ class Engine:
         if self.memo_pair == (src, dst) and ids is None:
             memo, stream = self.memo, not self.memo_full
         self.memo, self.memo_pair, self.memo_full = [], None, False  # good for one pass
-        expect = self._expected(dst)
+        written = self._written(dst)
         # the memo's new values are opened with dst in the pool ahead of the writes; each batch waits for its own
         checks = {id(c): self.pool.submit(_verify_update, c.update, dst) for c in memo if c.unverified}
         batches = self._sealed(memo, stream, ids, src, dst)
@@ -746,10 +725,10 @@ class Engine:
             def finish() -> None:
                 c, conn, fut = pending.popleft()
                 if fut is not None:
-                    fut.result()
+                    xid = fut.result()
                     free.append(conn)
-                if c.index is not None and c.expect is not None:
-                    expect[c.index] = (c.expect, c.scan.rows, c.scan.values, c.scan.nulls)
+                    if c.index is not None and xid is not None:
+                        written[c.index] = xid
                 b = _pass_result(c, src, dst)
                 for k in ("batches", "rows", "reencrypted", "already", "nulls"):
                     setattr(total, k, getattr(total, k) + getattr(b, k))
@@ -813,11 +792,12 @@ class Engine:
     @staticmethod
     def _checked(f: Future) -> Chunk:
         c: Chunk = f.result()
-        if c.scan.bad or c.expect is None:
+        if c.scan.bad or not c.resealed:
             raise BadValues(c.scan.errors[:MAX_ERRORS] or [BadValue("?", "?", "a value of another key")])
         return c
 
-    def _write(self, conn, c: Chunk, check: Future | None) -> None:
+    def _write(self, conn, c: Chunk, check: Future | None) -> str | None:
+        """Writes the batch in one transaction; returns its xid (None when no row changed)."""
         if c.unverified:  # never write a value not opened with the new key
             errors = check.result() if check is not None else [BadValue("?", "?", "not verified")]
             if errors:
@@ -832,4 +812,6 @@ class Engine:
             # skipped. The id range lets the planner join by a range scan instead of one index probe per row.
             cur.execute(f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" AND p.xmin = t."x" '
                         f'AND p."id" >= %s AND p."id" <= %s', (c.first_update, c.last_update))
+            xid = str(cur.execute("SELECT txid_current() % 4294967296").fetchone()[0]) if cur.rowcount else None
         conn.commit()
+        return xid

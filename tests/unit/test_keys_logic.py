@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from aixsss_ops import crypto
@@ -70,7 +68,7 @@ def with_xmin(row, xmin="7"):
     return engine._line((row[0], xmin, *row[1:]))
 
 
-def test_a_chunk_of_copy_text_yields_the_update_and_the_digest_of_its_text_once_written():
+def test_a_chunk_of_copy_text_yields_the_update_with_the_versions_read():
     engine._init([A, B])
     rows = [("r1", crypto.encrypt("p1", A), None, crypto.encrypt("p1v", B)),  # a NULL: the escaped path
             ("r\t2", crypto.encrypt("p2", A), crypto.encrypt("p2i", A), crypto.encrypt("p2v", A)),
@@ -81,7 +79,6 @@ def test_a_chunk_of_copy_text_yields_the_update_and_the_digest_of_its_text_once_
     assert (c.last_id, c.first_update, c.last_update) == ("r4", "r1", "r3")
     lines = c.update.decode().split("\n")[:-1]
     assert len(lines) == 3
-    written = []
     for i, (line, row) in enumerate(zip(lines, rows, strict=False)):
         fields = [None if f == "\\N" else f.replace("\\t", "\t") for f in line.split("\t")]
         assert fields[:2] == [row[0], str(i)]  # the id and the version read, for the compare-and-set
@@ -91,11 +88,9 @@ def test_a_chunk_of_copy_text_yields_the_update_and_the_digest_of_its_text_once_
                 assert value is None
             else:
                 assert crypto.decrypt(value, B) == crypto.decrypt(old, A if old != value else B)
-        written.append(engine._canon((row[0], *new)))
-    # the digest of these rows once the update is written, the unchanged row included, in id order
-    assert c.expect == hashlib.sha256(b"".join(written) + engine._canon(rows[3])).digest()
+    assert c.resealed
     bad = engine._chunk(with_xmin(("r5", crypto.encrypt("p5", C), "not.a payload", None)), [0, 1], 2, (0, 1))
-    assert bad.scan.bad == 2 and bad.expect is None and bad.updates == 0
+    assert bad.scan.bad == 2 and not bad.resealed and bad.updates == 0
     assert {e.column for e in bad.scan.errors} == {"apiKeyEncrypted", "imageApiKeyEncrypted"}
     assert all("p5" not in str(e) for e in bad.scan.errors)
 
@@ -127,13 +122,10 @@ def test_the_tight_loop_for_plain_rows_matches_the_general_path_and_steps_aside_
         assert fast is not None and fast.unverified is not verify
         assert (fast.scan.rows, fast.scan.values, fast.scan.by_key, fast.updates) == (5, 15, [15, 0], 5)
         assert (fast.first_update, fast.last_update, fast.last_id) == ("r0", "r4", "r4")
-        new_lines = []
         for i, (line, row) in enumerate(zip(fast.update.decode().split("\n")[:-1], rows, strict=True)):
             fields = line.split("\t")
             assert fields[:2] == [row[0], str(100 + i)]
             assert [crypto.decrypt(v, B) for v in fields[2:]] == [crypto.decrypt(v, A) for v in row[1:]]
-            new_lines.append(engine._canon((row[0], *fields[2:])))
-        assert fast.expect == hashlib.sha256(b"".join(new_lines)).digest()
         assert engine._verify_update(fast.update, 1) == []
     other = rows[:2] + [("r9", crypto.encrypt("p9", B), crypto.encrypt("p9i", A), crypto.encrypt("p9v", A))]
     assert engine._reseal_all(b"".join(with_xmin(r) for r in other), 0, 1, 2, True) is None  # a value of B
@@ -142,12 +134,3 @@ def test_the_tight_loop_for_plain_rows_matches_the_general_path_and_steps_aside_
     c = engine._chunk(b"".join(with_xmin(r) for r in other), [0, 1], 2, (0, 1))  # the general path takes it
     assert (c.scan.by_key, c.updates, c.scan.bad) == ([8, 1], 3, 0)
 
-
-def test_the_verification_digest_form_is_unambiguous():
-    """Values cannot shift across column or row boundaries (a value holding a separator cannot mimic two rows)."""
-    canon = engine._canon
-    assert canon(("a", "b\tc", None, "")) == b"1:a3:b\tc-0:"
-    assert canon(("é", "x", None, None)) == "2:é1:x--".encode()  # lengths in bytes, as octet_length()
-    assert canon(("id1", "A", "B", "C\nid2")) + canon(("x", "D", "E", "F")) != \
-        canon(("id1", "A", "B", "C")) + canon(("id2", "x", "D", "E"))
-    assert canon(("r", None, "x", "y")) != canon(("r", "\\N", "x", "y")) != canon(("r", "-", "x", "y"))
