@@ -4,8 +4,9 @@
 - ``app.yml``: api and worker of one color: ``COLOR``, ``RELEASE``, ``VERSION`` and ``API_PORT`` are variables
 - ``proxy.yml``: nginx, routing through the ``live`` symlink of the shared run volume (see runtime/docker.py)
 
-Secrets are compose variables (``POSTGRES_SUPERUSER_PASSWORD``, ``POSTGRES_APP_PASSWORD``, ``S3_ACCESS_KEY``,
-``S3_SECRET_KEY``): put them in the environment or a ``.env`` file; nothing secret is written here.
+Secrets are files under /run/secrets, as the runtime writes them, from compose's ``secrets:``: the infra ones from
+the environment or a ``.env`` file (``POSTGRES_SUPERUSER_PASSWORD``, ``S3_ACCESS_KEY``, ``S3_SECRET_KEY``), the
+app's from its env files; nothing secret is written here and no container gets a secret as environment.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from aixsss_ops.stack import docker_specs as specs
 from aixsss_ops.stack.layout import Layout
 
 APP_VARS = ("COLOR", "RELEASE", "VERSION", "API_PORT")
-_KEEP = re.compile(r"\$(\{(?:" + "|".join((*specs.SECRET_VARS, *APP_VARS)) + r")(?::[?-][^}]*)?\})")
+_KEEP = re.compile(r"\$(\{(?:" + "|".join(APP_VARS) + r")(?::[?-][^}]*)?\})")
 _RELEASE, _VERSION = "__RELEASE__", "__VERSION__"
 
 
@@ -53,7 +54,6 @@ def _text(value: str, keep_vars: bool = True):
 
 
 def service(cfg: OpsConfig, spec: specs.ContainerSpec, compose_dir: Path) -> dict:
-    layout = Layout(cfg.state)
     svc: dict = {
         "image": spec.image,
         "container_name": specs.container_name(cfg, spec.unit),
@@ -63,8 +63,8 @@ def service(cfg: OpsConfig, spec: specs.ContainerSpec, compose_dir: Path) -> dic
     }
     if spec.user:
         svc["user"] = spec.user
-    if spec.env_files:
-        svc["env_file"] = [os.path.relpath(layout.env_file(n), compose_dir) for n in spec.env_files]
+    if spec.secrets:
+        svc["secrets"] = [_secret_ref(spec, target) for target in spec.secrets]
     if spec.environment:
         svc["environment"] = {k: _text(v) for k, v in spec.environment.items()}
     if spec.ports:
@@ -94,6 +94,30 @@ def service(cfg: OpsConfig, spec: specs.ContainerSpec, compose_dir: Path) -> dic
     return svc
 
 
+def secret_name(kind: str, name: str) -> str:
+    return f"{name}_env" if kind == "env_file" else name.lower()
+
+
+def _secret_ref(spec: specs.ContainerSpec, target: str) -> dict:
+    ref: dict = {"source": secret_name(*spec.secrets[target]), "target": target}
+    uid, _, gid = (spec.user or "").partition(":")
+    if uid.isdigit():  # the runtime's files are 0400 and owned by the container's user; a named user is the image's
+        ref |= {"uid": uid, "gid": gid or uid, "mode": 0o400}
+    return ref
+
+
+def secrets_section(cfg: OpsConfig, all_specs: list[specs.ContainerSpec], compose_dir: Path) -> dict:
+    """Top-level ``secrets:``: the infra values from the environment, the app's env files as files."""
+    layout = Layout(cfg.state)
+    out: dict = {}
+    for spec in all_specs:
+        for kind, name in spec.secrets.values():
+            src = ({"file": os.path.relpath(layout.env_file(name), compose_dir)} if kind == "env_file"
+                   else {"environment": name})
+            out[secret_name(kind, name)] = src
+    return {"secrets": out} if out else {}
+
+
 def _shared(cfg: OpsConfig, keys: list[str], external: bool) -> dict:
     net = specs.network_name(cfg)
     doc: dict = {"networks": {"default": {"name": net, **({"external": True} if external else {})}}}
@@ -115,6 +139,7 @@ def _app_vars(obj, color: str, port: int):
         s = obj.replace(_RELEASE, "${RELEASE:?}").replace(_VERSION, "${VERSION:?}")
         s = s.replace(f"-{color}", "-${COLOR:?}").replace(f":{port}:", ":${API_PORT:?}:")
         s = "${COLOR:?}" if s == color else s
+        s = s[: -len(color)] + "${COLOR:?}" if s.endswith(f"={color}") else s  # envexec's --set APP_COLOR=blue
         return cls(s)
     return obj
 
@@ -124,15 +149,18 @@ def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, s
     head = (
         "# rendered by 'aixsss-ops compose render' from ops.toml: edit ops.toml and render again.\n"
         "# The docker runtime creates the same containers from the same specs (aixsss_ops/stack/docker_specs.py).\n"
-        "# Secrets come from the environment or .env: POSTGRES_SUPERUSER_PASSWORD, POSTGRES_APP_PASSWORD, S3_ACCESS_KEY,\n"
-        "# S3_SECRET_KEY.\n"
+        "# Secrets are files in /run/secrets, never container environment: POSTGRES_SUPERUSER_PASSWORD, S3_ACCESS_KEY and\n"
+        "# S3_SECRET_KEY come from the environment or .env, the app's from its env files (compose mounts a file secret\n"
+        f"# as it is on the host: the app runs as uid {specs.APP_UID}, so give it read access to api.env and worker.env).\n"
     )
     infra = {n: s for n, s in ((s.service, s) for s in specs.infra(cfg))}
     files = {}
+    backing = [infra[n] for n in ("postgres", "redis", "s3")]
     doc = {
         "name": cfg.project,
-        "services": {n: service(cfg, infra[n], compose_dir) for n in ("postgres", "redis", "s3")},
+        "services": {s.service: service(cfg, s, compose_dir) for s in backing},
         **_shared(cfg, ["pgdata", "redis", "s3", "run"], external=False),
+        **secrets_section(cfg, backing, compose_dir),
     }
     files["infra.yml"] = head + "# up first: docker compose -f compose/infra.yml up -d\n" + _dump(doc)
     doc = {
@@ -146,7 +174,8 @@ def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, s
     image = app_tag(cfg, _RELEASE)
     blue = [specs.api(cfg, "blue", _RELEASE, _VERSION, image), specs.worker(cfg, "blue", _RELEASE, _VERSION, image)]
     services = {s.service: _app_vars(service(cfg, s, compose_dir), "blue", cfg.ports.api_blue) for s in blue}
-    doc = {"name": f"{cfg.project}-${{COLOR:?}}", "services": services, **_shared(cfg, ["run"], external=True)}
+    doc = {"name": f"{cfg.project}-${{COLOR:?}}", "services": services, **_shared(cfg, ["run"], external=True),
+           **secrets_section(cfg, blue, compose_dir)}
     files["app.yml"] = head + (
         "# one color per compose project, e.g.\n"
         f"#   COLOR=blue RELEASE=<release id> VERSION=<version> API_PORT={cfg.ports.api_blue} "

@@ -396,9 +396,8 @@ def deploy_state(ctx: Context) -> list[Finding]:
         return [f]
     if not ctx.stack.deploy_state.load():
         return [Finding("deploy.idle-color", "skipped", "no deploy state yet (the stack was never brought up)")]
-    if not ctx.stack.sup.is_running():
-        return [Finding("deploy.idle-color", "fail", f"the supervisor of {ctx.cfg.state} is not running",
-                        "`aixsss-ops stack up`")]
+    if (problem := ctx.stack.engine_problem()) is not None:
+        return [Finding("deploy.idle-color", "fail", problem, "`aixsss-ops stack up`")]
     st = Deployer(ctx.stack).status()
     out = []
     if not st["consistent"]:
@@ -435,21 +434,11 @@ def deploy_state(ctx: Context) -> list[Finding]:
 
 
 def proxy_config(ctx: Context) -> Finding:
-    from aixsss_ops.errors import OpsError
-    from aixsss_ops.proxy import nginx
-
     name = "deploy.proxy-config"
-    lay = ctx.stack.layout
     if (f := _no_stack(name, ctx)) is not None:
         return f
-    if not lay.nginx_conf.exists():
-        return Finding(name, "fail", f"no proxy config at {lay.nginx_conf}", "`aixsss-ops stack up` writes it")
-    try:
-        nginx.test_config(lay.nginx_conf, lay.nginx_dir)
-    except OpsError as e:
-        return Finding(name, "fail", f"{e.message}: {(e.details or '').splitlines()[-1:] or ''}",
-                       f"fix {lay.nginx_conf} (or rerun `aixsss-ops stack up`)")
-    return Finding(name, "ok", f"nginx -t accepts {lay.nginx_conf}")
+    ok, message, fix = ctx.stack.proxy_config_check()
+    return Finding(name, "ok", message) if ok else Finding(name, "fail", message, fix)
 
 
 # -- host --

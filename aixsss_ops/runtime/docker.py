@@ -1,16 +1,27 @@
 """The docker engine behind the runtime protocol, through the Engine API (the ``docker`` SDK).
 
 Containers are found again by their labels (project, service, color, release): the engine is the only record
-of what runs, so nothing local can disagree with it. Routing works as on the local engine: api containers bind
-their unix socket into a volume the nginx container also mounts; ``live`` in that volume is a symlink to
-``colors/<color>`` and a switch is one atomic rename of it (an exec of ``mv -T`` in the nginx container), so no
-reload happens and no request is dropped. Every API call is bounded by ``docker.timeout``.
+of what runs, so nothing local can disagree with it. No secret is part of a container's definition: a spec's
+secret files (its env file, a password) are written into the created container under /run/secrets, 0400 and
+owned by its user, before it starts; the spec label is a digest whose secret part is keyed (HMAC with a key of
+the state directory), so it changes with them without revealing them.
+
+Routing works as on the local engine: api containers bind their unix socket into a volume the nginx container
+also mounts; ``live`` in that volume is a symlink to ``colors/<color>`` and a switch is one atomic rename of it
+(an exec of ``mv -T`` in the nginx container), so no reload happens and no request is dropped. Every API call
+is bounded by ``docker.timeout``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import io
+import json
+import os
+import secrets
 import subprocess
 import tarfile
 import threading
@@ -18,7 +29,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aixsss_ops import envfile
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.runtime.base import APP, COLORS, UnitStatus, unit_name
@@ -67,6 +77,7 @@ class DockerRuntime:
         self.layout = layout
         self._client = None
         self._stoppers: list[threading.Thread] = []
+        self._starting: dict[str, tuple[threading.Thread, list[BaseException]]] = {}
 
     @property
     def client(self):
@@ -118,21 +129,53 @@ class DockerRuntime:
 
         return specs.secret_values(self.cfg, envgen.stack_secrets(self.layout))
 
-    def env_files(self, spec: specs.ContainerSpec) -> dict[str, dict[str, str]]:
-        return {name: envfile.read(self.layout.env_file(name)) for name in spec.env_files}
+    def secret_files(self, spec: specs.ContainerSpec) -> dict[str, bytes]:
+        """The contents of ``spec``'s secret files: its env file as it is on disk, or one secret value."""
+        values = self.secrets() if any(kind == "var" for kind, _ in spec.secrets.values()) else {}
+        out: dict[str, bytes] = {}
+        for target, (kind, name) in spec.secrets.items():
+            if kind == "env_file":
+                path = self.layout.env_file(name)
+                try:
+                    out[target] = path.read_bytes()
+                except FileNotFoundError:
+                    raise UsageError(f"env file not found: {path}", hint="run 'aixsss-ops stack up'") from None
+            else:
+                out[target] = values[name].encode()
+        return out
 
-    def spec_digest(self, spec: specs.ContainerSpec) -> str:
-        return spec.digest(self.secrets(), self.env_files(spec))
+    def _label_key(self) -> bytes:
+        """The key of the secrets' part of the spec label: random, 0600 beside the stack's other secrets."""
+        path = self.layout.secrets_file.parent / "docker-label.key"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            from aixsss_ops.fsutil import atomic_write
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+            atomic_write(path, secrets.token_bytes(32), mode=0o600)
+            return path.read_bytes()
+
+    def spec_digest(self, spec: specs.ContainerSpec, files: dict[str, bytes] | None = None) -> str:
+        files = self.secret_files(spec) if files is None else files
+        mac = ""
+        if files:
+            h = hmac.new(self._label_key(), digestmod=hashlib.sha256)
+            for target in sorted(files):
+                h.update(target.encode() + b"\0" + hashlib.sha256(files[target]).digest())
+            mac = h.hexdigest()
+        return spec.digest(mac)
 
     def create(self, spec: specs.ContainerSpec):
-        """Create the container of ``spec`` (not started). The environment is passed without being printed."""
+        """Create the container of ``spec`` (not started) and write its secret files into it."""
         import docker
 
-        env = specs.resolve_env(spec, self.secrets(), self.env_files(spec))
+        files = self.secret_files(spec)
         labels = {
             L_PROJECT: self.cfg.project,
             L_SERVICE: spec.service,
-            L_SPEC: spec.digest(self.secrets(), self.env_files(spec)),
+            L_SPEC: self.spec_digest(spec, files),
             **({L_COLOR: spec.color} if spec.color else {}),
             **({L_RELEASE: spec.release, L_VERSION: spec.version or ""} if spec.release else {}),
         }
@@ -146,13 +189,13 @@ class DockerRuntime:
                                  "retries": 3, "start_period": 10_000_000_000}
         name = specs.container_name(self.cfg, spec.unit)
         try:
-            return self.client.containers.create(
+            c = self.client.containers.create(
                 spec.image,
                 spec.command,
                 name=name,
                 entrypoint=[],
                 user=spec.user or "",
-                environment=env,
+                environment=dict(spec.environment),
                 labels=labels,
                 ports={f"{cp}/tcp": (ip, hp) for ip, hp, cp in spec.ports},
                 volumes={specs.volume_name(self.cfg, k): {"bind": v, "mode": "rw"} for k, v in spec.volumes.items()},
@@ -173,6 +216,63 @@ class DockerRuntime:
             ) from None
         except docker.errors.APIError as e:
             raise OpsError(f"creating {name} failed: {e.explanation or e}") from None
+        if files:
+            try:
+                self._put_secrets(c, spec, files)
+            except BaseException:
+                with contextlib.suppress(docker.errors.DockerException):
+                    c.remove(force=True)
+                raise
+        return c
+
+    def _put_secrets(self, c, spec: specs.ContainerSpec, files: dict[str, bytes]) -> None:
+        """``files`` into ``/run/secrets`` of the created container: 0400, owned by the container's user."""
+        import docker
+
+        uid, gid = self._user_ids(c, spec.user or "")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            d = tarfile.TarInfo(specs.SECRETS.name)
+            d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            tar.addfile(d)
+            for target, data in sorted(files.items()):
+                info = tarfile.TarInfo(f"{specs.SECRETS.name}/{target}")
+                info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o400, uid, gid, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        try:
+            ok = c.put_archive(str(specs.SECRETS.parent), buf.getvalue())
+        except docker.errors.APIError as e:
+            ok = False
+            detail = e.explanation or str(e)
+        else:
+            detail = ""
+        if not ok:
+            raise OpsError(f"writing the secret files of {spec.unit} into its container failed {detail}".rstrip())
+
+    def _user_ids(self, c, user: str) -> tuple[int, int]:
+        """Numeric uid and gid of a container's ``user`` (``name``, ``uid`` or ``uid:gid``), from its own
+        /etc/passwd and /etc/group when a name is given."""
+        name, _, group = user.partition(":")
+        if not name:
+            return 0, 0
+        if name.isdigit() and (not group or group.isdigit()):
+            return int(name), int(group or name)
+
+        def table(path: str) -> dict[str, list[str]]:
+            stream, _stat = c.get_archive(path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.extractfile(tar.getmembers()[0])
+                text = member.read().decode("utf-8", "replace") if member else ""
+            return {f[0]: f for f in (line.split(":") for line in text.splitlines()) if len(f) >= 4}
+
+        users = table("/etc/passwd")
+        if name not in users and not name.isdigit():
+            raise OpsError(f"user {name} of container {c.name} is not in its /etc/passwd")
+        uid = int(name) if name.isdigit() else int(users[name][2])
+        gid = int(users[name][3]) if name in users else uid
+        if group:
+            gid = int(group) if group.isdigit() else int(table("/etc/group")[group][2])
+        return uid, gid
 
     def ensure(self, spec: specs.ContainerSpec) -> tuple[object, str | None]:
         """The container of ``spec``, (re)created when missing or different; (container, action or None)."""
@@ -182,6 +282,7 @@ class DockerRuntime:
             return c, None
         action = "created" if c is None else "recreated"
         if c is not None:
+            self._settle(spec.unit, raise_error=False)
             self._remove(c, spec.stop_timeout)
         self._network_alias_check()
         return self.create(spec), action
@@ -223,22 +324,60 @@ class DockerRuntime:
             self.ensure(spec)
 
     def start(self, service: str, color: str | None = None) -> None:
+        """Start without waiting (the protocol's contract): the engine's start call (~0.2 s of network and cgroup
+        set-up) runs beside the caller, ``state`` reads STARTING until it returned and raises its error if it
+        failed; ``stop`` and the end of the process wait for it."""
+        unit = unit_name(service, color)
+        self._settle(unit, raise_error=False)
+        c = self._need(service, color)
+        if c.status == "running":
+            return
+        errors: list[BaseException] = []
+        t = threading.Thread(target=self._start_now, args=(unit, c.id, errors), name=f"start {unit}", daemon=False)
+        self._starting[unit] = (t, errors)
+        t.start()
+
+    def _start_now(self, unit: str, container_id: str, errors: list[BaseException]) -> None:
         import docker
 
-        c = self._need(service, color)
         try:
-            c.start()
+            self.client.api.start(container_id)
         except docker.errors.APIError as e:
             msg = str(e.explanation or e)
             if "port is already allocated" in msg or "address already in use" in msg:
-                raise UsageError(f"{unit_name(service, color)} cannot start: a published port is taken: {msg}") from None
-            raise OpsError(f"starting {unit_name(service, color)} failed: {msg}") from None
+                errors.append(UsageError(f"{unit} cannot start: a published port is taken: {msg}"))
+            else:
+                errors.append(OpsError(f"starting {unit} failed: {msg}"))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever settles this start
+            errors.append(e)
+
+    def _settle(self, unit: str | None = None, raise_error: bool = True) -> None:
+        """Wait for the pending start of ``unit`` (of every unit when None); raise the first error it had."""
+        pending = [unit] if unit else list(self._starting)
+        first: BaseException | None = None
+        for u in pending:
+            entry = self._starting.pop(u, None)
+            if entry is None:
+                continue
+            entry[0].join()
+            if entry[1] and first is None:
+                first = entry[1][0]
+        if first is not None and raise_error:
+            if isinstance(first, OpsError) or not _is_connection_error(first):
+                raise first
+            from aixsss_ops.runtime.docker_engine import unreachable
+
+            raise unreachable(self.cfg, first) from None
 
     def stop(self, service: str, color: str | None = None, wait: bool = True) -> None:
         import docker
 
+        unit = unit_name(service, color)
+        self._settle(unit, raise_error=False)  # stopping it anyway
         c = self.find(service, color)
         if c is None:
+            if wait:
+                self._settle()
             return
         timeout = int(self.cfg.supervisor.stop_timeout) if service == "worker" else self.cfg.docker.stop_timeout
         if not wait:
@@ -250,6 +389,7 @@ class DockerRuntime:
             return
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.stop(c.id, timeout=timeout)
+        self._settle()  # a blocking call returns with no start of this process still pending
 
     def _stop_quietly(self, c, timeout: int) -> None:
         import docker
@@ -260,10 +400,17 @@ class DockerRuntime:
             connect(self.cfg).api.stop(c.id, timeout=timeout)
 
     def state(self, service: str, color: str | None = None) -> str:
+        unit = unit_name(service, color)
+        entry = self._starting.get(unit)
+        if entry is not None:
+            if entry[0].is_alive():
+                return "STARTING"
+            self._settle(unit)  # done: raises what the start met
         c = self.find(service, color)
         return "ABSENT" if c is None else container_state(c.attrs)[0]
 
     def signal(self, service: str, sig: str, color: str | None = None) -> None:
+        self._settle(unit_name(service, color))
         self._need(service, color).kill(signal=sig if sig.startswith("SIG") else f"SIG{sig}")
 
     def status(self) -> list[UnitStatus]:
@@ -291,6 +438,7 @@ class DockerRuntime:
     ) -> subprocess.CompletedProcess:
         """Run a one-off command inside the service's container (as the account the service runs as);
         output comes back as bytes, like LocalRuntime.exec."""
+        self._settle(unit_name(service, color))
         c = self._need(service, color)
         if c.status != "running":
             raise OpsError(f"{unit_name(service, color)} is not running: cannot run {argv[0]} in it")
@@ -333,6 +481,7 @@ class DockerRuntime:
             raise OpsError(f"could not prepare the {color} color in the proxy's volume")
 
     def route(self, color: str) -> None:
+        self._settle("proxy")
         proxy = self._need("proxy")
         run = specs.RUN
         if proxy.status != "running":
@@ -346,21 +495,19 @@ class DockerRuntime:
             raise OpsError(f"switching the proxy to {color} failed: {r.stderr.decode(errors='replace').strip()}")
 
     def routed_color(self) -> str | None:
-        import docker
-
+        """The target of the ``live`` symlink, read with the Engine API's stat of a path (``HEAD
+        /containers/{id}/archive``: a header, no archive, ~2 ms against ~40 ms for reading it)."""
         proxy = self.find("proxy")
         if proxy is None:
             return None
-        try:
-            stream, _stat = proxy.get_archive(str(specs.RUN / "live"))
-            data = b"".join(stream)
-        except docker.errors.NotFound:
+        api = self.client.api
+        r = api.head(api._url("/containers/{0}/archive", proxy.id), params={"path": str(specs.RUN / "live")})
+        if r.status_code == 404:
             return None
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for m in tar.getmembers():
-                if m.issym():
-                    return Path(m.linkname).name
-        return None
+        api._raise_for_status(r)
+        stat = json.loads(base64.b64decode(r.headers.get("X-Docker-Container-Path-Stat") or "e30="))
+        target = stat.get("linkTarget") or ""
+        return Path(target).name if target else None
 
 
 def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -37,17 +37,17 @@ def unreachable(cfg: OpsConfig, err: BaseException) -> ServiceUnavailable:
 
 
 def connect(cfg: OpsConfig) -> docker.DockerClient:
-    """A client that answered a ping; every later call is bounded by ``docker.timeout``."""
+    """A client that answered (the SDK asks the engine its API version when it connects: that call is the
+    reachability check, no extra ping); every later call is bounded by ``docker.timeout``."""
     import docker
     import requests
 
     host = engine_host(cfg)
     try:
         if cfg.docker.host:
-            client = docker.DockerClient(base_url=host, timeout=int(cfg.docker.timeout))
+            client = docker.DockerClient(base_url=host, version="auto", timeout=int(cfg.docker.timeout))
         else:
-            client = docker.from_env(timeout=int(cfg.docker.timeout))
-        client.ping()
+            client = docker.from_env(version="auto", timeout=int(cfg.docker.timeout))
     except (docker.errors.DockerException, requests.RequestException, OSError) as e:
         raise unreachable(cfg, e) from None
     return client

@@ -35,6 +35,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "postgresql-15", "redis-server", "ng
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PATH = f"/opt/aixsss/bin:{PG_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 L_WHEELS = f"{LABEL}.wheels"
+L_FROM = f"{LABEL}.from"  # the id of the runtime image an app image was built on
 
 
 def image_exists(client, name: str) -> bool:
@@ -203,8 +204,24 @@ def image_python_env(client, image: str) -> dict[str, str]:
     }
 
 
-def _wheels_digest(wheels: list[Path]) -> str:
-    h = hashlib.sha256()
+def runtime_dockerfile(cfg: OpsConfig) -> str:
+    """base + the venv; the app containers' unprivileged account (uid/gid APP_UID, ``aixsss``); the mount point of
+    the shared run volume with its socket folder world-writable and sticky, so that whichever container first
+    mounts a new run volume (an api here, or the proxy, which makes it so itself) leaves the api sockets a place."""
+    from aixsss_ops.stack.docker_specs import APP_UID, RUN
+
+    return f"""FROM {cfg.docker.base_image}
+COPY wheels /tmp/wheels
+RUN python3 -m venv /opt/aixsss && /opt/aixsss/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
+aixsss-ops && rm -rf /tmp/wheels && /opt/aixsss/bin/weed version >/dev/null
+RUN groupadd --system --gid {APP_UID} aixsss && useradd --system --uid {APP_UID} --gid {APP_UID} --no-create-home \
+--home-dir /nonexistent --shell /usr/sbin/nologin aixsss && mkdir -p {RUN}/sock && chmod 1777 {RUN}/sock
+ENV PATH={PATH} LANG=C.UTF-8 PYTHONUNBUFFERED=1
+"""
+
+
+def _wheels_digest(wheels: list[Path], dockerfile: str = "") -> str:
+    h = hashlib.sha256(dockerfile.encode())
     for w in wheels:
         h.update(w.name.encode() + b"\0" + hashlib.sha256(w.read_bytes()).digest())
     return h.hexdigest()[:16]
@@ -257,25 +274,20 @@ def _build(client, context: io.BytesIO, tag: str, say: Progress, labels: dict[st
 
 def build_runtime(client, cfg: OpsConfig, say: Progress, wheels_dir: Path | None = None, force: bool = False) -> dict:
     """base + /opt/aixsss (a venv with the project's wheels) as ``docker.runtime_image``; skipped when the
-    image already holds the same wheels."""
+    image already holds the same wheels and was built by the same Dockerfile."""
     require_image(client, cfg.docker.base_image, "base")
     name = cfg.docker.runtime_image
     with tempfile.TemporaryDirectory(prefix="aixsss-wheels-") as tmp:
         env = image_python_env(client, cfg.docker.base_image)
         wheels = build_wheels(wheels_dir or Path(tmp) / "wheels", say, env)
-        digest = _wheels_digest(wheels)
+        dockerfile = runtime_dockerfile(cfg)
+        digest = _wheels_digest(wheels, dockerfile)
         if not force and image_exists(client, name):
             have = (client.images.get(name).labels or {}).get(L_WHEELS)
             if have == digest:
                 say(f"{name} is up to date (wheels {digest})")
                 return {"image": name, "built": False, "wheels": digest}
         t0 = time.monotonic()
-        dockerfile = f"""FROM {cfg.docker.base_image}
-COPY wheels /tmp/wheels
-RUN python3 -m venv /opt/aixsss && /opt/aixsss/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
-aixsss-ops && rm -rf /tmp/wheels && /opt/aixsss/bin/weed version >/dev/null
-ENV PATH={PATH} LANG=C.UTF-8 PYTHONUNBUFFERED=1
-"""
         say(f"building {name} from {len(wheels)} wheels")
         _build(client, _context(dockerfile, {"wheels": wheels[0].parent}), name, say, {L_WHEELS: digest}, 1800)
     say(f"built {name} in {time.monotonic() - t0:.0f}s")
@@ -287,11 +299,20 @@ def app_tag(cfg: OpsConfig, release_id: str) -> str:
 
 
 def build_app(client, cfg: OpsConfig, release_dir: Path, version: str, say: Progress, force: bool = False) -> dict:
-    """The app image of one release: runtime + the release's source at /srv/app, tagged with the release id."""
+    """The app image of one release: runtime + the release's source at /srv/app, tagged with the release id.
+    Rebuilt when the runtime image changed since (a new aixsss-ops, a new runtime Dockerfile)."""
+    import docker
+
     release_id = release_dir.name
     name = app_tag(cfg, release_id)
+    try:
+        runtime_id = client.images.get(cfg.docker.runtime_image).id
+    except docker.errors.ImageNotFound:
+        runtime_id = None
     if not force and image_exists(client, name):
-        return {"image": name, "built": False}
+        if runtime_id is None or (client.images.get(name).labels or {}).get(L_FROM) == runtime_id:
+            return {"image": name, "built": False}
+        say(f"{name} was built on an older {cfg.docker.runtime_image}: rebuilding it")
     require_image(client, cfg.docker.runtime_image, "runtime")
     t0 = time.monotonic()
     dockerfile = f"""FROM {cfg.docker.runtime_image}
@@ -300,5 +321,6 @@ ENV PYTHONPATH=/srv/app APP_VERSION={version}
 WORKDIR /srv/app
 """
     say(f"building {name}")
-    _build(client, _context(dockerfile, {"app": release_dir}), name, say, {L_RELEASE: release_id, L_VERSION: version}, 600)
+    labels = {L_RELEASE: release_id, L_VERSION: version, L_FROM: runtime_id or ""}
+    _build(client, _context(dockerfile, {"app": release_dir}), name, say, labels, 600)
     return {"image": name, "built": True, "seconds": round(time.monotonic() - t0, 1)}

@@ -1,6 +1,9 @@
-"""``python -m aixsss_ops.runtime.envexec [--env-file F] [--set K=V] -- PROGRAM ARGS``.
+"""``python -m aixsss_ops.runtime.envexec [--env-file F] [--url-host K=HOST:PORT] [--set K=V] -- PROGRAM ARGS``.
 
-Execs PROGRAM with the env files' variables, then the ``--set`` overrides (per-color, never secret).
+Execs PROGRAM with the env files' variables, then the ``--url-host`` rewrites (the host and port of the URL in K
+replaced, its credentials, path and parameters kept: how a container reaches a service by its network name while
+the env file holds the host's view), then the ``--set`` overrides (per-color, never secret). Secrets stay in the
+files: the command line and the program's parent environment never hold them.
 """
 
 from __future__ import annotations
@@ -10,24 +13,48 @@ import sys
 from pathlib import Path
 
 
+def with_host(url: str, hostport: str) -> str:
+    """``url`` with its host and port replaced by ``hostport``; the userinfo, path, query and fragment kept."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, _ = netloc.rpartition("@")
+    return f"{scheme}://{userinfo}{at}{hostport}{tail}"
+
+
 def main(args: list[str]) -> None:
     from aixsss_ops.envfile import parse
 
     if "--" not in args:
-        sys.exit("usage: envexec [--env-file FILE]... -- PROGRAM [ARGS]")
+        sys.exit("usage: envexec [--env-file FILE]... [--url-host VAR=HOST:PORT]... [--set VAR=VALUE]... -- PROGRAM")
     sep = args.index("--")
     opts, argv = args[:sep], args[sep + 1 :]
     env = dict(os.environ)
+    hosts: list[tuple[str, str]] = []
+    sets: list[tuple[str, str]] = []
     it = iter(opts)
     for opt in it:
         if opt == "--env-file":
             path = Path(next(it))
-            env.update(parse(path.read_text(encoding="utf-8"), str(path)))
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                sys.exit(f"envexec: cannot read {path}: {e.strerror}")
+            env.update(parse(text, str(path)))
+        elif opt == "--url-host":
+            key, _, value = next(it).partition("=")
+            hosts.append((key, value))
         elif opt == "--set":
             key, _, value = next(it).partition("=")
-            env[key] = value
+            sets.append((key, value))
         else:
             sys.exit(f"envexec: unknown option {opt}")
+    for key, hostport in hosts:
+        if env.get(key):
+            env[key] = with_host(env[key], hostport)
+    env.update(sets)
     os.execvpe(argv[0], argv, env)
 
 

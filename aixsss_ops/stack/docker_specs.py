@@ -1,15 +1,17 @@
 """What each container of the docker runtime is, as plain data: the runtime creates containers from these specs
 and ``compose render`` writes compose files from the same specs, so the two cannot drift apart.
 
-Values that hold secrets are templates (``${POSTGRES_APP_PASSWORD}``): the runtime substitutes them from the
-state directory and ops.toml when it creates a container; compose substitutes them from its environment/.env.
+No secret is ever part of a container's definition (environment, command, labels): a spec names its secrets as
+files under /run/secrets (``secrets``: the service's env file, or one value such as the Postgres password), 0400
+and owned by the container's user. The runtime writes them into the created container before it starts it
+(``put_archive``); compose mounts them from its ``secrets:`` section. The app containers start through
+``aixsss_ops.runtime.envexec``, which reads the env file and execs, as on the local runtime.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +21,14 @@ from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime.base import unit_name
 
 RUN = Path("/run/aixsss")  # the shared volume: api sockets, web builds, the live symlink; nginx's prefix
+PROXY_CONF = "/etc/nginx/aixsss.conf"  # written by the proxy container from its NGINX_CONF at start
+SECRETS = Path("/run/secrets")  # where a container finds its secret files (compose's place for them too)
 PG_DATA = "/var/lib/postgresql/data"
 PORTS = {"postgres": 5432, "redis": 6379, "s3": 8333, "proxy": 80, "api": 3001}
 VOLUMES = ("pgdata", "redis", "s3", "run")
-SECRET_VARS = ("POSTGRES_SUPERUSER_PASSWORD", "POSTGRES_APP_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
-_VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
+SECRET_VARS = ("POSTGRES_SUPERUSER_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+APP_UID = 10001  # the unprivileged account of the app containers (created in the runtime image as ``aixsss``)
+APP_USER = f"{APP_UID}:{APP_UID}"
 
 
 @dataclass
@@ -33,8 +38,9 @@ class ContainerSpec:
     image: str
     command: list[str]
     user: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)  # may hold ${SECRET} templates
-    env_files: list[str] = field(default_factory=list)  # the service env files (api, worker) passed as environment
+    environment: dict[str, str] = field(default_factory=dict)  # never a secret
+    # file name under SECRETS -> ("env_file", "api"|"worker") or ("var", one of SECRET_VARS)
+    secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
     ports: list[tuple[str, int, int]] = field(default_factory=list)  # (host ip, host port, container port)
     volumes: dict[str, str] = field(default_factory=dict)  # volume key (VOLUMES) -> mount point
     healthcheck: list[str] | None = None
@@ -54,24 +60,11 @@ class ContainerSpec:
     def port_labels(self) -> dict[str, int]:
         return {(self.unit if self.service != "api" else f"api {self.color}"): hp for _ip, hp, _cp in self.ports}
 
-    def digest(self, secrets: dict[str, str], env_files: dict[str, dict[str, str]]) -> str:
-        """Changes whenever the container would be created differently (secrets included, as a hash)."""
-        data = asdict(self)
-        data["resolved"] = resolve_env(self, secrets, env_files)
+    def digest(self, secrets_mac: str = "") -> str:
+        """Changes whenever the container would be created differently. ``secrets_mac`` stands for the contents of
+        its secret files: a keyed hash the runtime computes (runtime/docker.py), so the label reveals nothing."""
+        data = {**asdict(self), "secrets_mac": secrets_mac}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def substitute(value: str, secrets: dict[str, str]) -> str:
-    return _VAR.sub(lambda m: secrets.get(m.group(1), m.group(0)), value)
-
-
-def resolve_env(spec: ContainerSpec, secrets: dict[str, str], env_files: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The environment the container gets: its env files, then the spec's own variables (secrets substituted)."""
-    env: dict[str, str] = {}
-    for name in spec.env_files:
-        env.update(env_files.get(name, {}))
-    env.update({k: substitute(v, secrets) for k, v in spec.environment.items()})
-    return env
 
 
 def network_name(cfg: OpsConfig) -> str:
@@ -97,14 +90,10 @@ def _sh(script: str) -> list[str]:
 def postgres(cfg: OpsConfig) -> ContainerSpec:
     script = f"""
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  umask 077
-  printf '%s\\n' "$POSTGRES_PASSWORD" > /tmp/.pwfile
-  initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile=/tmp/.pwfile --auth-host=scram-sha-256 --auth-local=trust \\
-    -E UTF8 --locale=C.UTF-8 >/dev/null
-  rm -f /tmp/.pwfile
+  initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile={SECRETS / "postgres_password"} --auth-host=scram-sha-256 \\
+    --auth-local=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   echo 'host all all all scram-sha-256' >> "$PGDATA/pg_hba.conf"
 fi
-unset POSTGRES_PASSWORD
 exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -c max_connections=200
 """
     return ContainerSpec(
@@ -113,11 +102,8 @@ exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -
         cfg.docker.postgres_image,
         _sh(script),
         user="postgres",
-        environment={
-            "PGDATA": PG_DATA,
-            "POSTGRES_USER": cfg.postgres.superuser,
-            "POSTGRES_PASSWORD": "${POSTGRES_SUPERUSER_PASSWORD}",
-        },
+        environment={"PGDATA": PG_DATA, "POSTGRES_USER": cfg.postgres.superuser},
+        secrets={"postgres_password": ("var", "POSTGRES_SUPERUSER_PASSWORD")},
         ports=[(cfg.host, cfg.ports.postgres, PORTS["postgres"])],
         volumes={"pgdata": str(Path(PG_DATA).parent)},
         healthcheck=["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(PORTS["postgres"])],
@@ -149,17 +135,14 @@ def redis(cfg: OpsConfig) -> ContainerSpec:
     )
 
 
-def s3_identities_template() -> str:
-    ident = {
-        "identities": [
-            {
-                "name": "admin",
-                "credentials": [{"accessKey": "${S3_ACCESS_KEY}", "secretKey": "${S3_SECRET_KEY}"}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    return json.dumps(ident, separators=(",", ":"))
+# the identities file weed reads, made from the two secret files (argv: access key file, secret key file)
+_S3_IDENTITIES = """
+import json, sys
+access, secret = (open(p, encoding="utf-8").read().rstrip("\\r\\n") for p in sys.argv[1:3])
+creds = [{"accessKey": access, "secretKey": secret}]
+actions = ["Admin", "Read", "Write", "List", "Tagging"]
+json.dump({"identities": [{"name": "admin", "credentials": creds, "actions": actions}]}, sys.stdout)
+"""
 
 
 def s3(cfg: OpsConfig) -> ContainerSpec:
@@ -168,10 +151,10 @@ def s3(cfg: OpsConfig) -> ContainerSpec:
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.config=/tmp/s3.json", "-volume.preStopSeconds=0",
         f"-master.volumeSizeLimitMB={cfg.s3.volume_size_limit_mb}", "-volume.max=0", "-metricsPort=0",
     ]  # fmt: skip
+    keys = [str(SECRETS / "s3_access_key"), str(SECRETS / "s3_secret_key")]
     script = f"""
 umask 077
-printf '%s' "$S3_IDENTITIES" > /tmp/s3.json
-unset S3_IDENTITIES
+python3 -c {shlex.quote(_S3_IDENTITIES.strip())} {shlex.join(keys)} > /tmp/s3.json
 exec {shlex.join(weed)}
 """
     return ContainerSpec(
@@ -179,7 +162,7 @@ exec {shlex.join(weed)}
         None,
         cfg.docker.s3_image,
         _sh(script),
-        environment={"S3_IDENTITIES": s3_identities_template()},
+        secrets={"s3_access_key": ("var", "S3_ACCESS_KEY"), "s3_secret_key": ("var", "S3_SECRET_KEY")},
         ports=[(cfg.host, cfg.ports.s3, PORTS["s3"])],
         volumes={"s3": "/data"},
         healthcheck=["CMD", "python3", "-c", _http_check(f"http://127.0.0.1:{PORTS['s3']}/", any_status=True)],
@@ -201,10 +184,10 @@ def proxy(cfg: OpsConfig) -> ContainerSpec:
     script = f"""
 mkdir -p {temp} {RUN}/sock {RUN}/web {RUN}/colors
 chmod 1777 {RUN}/sock
-printf '%s' "$NGINX_CONF" > /etc/nginx/aixsss.conf
+printf '%s' "$NGINX_CONF" > {PROXY_CONF}
 unset NGINX_CONF
-nginx -t -q -c /etc/nginx/aixsss.conf -p {RUN}/
-exec nginx -c /etc/nginx/aixsss.conf -p {RUN}/ -g 'daemon off;'
+nginx -t -q -c {PROXY_CONF} -p {RUN}/
+exec nginx -c {PROXY_CONF} -p {RUN}/ -g 'daemon off;'
 """
     return ContainerSpec(
         "proxy",
@@ -229,18 +212,20 @@ def _http_check(url: str, any_status: bool = False) -> str:
     return f"import urllib.request as u; u.urlopen('{url}', timeout=3)"
 
 
-def _app_env(cfg: OpsConfig, color: str, version: str) -> dict[str, str]:
-    p = cfg.postgres
-    return {
-        # the env files hold the host's view (published ports); inside the network the services have names
-        "DATABASE_URL": f"postgresql://{p.user}:${{POSTGRES_APP_PASSWORD}}@postgres:{PORTS['postgres']}/{p.database}"
-        "?schema=public",
-        "REDIS_URL": f"redis://redis:{PORTS['redis']}",
-        "S3_ENDPOINT": f"http://s3:{PORTS['s3']}",
-        "APP_COLOR": color,
-        "APP_VERSION": version,
-        "PYTHONUNBUFFERED": "1",
-    }
+def _envexec(env_file: str, overrides: dict[str, str], argv: list[str]) -> list[str]:
+    """The app's command: envexec reads the env file (a secret file) and execs ``argv``. The env files hold the
+    host's view (published ports); inside the network the services have names, so the URLs get their host and
+    port rewritten (credentials kept), then the per-color, never secret, ``overrides`` win."""
+    cmd = ["python3", "-m", "aixsss_ops.runtime.envexec", "--env-file", str(SECRETS / env_file)]
+    for var, service in (("DATABASE_URL", "postgres"), ("REDIS_URL", "redis")):
+        cmd += ["--url-host", f"{var}={service}:{PORTS[service]}"]
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={v}"]
+    return [*cmd, "--", *argv]
+
+
+def _app_env(color: str, version: str) -> dict[str, str]:
+    return {"S3_ENDPOINT": f"http://s3:{PORTS['s3']}", "APP_COLOR": color, "APP_VERSION": version}
 
 
 def api_port(cfg: OpsConfig, color: str) -> int:
@@ -248,19 +233,15 @@ def api_port(cfg: OpsConfig, color: str) -> int:
 
 
 def api(cfg: OpsConfig, color: str, release: str, version: str, image: str) -> ContainerSpec:
-    env = {
-        **_app_env(cfg, color, version),
-        "PORT": str(PORTS["api"]),
-        "HOST": "0.0.0.0",
-        "API_SOCKET": str(api_socket(color)),
-    }
+    env = {**_app_env(color, version), "PORT": str(PORTS["api"]), "HOST": "0.0.0.0", "API_SOCKET": str(api_socket(color))}
     return ContainerSpec(
         "api",
         color,
         image,
-        _sh(f"mkdir -p {api_socket(color).parent}\nexec python3 -m api"),
-        environment=env,
-        env_files=["api"],
+        _envexec("api.env", env, ["python3", "-m", "api"]),
+        user=APP_USER,
+        environment={"PYTHONUNBUFFERED": "1"},
+        secrets={"api.env": ("env_file", "api")},
         ports=[(cfg.host, api_port(cfg, color), PORTS["api"])],
         volumes={"run": str(RUN)},
         healthcheck=["CMD", "python3", "-c", _http_check(f"http://127.0.0.1:{PORTS['api']}/api/health")],
@@ -277,9 +258,10 @@ def worker(cfg: OpsConfig, color: str, release: str, version: str, image: str) -
         "worker",
         color,
         image,
-        ["python3", "-m", "worker"],
-        environment=_app_env(cfg, color, version),
-        env_files=["worker"],
+        _envexec("worker.env", _app_env(color, version), ["python3", "-m", "worker"]),
+        user=APP_USER,
+        environment={"PYTHONUNBUFFERED": "1"},
+        secrets={"worker.env": ("env_file", "worker")},
         memory=cfg.docker.app_memory,
         cpus=cfg.docker.app_cpus,
         stop_timeout=int(cfg.supervisor.stop_timeout),
@@ -293,9 +275,9 @@ def infra(cfg: OpsConfig) -> list[ContainerSpec]:
 
 
 def secret_values(cfg: OpsConfig, stack_secrets: dict[str, str]) -> dict[str, str]:
+    """The values behind SECRET_VARS (the env files are the app's other secrets)."""
     return {
         "POSTGRES_SUPERUSER_PASSWORD": stack_secrets["postgres_superuser_password"],
-        "POSTGRES_APP_PASSWORD": stack_secrets["postgres_app_password"],
         "S3_ACCESS_KEY": cfg.s3.access_key,
         "S3_SECRET_KEY": cfg.s3.secret_key.get_secret_value(),
     }

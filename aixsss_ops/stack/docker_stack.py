@@ -258,6 +258,29 @@ class DockerStack(Stack):
             )
         return StackReport(str(self.layout.root), self.url, active, reports, actions or [])
 
+    # -- for doctor --
+    def engine_problem(self) -> str | None:
+        """Why the Docker engine cannot be asked (None when it answers)."""
+        try:
+            _ = self.runtime.client  # connects once
+        except OpsError as e:
+            return e.message
+        return None
+
+    def proxy_config_check(self) -> tuple[bool, str, str | None]:
+        """``nginx -t`` of the config the proxy container runs with, inside it."""
+        name = specs.container_name(self.cfg, "proxy")
+        state = self.runtime.state("proxy")
+        if state != "RUNNING":
+            return False, f"the proxy container {name} is {state}", "`aixsss-ops stack up`"
+        conf = specs.PROXY_CONF
+        r = self.runtime.exec("proxy", ["nginx", "-t", "-q", "-c", conf, "-p", f"{specs.RUN}/"], timeout=10)
+        if r.returncode != 0:
+            last = (r.stderr or r.stdout or b"").decode(errors="replace").strip().splitlines()[-1:]
+            return False, f"nginx -t in {name} rejects {conf}: {last[0] if last else f'exit {r.returncode}'}", \
+                "rerun `aixsss-ops stack up` (it recreates the proxy from its spec)"
+        return True, f"nginx -t in {name} accepts {conf}", None
+
     def logs(self, unit: str, lines: int = 100) -> str:
         known = {"postgres", "redis", "s3", "proxy"} | {f"{s}-{c}" for s in ("api", "worker") for c in ("blue", "green")}
         if unit not in known:

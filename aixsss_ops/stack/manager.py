@@ -329,6 +329,23 @@ class Stack:
         """The color the proxy config sends traffic to (the truth, whatever colors.json says)."""
         return self.runtime.routed_color()
 
+    # -- for doctor: the same questions on either engine --
+    def engine_problem(self) -> str | None:
+        """Why what runs the services cannot be asked (None when it answers): here, supervisord."""
+        return None if self.sup.is_running() else f"the supervisor of {self.cfg.state} is not running"
+
+    def proxy_config_check(self) -> tuple[bool, str, str | None]:
+        """``nginx -t`` of the proxy's config: (accepted, message, fix)."""
+        lay = self.layout
+        if not lay.nginx_conf.exists():
+            return False, f"no proxy config at {lay.nginx_conf}", "`aixsss-ops stack up` writes it"
+        try:
+            nginx.test_config(lay.nginx_conf, lay.nginx_dir)
+        except OpsError as e:
+            return (False, f"{e.message}: {(e.details or '').splitlines()[-1:] or ''}",
+                    f"fix {lay.nginx_conf} (or rerun `aixsss-ops stack up`)")
+        return True, f"nginx -t accepts {lay.nginx_conf}", None
+
     def logs(self, unit: str, lines: int = 100) -> str:
         known = {d.unit for d in self.all_defs()}
         if unit not in known:

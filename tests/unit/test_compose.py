@@ -33,13 +33,26 @@ def test_compose_files_hold_no_secret_and_escape_dollars(monkeypatch):
         assert cfg.s3.secret_key.get_secret_value() not in text
     infra = yaml.safe_load(files["infra.yml"])
     pg = infra["services"]["postgres"]
-    assert pg["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_SUPERUSER_PASSWORD}"
+    assert "POSTGRES_PASSWORD" not in pg["environment"]  # a secret is a file, never container environment
+    assert pg["secrets"] == [{"source": "postgres_superuser_password", "target": "postgres_password"}]
+    assert "--pwfile=/run/secrets/postgres_password" in pg["command"][2]
+    assert infra["secrets"] == {"postgres_superuser_password": {"environment": "POSTGRES_SUPERUSER_PASSWORD"},
+                                "s3_access_key": {"environment": "S3_ACCESS_KEY"},
+                                "s3_secret_key": {"environment": "S3_SECRET_KEY"}}
+    assert "environment" not in infra["services"]["s3"]
     assert '"$$PGDATA/PG_VERSION"' in pg["command"][2]
     assert set(infra["volumes"]) == {"pgdata", "redis", "s3", "run"}
     proxy = yaml.safe_load(files["proxy.yml"])["services"]["proxy"]
     assert "$$host" in proxy["environment"]["NGINX_CONF"] and "$host" not in proxy["environment"]["NGINX_CONF"].replace(
         "$$", "")
     app = yaml.safe_load(files["app.yml"])
-    assert app["services"]["api"]["environment"]["APP_COLOR"] == "${COLOR:?}"
+    api = app["services"]["api"]
+    assert "APP_COLOR=${COLOR:?}" in api["command"] and "API_SOCKET=/run/aixsss/sock/api-${COLOR:?}.sock" in api["command"]
+    assert api["command"][:5] == ["python3", "-m", "aixsss_ops.runtime.envexec", "--env-file", "/run/secrets/api.env"]
+    assert api["user"] == "10001:10001" and "env_file" not in api
+    assert api["secrets"] == [{"source": "api_env", "target": "api.env", "uid": "10001", "gid": "10001", "mode": 0o400}]
+    assert app["secrets"]["api_env"]["file"].endswith("env/api.env")
+    assert app["secrets"]["worker_env"]["file"].endswith("env/worker.env")
+    assert set(api["environment"]) == {"PYTHONUNBUFFERED"}
     assert app["services"]["api"]["ports"] == [f"{cfg.host}:${{API_PORT:?}}:3001"]
     assert app["services"]["api"]["image"] == f"{cfg.docker.app_image}:${{RELEASE:?}}"

@@ -199,3 +199,6 @@ def test_running_containers_match_the_rendered_compose_files(up, env):
             assert c["Config"]["Healthcheck"]["Test"] == [a.replace("$$", "$") for a in svc["healthcheck"]["test"]]
         env_keys = {e.split("=", 1)[0] for e in c["Config"]["Env"]}
         assert set(svc.get("environment", {})) <= env_keys, name
+        for ref in svc.get("secrets", []):  # compose's secret files are where the runtime wrote its own
+            code, out = found[name].exec_run(["stat", "-c", "%a", f"/run/secrets/{ref['target']}"], user="0")
+            assert code == 0 and out.decode().strip() == "400", (name, ref, out)
