@@ -104,6 +104,8 @@ class BackupSection(_Section):
     noncurrent_version_days: int = Field(0, ge=0, description="add a lifecycle rule expiring noncurrent versions; 0 = none")
     rpo_hours: float = Field(24.0, gt=0, description="recovery point objective: doctor fails past it")
     verify_max_age_days: float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
+    pre_restore_keep_days: float = Field(7.0, ge=0, description="backup cleanup drops databases a restore kept "
+                                                                "(<db>_pre_restore_<time>) once this old")
 
     @model_validator(mode="after")
     def _s3_destination(self) -> BackupSection:

@@ -167,10 +167,13 @@ class Catalog(Lookup):
         path.mkdir(mode=0o700)
         return path, Lock(path / ".lock")
 
-    def finish(self, partial: Path, lock: Lock, manifest: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
-        """Write the manifest atomically, then make the backup visible as complete (rename)."""
+    def finish(self, partial: Path, lock: Lock, manifest: dict[str, Any], meta: dict[str, Any] | None = None,
+               signature: dict[str, Any] | None = None) -> Path:
+        """Write the manifest atomically (its signature first), then make the backup visible as complete (rename)."""
         if meta:
             atomic_write_json(partial / mf.META, meta, mode=0o600)
+        if signature:
+            atomic_write_json(partial / mf.SIGNATURE, signature, mode=0o600)
         atomic_write_json(partial / mf.MANIFEST, manifest, mode=0o600)
         final = self.root / partial.name[: -len(PARTIAL)]
         (partial / ".lock").unlink(missing_ok=True)

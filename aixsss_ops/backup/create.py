@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aixsss_ops import __version__
-from aixsss_ops.backup import crypt, objects
+from aixsss_ops.backup import crypt, disk, objects
 from aixsss_ops.backup import manifest as mf
 from aixsss_ops.backup import postgres as pgb
 from aixsss_ops.backup.catalog import Catalog
@@ -48,6 +48,7 @@ class CreateOptions:
     jobs: int = 0
     compression: int = 1
     encryption_key: bytes | None = None
+    signing_key: bytes | None = None  # the backup key, when one is configured: the manifest gets an HMAC
     api_key: bytes | None = None  # the derived API_KEY_ENCRYPTION_KEY in force: only its fingerprint is stored
     app: dict[str, Any] = field(default_factory=dict)
     keep: bool = False
@@ -138,9 +139,17 @@ def create_backup(
 
     created_wall = mf.utcnow()
     backup_id = mf.new_id(created_wall)
-    partial, lock = catalog.begin(backup_id)
+    try:
+        partial, lock = catalog.begin(backup_id)
+    except OSError as e:
+        if disk.is_no_space(e):
+            raise disk.full(catalog.root, "starting the backup", "nothing was written (an empty partial directory, "
+                            "if one was made, is removed by the next run)") from None
+        raise
     proc = None
     snap_conn = None
+    pool = f_glob = None
+    stage = "writing the dump"
     try:
         db_dir = partial / mf.DB_DIR
         snap_conn = pg.connect(timeout=10, autocommit=False)
@@ -151,8 +160,7 @@ def create_backup(
         ).fetchone()
         rep.phase(f"snapshot taken at {mf.iso(at)}")
         conninfo, env = pgb.conninfo_and_env(pg)
-        proc = pgb.popen(pgb.dump_argv(pg_dump, conninfo, db_dir, jobs, snap_id, opts.compression), env,
-                         partial / ".pg_dump.stderr")
+        proc = pgb.Background(pgb.dump_argv(pg_dump, conninfo, db_dir, jobs, snap_id, opts.compression), env)
 
         pool = ThreadPoolExecutor(3)
         tables_total = len(pgb.list_tables(snap_conn))
@@ -171,23 +179,27 @@ def create_backup(
         while proc.poll() is None:
             rep.dumped(sum(_dir_size(d) for d in [db_dir]), db_size)
             time.sleep(0.25)
+        proc.wait()
         if proc.returncode != 0:
-            err = (partial / ".pg_dump.stderr").read_text(errors="replace")
+            err = proc.stderr
             raise OpsError(f"pg_dump failed (exit {proc.returncode}): {pgb.last_error(err)}", details=err[-4000:])
         proc = None
         sums = f_sums.result()
+        stage = "writing globals.sql"
         globals_status = f_glob.result()
         snap = f_objs.result() if f_objs is not None else None
         pool.shutdown()
         snap_conn.commit()
         snap_conn.close()
         snap_conn = None
-        (partial / ".pg_dump.stderr").unlink(missing_ok=True)
 
+        stage = "writing the object manifest"
         if snap is not None:
             atomic_write(partial / mf.OBJECTS, snap.to_json(), mode=0o600)
         rep.phase("checksumming" + (" and encrypting" if opts.encryption_key else "") + " the files")
+        stage = "encrypting the files" if opts.encryption_key else "checksumming the files"
         files = _seal_files(partial, opts.encryption_key, jobs)
+        stage = "writing the manifest"
 
         finished = mf.utcnow()
         manifest = {
@@ -218,16 +230,28 @@ def create_backup(
             "app": opts.app,
         }
         meta = {"keep": True} if opts.keep else None
-        final = catalog.finish(partial, lock, manifest, meta)
+        signing_key = opts.signing_key or opts.encryption_key
+        signature = mf.sign(manifest, signing_key) if signing_key else None
+        final = catalog.finish(partial, lock, manifest, meta, signature)
         return CreateResult(backup_id, str(final), manifest, actions, warnings, cleaned)
-    except BaseException:
-        if proc is not None and proc.poll() is None:
+    except BaseException as e:
+        if proc is not None:
             proc.kill()
-            proc.wait()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if f_glob is not None:  # it writes into the partial directory: let it end before that is removed
+                with suppress(BaseException):
+                    f_glob.result()
         if snap_conn is not None:
             with suppress(Exception):
                 snap_conn.close()
         catalog.abandon(partial, lock)
+        tool_says = isinstance(e, OpsError) and disk.says_no_space(e.details or e.message)
+        if disk.is_no_space(e) or tool_says:
+            left = ("the partial backup was removed, nothing is listed as complete" if not partial.exists() else
+                    f"nothing is listed as complete; the remains in {partial} are removed by the next run")
+            raise disk.full(catalog.root, stage, left,
+                            details=e.details if isinstance(e, OpsError) else str(e)) from None
         raise
 
 

@@ -91,33 +91,44 @@ def encrypt_file(src: Path, dst: Path, key: bytes, on_bytes: Callable[[int], Non
 
 def decrypt_file(src: Path, dst: Path, key: bytes, name: str | None = None) -> None:
     """Decrypt ``src`` into ``dst``; a failed tag is a DecryptError naming the file (``dst`` is removed)."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    label = name or src.name
-    aes = AESGCM(key)
     try:
         with src.open("rb") as fin, dst.open("wb") as fout:
-            header = fin.read(_HEADER.size)
-            if len(header) != _HEADER.size:
-                raise DecryptError(f"{label}: not an encrypted backup file (short header)")
-            magic, version, chunk, prefix = _HEADER.unpack(header)
-            if magic != MAGIC or version != VERSION or not 0 < chunk <= 64 << 20:
-                raise DecryptError(f"{label}: not an encrypted backup file (bad header)")
-            index = 0
-            block = fin.read(chunk + TAG)
-            while True:
-                nxt = fin.read(chunk + TAG) if len(block) == chunk + TAG else b""
-                final = not nxt
-                try:
-                    fout.write(aes.decrypt(_nonce(prefix, index), block, _aad(header, index, final)))
-                except InvalidTag:
-                    raise DecryptError(
-                        f"{label}: authentication failed at chunk {index}: wrong key, or the file was altered"
-                    ) from None
-                if final:
-                    break
-                block, index = nxt, index + 1
+            _decrypt(fin, fout.write, key, name or src.name)
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
+
+
+def decrypt_bytes(src: Path, key: bytes, name: str | None = None) -> bytes:
+    """The plaintext of a small encrypted file, in memory (nothing written to disk)."""
+    out = bytearray()
+    with src.open("rb") as fin:
+        _decrypt(fin, out.extend, key, name or src.name)
+    return bytes(out)
+
+
+def _decrypt(fin, write: Callable[[bytes], object], key: bytes, label: str) -> None:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aes = AESGCM(key)
+    header = fin.read(_HEADER.size)
+    if len(header) != _HEADER.size:
+        raise DecryptError(f"{label}: not an encrypted backup file (short header)")
+    magic, version, chunk, prefix = _HEADER.unpack(header)
+    if magic != MAGIC or version != VERSION or not 0 < chunk <= 64 << 20:
+        raise DecryptError(f"{label}: not an encrypted backup file (bad header)")
+    index = 0
+    block = fin.read(chunk + TAG)
+    while True:
+        nxt = fin.read(chunk + TAG) if len(block) == chunk + TAG else b""
+        final = not nxt
+        try:
+            write(aes.decrypt(_nonce(prefix, index), block, _aad(header, index, final)))
+        except InvalidTag:
+            raise DecryptError(
+                f"{label}: authentication failed at chunk {index}: wrong key, or the file was altered"
+            ) from None
+        if final:
+            break
+        block, index = nxt, index + 1

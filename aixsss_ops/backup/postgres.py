@@ -72,10 +72,55 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed backup run takes its pg_dump with it
 
 
-def popen(argv: list[str], env: dict[str, str], stderr_path: Path) -> subprocess.Popen:
-    with stderr_path.open("wb") as err:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, **env}, preexec_fn=_die_with_parent)
+class Background:
+    """A program running in the background whose stderr is kept in memory (its last lines), read line by line.
+
+    Not a file beside the backup: on a full disk that file could not be written, and the one message that says
+    so would be lost. ``on_line`` sees every line as it comes (pg_restore --verbose reports finished items)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], on_line: Callable[[str], None] | None = None,
+                 keep_lines: int = 4000):
+        import collections
+        import threading
+
+        self.on_line = on_line
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.callback_error: BaseException | None = None
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env={**os.environ, **env}, preexec_fn=_die_with_parent)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if self.on_line is not None and self.callback_error is None:
+                try:
+                    self.on_line(line)
+                except BaseException as e:  # noqa: BLE001 - surfaced by the caller through callback_error
+                    self.callback_error = e
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self) -> int:
+        rc = self.proc.wait()
+        self._reader.join()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
 
 
 def run(argv: list[str], env: dict[str, str], what: str, timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -90,8 +135,10 @@ def run(argv: list[str], env: dict[str, str], what: str, timeout: float | None =
 
 
 def last_error(stderr: str) -> str:
+    """The line of a tool's stderr that says what went wrong (its "error:"/"ERROR:"/"FATAL:" line, else the last)."""
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
-    errs = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+    errs = [ln for ln in lines if re.search(r"\b(error|fatal|panic)\b\s*:", ln, re.IGNORECASE)]
+    errs = errs or [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
     return (errs or lines or ["no message"])[-1]
 
 
@@ -103,30 +150,47 @@ def dump_argv(pg_dump: str, conninfo: str, out_dir: Path, jobs: int, snapshot: s
     return [*argv, f"--dbname={conninfo}"]
 
 
-def dumpall_globals_argv(pg_dumpall: str, conninfo: str, out: Path, no_role_passwords: bool = False) -> list[str]:
-    argv = [pg_dumpall, "--globals-only", f"--file={out}", "--no-password"]
+def dumpall_globals_argv(pg_dumpall: str, conninfo: str, no_role_passwords: bool = False) -> list[str]:
+    """``pg_dumpall --globals-only`` to stdout: the roles are small, and this tool writes the file itself (a full
+    disk is then an error here, not a silently truncated file)."""
+    argv = [pg_dumpall, "--globals-only", "--no-password"]
     if no_role_passwords:
         argv.append("--no-role-passwords")
     return [*argv, f"--dbname={conninfo}"]
 
 
-def restore_argv(pg_restore: str, conninfo: str, dump_dir: Path, jobs: int) -> list[str]:
-    return [pg_restore, f"--jobs={jobs}", "--exit-on-error", "--no-password", f"--dbname={conninfo}", str(dump_dir)]
+def restore_argv(pg_restore: str, conninfo: str, dump_dir: Path, jobs: int, *, verbose: bool = False,
+                 no_owner: bool = False) -> list[str]:
+    argv = [pg_restore, f"--jobs={jobs}", "--exit-on-error", "--no-password"]
+    if verbose:
+        argv.append("--verbose")  # "finished item N TABLE DATA t": that table's rows are in and can be checksummed
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    return [*argv, f"--dbname={conninfo}", str(dump_dir)]
+
+
+def list_argv(pg_restore: str, dump_dir: Path) -> list[str]:
+    return [pg_restore, "--list", str(dump_dir)]
 
 
 def dump_globals(target: PgTarget, out: Path) -> str:
-    """``pg_dumpall --globals-only``; without superuser rights role passwords are left out (said in the result)."""
+    """``pg_dumpall --globals-only`` into ``out``; without superuser rights role passwords are left out (said in
+    the result)."""
+    from aixsss_ops.fsutil import atomic_write
+
     path = sysbin.find("pg_dumpall")
     conninfo, env = conninfo_and_env(target)
+    status = "complete"
     try:
-        run(dumpall_globals_argv(path, conninfo, out), env, "pg_dumpall --globals-only", timeout=600)
-        return "complete"
+        r = run(dumpall_globals_argv(path, conninfo), env, "pg_dumpall --globals-only", timeout=600)
     except OpsError as e:
         if "permission denied" not in (e.details or e.message):
             raise
-    run(dumpall_globals_argv(path, conninfo, out, no_role_passwords=True), env, "pg_dumpall --globals-only",
-        timeout=600)
-    return "without role passwords (not a superuser)"
+        r = run(dumpall_globals_argv(path, conninfo, no_role_passwords=True), env, "pg_dumpall --globals-only",
+                timeout=600)
+        status = "without role passwords (not a superuser)"
+    atomic_write(out, r.stdout, mode=0o600)
+    return status
 
 
 # -- inside the snapshot --
@@ -290,6 +354,168 @@ def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
     if errors:
         raise errors[0]
     return out
+
+
+class TableSummer:
+    """Row counts and checksums of a database that pg_restore is filling, each table as soon as its rows are in.
+
+    pg_restore --verbose says "finished item N TABLE DATA t" once the COPY of t has committed. From then on it only
+    adds indexes, constraints, triggers, grants and comments to t: DDL that does not change rows (index expressions
+    must be immutable, and PostgreSQL runs non-volatile functions read-only), so t's checksum is final and can be
+    computed while pg_restore loads the other tables and builds t's indexes. The dump's TOC, every statement
+    pg_restore runs, has passed its SHA-256 before pg_restore starts. Chunks of ``CHUNK_BLOCKS`` are statements of
+    their own in autocommit: a chunk holds t's ACCESS SHARE lock only while it runs, so pg_restore's ALTER TABLE
+    (ADD PRIMARY KEY takes ACCESS EXCLUSIVE) waits for one chunk at most. ``finish`` sums what was not summed early
+    (and everything when pg_restore ran with one job: it reports no finished items then) once pg_restore is done.
+    """
+
+    CHUNK_BLOCKS = 2048  # 16 MB
+
+    def __init__(self, target: PgTarget, jobs: int, methods: dict[str, str] | None = None,
+                 early_jobs: int | None = None):
+        import queue
+        import threading
+
+        self.target = target
+        self.methods = methods or {}
+        self.tasks: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.acc: dict[tuple[str, str], list[int]] = {}
+        self.pending: dict[tuple[str, str], int] = {}
+        self.method: dict[tuple[str, str], str] = {}
+        self.out: dict[str, TableSum] = {}
+        self.errors: list[BaseException] = []
+        self._planner = None
+        self._hash: dict[tuple[str, str], object] = {}
+        jobs = max(1, jobs)
+        # how many connections sum while pg_restore still runs (the rest join in once it is done)
+        self.held = jobs - max(1, min(jobs, early_jobs or jobs))
+        self.gate = threading.Semaphore(jobs - self.held)
+        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(jobs)]
+        for th in self.threads:
+            th.start()
+
+    def _open_gate(self) -> None:
+        for _ in range(self.held):
+            self.gate.release()
+        self.held = 0
+
+    def _plan_conn(self):
+        if self._planner is None:
+            self._planner = self.target.connect(timeout=10, autocommit=True)
+        return self._planner
+
+    def add(self, schema: str, table: str) -> bool:
+        """Queue the checksum of a table whose rows are all in; False when there is no such table (yet)."""
+        key = (schema, table)
+        with self.lock:
+            if key in self.pending or key in self._hash:
+                return True
+            c = self._plan_conn()
+            blocks = c.execute("SELECT pg_relation_size(r) / current_setting('block_size')::int FROM "
+                               "to_regclass(format('%%I.%%I', %s::text, %s::text)) r WHERE r IS NOT NULL",
+                               (schema, table)).fetchone()
+            if blocks is None:
+                return False
+            method = self.methods.get(f"{schema}.{table}") or "record"
+            self._hash[key] = _row_hash(c, schema, table, method)
+            self.method[key] = method
+            bounds = list(range(0, max(int(blocks[0]), 1), self.CHUNK_BLOCKS))
+            self.acc[key] = [0, 0]
+            self.pending[key] = len(bounds)
+        for i, lo in enumerate(bounds):
+            self.tasks.put((schema, table, lo, bounds[i + 1] if i + 1 < len(bounds) else None))
+        return True
+
+    def _worker(self) -> None:
+        conn = None
+        try:
+            while True:
+                task = self.tasks.get()
+                if task is None:
+                    return
+                if self.errors:
+                    continue
+                s, t, lo, hi = task
+                if conn is None:
+                    conn = self.target.connect(timeout=10, autocommit=True)
+                    stable_session(conn)
+                with self.gate:
+                    rows, checksum = conn.execute(_sum_query(s, t, lo, hi, self._hash[(s, t)])).fetchone()
+                with self.lock:
+                    a = self.acc[(s, t)]
+                    a[0] += int(rows)
+                    a[1] += int(checksum)
+                    self.pending[(s, t)] -= 1
+                    if self.pending[(s, t)] == 0:
+                        ts = TableSum(s, t, a[0], str(a[1]), self.method[(s, t)])
+                        self.out[ts.name] = ts
+        except BaseException as e:  # surfaced by finish()
+            self.errors.append(e)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _stop(self) -> None:
+        self._open_gate()
+        for _ in self.threads:
+            self.tasks.put(None)
+        for th in self.threads:
+            th.join()
+        if self._planner is not None:
+            self._planner.close()
+            self._planner = None
+
+    def finish(self) -> dict[str, TableSum]:
+        """Every user table of the database, summed (what was not summed early is summed now)."""
+        self._open_gate()
+        try:
+            for s, t in list_tables(self._plan_conn()):
+                self.add(s, t)
+        finally:
+            self._stop()
+        if self.errors:
+            raise self.errors[0]
+        return self.out
+
+    def abort(self) -> None:
+        """pg_restore failed: drop the queued chunks and stop (the database is about to be dropped)."""
+        import queue
+
+        self.errors.append(OpsError("aborted"))
+        while True:
+            try:
+                self.tasks.get_nowait()
+            except queue.Empty:
+                break
+        self._stop()
+
+
+_TABLE_DATA = re.compile(r"^(\d+); \d+ \d+ TABLE DATA (.+)$")
+_FINISHED = re.compile(r"finished item (\d+) TABLE DATA ")
+
+
+def table_data_items(listing: str, tables: list[str]) -> dict[int, tuple[str, str]]:
+    """``pg_restore --list`` output -> {dump id: (schema, table)} of the TABLE DATA items of ``tables``
+    ("schema.table" names). A line reads "<id>; <oid> <oid> TABLE DATA <schema> <table> <owner>"; names are not
+    quoted there, so each is matched against the known tables (an ambiguous line is left out: summed at the end)."""
+    known = [tuple(n.split(".", 1)) for n in tables if "." in n]
+    out: dict[int, tuple[str, str]] = {}
+    for line in listing.splitlines():
+        m = _TABLE_DATA.match(line.strip())
+        if not m:
+            continue
+        rest = m.group(2)
+        hits = [(s, t) for s, t in known if rest == f"{s} {t}" or rest.startswith(f"{s} {t} ")]
+        if len(hits) == 1:
+            out[int(m.group(1))] = hits[0]
+    return out
+
+
+def finished_item(line: str) -> int | None:
+    """The dump id of a "pg_restore: finished item N TABLE DATA t" line (pg_restore --verbose, parallel mode)."""
+    m = _FINISHED.search(line)
+    return int(m.group(1)) if m else None
 
 
 def applied_migrations(conn) -> list[str] | None:

@@ -1,9 +1,11 @@
 """``backup restore``: a plan first, then the database by swap and the objects by version.
 
-Database: pg_restore (parallel) into a new scratch database, compared table by table with the manifest,
-provider keys re-encrypted when the key changed since the backup; only then, with the app stopped, one
-transaction renames the live database to ``<name>_pre_restore_<time>`` and the scratch one to ``<name>``.
-The live database is therefore either untouched or fully restored, and the previous one is kept for undo.
+Database: the backup's roles that the server lacks are created (``roles``: never an existing one changed), then
+pg_restore (parallel) into a new scratch database, compared table by table with the manifest (each table checksummed
+as soon as pg_restore has loaded it), provider keys re-encrypted when the key changed since the backup; only then,
+with the app stopped, one transaction renames the live database to ``<name>_pre_restore_<time>`` (marked by a
+comment, so that ``backup cleanup`` finds it) and the scratch one to ``<name>``. The live database is therefore
+either untouched or fully restored, and the previous one is kept for undo.
 
 Objects: each recorded version made current again by a server-side copy, keys created after the snapshot
 hidden by delete markers; versions are never deleted, objects that already match are skipped.
@@ -18,15 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aixsss_ops.backup import disk, objects, previous, rekey, roles
 from aixsss_ops.backup import manifest as mf
-from aixsss_ops.backup import objects, rekey
 from aixsss_ops.backup import postgres as pgb
 from aixsss_ops.backup.catalog import Catalog, Entry
 from aixsss_ops.backup.verify import (
     check_files,
     compare_tables,
+    is_table_data,
+    manifest_status,
     materialize,
-    methods_of,
+    read_globals,
     read_objects,
     require_key,
     restore_database,
@@ -42,6 +46,9 @@ class RestorePlan:
     database: dict[str, Any] | None = None
     objects: objects.ObjectPlan | None = None
     keys: rekey.KeyPlan | None = None
+    roles: roles.RolePlan | None = None
+    manifest: str = "unauthenticated"
+    deferred_files: list[str] = field(default_factory=list)  # checked by execute_restore, alongside pg_restore
     newer_migrations: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -51,6 +58,7 @@ class RestorePlan:
             "backup": self.backup_id, "snapshot_at": self.created_at, "database": self.database,
             "objects": self.objects.to_dict() if self.objects else None,
             "keys": self.keys.to_dict() if self.keys else None, "newer_migrations": self.newer_migrations,
+            "roles": self.roles.to_dict() if self.roles else None, "manifest": self.manifest,
             "steps": self.steps, "warnings": self.warnings,
         }
 
@@ -77,12 +85,27 @@ def plan_restore(
     old_api_key: bytes | None = None,
     old_api_key_source: str | None = None,
     env_hint: str = "the api env file",
+    apply_globals: bool = True,
 ) -> RestorePlan:
     m = entry.manifest
     plan = RestorePlan(entry.id, m["created_at"])
-    problems = check_files(entry)
+    if backup_key is not None and m.get("encryption"):
+        require_key(entry, backup_key, backup_key_env)
+    plan.manifest = manifest_status(entry, backup_key, backup_key_env)  # CheckFailed naming a tampered manifest
+    if plan.manifest != "authenticated":
+        plan.warnings.append("the manifest is unauthenticated (no backup key when it was taken): checksums only"
+                             if plan.manifest == "unauthenticated" else
+                             f"the manifest is signed but {backup_key_env} is not set: its signature is not checked")
+    # With a database to restore, the table-data files of the dump are checked while pg_restore reads them
+    # (execute_restore): they only feed COPY, and nothing replaces the live database unless they pass too. The
+    # TOC (what pg_restore executes) and every other file are checked now, before anything runs.
+    import os as _os  # TEMP-BENCH
+    defer = db and not _os.environ.get('TMP_NODEFER')  # TEMP-BENCH
+    problems = check_files(entry, only=(lambda rel: not is_table_data(rel)) if defer else None)
     if problems:
         raise CheckFailed(f"backup {entry.id} failed its checksums: {problems[0]}", details="\n".join(problems))
+    if defer:
+        plan.deferred_files = sorted(rel for rel in m["files"] if is_table_data(rel))
     require_key(entry, backup_key, backup_key_env)
     snap = read_objects(entry, backup_key) if objs else None
     if db:
@@ -105,13 +128,30 @@ def plan_restore(
         if target_db and exists:
             raise UsageError(f"--target-db {target_db} already exists; name a new database")
         stamp = mf.utcnow().strftime("%Y%m%dT%H%M%SZ")
+        # 63 bytes at most (PostgreSQL cuts longer names): 34 + "_pre_restore_" + 16, or 30 + … + "_xx" when a
+        # restore in the same second already kept one
+        previous_name = f"{name[:34]}_pre_restore_{stamp}"
+        if exists and pgb.database_exists(pgb.admin_target(pg), previous_name):
+            previous_name = f"{name[:30]}_pre_restore_{stamp}_{secrets.token_hex(1)}"
         plan.database = {
-            "name": name, "live": live, "exists": exists, "server": pg.masked,
+            "name": name, "live": live, "exists": exists, "server": pg.masked, "backup": entry.id,
             "scratch": f"{name[:40]}_restoring_{secrets.token_hex(3)}",
-            "previous": f"{name[:40]}_pre_restore_{stamp}" if exists else None,
+            "previous": previous_name if exists else None,
             "tables": len(m["tables"]), "rows": sum(t["rows"] for t in m["tables"].values()),
         }
-        plan.steps.append(f"pg_restore backup {entry.id} into a new database {plan.database['scratch']}")
+        text = read_globals(entry, backup_key) if apply_globals else None
+        if text is not None:
+            plan.roles = roles.plan_roles(text, roles.existing_roles(pgb.admin_target(pg)))
+            r = plan.roles
+            if r.create:
+                plan.steps.append(
+                    f"create {len(r.create)} role(s) of the backup that this server lacks (globals.sql): "
+                    + ", ".join(r.create) + (f" (can log in: {', '.join(r.logins)})" if r.logins else "")
+                    + "; existing roles are left as they are")
+            for skipped in r.skipped:
+                plan.warnings.append(f"globals.sql: not applied: {skipped}")
+        plan.steps.append(f"pg_restore backup {entry.id} into a new database {plan.database['scratch']}, checking "
+                          f"the SHA-256 of its {len(plan.deferred_files)} table-data file(s) meanwhile")
         plan.steps.append("compare row counts and checksums of every table with the manifest")
         if plan.keys.action == "rekey":
             plan.steps.append(f"re-encrypt provider keys from key {plan.keys.backup_fingerprint} to "
@@ -147,9 +187,11 @@ class RestoreResult:
     database: dict[str, Any] | None = None
     objects: dict[str, int] | None = None
     keys: dict[str, int] | None = None
+    roles: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "database": self.database, "objects": self.objects, "keys": self.keys}
+        return {"plan": self.plan.to_dict(), "database": self.database, "objects": self.objects, "keys": self.keys,
+                "roles": self.roles}
 
 
 def execute_restore(
@@ -172,16 +214,30 @@ def execute_restore(
         if plan.database is not None:
             d = plan.database
             admin = pgb.admin_target(pg)
+            if plan.roles is not None and plan.roles.create:
+                say(f"creating role(s) {', '.join(plan.roles.create)}")
+                rr = roles.apply_roles(admin, plan.roles)
+                res.roles = rr.to_dict()
             work = catalog.root / f".restore-{entry.id}-{secrets.token_hex(3)}"
+            checker = _FileCheck(entry, plan.deferred_files)
             try:
-                dump_dir = materialize(entry, backup_key, work)
+                try:
+                    dump_dir = materialize(entry, backup_key, work)
+                except OSError as e:
+                    if disk.is_no_space(e):
+                        raise disk.full(catalog.root, "decrypting the dump for pg_restore", "the scratch copy was "
+                                        f"removed; the live database {d['name']} was not touched") from None
+                    raise
                 say(f"pg_restore into {d['scratch']}")
-                scratch = restore_database(entry, dump_dir, pg, d["scratch"], jobs)
+                scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say)
+            except BaseException:
+                checker.raise_problems(d["name"])  # a damaged file explains a failed pg_restore best
+                raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             try:
-                say("comparing row counts and checksums with the manifest")
-                problems = compare_tables(entry.manifest["tables"], pgb.table_sums(scratch, jobs, methods=methods_of(entry)))
+                checker.raise_problems(d["name"])
+                problems = compare_tables(entry.manifest["tables"], sums)
                 if problems:
                     raise CheckFailed(f"the restored database differs from the backup: {problems[0]}",
                                       details="\n".join(problems))
@@ -209,6 +265,37 @@ def execute_restore(
     return res
 
 
+class _FileCheck:
+    """SHA-256 of the dump's table-data files in a background thread (one core: pg_restore needs the others)."""
+
+    def __init__(self, entry: Entry, files: list[str]):
+        import threading
+
+        self.entry = entry
+        self.problems: list[str] = []
+        self.error: BaseException | None = None
+        self.thread = None
+        if files:
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:  # the recorded table-data files, and any such file that is not part of the backup
+            self.problems = check_files(self.entry, jobs=1, only=is_table_data)
+        except BaseException as e:  # noqa: BLE001 - raised by raise_problems
+            self.error = e
+
+    def raise_problems(self, live: str) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            raise self.error
+        if self.problems:
+            raise CheckFailed(f"backup {self.entry.id} failed its checksums: {self.problems[0]} (the restored copy is "
+                              f"dropped; the live database {live} was not touched)", details="\n".join(self.problems))
+
+
 def _swap(admin: PgTarget, d: dict[str, Any], timeout: float = 15.0) -> None:
     import time
 
@@ -226,6 +313,8 @@ def _swap(admin: PgTarget, d: dict[str, Any], timeout: float = 15.0) -> None:
                     if d["exists"]:
                         c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                             sql.Identifier(d["name"]), sql.Identifier(d["previous"])))
+                        c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                            sql.Identifier(d["previous"]), sql.Literal(previous.marker(d["name"], d.get("backup")))))
                     c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                         sql.Identifier(d["scratch"]), sql.Identifier(d["name"])))
                 return

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aixsss_ops.backup import disk
 from aixsss_ops.backup import manifest as mf
 from aixsss_ops.backup.catalog import PARTIAL, Catalog, Entry, Lock, Lookup, ordered
 from aixsss_ops.errors import CheckFailed, OpsError, ServiceUnavailable
@@ -68,6 +69,8 @@ class S3Catalog(Lookup):
         except S3Error as e:
             raise OpsError(f"{what} in {self.location}: {e.code}: {e.message}") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            if disk.is_no_space(e):  # a download into the staging directory, not the store
+                raise disk.full(self.root, what, "the partial download is removed") from None
             raise ServiceUnavailable(f"backup store {self.target.endpoint} is unreachable ({what}): {e}") from None
 
     def _get_json(self, key: str) -> Any:
@@ -190,8 +193,10 @@ class S3Catalog(Lookup):
         ensure_bucket(self.target, self.bucket)
         return self.local.begin(backup_id)
 
-    def finish(self, partial: Path, lock: Lock, manifest: dict[str, Any], meta: dict[str, Any] | None = None) -> str:
-        """Upload every file of the staged backup, ``meta.json``, then ``manifest.json`` last; drop the staging."""
+    def finish(self, partial: Path, lock: Lock, manifest: dict[str, Any], meta: dict[str, Any] | None = None,
+               signature: dict[str, Any] | None = None) -> str:
+        """Upload every file of the staged backup, ``meta.json``, ``manifest.hmac``, then ``manifest.json`` last;
+        drop the staging."""
         backup_id = partial.name[: -len(PARTIAL)]
         files = [p for p in sorted(partial.rglob("*")) if p.is_file() and not p.name.startswith(".")
                  and p.name not in (mf.MANIFEST, mf.META)]
@@ -204,6 +209,8 @@ class S3Catalog(Lookup):
             list(pool.map(put, files))
         if meta:
             self._put_json(self._key(backup_id, mf.META), meta)
+        if signature:
+            self._put_json(self._key(backup_id, mf.SIGNATURE), signature)
         self._put_json(self._key(backup_id, mf.MANIFEST), manifest)  # only now is the backup complete
         self.local.abandon(partial, lock)
         return self.location + backup_id

@@ -122,9 +122,10 @@ def create(cfg: OpsConfig, *, label: str | None = None, keep: bool = False, requ
     pg = database(cfg, database_url)
     s3, bucket = objects(cfg, with_objects)
     do_encrypt = b.encrypt if encrypt is None else encrypt
+    key = backup_key(cfg, required=do_encrypt)  # also signs the manifest when set without encryption
     opts = CreateOptions(
         label=label, jobs=jobs(cfg, requested_jobs), compression=b.compression,
-        encryption_key=backup_key(cfg, required=True) if do_encrypt else None, api_key=api_key(cfg)[0],
+        encryption_key=key if do_encrypt else None, signing_key=key, api_key=api_key(cfg)[0],
         app=app_info(cfg), keep=keep, retention_days=Policy(b.keep_last, b.keep_daily, b.keep_weekly).horizon_days,
         noncurrent_version_days=b.noncurrent_version_days,
     )
@@ -171,7 +172,7 @@ def _restore(cfg: OpsConfig, cat, entry, *, target_db: str | None, db_only: bool
     objs = not db_only and not target_db and entry.manifest.get("objects") is not None
     pg = database(cfg)
     s3 = objects(cfg)[0] if objs else None
-    bkey = backup_key(cfg, required=False) if entry.manifest.get("encryption") else None
+    bkey = backup_key(cfg, required=False)  # decrypts an encrypted backup; checks a signed manifest
     current, _ = api_key(cfg)
     old, old_source = api_key(cfg, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
     plan = plan_restore(entry, pg=pg, s3=s3, db=True, objs=objs, target_db=target_db or None,

@@ -3,6 +3,7 @@ compared table by table (row count and checksum) with the manifest, and every re
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -10,19 +11,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aixsss_ops.backup import crypt, objects
+from aixsss_ops.backup import crypt, disk, objects
 from aixsss_ops.backup import manifest as mf
 from aixsss_ops.backup import postgres as pgb
 from aixsss_ops.backup.catalog import Catalog, Entry
 from aixsss_ops.dburl import PgTarget
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+from aixsss_ops.fsutil import read_json
 
 
-def check_files(entry: Entry, on_file: Callable[[str], None] | None = None, jobs: int = 4) -> list[str]:
-    """Mismatches of the stored files against the manifest (missing, altered, truncated, unexpected)."""
+def is_table_data(rel: str) -> bool:
+    """A file of the dump that holds only table (or large-object) data, which pg_restore streams into COPY: nothing
+    in it is ever executed. The TOC (every statement pg_restore runs) and the files outside ``db/`` are not."""
+    name = rel.rsplit("/", 1)[-1]
+    return rel.startswith(mf.DB_DIR + "/") and not name.startswith(("toc.dat", "blobs")) and ".dat" in name
+
+
+def check_files(entry: Entry, on_file: Callable[[str], None] | None = None, jobs: int = 4,
+                only: Callable[[str], bool] | None = None) -> list[str]:
+    """Mismatches of the stored files against the manifest (missing, altered, truncated, unexpected); ``only``
+    limits the check to the files it accepts."""
     from concurrent.futures import ThreadPoolExecutor
 
-    files = entry.manifest["files"]
+    files = {rel: want for rel, want in entry.manifest["files"].items() if only is None or only(rel)}
 
     def check(item: tuple[str, dict]) -> str | None:
         rel, want = item
@@ -44,7 +55,7 @@ def check_files(entry: Entry, on_file: Callable[[str], None] | None = None, jobs
     if db_dir.is_dir():
         for p in sorted(db_dir.iterdir()):
             rel = str(p.relative_to(entry.path))
-            if rel not in files:
+            if rel not in entry.manifest["files"] and (only is None or only(rel)):
                 problems.append(f"{rel}: not part of the backup (unexpected file)")
     return problems
 
@@ -112,24 +123,74 @@ def compare_tables(expected: dict[str, dict], actual: dict[str, pgb.TableSum]) -
     return problems
 
 
-def restore_database(entry: Entry, dump_dir: Path, base: PgTarget, name: str, jobs: int) -> PgTarget:
-    """Create ``name`` (it must not exist) and pg_restore the dump into it; dropped again on failure."""
+def manifest_status(entry: Entry, key: bytes | None, key_env: str) -> str:
+    """"authenticated", "unauthenticated" or "not checked" (see :func:`manifest.authenticate`); CheckFailed when
+    the manifest does not match its MAC."""
+    import json
+
+    try:
+        signature = read_json(entry.path / mf.SIGNATURE)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckFailed(f"{entry.id}/{mf.SIGNATURE}: not valid JSON (altered)") from None
+    return mf.authenticate(entry.manifest, signature, key, key_env, entry.id)
+
+
+_PROGRESS = re.compile(r"^pg_restore: (processing|launching|finished|creating|executing|connecting|entering|"
+                       r"restoring|setting|dropping|implied) ")
+
+
+def restore_database(entry: Entry, dump_dir: Path, base: PgTarget, name: str, jobs: int, *,
+                     no_owner: bool = False, phase: Callable[[str], None] | None = None,
+                     early_jobs: int | None = None) -> tuple[PgTarget, dict[str, pgb.TableSum]]:
+    """Create ``name`` (it must not exist), pg_restore the dump into it and checksum every table (each one as soon
+    as pg_restore has loaded it: :class:`postgres.TableSummer`); the database is dropped again on failure."""
     admin = pgb.admin_target(base)
     if pgb.database_exists(admin, name):
         raise UsageError(f"database {name} already exists")
-    owner = entry.manifest["database"].get("owner")
+    owner = None if no_owner else entry.manifest["database"].get("owner")
     if owner and not pgb.role_exists(admin, owner):
         owner = None
     pg_restore, _ = pgb.tool_major("pg_restore")
+    tables = list(entry.manifest["tables"])
+    items: dict[int, tuple[str, str]] = {}
+    import os as _os  # TEMP-BENCH
+    if jobs > 1 and not _os.environ.get('TMP_NOEARLY'):  # only parallel pg_restore reports finished items
+        listing = pgb.run(pgb.list_argv(pg_restore, dump_dir), {}, "pg_restore --list", timeout=600).stdout
+        items = pgb.table_data_items(listing, tables)
     pgb.create_database(admin, name, owner)
     target = pgb.target_for(base, name)
     conninfo, env = pgb.conninfo_and_env(target)
+    # while pg_restore runs, half the connections checksum (it needs the cores for the critical path); all of
+    # them once it is done
+    summer = pgb.TableSummer(target, jobs, methods_of(entry), early_jobs or max(1, jobs // 2))
+
+    def on_line(line: str) -> None:
+        item = pgb.finished_item(line)
+        if item is not None and item in items:
+            summer.add(*items[item])
+
     try:
-        pgb.run(pgb.restore_argv(pg_restore, conninfo, dump_dir, jobs), env, f"pg_restore into {name}")
+        proc = pgb.Background(pgb.restore_argv(pg_restore, conninfo, dump_dir, jobs, verbose=bool(items),
+                                               no_owner=no_owner), {**env, "LC_ALL": "C"}, on_line)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            raise
+        if rc != 0:
+            err = "\n".join(ln for ln in proc.lines if not _PROGRESS.match(ln))  # --verbose's progress left out
+            if disk.says_no_space(err):
+                raise disk.server_full(name, "pg_restore was loading the backup", "the scratch database is dropped, "
+                                       "the live database was not touched", details=err[-4000:])
+            raise OpsError(f"pg_restore into {name} failed (exit {rc}): {pgb.last_error(err)}", details=err[-4000:])
+        if phase:
+            phase("comparing row counts and checksums with the manifest")
+        sums = summer.finish()
     except BaseException:
+        summer.abort()
         pgb.drop_database(admin, name)
         raise
-    return target
+    return target, sums
 
 
 @dataclass
@@ -140,6 +201,8 @@ class VerifyResult:
     restored: bool = False
     tables_compared: int = 0
     objects_checked: int = 0
+    manifest: str = "unauthenticated"  # authenticated | unauthenticated | not checked
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -148,15 +211,26 @@ class VerifyResult:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "ok": self.ok, "files_checked": self.files_checked, "restored": self.restored,
                 "tables_compared": self.tables_compared, "objects_checked": self.objects_checked,
-                "problems": self.problems}
+                "manifest": self.manifest, "notes": self.notes, "problems": self.problems}
 
 
 def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env: str, restore: bool = False,
                   pg: PgTarget | None = None, s3: objects.S3Target | None = None, jobs: int = 1,
                   phase: Callable[[str], None] | None = None) -> VerifyResult:
     say = phase or (lambda _m: None)
-    say("checking file checksums")
     res = VerifyResult(entry.id, len(entry.manifest["files"]))
+    if key is not None and entry.manifest.get("encryption"):
+        require_key(entry, key, key_env)  # a wrong key is named as such, not as a manifest mismatch
+    try:
+        res.manifest = manifest_status(entry, key, key_env)
+    except CheckFailed as e:
+        res.problems.append(e.message)
+    if res.manifest == "unauthenticated":
+        res.notes.append("the manifest is unauthenticated (no backup key when it was taken): checksums only, which "
+                         "catch damage but not someone who rewrites the manifest too")
+    elif res.manifest == "not checked":
+        res.notes.append(f"the manifest is signed but {key_env} is not set: its signature was not checked")
+    say("checking file checksums")
     res.problems += check_files(entry)
     if restore and not res.problems:
         if pg is None:
@@ -165,12 +239,20 @@ def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env:
         work = catalog.root / f".verify-{entry.id}-{secrets.token_hex(3)}"
         scratch = f"aixsss_verify_{secrets.token_hex(6)}"
         try:
-            dump_dir = materialize(entry, key, work)
-            say(f"restoring into the scratch database {scratch}")
-            target = restore_database(entry, dump_dir, pg, scratch, jobs)
+            missing = missing_roles(entry, key, pgb.admin_target(pg))
+            if missing:
+                res.notes.append(f"role(s) {', '.join(missing)} of the backup do not exist on this server: the "
+                                 "scratch restore leaves ownership and grants out (`backup restore` creates them)")
             try:
-                say("comparing row counts and checksums")
-                sums = pgb.table_sums(target, jobs, methods=methods_of(entry))
+                dump_dir = materialize(entry, key, work)
+            except OSError as e:
+                if disk.is_no_space(e):
+                    raise disk.full(catalog.root, "decrypting the dump for pg_restore",
+                                    "the scratch copy was removed") from None
+                raise
+            say(f"restoring into the scratch database {scratch}")
+            _target, sums = restore_database(entry, dump_dir, pg, scratch, jobs, no_owner=bool(missing), phase=say)
+            try:
                 res.problems += compare_tables(entry.manifest["tables"], sums)
                 res.tables_compared = len(entry.manifest["tables"])
             finally:
@@ -189,7 +271,28 @@ def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env:
             res.objects_checked = len(snap["objects"])
     try:
         catalog.update_meta(entry, verify={"at": mf.iso(mf.utcnow()), "ok": res.ok, "restore": restore,
-                                           "problems": res.problems[:20]})
+                                           "manifest": res.manifest, "problems": res.problems[:20]})
     except OSError as e:
         raise OpsError(f"cannot record the verification of {entry.id}: {e.strerror}") from None
     return res
+
+
+def read_globals(entry: Entry, key: bytes | None) -> str | None:
+    """The backup's ``globals.sql`` (decrypted in memory when the backup is encrypted); None when it has none."""
+    enc = bool(entry.manifest.get("encryption"))
+    rel = mf.GLOBALS + (".enc" if enc else "")
+    if rel not in entry.manifest["files"]:
+        return None
+    if not enc:
+        return (entry.path / rel).read_text(encoding="utf-8")
+    return crypt.decrypt_bytes(entry.path / rel, key, name=rel).decode("utf-8")
+
+
+def missing_roles(entry: Entry, key: bytes | None, admin: PgTarget) -> list[str]:
+    """Roles ``globals.sql`` creates that the server lacks."""
+    from aixsss_ops.backup import roles
+
+    text = read_globals(entry, key)
+    if text is None:
+        return []
+    return roles.plan_roles(text, roles.existing_roles(admin)).create

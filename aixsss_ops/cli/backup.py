@@ -162,7 +162,7 @@ def verify(
     entry = cat.get(backup_id)
     pg = _targets().database(st.config, database_url) if restore else None
     s3 = _targets().objects(st.config, restore and not no_objects and entry.manifest.get("objects") is not None)[0]
-    key = _targets().backup_key(st.config, required=False) if entry.manifest.get("encryption") else None
+    key = _targets().backup_key(st.config, required=False)  # decrypts; authenticates a signed manifest
     with cat.fetch(entry) as local:  # an S3 destination: downloaded first; a local one: itself
         res = verify_backup(cat, local, key=key, key_env=st.config.backup.encryption_key_env, restore=restore, pg=pg,
                             s3=s3, jobs=_targets().jobs(st.config, jobs), phase=st.out.info)
@@ -170,10 +170,15 @@ def verify(
     def human(d):
         for p in d["problems"]:
             st.out.error(p)
+        for n in d["notes"]:
+            st.out.warn(n)
         if d["ok"]:
             extra = (f"; restored and compared {d['tables_compared']} tables, {d['objects_checked']} object versions"
                      if d["restored"] else "")
-            st.out.console.print(f"backup {d['id']}: {d['files_checked']} files ok{extra}", markup=False)
+            manifest = {"authenticated": "manifest authenticated (HMAC-SHA256)",
+                        "unauthenticated": "manifest unauthenticated (checksums only)",
+                        "not checked": "manifest signature not checked (no key)"}[d["manifest"]]
+            st.out.console.print(f"backup {d['id']}: {d['files_checked']} files ok; {manifest}{extra}", markup=False)
 
     st.out.emit(res.to_dict(), human)
     if not res.ok:
@@ -231,6 +236,48 @@ def prune(
     st.out.emit(data, human)
 
 
+@app.command()
+@handle_errors
+def cleanup(
+    ctx: typer.Context,
+    older_than: float = typer.Option(None, "--older-than", metavar="DAYS", min=0,
+                                     help="Retention in days (default: backup.pre_restore_keep_days).",
+                                     show_default=False),
+    include_newest: bool = typer.Option(False, "--include-newest",
+                                        help="Also drop the database kept by the newest restore."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be dropped; drop nothing."),
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Drop the databases restores kept (<db>_pre_restore_<time>) older than the retention; never the newest
+    restore's unless --include-newest."""
+    from aixsss_ops.backup import postgres as pgb
+    from aixsss_ops.backup import previous
+
+    st = state(ctx)
+    pg = _targets().database(st.config, database_url)
+    days = st.config.backup.pre_restore_keep_days if older_than is None else older_than
+    admin = pgb.admin_target(pg)
+    if not dry_run:
+        preview = previous.plan_cleanup(previous.kept_databases(admin, pg.database), pg.database, days, include_newest)
+        if preview.drop:
+            confirm(st, f"drop {len(preview.drop)} database(s) kept by earlier restores: "
+                        f"{', '.join(k.name for k in preview.drop)}?")
+    plan, dropped = previous.cleanup(admin, pg.database, days, include_newest=include_newest, dry_run=dry_run)
+    data = {**plan.to_dict(), "dry_run": dry_run, "dropped": dropped}
+
+    def human(d):
+        c = st.out.console
+        if not d["drop"] and not d["keep"]:
+            st.out.info(f"no databases kept by restores of {d['database']}")
+        for name, why in d["keep"].items():
+            c.print(f"keep    {name}  ({why})", markup=False)
+        for k in d["drop"]:
+            c.print(f"{'would drop' if dry_run else 'dropped'} {k['name']}  (restore of {k['at']}, "
+                    f"{_size(k['size'])})", markup=False)
+
+    st.out.emit(data, human)
+
+
 def restore_command(
     ctx: typer.Context,
     backup_id: str = typer.Argument(..., metavar="ID", help="Backup id (or 'latest')."),
@@ -244,11 +291,13 @@ def restore_command(
     old_key: str = typer.Option(None, "--old-key",
                                 help="The API_KEY_ENCRYPTION_KEY in force when the backup was taken (else "
                                      "API_KEY_ENCRYPTION_KEY_PREVIOUS)."),
+    no_globals: bool = typer.Option(False, "--no-globals", help="Do not create the backup's roles that the server "
+                                                                "lacks (globals.sql); existing roles are never changed."),
     jobs: int = Jobs,
     database_url: str = DatabaseUrl,
 ) -> None:
-    """Restore a backup: the database (pg_restore into a scratch database, compare, swap) and the objects
-    (recorded versions made current again). Prints the plan first; --dry-run stops there."""
+    """Restore a backup: the database (missing roles created, pg_restore into a scratch database, compare, swap) and
+    the objects (recorded versions made current again). Prints the plan first; --dry-run stops there."""
     from aixsss_ops.errors import UsageError
 
     st = state(ctx)
@@ -257,11 +306,11 @@ def restore_command(
     cat = _targets().catalog(st.config)
     with cat.fetch(cat.get(backup_id)) as entry:  # an S3 destination: downloaded first; a local one: itself
         _restore(st, cat, entry, db_only=db_only, objects_only=objects_only, target_db=target_db, dry_run=dry_run,
-                 force=force, old_key=old_key, jobs=jobs, database_url=database_url)
+                 force=force, old_key=old_key, jobs=jobs, database_url=database_url, no_globals=no_globals)
 
 
 def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target_db: str | None, dry_run: bool,
-             force: bool, old_key: str | None, jobs: int | None, database_url: str | None) -> None:
+             force: bool, old_key: str | None, jobs: int | None, database_url: str | None, no_globals: bool) -> None:
     from aixsss_ops.backup.restore import execute_restore, plan_restore
     from aixsss_ops.crypto import derive_key
     from aixsss_ops.errors import UsageError
@@ -272,7 +321,7 @@ def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target
         raise UsageError(f"backup {entry.id} has no object manifest")
     pg = _targets().database(st.config, database_url) if db else None
     s3 = _targets().objects(st.config, objs)[0]
-    bkey = _targets().backup_key(st.config, required=False) if entry.manifest.get("encryption") else None
+    bkey = _targets().backup_key(st.config, required=False)  # decrypts; authenticates a signed manifest
     current, _ = _targets().api_key(st.config)
     old, old_source = None, None
     if old_key:
@@ -284,6 +333,7 @@ def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target
         entry, pg=pg, s3=s3, db=db, objs=objs, target_db=target_db, migrations_dir=st.config.app_source / "migrations",
         force=force, backup_key=bkey, backup_key_env=st.config.backup.encryption_key_env, current_api_key=current,
         old_api_key=old, old_api_key_source=old_source, env_hint=str(st.config.state / "env" / "api.env"),
+        apply_globals=not no_globals,
     )
     out = st.out
     if not out.json_mode:
@@ -311,11 +361,20 @@ def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target
 
     def human(d):
         c = out.console
+        if d["roles"]:
+            r = d["roles"]
+            if r["created"]:
+                c.print(f"roles created from the backup's globals.sql: {', '.join(r['created'])}", markup=False)
+            for w in r["warnings"]:
+                out.warn(f"globals.sql: {w}")
         if d["database"]:
             db_ = d["database"]
             c.print(f"database {db_['name']} restored from backup {entry.id}: {db_['tables']} tables, {db_['rows']} "
-                    "rows, identical to the backup" + (f"; the previous database is kept as {db_['previous']}"
-                                                        if db_["previous"] else ""), markup=False)
+                    "rows, identical to the backup", markup=False)
+            if db_["previous"]:
+                c.print(f"the previous database is kept as {db_['previous']} (undo: rename it back); `aixsss-ops "
+                        f"backup cleanup` drops kept databases older than "
+                        f"{st.config.backup.pre_restore_keep_days:g} day(s)", markup=False)
         if d["keys"]:
             c.print(f"provider keys: {d['keys']['reencrypted']} value(s) re-encrypted with the current key", markup=False)
         if d["objects"]:

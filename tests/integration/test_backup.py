@@ -167,6 +167,14 @@ def test_tampered_file_is_detected_and_restore_refuses(env):
     assert j.code == 3 and j.json["ok"] is False and any(dat.name in p for p in j.json["problems"])
     r = env.cli("--yes", "restore", b["id"], "--target-db", "never_created")
     assert r.code == 3 and dat.name in r.stderr
+    # a live restore too: the table-data files are checked alongside pg_restore, and the swap never happens
+    live = table_dump(env.url)
+    r = env.cli("--yes", "restore", b["id"])
+    assert r.code == 3 and dat.name in r.stderr and "was not touched" in r.stderr, r.output
+    assert table_dump(env.url) == live
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
+        assert not c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'never_created%%' OR datname LIKE %s "
+                             "OR datname LIKE %s", (f"{env.db}_restoring_%", f"{env.db}_pre_restore_%")).fetchall()
     assert env.cli("--json", "backup", "list").json[0]["last_verify_ok"] is False
     # a file planted in the dump is named too
     (env.dir / b["id"] / "db" / "9999.dat.gz").write_bytes(b"x")
@@ -335,3 +343,170 @@ def test_without_a_database_url_or_a_stack_create_is_a_usage_error(env):
     r = run_cli("backup", "create", "--no-objects", config=env.config, env={**e, "DATABASE_URL": ""})
     assert r.code == 2 and "--database-url" in r.stderr, r.output
     assert not (env.config.parent / "state" / "secrets").exists()
+
+
+# -- globals.sql: the backup's roles --
+
+
+def test_restore_recreates_a_dropped_role_with_its_grants_and_leaves_existing_roles_alone(env):
+    import uuid
+
+    sfx = uuid.uuid4().hex[:8]
+    group, keeper, reader = f"group_{sfx}", f"keeper_{sfx}", f"reader_{sfx}"
+    admin, db = env.pg.url(schema=None), env.url.split("?")[0]
+    seed(env.url, rows=20)
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {group} NOLOGIN")
+        c.execute(f"CREATE ROLE {reader} LOGIN PASSWORD 'pw-{sfx}' IN ROLE {group}")
+        c.execute(f"CREATE ROLE {keeper} NOLOGIN CONNECTION LIMIT 5")
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute(f'GRANT SELECT ON "Team" TO {reader}')
+        c.execute(f'GRANT SELECT, INSERT ON "AIJob" TO {group}')
+        c.execute(f'ALTER TABLE "Legacy" OWNER TO {keeper}')
+    b = env.create("--no-objects")
+    rows = table_dump(env.url)
+    # after the backup: reader and its group are dropped, keeper (which still exists) is changed
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute(f"DROP OWNED BY {reader}, {group}")
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP ROLE {reader}")
+        c.execute(f"DROP ROLE {group}")
+        c.execute(f"ALTER ROLE {keeper} CONNECTION LIMIT 7")
+    previous = None
+    try:
+        dry = env.cli("--json", "restore", b["id"], "--dry-run")
+        assert dry.code == 0, dry.output
+        assert dry.json["plan"]["roles"]["create"] == [group, reader]
+        assert dry.json["plan"]["roles"]["logins"] == [reader] and keeper in dry.json["plan"]["roles"]["existing"]
+        assert any(reader in s and "can log in" in s for s in dry.json["plan"]["steps"])
+        assert env.cli("--json", "restore", b["id"], "--dry-run", "--no-globals").json["plan"]["roles"] is None
+
+        r = env.cli("--json", "--yes", "restore", b["id"])
+        assert r.code == 0, r.output
+        previous = r.json["database"]["previous"]
+        assert sorted(r.json["roles"]["created"]) == [group, reader] and r.json["roles"]["warnings"] == []
+        assert f"pw-{sfx}" not in r.output and "SCRAM-SHA-256" not in r.output
+        assert table_dump(env.url) == rows
+        with psycopg.connect(db) as c:
+            got = c.execute(
+                "SELECT has_table_privilege(%s, '\"Team\"', 'SELECT'), has_table_privilege(%s, '\"AIJob\"', 'INSERT'), "
+                "pg_has_role(%s, %s, 'MEMBER'), (SELECT rolconnlimit FROM pg_roles WHERE rolname = %s), "
+                "(SELECT tableowner FROM pg_tables WHERE tablename = 'Legacy')",
+                (reader, group, reader, group, keeper)).fetchone()
+        assert got == (True, True, True, 7, keeper)  # grants back; the existing role kept its new limit
+        # the re-created login works with the password it had: its hash came back from globals.sql
+        psycopg.connect(f"postgresql://{reader}:pw-{sfx}@{env.pg.host}:{env.pg.port}/{env.db}").close()
+        # a second restore finds every role there: nothing created, nothing changed
+        again = env.cli("--json", "restore", b["id"], "--dry-run")
+        assert again.json["plan"]["roles"]["create"] == []
+    finally:
+        for name in filter(None, [env.db, previous]):
+            with psycopg.connect(env.pg.url(name, schema=None), autocommit=True) as c:
+                c.execute(f"DROP OWNED BY {reader}, {group}, {keeper}")
+        with psycopg.connect(admin, autocommit=True) as c:
+            for role in (reader, group, keeper):
+                c.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+# -- the databases a restore keeps --
+
+
+def test_cleanup_drops_kept_pre_restore_databases_by_retention_never_the_newest(env):
+    from datetime import timedelta
+
+    from psycopg import sql
+
+    from aixsss_ops.backup.manifest import utcnow
+    from aixsss_ops.backup.previous import marker
+
+    seed(env.url, rows=10)
+    b = env.create("--no-objects")
+    first = env.cli("--json", "--yes", "restore", b["id"])
+    assert first.code == 0, first.output
+    first = first.json["database"]["previous"]
+    second = env.cli("--yes", "restore", b["id"])  # within the same second too: a name of its own
+    assert second.code == 0, second.output
+    assert "_pre_restore_" in second.stdout and "backup cleanup" in second.stdout
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
+        kept = sorted(r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                              (f"{env.db}_pre_restore_%",)).fetchall())
+    assert first in kept and len(kept) == 2
+    second = next(n for n in kept if n != first)
+
+    dry = env.cli("--json", "backup", "cleanup", "--dry-run")  # default retention: 7 days; both are fresh
+    assert dry.code == 0, dry.output
+    assert dry.json["drop"] == [] and "newest restore" in dry.json["keep"][second]
+    assert "younger than 7 day(s)" in dry.json["keep"][first]
+
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:  # make the first one 10 days old
+        c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(first), sql.Literal(marker(env.db, b["id"], utcnow() - timedelta(days=10)))))
+    dry = env.cli("--json", "backup", "cleanup", "--dry-run")
+    assert [k["name"] for k in dry.json["drop"]] == [first] and dry.json["drop"][0]["backup"] == b["id"]
+    assert env.cli("backup", "cleanup").code == 2  # destructive: refuses without --yes and without a TTY
+    r = env.cli("--json", "--yes", "backup", "cleanup")
+    assert r.code == 0 and r.json["dropped"] == [first], r.output
+    # retention 0: still never the newest restore's database unless asked
+    r = env.cli("--json", "--yes", "backup", "cleanup", "--older-than", "0")
+    assert r.code == 0 and r.json["dropped"] == [], r.output
+    r = env.cli("--json", "--yes", "backup", "cleanup", "--older-than", "0", "--include-newest")
+    assert r.code == 0 and r.json["dropped"] == [second], r.output
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
+        assert not c.execute("SELECT 1 FROM pg_database WHERE datname LIKE %s", (f"{env.db}_pre_restore_%",)).fetchall()
+        assert c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (env.db,)).fetchone()  # the live one stays
+
+
+# -- the manifest's signature --
+
+BACKUP_KEY = {"AIXSSS_BACKUP_ENCRYPTION_KEY": "0123456789abcdef0123456789abcdef-backup"}
+
+
+def test_a_signed_manifest_that_was_altered_is_refused_by_verify_and_restore(env):
+    seed(env.url, rows=20)
+    b = env.create("--no-objects", env=BACKUP_KEY)  # a key, no encryption: the manifest is signed all the same
+    path = env.dir / b["id"] / "manifest.json"
+    assert (env.dir / b["id"] / "manifest.hmac").is_file()
+    assert BACKUP_KEY["AIXSSS_BACKUP_ENCRYPTION_KEY"] not in (env.dir / b["id"] / "manifest.hmac").read_text()
+    ok = env.cli("backup", "verify", b["id"], env=BACKUP_KEY)
+    assert ok.code == 0 and "manifest authenticated (HMAC-SHA256)" in ok.stdout, ok.output
+
+    # a forger swaps a dump file and rewrites its checksum in the manifest: the checksums agree again
+    m = json.loads(path.read_text())
+    dat = sorted((env.dir / b["id"] / "db").glob("*.dat.gz"), key=lambda p: p.stat().st_size)[-1]
+    dat.write_bytes(dat.read_bytes()[:-8] + b"\0" * 8)
+    from aixsss_ops.backup.manifest import sha256_file
+
+    m["files"][f"db/{dat.name}"]["sha256"] = sha256_file(dat)[0]
+    path.write_text(json.dumps(m, indent=2))
+    r = env.cli("--json", "backup", "verify", b["id"], env=BACKUP_KEY)
+    assert r.code == 3 and any("manifest.json" in p and "authentication failed" in p for p in r.json["problems"]), r.output
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "forged_never", env=BACKUP_KEY)
+    assert r.code == 3 and "manifest.json" in r.stderr and "authentication failed" in r.stderr, r.output
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
+        assert not c.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'forged_never%'").fetchall()
+    # without the key nothing can tell: verify says the signature was not checked
+    r = env.cli("--json", "backup", "verify", b["id"])
+    assert r.code == 0 and r.json["manifest"] == "not checked" and any("not checked" in n for n in r.json["notes"])
+    # another key: named as such
+    r = env.cli("backup", "verify", b["id"], env={"AIXSSS_BACKUP_ENCRYPTION_KEY": "another-key-another-key-another!!"})
+    assert r.code == 3 and "another backup key" in r.stderr, r.output
+
+
+def test_an_encrypted_backup_whose_signature_is_removed_is_refused(env):
+    seed(env.url, rows=20)
+    b = env.create("--no-objects", "--encrypt", env=BACKUP_KEY)
+    (env.dir / b["id"] / "manifest.hmac").unlink()
+    r = env.cli("--json", "backup", "verify", b["id"], env=BACKUP_KEY)
+    assert r.code == 3 and any("manifest.hmac" in p for p in r.json["problems"]), r.output
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "unsigned_never", env=BACKUP_KEY)
+    assert r.code == 3 and "manifest.hmac" in r.stderr, r.output
+
+
+def test_without_a_key_verify_says_the_manifest_is_unauthenticated(env):
+    seed(env.url, rows=20)
+    b = env.create("--no-objects")
+    assert not (env.dir / b["id"] / "manifest.hmac").exists()
+    r = env.cli("backup", "verify", b["id"])
+    assert r.code == 0 and "manifest unauthenticated (checksums only)" in r.stdout, r.output
+    r = env.cli("--json", "backup", "verify", b["id"])
+    assert r.json["manifest"] == "unauthenticated" and any("checksums only" in n for n in r.json["notes"])

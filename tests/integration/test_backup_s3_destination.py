@@ -137,3 +137,21 @@ def test_destination_s3_without_bucket_is_a_config_error(pg_server, s3_server):
     env = Env(pg_server, s3_server, state_tmpdir("aixsss-bk-s3-"), destination="s3")
     r = env.cli("backup", "list")
     assert r.code == 2 and "s3_bucket" in r.stderr, r.output
+
+
+def test_a_manifest_altered_in_the_bucket_is_refused(env):
+    key = {"AIXSSS_BACKUP_ENCRYPTION_KEY": "0123456789abcdef0123456789abcdef-backup"}
+    seed(env.url, rows=10)
+    b = env.create("--no-objects", env=key)
+    base = f"{PREFIX}/{b['id']}/"
+    assert base + "manifest.hmac" in _keys(env, b["id"])  # uploaded before the manifest
+    ok = env.cli("--json", "backup", "verify", b["id"], env=key)
+    assert ok.code == 0 and ok.json["manifest"] == "authenticated", ok.output
+    manifest = json.loads(env.client.get_object(env.dest, base + "manifest.json").read())
+    manifest["tables"]["public.Team"]["rows"] += 1  # the forger's version of the truth
+    body = json.dumps(manifest).encode()
+    env.client.put_object(env.dest, base + "manifest.json", io.BytesIO(body), len(body))
+    r = env.cli("backup", "verify", b["id"], env=key)
+    assert r.code == 3 and "manifest.json" in r.stderr and "authentication failed" in r.stderr, r.output
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "never_created", env=key)
+    assert r.code == 3 and "manifest.json" in r.stderr, r.output

@@ -177,3 +177,154 @@ def test_an_older_pg_dump_than_the_server_is_refused():
     with pytest.raises(CheckFailed, match="must be >= the server's major version"):
         pgb.check_versions(99_0001, "pg_dump")
     assert pgb.check_versions(13_0000, "pg_dump")[1] >= 13
+
+
+# -- globals.sql --
+
+GLOBALS = """--
+-- PostgreSQL database cluster dump
+--
+
+\\restrict AbC123
+
+SET default_transaction_read_only = off;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+
+CREATE ROLE "App Reader";
+ALTER ROLE "App Reader" WITH NOSUPERUSER INHERIT NOCREATEROLE LOGIN PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2Vy';
+CREATE ROLE grp;
+ALTER ROLE grp WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB NOLOGIN NOREPLICATION NOBYPASSRLS;
+COMMENT ON ROLE grp IS 'multi
+line; with -- no comment';
+CREATE ROLE postgres;
+ALTER ROLE postgres WITH SUPERUSER INHERIT CREATEROLE CREATEDB LOGIN REPLICATION BYPASSRLS PASSWORD 'SCRAM-SHA-256$x';
+ALTER ROLE "App Reader" SET search_path TO 'a;b', 'public';
+GRANT grp TO "App Reader" GRANTED BY postgres;
+GRANT pg_read_all_data TO postgres GRANTED BY postgres;
+GRANT SET ON PARAMETER work_mem TO grp;
+CREATE TABLESPACE fast OWNER postgres LOCATION '/srv/fast';
+
+\\unrestrict AbC123
+
+--
+-- PostgreSQL database cluster dump complete
+--
+"""
+
+
+def test_globals_are_split_into_statements_with_quotes_comments_and_meta_commands_honoured():
+    from aixsss_ops.backup.roles import split_statements
+
+    stmts = split_statements(GLOBALS)
+    assert not any(s.startswith("\\") or "restrict" in s for s in stmts)
+    assert "COMMENT ON ROLE grp IS 'multi\nline; with -- no comment'" in stmts
+    assert "ALTER ROLE \"App Reader\" SET search_path TO 'a;b', 'public'" in stmts
+    assert len(stmts) == 15
+
+
+def test_only_missing_roles_are_created_and_existing_ones_never_changed():
+    from aixsss_ops.backup.roles import plan_roles
+
+    plan = plan_roles(GLOBALS, existing={"postgres", "grp", "pg_read_all_data"})
+    assert plan.create == ["App Reader"] and plan.logins == ["App Reader"]
+    assert plan.existing == ["grp", "postgres"]
+    sqls = [s.sql for s in plan.statements]
+    assert not any("ALTER ROLE postgres" in s or "ALTER ROLE grp" in s or "COMMENT ON ROLE grp" in s for s in sqls)
+    assert 'GRANT grp TO "App Reader" GRANTED BY postgres' in sqls  # the new role's membership
+    assert "GRANT pg_read_all_data TO postgres GRANTED BY postgres" not in sqls  # two existing roles: untouched
+    assert "GRANT SET ON PARAMETER work_mem TO grp" not in sqls
+    assert plan.skipped == ["CREATE TABLESPACE fast OWNER postgres LOCATION '/srv/fast'"]
+    everything = plan_roles(GLOBALS, existing={"pg_read_all_data"})
+    assert everything.create == ["App Reader", "grp", "postgres"]
+    assert "GRANT SET ON PARAMETER work_mem TO grp" in [s.sql for s in everything.statements]
+
+
+# -- the databases restores keep --
+
+
+def test_cleanup_keeps_the_newest_restore_and_what_is_younger_than_the_retention():
+    from aixsss_ops.backup.previous import Kept, _parse, marker, plan_cleanup
+
+    now = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    kept = [Kept(f"app_pre_restore_{d}", "app", now - timedelta(days=d), None, 1) for d in (30, 8, 2, 1)]
+    plan = plan_cleanup(kept, "app", 7, now=now)
+    assert [k.name for k in plan.drop] == ["app_pre_restore_30", "app_pre_restore_8"]
+    assert set(plan.keep) == {"app_pre_restore_2", "app_pre_restore_1"} and "newest" in plan.keep["app_pre_restore_1"]
+    assert [k.name for k in plan_cleanup(kept, "app", 0, now=now).drop] == [k.name for k in kept[:3]]
+    assert len(plan_cleanup(kept, "app", 0, include_newest=True, now=now).drop) == 4
+    assert plan_cleanup([], "app", 7).drop == []
+    # the comment is authoritative; a bare name is read too (databases kept before the comment existed)
+    assert _parse("whatever", marker("app", "b1", now))[:2] == ("app", now)
+    assert _parse("app_pre_restore_20250101T000000Z", None)[:2] == ("app", datetime(2025, 1, 1, tzinfo=UTC))
+    assert _parse("app_pre_restore_20250101T000000Z_3f", None)[0] == "app"
+    assert _parse("app_restoring_abc", None) is None
+
+
+# -- the manifest's MAC --
+
+
+def test_manifest_mac_detects_any_change_and_names_a_wrong_key():
+    m = {"format": 1, "id": "x", "created_at": "2025-01-01T00:00:00Z", "files": {"db/toc.dat": {"sha256": "ab"}},
+         "database": {"name": "d"}, "duration_s": 1.5}
+    sig = mf.sign(m, KEY)
+    assert KEY.hex() not in str(sig) and sig["algorithm"] == "HMAC-SHA256"
+    assert mf.authenticate(m, sig, KEY, "$K", "b") == "authenticated"
+    assert mf.authenticate(m, sig, None, "$K", "b") == "not checked"
+    assert mf.authenticate(m, None, KEY, "$K", "b") == "unauthenticated"
+    reordered = dict(reversed(list(m.items())))  # another spelling of the same JSON still verifies
+    assert mf.authenticate(reordered, sig, KEY, "$K", "b") == "authenticated"
+    altered = {**m, "files": {"db/toc.dat": {"sha256": "ac"}}}
+    with pytest.raises(CheckFailed, match="manifest.json: authentication failed"):
+        mf.authenticate(altered, sig, KEY, "$K", "b")
+    with pytest.raises(CheckFailed, match="another backup key"):
+        mf.authenticate(m, sig, crypt.load_key("z" * 40, "test"), "$K", "b")
+    with pytest.raises(CheckFailed, match="manifest.hmac"):  # an encrypted backup is always signed
+        mf.authenticate({**m, "encryption": {"algorithm": "x"}}, None, KEY, "$K", "b")
+    assert mf.mac_key(KEY) != KEY
+
+
+# -- pg_restore's output --
+
+
+def test_table_data_items_and_finished_lines_of_pg_restore():
+    listing = """;
+; Archive created at 2025-01-01 00:00:00 UTC
+3358; 0 16390 TABLE DATA public AIJob postgres
+3359; 0 16398 TABLE DATA public Scene postgres
+3360; 0 16400 TABLE DATA public my table postgres
+3361; 0 16401 TABLE DATA other Scene app owner
+215; 1259 16390 TABLE public AIJob postgres
+"""
+    items = pgb.table_data_items(listing, ["public.AIJob", "public.Scene", "public.my table", "other.Scene"])
+    assert items == {3358: ("public", "AIJob"), 3359: ("public", "Scene"), 3360: ("public", "my table"),
+                     3361: ("other", "Scene")}
+    assert pgb.finished_item("pg_restore: finished item 3359 TABLE DATA Scene") == 3359
+    assert pgb.finished_item("pg_restore: finished item 3213 CONSTRAINT Scene Scene_pkey") is None
+    assert pgb.finished_item("pg_restore: launching item 3359 TABLE DATA Scene") is None
+
+
+def test_last_error_prefers_the_error_line_over_a_table_called_error():
+    err = ("pg_restore: finished item 12 TABLE DATA ErrorLog\n"
+           "pg_restore: error: could not execute query: ERROR:  role \"x\" does not exist\nCommand was: ALTER …")
+    assert pgb.last_error(err) == 'pg_restore: error: could not execute query: ERROR:  role "x" does not exist'
+
+
+def test_a_full_disk_is_recognised_in_errors_and_tool_messages():
+    import errno
+
+    from aixsss_ops.backup import disk
+
+    assert disk.is_no_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk.is_no_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not disk.is_no_space(OSError(errno.EACCES, "Permission denied"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError as e:
+            raise RuntimeError("wrapped") from e
+    except RuntimeError as wrapped:
+        assert disk.is_no_space(wrapped)
+    assert disk.says_no_space("pg_dump: error: could not write to output file: No space left on device")
+    assert disk.says_no_space('ERROR:  could not extend file "base/1/2": No space left on device')
+    assert not disk.says_no_space("pg_dump: error: connection refused")
