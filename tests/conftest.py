@@ -74,6 +74,21 @@ class PgServer:
         return name
 
 
+def wait_accepting(server, timeout: float = 30) -> None:
+    """Until ``server`` accepts a login (its port opens before it does)."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(server.url(schema=None), connect_timeout=2).close()
+            return
+        except psycopg.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """A private PostgreSQL cluster on a free port (run as the postgres account when root)."""
@@ -90,17 +105,7 @@ def pg_server():
     try:
         wait_port(cluster.port)
         server = PgServer("127.0.0.1", cluster.port, "postgres", password)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                import psycopg
-
-                psycopg.connect(server.url(schema=None), connect_timeout=2).close()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_accepting(server)
         yield server
     finally:
         proc.terminate()

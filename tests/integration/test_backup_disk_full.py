@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import free_port, state_tmpdir, wait_port
+from tests.conftest import free_port, state_tmpdir, wait_accepting, wait_port
 from tests.integration.backup_helpers import seed, table_dump
 from tests.integration.test_backup import Env
 
@@ -169,15 +168,7 @@ def small_pg(tmp_path):
         proc = subprocess.Popen(cluster.server_argv(), stdout=log, stderr=subprocess.STDOUT, **kw)
         wait_port(cluster.port)
         server = PgServer("127.0.0.1", cluster.port, "postgres", password)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                psycopg.connect(server.url(schema=None), connect_timeout=2).close()
-                break
-            except psycopg.Error:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_accepting(server)
         server.data = data
         yield server
     finally:
