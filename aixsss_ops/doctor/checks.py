@@ -459,14 +459,20 @@ def host_disk(ctx: Context) -> list[Finding]:
                 continue
             seen.add(dev)
         u = shutil.disk_usage(p)
-        gb, free = 1024 ** 3, u.free / u.total
-        msg = f"{u.free / gb:.1f} GB free ({free:.0%}) on the {label} directory's filesystem ({path})"
+        msg = f"{u.free / 1024 ** 3:.1f} GB free ({u.free / u.total:.0%}) on the {label} directory's filesystem ({path})"
         fix = "free space (`aixsss-ops backup prune`, old logs) or grow the volume"
         name = f"host.disk-{label}"
-        if free < 0.05 or u.free < 0.5 * gb:
-            out.append(Finding(name, "fail", msg, fix))
-        elif free < 0.15 or u.free < 2 * gb:
-            out.append(Finding(name, "warn", msg, fix))
-        else:
-            out.append(Finding(name, "ok", msg))
+        level = disk_level(u.free, u.total)
+        out.append(Finding(name, level, msg, None if level == "ok" else fix))
     return out
+
+
+def disk_level(free: int, total: int) -> str:
+    """fail under 0.5 GB (or 5% when that is also under 5 GB), warn under 2 GB (or 15% when also under 20 GB):
+    a percentage alone would call tens of free gigabytes on a large volume a problem."""
+    gb = 1024 ** 3
+    if free < 0.5 * gb or (free < 0.05 * total and free < 5 * gb):
+        return "fail"
+    if free < 2 * gb or (free < 0.15 * total and free < 20 * gb):
+        return "warn"
+    return "ok"
