@@ -99,8 +99,7 @@ def plan_restore(
     # With a database to restore, the table-data files of the dump are checked while pg_restore reads them
     # (execute_restore): they only feed COPY, and nothing replaces the live database unless they pass too. The
     # TOC (what pg_restore executes) and every other file are checked now, before anything runs.
-    import os as _os  # TEMP-BENCH
-    defer = db and not _os.environ.get('TMP_NODEFER')  # TEMP-BENCH
+    defer = db
     problems = check_files(entry, only=(lambda rel: not is_table_data(rel)) if defer else None)
     if problems:
         raise CheckFailed(f"backup {entry.id} failed its checksums: {problems[0]}", details="\n".join(problems))

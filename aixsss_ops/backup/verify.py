@@ -153,8 +153,7 @@ def restore_database(entry: Entry, dump_dir: Path, base: PgTarget, name: str, jo
     pg_restore, _ = pgb.tool_major("pg_restore")
     tables = list(entry.manifest["tables"])
     items: dict[int, tuple[str, str]] = {}
-    import os as _os  # TEMP-BENCH
-    if jobs > 1 and not _os.environ.get('TMP_NOEARLY'):  # only parallel pg_restore reports finished items
+    if jobs > 1:  # only parallel pg_restore reports finished items
         listing = pgb.run(pgb.list_argv(pg_restore, dump_dir), {}, "pg_restore --list", timeout=600).stdout
         items = pgb.table_data_items(listing, tables)
     pgb.create_database(admin, name, owner)

@@ -374,6 +374,17 @@ def test_restore_recreates_a_dropped_role_with_its_grants_and_leaves_existing_ro
         c.execute(f"ALTER ROLE {keeper} CONNECTION LIMIT 7")
     previous = None
     try:
+        # without the roles pg_restore cannot restore the grants: it fails naming the role, and nothing is left
+        ng = env.cli("--yes", "restore", b["id"], "--no-globals", "--target-db", f"ng_{sfx}")
+        assert ng.code == 1 and "does not exist" in ng.stderr and "pg_restore" in ng.stderr, ng.output
+        with psycopg.connect(admin, autocommit=True) as c:
+            assert not c.execute("SELECT 1 FROM pg_database WHERE datname LIKE %s", (f"ng_{sfx}%",)).fetchall()
+        # verify --restore proves the data without creating roles: ownership and grants are left out, and it says so
+        v = env.cli("--json", "backup", "verify", b["id"], "--restore")
+        assert v.code == 0, v.output
+        assert any(reader in n and group in n and "ownership and grants" in n for n in v.json["notes"]), v.json
+        with psycopg.connect(admin, autocommit=True) as c:
+            assert not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader,)).fetchone()
         dry = env.cli("--json", "restore", b["id"], "--dry-run")
         assert dry.code == 0, dry.output
         assert dry.json["plan"]["roles"]["create"] == [group, reader]
@@ -510,3 +521,12 @@ def test_without_a_key_verify_says_the_manifest_is_unauthenticated(env):
     assert r.code == 0 and "manifest unauthenticated (checksums only)" in r.stdout, r.output
     r = env.cli("--json", "backup", "verify", b["id"])
     assert r.json["manifest"] == "unauthenticated" and any("checksums only" in n for n in r.json["notes"])
+
+
+def test_a_serial_restore_checks_every_table_after_pg_restore(env):
+    seed(env.url, rows=50)
+    rows = table_dump(env.url)
+    b = env.create("--no-objects")
+    r = env.cli("--json", "restore", b["id"], "--target-db", "serial_restored", "--jobs", "1")
+    assert r.code == 0, r.output
+    assert r.json["database"]["tables"] == 5 and table_dump(env.pg.url("serial_restored")) == rows
