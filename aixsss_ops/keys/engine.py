@@ -12,8 +12,10 @@ trip); a row changed concurrently is simply not written by that batch, and the v
 it and re-encrypts it in a later pass. A value already decrypting with the target key is left alone (the GCM tag
 tells), which makes every pass idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
 
-Every new value is opened again with the target key before it can be written (by the worker that sealed it, or,
-for the values a check sealed ahead, in the pool while the batches before its own are written). The final scan
+Every new value is opened again with the target key before it can be written: by the worker that sealed it (in
+the tight loop for plain rows, the sealed bytes are opened, and the stored text of one value per chunk is parsed back
+and opened; see ``_reseal_all``), or, for unusual rows a check sealed ahead, in the pool while the batches before its
+own are written. The final scan
 lets the server count the rows whose version a batch of the pass wrote (their xmin is that batch's xid, see
 ``_range``) and decrypts all the others. Nothing here ever returns plaintext or keys: workers return ciphertext,
 counts and (row id, column, reason).
@@ -290,30 +292,38 @@ class Chunk:
     index: int | None = None  # the id range the chunk is (Engine.bounds), when it is one
 
 
-def _reseal_all(data: bytes, src: int, dst: int, nkeys: int, verify: bool) -> Chunk | None:
-    """The common case of ``_chunk`` with ``reseal=(src, dst)``, in one tight loop: every row has its three values
-    (no NULL, nothing escaped) and each opens with ``src``. None as soon as anything else turns up (a value of
-    another key, a malformed one, an escape): the caller then takes the general path for the whole chunk."""
+def _reseal_all(data: bytes, src: int, dst: int, nkeys: int) -> Chunk | None:
+    """The common case of ``_chunk`` with ``reseal=(src, dst)``, in one tight loop over the COPY bytes: every row has
+    its three values (no NULL, nothing escaped) and each opens with ``src``. None as soon as anything else turns up (a
+    value of another key, a malformed one, an escape): the caller then takes the general path for the whole chunk.
+
+    Every new value is verified here: its ciphertext and tag are opened with ``dst`` under its IV, the very bytes
+    whose base64 becomes the stored text. The text itself (``b2a`` of those bytes in the iv.tag.ciphertext order) is
+    parsed back and opened through ``KeyCipher.open`` for the chunk's first value: one assembly for all of them."""
     if b"\\" in data:
         return None
-    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
     if not lines:
         return None
     dec, enc, vdec = _AEADS[src].decrypt, _AEADS[dst].encrypt, _AEADS[dst].decrypt
     a2b, b2a = binascii.a2b_base64, binascii.b2a_base64
-    ivs = os.urandom(12 * len(COLUMNS) * len(lines))  # fresh random IVs, one read for the chunk
-    parts = []
+    n = len(lines)
+    ivs = os.urandom(12 * len(COLUMNS) * n)  # fresh random IVs, one read for the chunk
+    out: list[bytes] = []
+    add = out.append
     j = 0
     try:
         for ln in lines:
-            rid, xmin, *values = ln.split("\t")
+            rid, xmin, *values = ln.split(b"\t")
             if len(values) != len(COLUMNS):
                 return None
-            new = []
+            add(rid)
+            add(b"\t")
+            add(xmin)
             for value in values:
-                iv, tag, ct = value.split(".")
+                iv, tag, ct = value.split(b".")
                 iv, tag = a2b(iv, strict_mode=True), a2b(tag, strict_mode=True)
                 if len(iv) != 12 or len(tag) != 16:
                     return None
@@ -321,25 +331,26 @@ def _reseal_all(data: bytes, src: int, dst: int, nkeys: int, verify: bool) -> Ch
                 niv = ivs[j:j + 12]
                 j += 12
                 s = enc(niv, plain, None)
-                sealed = b".".join((b2a(niv, newline=False), b2a(s[-16:], newline=False),
-                                    b2a(s[:-16], newline=False))).decode("ascii")
-                if verify:  # the exact text to be stored, parsed back and opened with dst
-                    iv, tag, ct = sealed.split(".")
-                    if vdec(a2b(iv, strict_mode=True), a2b(ct, strict_mode=True) + a2b(tag, strict_mode=True),
-                            None) != plain:
-                        return None
-                new.append(sealed)
-            parts.append(f"{rid}\t{xmin}\t" + "\t".join(new) + "\n")
+                if vdec(niv, s, None) != plain:
+                    return None
+                add(b"\t")
+                add(b".".join((b2a(niv, newline=False), b2a(s[-16:], newline=False), b2a(s[:-16], newline=False))))
+            add(b"\n")
     except (ValueError, _INVALID_TAG[0]):  # a wrong number of parts or fields, bad base64, another key
         return None
-    n = len(lines)
+    update = b"".join(out)
+    try:
+        first = update[:update.index(b"\n")].split(b"\t")[2].decode("ascii")
+        if _open(dst, first) != _open(src, lines[0].split(b"\t")[2].decode("ascii")):
+            return None
+    except (WrongKey, MalformedPayload, UnicodeDecodeError):
+        return None
     by_key = [0] * nkeys
     by_key[src] = len(COLUMNS) * n
-    out = Chunk(ScanResult(rows=n, values=len(COLUMNS) * n, by_key=by_key), lines[-1].split("\t", 1)[0],
-                update="".join(parts).encode("utf-8", "surrogateescape"), updates=n,
-                first_update=lines[0].split("\t", 1)[0], resealed=True, unverified=not verify)
-    out.last_update = out.last_id
-    return out
+    last = lines[-1].split(b"\t", 1)[0].decode("utf-8", "surrogateescape")
+    return Chunk(ScanResult(rows=n, values=len(COLUMNS) * n, by_key=by_key), last, update=update, updates=n,
+                 first_update=lines[0].split(b"\t", 1)[0].decode("utf-8", "surrogateescape"), last_update=last,
+                 resealed=True)
 
 
 def _chunk(data: bytes, order: Sequence[int], nkeys: int, reseal: tuple[int, int] | None = None,
@@ -348,7 +359,7 @@ def _chunk(data: bytes, order: Sequence[int], nkeys: int, reseal: tuple[int, int
     new values are not opened yet: ``unverified``). With ``reseal`` each row's COPY text carries its xmin after its id
     (``_copy_out(xmin=True)``), which the update keeps for the compare-and-set."""
     if reseal is not None and reseal[0] == order[0]:
-        fast = _reseal_all(data, reseal[0], reseal[1], nkeys, verify)
+        fast = _reseal_all(data, reseal[0], reseal[1], nkeys)
         if fast is not None:
             return fast
     lines = data.decode("utf-8", "surrogateescape").split("\n")

@@ -117,20 +117,55 @@ def test_the_tight_loop_for_plain_rows_matches_the_general_path_and_steps_aside_
     rows = [(f"r{i}", crypto.encrypt(f"p{i}", A), crypto.encrypt(f"p{i}i", A), crypto.encrypt(f"p{i}v", A))
             for i in range(5)]
     data = b"".join(with_xmin(r, str(100 + i)) for i, r in enumerate(rows))
-    for verify in (True, False):
-        fast = engine._reseal_all(data, 0, 1, 2, verify)
-        assert fast is not None and fast.unverified is not verify
-        assert (fast.scan.rows, fast.scan.values, fast.scan.by_key, fast.updates) == (5, 15, [15, 0], 5)
-        assert (fast.first_update, fast.last_update, fast.last_id) == ("r0", "r4", "r4")
-        for i, (line, row) in enumerate(zip(fast.update.decode().split("\n")[:-1], rows, strict=True)):
-            fields = line.split("\t")
-            assert fields[:2] == [row[0], str(100 + i)]
-            assert [crypto.decrypt(v, B) for v in fields[2:]] == [crypto.decrypt(v, A) for v in row[1:]]
-        assert engine._verify_update(fast.update, 1) == []
+    fast = engine._reseal_all(data, 0, 1, 2)
+    assert fast is not None and not fast.unverified
+    assert (fast.scan.rows, fast.scan.values, fast.scan.by_key, fast.updates) == (5, 15, [15, 0], 5)
+    assert (fast.first_update, fast.last_update, fast.last_id) == ("r0", "r4", "r4")
+    for i, (line, row) in enumerate(zip(fast.update.decode().split("\n")[:-1], rows, strict=True)):
+        fields = line.split("\t")
+        assert fields[:2] == [row[0], str(100 + i)]
+        assert [crypto.decrypt(v, B) for v in fields[2:]] == [crypto.decrypt(v, A) for v in row[1:]]
+    assert engine._verify_update(fast.update, 1) == []
     other = rows[:2] + [("r9", crypto.encrypt("p9", B), crypto.encrypt("p9i", A), crypto.encrypt("p9v", A))]
-    assert engine._reseal_all(b"".join(with_xmin(r) for r in other), 0, 1, 2, True) is None  # a value of B
-    assert engine._reseal_all(with_xmin(("r1", crypto.encrypt("x", A), None, crypto.encrypt("y", A))), 0, 1, 2,
-                              True) is None  # a NULL is escaped
+    assert engine._reseal_all(b"".join(with_xmin(r) for r in other), 0, 1, 2) is None  # a value of B
+    assert engine._reseal_all(with_xmin(("r1", crypto.encrypt("x", A), None, crypto.encrypt("y", A))), 0, 1,
+                              2) is None  # a NULL is escaped
     c = engine._chunk(b"".join(with_xmin(r) for r in other), [0, 1], 2, (0, 1))  # the general path takes it
     assert (c.scan.by_key, c.updates, c.scan.bad) == ([8, 1], 3, 0)
 
+
+
+def test_the_tight_loop_writes_nothing_it_could_not_open_with_the_new_key(monkeypatch):
+    """Its two checks: each new ciphertext opened with the new key, and the assembled text of the first value parsed
+    back; either failing hands the chunk to the general path (None)."""
+    import binascii
+
+    engine._init([A, B])
+    data = b"".join(with_xmin((f"r{i}", crypto.encrypt("p", A), crypto.encrypt("q", A), crypto.encrypt("s", A)))
+                    for i in range(3))
+    assert engine._reseal_all(data, 0, 1, 2) is not None
+
+    class Forged:  # seals with B; opens the first value with B, every later one with C (which fails)
+        def __init__(self, seal, wrong):
+            self.encrypt, self.opened, self.wrong, self.seal = seal.encrypt, 0, wrong, seal
+
+        def decrypt(self, *a):
+            self.opened += 1
+            return (self.seal if self.opened == 1 else self.wrong).decrypt(*a)
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    real = list(engine._AEADS)
+    monkeypatch.setattr(engine, "_AEADS", [real[0], Forged(real[1], AESGCM(C))])
+    assert engine._reseal_all(data, 0, 1, 2) is None
+    monkeypatch.setattr(engine, "_AEADS", real)
+
+    class Reversed:  # the text assembled from reversed bytes: the ciphertext opens, the stored text would not
+        a2b_base64 = staticmethod(binascii.a2b_base64)
+
+        @staticmethod
+        def b2a_base64(b, newline=True):
+            return binascii.b2a_base64(bytes(b)[::-1], newline=newline)
+
+    monkeypatch.setattr(engine, "binascii", Reversed)
+    assert engine._reseal_all(data, 0, 1, 2) is None
