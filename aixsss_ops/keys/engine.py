@@ -12,13 +12,12 @@ trip); a row changed concurrently is simply not written by that batch, and the v
 it and re-encrypts it in a later pass. A value already decrypting with the target key is left alone (the GCM tag
 tells), which makes every pass idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
 
-Every new value is opened again with the target key before it can be written: by the worker that sealed it (in
-the tight loop for plain rows, the sealed bytes are opened, and the stored text of one value per chunk is parsed back
-and opened; see ``_reseal_all``), or, for unusual rows a check sealed ahead, in the pool while the batches before its
-own are written. The final scan
-lets the server count the rows whose version a batch of the pass wrote (their xmin is that batch's xid, see
-``_range``) and decrypts all the others. Nothing here ever returns plaintext or keys: workers return ciphertext,
-counts and (row id, column, reason).
+Every new value is opened again with the target key before it can be written: by the worker that sealed it (in the
+tight loop for plain rows, the sealed bytes are opened, and the stored text of one value per chunk is parsed back
+and opened; see ``_reseal_all``), or, for unusual rows a check sealed ahead, in the pool while the batches before
+its own are written. The final scan lets the server count the rows whose version a batch of the pass wrote (their
+xmin is that batch's xid, see ``_range``) and decrypts all the others. Nothing here ever returns plaintext or keys:
+workers return ciphertext, counts and (row id, column, reason).
 """
 
 from __future__ import annotations
@@ -299,7 +298,7 @@ def _reseal_all(data: bytes, src: int, dst: int, nkeys: int) -> Chunk | None:
 
     Every new value is verified here: its ciphertext and tag are opened with ``dst`` under its IV, the very bytes
     whose base64 becomes the stored text. The text itself (``b2a`` of those bytes in the iv.tag.ciphertext order) is
-    parsed back and opened through ``KeyCipher.open`` for the chunk's first value: one assembly for all of them."""
+    parsed back and opened (``_open``) for the chunk's first value: one assembly for all of them."""
     if b"\\" in data:
         return None
     lines = data.split(b"\n")
