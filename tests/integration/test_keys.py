@@ -323,3 +323,55 @@ def test_rows_changed_between_the_check_and_the_writes_keep_what_was_written_las
         assert (tampered.neither, [(e.row_id, e.column) for e in tampered.errors]) == (
             1, [("p000101", "videoApiKeyEncrypted")])
 
+
+
+def _relentless_rotation(dep, tmp_name: str, *, full: bool):
+    """A rotation during which a service with the old key writes one more profile before every scan of the
+    verification (so no scan ever finds none) until the restart hook runs; the events, and the result or error."""
+    from aixsss_ops.dburl import parse_database_url
+    from aixsss_ops.keys.rotate import Hooks, Rotation
+
+    insert_profiles(dep, OLD, 50)
+    new_raw = crypto.generate_key()
+    events: list[str] = []
+    writing = [True]
+    n = [1000]
+
+    def say(msg: str) -> None:
+        events.append(msg)
+        if writing[0] and (msg.startswith("step 4") or "with the old key meanwhile" in msg):
+            insert_profiles(dep, OLD, 1, start=n[0])
+            n[0] += 1
+
+    def restart(_say) -> dict:
+        writing[0] = False  # the services now run with the new key
+        events.append("restart")
+        return {"restarted": True}
+
+    hooks = Hooks(write_env=lambda: events.append("env") or [], restart=restart) if full else Hooks()
+    rot = Rotation(target=parse_database_url(dep.database_url), old=crypto.derive_key(OLD),
+                   new=crypto.derive_key(new_raw), mode="full" if full else "db-only",
+                   state_dir=dep.root / tmp_name, hooks=hooks, say=say, batch=20)
+    try:
+        return events, rot.run(), new_raw
+    except Exception as e:  # noqa: BLE001 - returned for the test to look at
+        return events, e, new_raw
+
+
+def test_old_key_writes_until_the_restart_are_swept_after_it(dep):
+    """Before the restart the api still runs with the old key: values it keeps writing do not fail the rotation,
+    the sweep after the restart re-encrypts them and the verification then finds every value in the new key."""
+    events, res, new_raw = _relentless_rotation(dep, "keys-full", full=True)
+    assert not isinstance(res, Exception), res
+    assert res.phase == "done" and res.late_writes >= 5 and res.swept >= 1
+    assert any("sweep after their restart" in e for e in events) and events.index("restart") > events.index("env")
+    assert whose(dep, OLD, new_raw)[OLD] == 0
+
+
+def test_old_key_writes_that_never_stop_fail_a_db_only_rotation(dep):
+    """--db-only restarts nothing, so values that keep arriving in the old key are a service nobody will restart."""
+    from aixsss_ops.keys.rotate import RotationFailed
+
+    events, res, _new_raw = _relentless_rotation(dep, "keys-db-only", full=False)
+    assert isinstance(res, RotationFailed) and "keep arriving encrypted with the old key" in res.message, res
+    assert not any("sweep after their restart" in e for e in events)
