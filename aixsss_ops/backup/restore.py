@@ -27,6 +27,7 @@ from aixsss_ops.backup.catalog import Catalog, Entry
 from aixsss_ops.backup.verify import (
     check_files,
     compare_tables,
+    dump_id,
     is_table_data,
     manifest_status,
     materialize,
@@ -34,6 +35,7 @@ from aixsss_ops.backup.verify import (
     read_objects,
     require_key,
     restore_database,
+    table_items,
 )
 from aixsss_ops.dburl import PgTarget
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
@@ -48,7 +50,7 @@ class RestorePlan:
     keys: rekey.KeyPlan | None = None
     roles: roles.RolePlan | None = None
     manifest: str = "unauthenticated"
-    deferred_files: list[str] = field(default_factory=list)  # checked by execute_restore, alongside pg_restore
+    deferred_files: list[str] = field(default_factory=list)  # proven by execute_restore (_FileCheck)
     newer_migrations: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -96,9 +98,9 @@ def plan_restore(
         plan.warnings.append("the manifest is unauthenticated (no backup key when it was taken): checksums only"
                              if plan.manifest == "unauthenticated" else
                              f"the manifest is signed but {backup_key_env} is not set: its signature is not checked")
-    # With a database to restore, the table-data files of the dump are checked while pg_restore reads them
-    # (execute_restore): they only feed COPY, and nothing replaces the live database unless they pass too. The
-    # TOC (what pg_restore executes) and every other file are checked now, before anything runs.
+    # With a database to restore, the table-data files of the dump are proven during and after pg_restore
+    # (execute_restore, _FileCheck): they only feed COPY, and nothing replaces the live database unless they pass.
+    # The TOC (what pg_restore executes) and every other file are checked now, before anything runs.
     defer = db
     problems = check_files(entry, only=(lambda rel: not is_table_data(rel)) if defer else None)
     if problems:
@@ -149,8 +151,12 @@ def plan_restore(
                     + "; existing roles are left as they are")
             for skipped in r.skipped:
                 plan.warnings.append(f"globals.sql: not applied: {skipped}")
-        plan.steps.append(f"pg_restore backup {entry.id} into a new database {plan.database['scratch']}, checking "
-                          f"the SHA-256 of its {len(plan.deferred_files)} table-data file(s) meanwhile")
+        if plan.manifest == "authenticated" and not m.get("encryption"):
+            proof = f"checking the SHA-256 of its {len(plan.deferred_files)} table-data file(s) meanwhile"
+        else:
+            proof = (f"its {len(plan.deferred_files)} table-data file(s) proven by "
+                     + ("AES-GCM and " if m.get("encryption") else "") + "the table comparison that follows")
+        plan.steps.append(f"pg_restore backup {entry.id} into a new database {plan.database['scratch']}, {proof}")
         plan.steps.append("compare row counts and checksums of every table with the manifest")
         if plan.keys.action == "rekey":
             plan.steps.append(f"re-encrypt provider keys from key {plan.keys.backup_fingerprint} to "
@@ -227,10 +233,14 @@ def execute_restore(
                         raise disk.full(catalog.root, "decrypting the dump for pg_restore", "the scratch copy was "
                                         f"removed; the live database {d['name']} was not touched") from None
                     raise
+                items = table_items(entry, dump_dir)
+                checker.start(plan.deferred_files if plan.manifest == "authenticated" and not
+                              entry.manifest.get("encryption") else
+                              [rel for rel in plan.deferred_files if dump_id(rel) not in items])
                 say(f"pg_restore into {d['scratch']}")
-                scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say)
-            except BaseException:
-                checker.raise_problems(d["name"])  # a damaged file explains a failed pg_restore best
+                scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say, items=items)
+            except OpsError:
+                checker.raise_problems(d["name"], every=True)  # a damaged file explains a failed pg_restore best
                 raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -238,6 +248,7 @@ def execute_restore(
                 checker.raise_problems(d["name"])
                 problems = compare_tables(entry.manifest["tables"], sums)
                 if problems:
+                    checker.raise_problems(d["name"], every=True)
                     raise CheckFailed(f"the restored database differs from the backup: {problems[0]}",
                                       details="\n".join(problems))
                 if plan.keys and plan.keys.action == "rekey":
@@ -265,31 +276,49 @@ def execute_restore(
 
 
 class _FileCheck:
-    """SHA-256 of the dump's table-data files in a background thread (one core: pg_restore needs the others)."""
+    """The SHA-256 of the dump's table-data files, each proven once.
+
+    A table's rows are compared with the manifest after the restore, which proves its data file's content; such a
+    file is hashed as well only when the SHA-256 is the one cryptographic proof of it (a signed manifest, files not
+    encrypted: AES-GCM authenticates an encrypted file as it is decrypted). The rest (large objects, tables the
+    manifest does not checksum) is hashed in a background thread alongside pg_restore (one core: pg_restore needs
+    the others). When the restore fails or a table differs, every file is hashed, to name a damaged one."""
 
     def __init__(self, entry: Entry, files: list[str]):
-        import threading
-
         self.entry = entry
+        self.files = files
+        self.started: set[str] = set()
         self.problems: list[str] = []
         self.error: BaseException | None = None
         self.thread = None
+
+    def start(self, files: list[str]) -> None:
+        import threading
+
+        self.started = set(files)
         if files:
             self.thread = threading.Thread(target=self._run, daemon=True)
             self.thread.start()
 
+    def _check(self, files: set[str], jobs: int) -> list[str]:
+        recorded = self.entry.manifest["files"]  # and any table-data file that is not part of the backup
+        return check_files(self.entry, jobs=jobs,
+                           only=lambda rel: is_table_data(rel) and (rel in files or rel not in recorded))
+
     def _run(self) -> None:
-        try:  # the recorded table-data files, and any such file that is not part of the backup
-            self.problems = check_files(self.entry, jobs=1, only=is_table_data)
+        try:
+            self.problems = self._check(self.started, jobs=1)
         except BaseException as e:  # noqa: BLE001 - raised by raise_problems
             self.error = e
 
-    def raise_problems(self, live: str) -> None:
+    def raise_problems(self, live: str, every: bool = False) -> None:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
         if self.error is not None:
             raise self.error
+        if every and not self.problems:
+            self.problems = self._check(set(self.files) - self.started, jobs=4)
         if self.problems:
             raise CheckFailed(f"backup {self.entry.id} failed its checksums: {self.problems[0]} (the restored copy is "
                               f"dropped; the live database {live} was not touched)", details="\n".join(self.problems))

@@ -139,11 +139,26 @@ _PROGRESS = re.compile(r"^pg_restore: (processing|launching|finished|creating|ex
                        r"restoring|setting|dropping|implied) ")
 
 
+def table_items(entry: Entry, dump_dir: Path) -> dict[int, tuple[str, str]]:
+    """{dump id: (schema, table)} of the dump's TABLE DATA items of the tables the manifest checksums; the data of
+    item N is the file ``N.dat[.gz]`` of the dump directory."""
+    pg_restore, _ = pgb.tool_major("pg_restore")
+    listing = pgb.run(pgb.list_argv(pg_restore, dump_dir), {}, "pg_restore --list", timeout=600).stdout
+    return pgb.table_data_items(listing, list(entry.manifest["tables"]))
+
+
+def dump_id(rel: str) -> int | None:
+    head = rel.rsplit("/", 1)[-1].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def restore_database(entry: Entry, dump_dir: Path, base: PgTarget, name: str, jobs: int, *,
                      no_owner: bool = False, phase: Callable[[str], None] | None = None,
-                     early_jobs: int | None = None) -> tuple[PgTarget, dict[str, pgb.TableSum]]:
+                     early_jobs: int | None = None, items: dict[int, tuple[str, str]] | None = None,
+                     ) -> tuple[PgTarget, dict[str, pgb.TableSum]]:
     """Create ``name`` (it must not exist), pg_restore the dump into it and checksum every table (each one as soon
-    as pg_restore has loaded it: :class:`postgres.TableSummer`); the database is dropped again on failure."""
+    as pg_restore has loaded it: :class:`postgres.TableSummer`); the database is dropped again on failure.
+    ``items``: :func:`table_items` of the dump, when the caller has them already."""
     admin = pgb.admin_target(base)
     if pgb.database_exists(admin, name):
         raise UsageError(f"database {name} already exists")
@@ -151,11 +166,10 @@ def restore_database(entry: Entry, dump_dir: Path, base: PgTarget, name: str, jo
     if owner and not pgb.role_exists(admin, owner):
         owner = None
     pg_restore, _ = pgb.tool_major("pg_restore")
-    tables = list(entry.manifest["tables"])
-    items: dict[int, tuple[str, str]] = {}
-    if jobs > 1:  # only parallel pg_restore reports finished items
-        listing = pgb.run(pgb.list_argv(pg_restore, dump_dir), {}, "pg_restore --list", timeout=600).stdout
-        items = pgb.table_data_items(listing, tables)
+    if jobs <= 1:  # only parallel pg_restore reports finished items: every table is summed at the end
+        items = {}
+    elif items is None:
+        items = table_items(entry, dump_dir)
     pgb.create_database(admin, name, owner)
     target = pgb.target_for(base, name)
     conninfo, env = pgb.conninfo_and_env(target)

@@ -181,6 +181,43 @@ def test_tampered_file_is_detected_and_restore_refuses(env):
     assert "9999.dat.gz" in env.cli("backup", "verify", b["id"]).stderr
 
 
+def _no_database_like(env, pattern: str) -> bool:
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
+        return not c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (pattern,)).fetchall()
+
+
+def test_rows_altered_in_a_valid_data_file_are_caught_by_the_table_comparison(env):
+    """pg_restore loads the altered file without complaint; the comparison with the manifest refuses the restore,
+    and the altered file is named."""
+    seed(env.url)
+    b = env.create("--no-objects", env={"AIXSSS_OPS_BACKUP__COMPRESSION": "0"})
+    plan = env.cli("--json", "restore", b["id"], "--target-db", "altered_rows", "--dry-run")
+    assert plan.code == 0 and any("proven by the table comparison" in s for s in plan.json["plan"]["steps"]), plan.output
+    dat = next(p for p in (env.dir / b["id"] / "db").glob("*.dat") if p.read_bytes().startswith(b"team1\t"))
+    raw = dat.read_bytes()
+    dat.write_bytes(raw.replace(b"\tTeam ", b"\tTean ", 1))  # same size, still valid COPY text
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "altered_rows")
+    assert r.code == 3 and f"db/{dat.name}: SHA-256 mismatch" in r.stderr, r.output
+    assert _no_database_like(env, "altered_rows%")
+
+
+def test_large_object_data_is_hashed_while_pg_restore_runs(env):
+    """No table comparison covers large objects: their files are checked by their SHA-256."""
+    seed(env.url)
+    with psycopg.connect(env.url.split("?")[0], autocommit=True) as c:
+        c.execute("SELECT lo_from_bytea(0, convert_to(repeat('large object ', 100), 'UTF8'))")
+    b = env.create("--no-objects", env={"AIXSSS_OPS_BACKUP__COMPRESSION": "0"})
+    blob = next((env.dir / b["id"] / "db").glob("blob_*.dat"))
+    blob.write_bytes(blob.read_bytes().replace(b"large", b"LARGE", 1))
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "altered_blob")
+    assert r.code == 3 and f"db/{blob.name}: SHA-256 mismatch" in r.stderr, r.output
+    assert _no_database_like(env, "altered_blob%")
+    # with a signed manifest of a plain backup, the SHA-256 is the cryptographic proof of every data file
+    signed = env.create("--no-objects", env=BACKUP_KEY)
+    plan = env.cli("--json", "restore", signed["id"], "--target-db", "signed", "--dry-run", env=BACKUP_KEY)
+    assert plan.code == 0 and any("checking the SHA-256 of its" in s for s in plan.json["plan"]["steps"]), plan.output
+
+
 def test_verify_restore_proves_the_backup_and_names_a_missing_object_version(env):
     seed(env.url)
     seed_objects(env.client, env.bucket, n=5)
@@ -190,7 +227,7 @@ def test_verify_restore_proves_the_backup_and_names_a_missing_object_version(env
     assert r.json["tables_compared"] == 5 and r.json["objects_checked"] == 5
     methods = {n: t["method"] for n, t in json.loads((env.dir / b["id"] / "manifest.json").read_text())["tables"].items()}
     # json/point have no value hash and an enum hashes its OID: such columns are hashed by their text form
-    assert set(methods.values()) == {"record"}
+    assert set(methods.values()) == {"columns"}
     with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
         assert not c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'aixsss_verify_%'").fetchall()
     assert env.cli("--json", "backup", "list").json[0]["last_verify_ok"] is True
@@ -326,7 +363,7 @@ def test_table_checksums_split_into_block_ranges_add_up_to_the_whole_table(datab
     _big_table(database_url, 120_000)  # ~40 MB: several ranges of 2048 blocks
     target = parse_database_url(database_url)
     split = pgb.table_sums(target, jobs=3)["public.big"]
-    assert split.method == "record"
+    assert split.method == "columns"
     with target.connect() as c:
         pgb.stable_session(c)
         whole = pgb.table_sum(c, "public", "big")
@@ -336,6 +373,29 @@ def test_table_checksums_split_into_block_ranges_add_up_to_the_whole_table(datab
     assert changed.checksum != whole.checksum and changed.rows == whole.rows == 120_000
     after = pgb.table_sums(target, jobs=2)["public.big"]
     assert (after.rows, after.checksum) == (changed.rows, changed.checksum)
+
+
+def test_a_backup_summed_by_an_earlier_method_restores_and_is_compared_by_it(env):
+    """Backups taken before the per-column checksums record "record": a restore compares them by that method."""
+    from aixsss_ops.backup import postgres as pgb
+    from aixsss_ops.dburl import parse_database_url
+
+    seed(env.url)
+    b = env.create("--no-objects")
+    path = env.dir / b["id"] / "manifest.json"
+    manifest = json.loads(path.read_text())
+    old = pgb.table_sums(parse_database_url(env.url), methods={n: "record" for n in manifest["tables"]})
+    for name, t in manifest["tables"].items():
+        assert t["method"] == "columns" and t["checksum"] != old[name].checksum
+        t.update(method="record", checksum=old[name].checksum)
+    path.write_text(json.dumps(manifest))  # unsigned (no backup key): nothing else to update
+    r = env.cli("--json", "--yes", "restore", b["id"], "--target-db", "by_record")
+    assert r.code == 0, r.output
+    assert table_dump(env.pg.url("by_record")) == table_dump(env.url)
+    manifest["tables"]["public.Team"]["checksum"] = str(int(old["public.Team"].checksum) + 1)
+    path.write_text(json.dumps(manifest))
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "by_record_2")
+    assert r.code == 3 and "table public.Team: checksum differs" in r.stderr, r.output
 
 
 def test_without_a_database_url_or_a_stack_create_is_a_usage_error(env):
