@@ -389,6 +389,37 @@ def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
     return out
 
 
+def loaded_rows(target: PgTarget, timeout: float = 60.0) -> dict[str, TableSum]:
+    """Rows pg_restore loaded into each user table of a database it has just filled, from the server's own counters
+    (``n_tup_ins``: exact; PostgreSQL >= 15 keeps them in shared memory and each backend adds its own as it ends,
+    before it leaves ``pg_stat_activity``, so this waits for pg_restore's connections to end). Where the counters
+    are off or kept by the older statistics collector, which lags, the rows are counted."""
+    import time
+
+    from psycopg import sql
+
+    with target.connect(timeout=10, autocommit=True) as c:
+        deadline = time.monotonic() + timeout
+        while c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise OpsError(f"connections to the restored database were still open {timeout:.0f}s after pg_restore")
+            time.sleep(0.02)
+        counters = c.execute("SELECT current_setting('server_version_num')::int >= 150000 "
+                             "AND current_setting('track_counts')::bool").fetchone()[0]
+        out = {}
+        for schema, table in list_tables(c):
+            if counters:
+                n = c.execute("SELECT coalesce(pg_stat_get_tuples_inserted(format('%%I.%%I', %s::text, %s::text)"
+                              "::regclass), 0)", (schema, table)).fetchone()[0]
+            else:
+                n = c.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema),
+                                                                          sql.Identifier(table))).fetchone()[0]
+            ts = TableSum(schema, table, int(n), "", "rows")
+            out[ts.name] = ts
+        return out
+
+
 class TableSummer:
     """Row counts and checksums of a database that pg_restore is filling, each table as soon as its rows are in.
 

@@ -1,8 +1,9 @@
 """``backup restore``: a plan first, then the database by swap and the objects by version.
 
 Database: the backup's roles that the server lacks are created (``roles``: never an existing one changed), then
-pg_restore (parallel) into a new scratch database, compared table by table with the manifest (each table checksummed
-as soon as pg_restore has loaded it), provider keys re-encrypted when the key changed since the backup; only then,
+pg_restore (parallel) into a new scratch database while the SHA-256 of its data files is checked, the rows each table
+received compared with the manifest (with ``checksums`` each table's checksum too, computed as soon as pg_restore
+has loaded it), provider keys re-encrypted when the key changed since the backup; only then,
 with the app stopped, one transaction renames the live database to ``<name>_pre_restore_<time>`` (marked by a
 comment, so that ``backup cleanup`` finds it) and the scratch one to ``<name>``. The live database is therefore
 either untouched or fully restored, and the previous one is kept for undo.
@@ -88,6 +89,7 @@ def plan_restore(
     old_api_key_source: str | None = None,
     env_hint: str = "the api env file",
     apply_globals: bool = True,
+    checksums: bool = False,
 ) -> RestorePlan:
     m = entry.manifest
     plan = RestorePlan(entry.id, m["created_at"])
@@ -139,6 +141,7 @@ def plan_restore(
             "scratch": f"{name[:40]}_restoring_{secrets.token_hex(3)}",
             "previous": previous_name if exists else None,
             "tables": len(m["tables"]), "rows": sum(t["rows"] for t in m["tables"].values()),
+            "checksums": checksums,
         }
         text = read_globals(entry, backup_key) if apply_globals else None
         if text is not None:
@@ -151,13 +154,15 @@ def plan_restore(
                     + "; existing roles are left as they are")
             for skipped in r.skipped:
                 plan.warnings.append(f"globals.sql: not applied: {skipped}")
-        if plan.manifest == "authenticated" and not m.get("encryption"):
+        if not checksums or (plan.manifest == "authenticated" and not m.get("encryption")):
             proof = f"checking the SHA-256 of its {len(plan.deferred_files)} table-data file(s) meanwhile"
         else:
             proof = (f"its {len(plan.deferred_files)} table-data file(s) proven by "
                      + ("AES-GCM and " if m.get("encryption") else "") + "the table comparison that follows")
         plan.steps.append(f"pg_restore backup {entry.id} into a new database {plan.database['scratch']}, {proof}")
-        plan.steps.append("compare row counts and checksums of every table with the manifest")
+        plan.steps.append("compare row counts and checksums of every table with the manifest (reads the restored "
+                          "data once)" if checksums else "compare the rows each table received with the manifest's "
+                          "row counts (--checksums: compare every table's checksum as well)")
         if plan.keys.action == "rekey":
             plan.steps.append(f"re-encrypt provider keys from key {plan.keys.backup_fingerprint} to "
                               f"{plan.keys.current_fingerprint}")
@@ -233,12 +238,14 @@ def execute_restore(
                         raise disk.full(catalog.root, "decrypting the dump for pg_restore", "the scratch copy was "
                                         f"removed; the live database {d['name']} was not touched") from None
                     raise
-                items = table_items(entry, dump_dir)
-                checker.start(plan.deferred_files if plan.manifest == "authenticated" and not
-                              entry.manifest.get("encryption") else
-                              [rel for rel in plan.deferred_files if dump_id(rel) not in items])
+                checksums = d["checksums"]
+                items = table_items(entry, dump_dir) if checksums else {}
+                checker.start(plan.deferred_files if not checksums or (
+                    plan.manifest == "authenticated" and not entry.manifest.get("encryption")) else
+                    [rel for rel in plan.deferred_files if dump_id(rel) not in items])
                 say(f"pg_restore into {d['scratch']}")
-                scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say, items=items)
+                scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say, items=items,
+                                                 checksums=checksums)
             except OpsError:
                 checker.raise_problems(d["name"], every=True)  # a damaged file explains a failed pg_restore best
                 raise
@@ -276,13 +283,14 @@ def execute_restore(
 
 
 class _FileCheck:
-    """The SHA-256 of the dump's table-data files, each proven once.
+    """The SHA-256 of the dump's table-data files, in a background thread alongside pg_restore (one core:
+    pg_restore needs the others).
 
-    A table's rows are compared with the manifest after the restore, which proves its data file's content; such a
-    file is hashed as well only when the SHA-256 is the one cryptographic proof of it (a signed manifest, files not
-    encrypted: AES-GCM authenticates an encrypted file as it is decrypted). The rest (large objects, tables the
-    manifest does not checksum) is hashed in a background thread alongside pg_restore (one core: pg_restore needs
-    the others). When the restore fails or a table differs, every file is hashed, to name a damaged one."""
+    With ``--checksums`` every table's checksum is compared with the manifest after the restore, which proves its
+    data file's content; such a file is then hashed as well only when the SHA-256 is the one cryptographic proof of
+    it (a signed manifest, files not encrypted: AES-GCM authenticates an encrypted file as it is decrypted), the
+    rest (large objects, tables the manifest does not checksum) always. When the restore fails or a table differs,
+    every file is hashed, to name a damaged one."""
 
     def __init__(self, entry: Entry, files: list[str]):
         self.entry = entry
@@ -331,11 +339,12 @@ def _swap(admin: PgTarget, d: dict[str, Any], timeout: float = 15.0) -> None:
     from psycopg import sql
 
     deadline = time.monotonic() + timeout
-    while True:
-        with admin.connect(timeout=10, autocommit=True) as c:
-            if d["exists"]:
-                c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                          "AND pid <> pg_backend_pid()", (d["name"],))
+    with admin.connect(timeout=10, autocommit=True) as c:
+        while True:
+            # the live database's sessions (the app is stopped), and autovacuum at work on the freshly loaded
+            # scratch copy: a rename waits for neither
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ANY(%s) "
+                      "AND pid <> pg_backend_pid()", ([d["name"], d["scratch"]] if d["exists"] else [d["scratch"]],))
             try:
                 with c.transaction():  # both renames or neither
                     if d["exists"]:
@@ -348,12 +357,13 @@ def _swap(admin: PgTarget, d: dict[str, Any], timeout: float = 15.0) -> None:
                 return
             except psycopg.errors.ObjectInUse as e:
                 if time.monotonic() < deadline:
-                    time.sleep(0.2)
+                    time.sleep(0.02)
                     continue
                 err = e
             except psycopg.Error as e:
                 err = e
-        raise OpsError(
-            f"could not switch {d['name']} to the restored database: {str(err).strip().splitlines()[0]}",
-            hint=f"{d['name']} is unchanged; the restored copy is the database {d['scratch']} (rename it by hand, "
-                 "or drop it and rerun)")
+            break
+    raise OpsError(
+        f"could not switch {d['name']} to the restored database: {str(err).strip().splitlines()[0]}",
+        hint=f"{d['name']} is unchanged; the restored copy is the database {d['scratch']} (rename it by hand, "
+             "or drop it and rerun)")

@@ -293,11 +293,14 @@ def restore_command(
                                      "API_KEY_ENCRYPTION_KEY_PREVIOUS)."),
     no_globals: bool = typer.Option(False, "--no-globals", help="Do not create the backup's roles that the server "
                                                                 "lacks (globals.sql); existing roles are never changed."),
+    checksums: bool = typer.Option(False, "--checksums", help="Before the swap, compare every table's checksum with "
+                                                              "the manifest too (reads the restored data once more)."),
     jobs: int = Jobs,
     database_url: str = DatabaseUrl,
 ) -> None:
-    """Restore a backup: the database (missing roles created, pg_restore into a scratch database, compare, swap) and
-    the objects (recorded versions made current again). Prints the plan first; --dry-run stops there."""
+    """Restore a backup: the database (missing roles created, pg_restore into a scratch database with every file's
+    SHA-256 checked meanwhile, row counts compared, swap) and the objects (recorded versions made current again).
+    Prints the plan first; --dry-run stops there."""
     from aixsss_ops.errors import UsageError
 
     st = state(ctx)
@@ -306,11 +309,13 @@ def restore_command(
     cat = _targets().catalog(st.config)
     with cat.fetch(cat.get(backup_id)) as entry:  # an S3 destination: downloaded first; a local one: itself
         _restore(st, cat, entry, db_only=db_only, objects_only=objects_only, target_db=target_db, dry_run=dry_run,
-                 force=force, old_key=old_key, jobs=jobs, database_url=database_url, no_globals=no_globals)
+                 force=force, old_key=old_key, jobs=jobs, database_url=database_url, no_globals=no_globals,
+                 checksums=checksums)
 
 
 def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target_db: str | None, dry_run: bool,
-             force: bool, old_key: str | None, jobs: int | None, database_url: str | None, no_globals: bool) -> None:
+             force: bool, old_key: str | None, jobs: int | None, database_url: str | None, no_globals: bool,
+             checksums: bool) -> None:
     from aixsss_ops.backup.restore import execute_restore, plan_restore
     from aixsss_ops.crypto import derive_key
     from aixsss_ops.errors import UsageError
@@ -333,7 +338,7 @@ def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target
         entry, pg=pg, s3=s3, db=db, objs=objs, target_db=target_db, migrations_dir=st.config.app_source / "migrations",
         force=force, backup_key=bkey, backup_key_env=st.config.backup.encryption_key_env, current_api_key=current,
         old_api_key=old, old_api_key_source=old_source, env_hint=str(st.config.state / "env" / "api.env"),
-        apply_globals=not no_globals,
+        apply_globals=not no_globals, checksums=checksums,
     )
     out = st.out
     if not out.json_mode:

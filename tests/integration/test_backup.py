@@ -191,14 +191,15 @@ def test_rows_altered_in_a_valid_data_file_are_caught_by_the_table_comparison(en
     and the altered file is named."""
     seed(env.url)
     b = env.create("--no-objects", env={"AIXSSS_OPS_BACKUP__COMPRESSION": "0"})
-    plan = env.cli("--json", "restore", b["id"], "--target-db", "altered_rows", "--dry-run")
+    plan = env.cli("--json", "restore", b["id"], "--target-db", "altered_rows", "--dry-run", "--checksums")
     assert plan.code == 0 and any("proven by the table comparison" in s for s in plan.json["plan"]["steps"]), plan.output
     dat = next(p for p in (env.dir / b["id"] / "db").glob("*.dat") if p.read_bytes().startswith(b"team1\t"))
     raw = dat.read_bytes()
     dat.write_bytes(raw.replace(b"\tTeam ", b"\tTean ", 1))  # same size, still valid COPY text
-    r = env.cli("--yes", "restore", b["id"], "--target-db", "altered_rows")
-    assert r.code == 3 and f"db/{dat.name}: SHA-256 mismatch" in r.stderr, r.output
-    assert _no_database_like(env, "altered_rows%")
+    for extra in ([], ["--checksums"]):  # by the SHA-256 alongside pg_restore; by the checksum comparison
+        r = env.cli("--yes", "restore", b["id"], "--target-db", "altered_rows", *extra)
+        assert r.code == 3 and f"db/{dat.name}: SHA-256 mismatch" in r.stderr, r.output
+        assert _no_database_like(env, "altered_rows%")
 
 
 def test_large_object_data_is_hashed_while_pg_restore_runs(env):
@@ -389,13 +390,35 @@ def test_a_backup_summed_by_an_earlier_method_restores_and_is_compared_by_it(env
         assert t["method"] == "columns" and t["checksum"] != old[name].checksum
         t.update(method="record", checksum=old[name].checksum)
     path.write_text(json.dumps(manifest))  # unsigned (no backup key): nothing else to update
-    r = env.cli("--json", "--yes", "restore", b["id"], "--target-db", "by_record")
+    r = env.cli("--json", "--yes", "restore", b["id"], "--target-db", "by_record", "--checksums")
     assert r.code == 0, r.output
     assert table_dump(env.pg.url("by_record")) == table_dump(env.url)
     manifest["tables"]["public.Team"]["checksum"] = str(int(old["public.Team"].checksum) + 1)
     path.write_text(json.dumps(manifest))
-    r = env.cli("--yes", "restore", b["id"], "--target-db", "by_record_2")
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "by_record_2", "--checksums")
     assert r.code == 3 and "table public.Team: checksum differs" in r.stderr, r.output
+    # without --checksums the rows each table received are compared: a count that differs is named
+    manifest["tables"]["public.Team"]["rows"] += 1
+    path.write_text(json.dumps(manifest))
+    r = env.cli("--yes", "restore", b["id"], "--target-db", "by_rows")
+    assert r.code == 3 and "table public.Team: 20 rows after restore, 21 in the backup" in r.stderr, r.output
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
+        assert not c.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'by_record_2%%' OR datname LIKE "
+                             "'by_rows%%'").fetchall()
+
+
+def test_restore_counts_the_rows_itself_where_the_server_keeps_no_counters(env):
+    """track_counts off (here for the role pg_restore and the check connect as): the rows are counted instead."""
+    seed(env.url)
+    b = env.create("--no-objects")
+    with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
+        c.execute("ALTER ROLE CURRENT_USER SET track_counts = off")
+        try:
+            r = env.cli("--json", "--yes", "restore", b["id"], "--target-db", "uncounted")
+        finally:
+            c.execute("ALTER ROLE CURRENT_USER RESET track_counts")
+    assert r.code == 0, r.output  # the counters say 0 rows: trusted, they would fail every table
+    assert table_dump(env.pg.url("uncounted")) == table_dump(env.url)
 
 
 def test_without_a_database_url_or_a_stack_create_is_a_usage_error(env):
