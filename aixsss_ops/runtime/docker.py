@@ -95,14 +95,21 @@ class DockerRuntime:
         return {"label": labels}
 
     def containers(self, service: str | None = None, color: str | None = None) -> list:
+        from docker.errors import NotFound
+
         from aixsss_ops.runtime.docker_engine import unreachable
 
-        try:
-            found = self.client.containers.list(all=True, filters=self._filters(service, color))
-        except Exception as e:  # requests/docker errors: the engine went away between calls
-            if _is_connection_error(e):
-                raise unreachable(self.cfg, e) from None
-            raise
+        for attempt in range(5):
+            try:
+                found = self.client.containers.list(all=True, filters=self._filters(service, color))
+                break
+            except NotFound:  # one was removed between the listing and its inspection (a deploy replacing it)
+                if attempt == 4:
+                    raise
+            except Exception as e:  # requests/docker errors: the engine went away between calls
+                if _is_connection_error(e):
+                    raise unreachable(self.cfg, e) from None
+                raise
         if service and service not in APP:
             found = [c for c in found if not c.labels.get(L_COLOR)]
         return found

@@ -36,8 +36,14 @@ def client() -> docker.DockerClient:
 
 
 def containers(project: str) -> dict:
-    found = client().containers.list(all=True, filters={"label": f"io.aixsss.project={project}"})
-    return {c.name.removeprefix(f"{project}-"): c for c in found}
+    for attempt in range(5):
+        try:
+            found = client().containers.list(all=True, filters={"label": f"io.aixsss.project={project}"})
+            return {c.name.removeprefix(f"{project}-"): c for c in found}
+        except docker.errors.NotFound:  # removed between the listing and its inspection (a deploy replacing it)
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def test_up_from_empty_creates_network_volumes_and_healthy_containers(up, env):
