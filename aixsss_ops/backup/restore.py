@@ -154,7 +154,7 @@ def plan_restore(
                     + "; existing roles are left as they are")
             for skipped in r.skipped:
                 plan.warnings.append(f"globals.sql: not applied: {skipped}")
-        if not checksums or (plan.manifest == "authenticated" and not m.get("encryption")):
+        if _hash_every_file(checksums, plan.manifest, m):
             proof = f"checking the SHA-256 of its {len(plan.deferred_files)} table-data file(s) meanwhile"
         else:
             proof = (f"its {len(plan.deferred_files)} table-data file(s) proven by "
@@ -240,9 +240,8 @@ def execute_restore(
                     raise
                 checksums = d["checksums"]
                 items = table_items(entry, dump_dir) if checksums else {}
-                checker.start(plan.deferred_files if not checksums or (
-                    plan.manifest == "authenticated" and not entry.manifest.get("encryption")) else
-                    [rel for rel in plan.deferred_files if dump_id(rel) not in items])
+                checker.start(plan.deferred_files if _hash_every_file(checksums, plan.manifest, entry.manifest) else
+                              [rel for rel in plan.deferred_files if dump_id(rel) not in items])
                 say(f"pg_restore into {d['scratch']}")
                 scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say, items=items,
                                                  checksums=checksums)
@@ -280,6 +279,12 @@ def execute_restore(
             say("starting the api and worker again")
             start_app(stopped)
     return res
+
+
+def _hash_every_file(checksums: bool, manifest_status: str, manifest: dict[str, Any]) -> bool:
+    """Whether every table-data file is hashed alongside pg_restore: always, unless ``--checksums`` proves them and
+    the SHA-256 is not their one cryptographic proof (a signed manifest of an unencrypted backup), see _FileCheck."""
+    return not checksums or (manifest_status == "authenticated" and not manifest.get("encryption"))
 
 
 class _FileCheck:
