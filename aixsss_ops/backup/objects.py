@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 
 from aixsss_ops.errors import CheckFailed, OpsError, ServiceUnavailable
@@ -51,45 +52,136 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def list_versions(client, bucket: str, prefix: str = "") -> Iterator[Version]:
-    """Every version and delete marker, in the server's order (per key, newest first).
+PAGE = 1000
+LIST_JOBS = 8
+MAX_LISTINGS = 256  # prefix listings at most: each may cost one request more than one listing of the whole bucket
+MAX_DEPTH = 4
 
-    The SDK's ``list_objects(include_version=True)`` parses versions and delete markers into separate lists and
-    loses their relative order, which is what tells which one is newer when times tie; so the XML is read here.
-    """
+
+def _pages(client, bucket: str, prefix: str, delimiter: str | None = None,
+           page: int | None = None) -> Iterator[ET.Element]:
     key_marker = version_marker = None
     while True:
-        q = {"versions": "", "max-keys": "1000"}
+        q = {"versions": "", "max-keys": str(page or PAGE)}
         if prefix:
             q["prefix"] = prefix
+        if delimiter:
+            q["delimiter"] = delimiter
         if key_marker is not None:
             q["key-marker"] = key_marker
             if version_marker:
                 q["version-id-marker"] = version_marker
         # Minio._execute signs and sends the request with the client's retries and timeouts.
-        resp = client._execute("GET", bucket, query_params=q)
-        root = ET.fromstring(resp.data)
-        for el in root:
-            tag = el.tag.removeprefix(_NS)
-            if tag not in ("Version", "DeleteMarker"):
-                continue
-            size = el.findtext(f"{_NS}Size")
-            etag = el.findtext(f"{_NS}ETag")
-            yield Version(
-                key=el.findtext(f"{_NS}Key"),
-                version_id=el.findtext(f"{_NS}VersionId") or "null",
-                last_modified=_parse_time(el.findtext(f"{_NS}LastModified")),
-                is_latest=el.findtext(f"{_NS}IsLatest") == "true",
-                delete_marker=tag == "DeleteMarker",
-                etag=etag.strip('"') if etag else None,
-                size=int(size) if size is not None else None,
-            )
+        root = ET.fromstring(client._execute("GET", bucket, query_params=q).data)
+        yield root
         if root.findtext(f"{_NS}IsTruncated") != "true":
             return
         key_marker = root.findtext(f"{_NS}NextKeyMarker")
         version_marker = root.findtext(f"{_NS}NextVersionIdMarker")
         if not key_marker:
             raise OpsError(f"s3: truncated version listing of {bucket} without a NextKeyMarker")
+
+
+def _versions(root: ET.Element) -> Iterator[Version]:
+    for el in root:
+        tag = el.tag.removeprefix(_NS)
+        if tag not in ("Version", "DeleteMarker"):
+            continue
+        size = el.findtext(f"{_NS}Size")
+        etag = el.findtext(f"{_NS}ETag")
+        yield Version(
+            key=el.findtext(f"{_NS}Key"),
+            version_id=el.findtext(f"{_NS}VersionId") or "null",
+            last_modified=_parse_time(el.findtext(f"{_NS}LastModified")),
+            is_latest=el.findtext(f"{_NS}IsLatest") == "true",
+            delete_marker=tag == "DeleteMarker",
+            etag=etag.strip('"') if etag else None,
+            size=int(size) if size is not None else None,
+        )
+
+
+def list_versions(client, bucket: str, prefix: str = "") -> Iterator[Version]:
+    """Every version and delete marker under ``prefix``, in the server's order (per key, newest first).
+
+    The SDK's ``list_objects(include_version=True)`` parses versions and delete markers into separate lists and
+    loses their relative order, which is what tells which one is newer when times tie; so the XML is read here.
+    """
+    for root in _pages(client, bucket, prefix):
+        yield from _versions(root)
+
+
+# SeaweedFS (4.48) walks its directory tree in name order but pages in key order: a page boundary can skip a
+# folder "d/" that has a sibling "d-x" or "d.x" (sorting below "/"), with every version under it, while its
+# ListObjectsV2 pages stay right. So a version listing that took more than one page is checked against the
+# current objects, and a key it missed is listed on its own (single pages are complete).
+
+def _missed_keys(client, bucket: str, listed: set[str], keys: Iterator[str]) -> list[Version]:
+    found: list[Version] = []
+    for key in keys:
+        if key not in listed:
+            pages = _pages(client, bucket, key, delimiter="/", page=1000)  # the most a store sends in one page
+            found += (v for root in pages for v in _versions(root) if v.key == key)
+    return found
+
+
+def _listing(client, bucket: str, prefix: str) -> list[Version]:
+    pages = list(_pages(client, bucket, prefix))
+    found = [v for root in pages for v in _versions(root)]
+    if len(pages) > 1:
+        current = (o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True))
+        found += _missed_keys(client, bucket, {v.key for v in found}, current)
+    return found
+
+
+def _children(client, bucket: str, prefix: str, limit: int) -> tuple[list[Version], list[str]] | None:
+    """The versions of keys directly under ``prefix`` and its sub-prefixes; None beyond ``limit`` sub-prefixes."""
+    direct: list[Version] = []
+    subs: list[str] = []
+    pages = 0
+    for root in _pages(client, bucket, prefix, delimiter="/"):
+        pages += 1
+        direct += _versions(root)
+        subs += (el.text for el in root.iterfind(f"{_NS}CommonPrefixes/{_NS}Prefix"))
+        if len(subs) > limit:
+            return None
+    if pages > 1:
+        current = list(client.list_objects(bucket, prefix=prefix))
+        known = set(subs)
+        subs += (o.object_name for o in current if o.is_dir and o.object_name not in known)
+        direct += _missed_keys(client, bucket, {v.key for v in direct},
+                               (o.object_name for o in current if not o.is_dir))
+    return direct, subs
+
+
+def all_versions(client, bucket: str, jobs: int = LIST_JOBS) -> list[Version]:
+    """Every version in ``bucket``, listed in parallel, one listing per key prefix.
+
+    A store answers one listing page after another, and a page costs it time per version (SeaweedFS reads each
+    key's versions directory), so the key space is split at "/" into prefixes, level by level, until there are
+    enough to keep ``jobs`` listings busy or one more level would exceed MAX_LISTINGS. Each key lies in exactly
+    one prefix or directly under an expanded one, so its versions keep the server's newest-first order.
+    """
+    found: list[Version] = []
+    whole: list[str] = []  # prefixes with too many sub-prefixes to split: listed in one piece
+    frontier = [""]
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for _ in range(MAX_DEPTH):
+            if not frontier or len(frontier) + len(whole) >= 4 * jobs:
+                break
+            budget = MAX_LISTINGS - len(whole)
+            level = list(pool.map(partial(_children, client, bucket, limit=budget), frontier))
+            split = [r for r in level if r is not None]
+            crowded = [p for p, r in zip(frontier, level, strict=True) if r is None]
+            subs = [s for _, ss in split for s in ss]
+            if len(whole) + len(crowded) + len(subs) > MAX_LISTINGS:
+                break
+            for direct, _ in split:
+                found += direct
+            whole += crowded
+            frontier = subs
+        for listed in pool.map(lambda p: _listing(client, bucket, p), whole + frontier):
+            found += listed
+    return found
 
 
 def by_key(versions: list[Version]) -> dict[str, list[Version]]:
@@ -221,7 +313,7 @@ def snapshot_at(versions: list[Version], bucket: str, at: datetime) -> ObjectSna
 
 def take_snapshot(target: S3Target, bucket: str, at: datetime) -> ObjectSnapshot:
     try:
-        versions = list(list_versions(target.client(timeout=30), bucket))
+        versions = all_versions(target.client(timeout=30), bucket)
     except OpsError:
         raise
     except Exception as e:
@@ -247,7 +339,7 @@ class ObjectPlan:
 def plan_restore(target: S3Target, snapshot: dict[str, Any], bucket: str | None = None) -> ObjectPlan:
     bucket = bucket or snapshot["bucket"]
     try:
-        versions = list(list_versions(target.client(timeout=30), bucket))
+        versions = all_versions(target.client(timeout=30), bucket)
     except OpsError:
         raise
     except Exception as e:
@@ -316,7 +408,7 @@ def verify_versions(target: S3Target, snapshot: dict[str, Any]) -> list[str]:
     """Every recorded version must still exist with its ETag and size; returns the mismatches."""
     bucket = snapshot["bucket"]
     try:
-        have = {(v.key, v.version_id): v for v in list_versions(target.client(timeout=30), bucket)
+        have = {(v.key, v.version_id): v for v in all_versions(target.client(timeout=30), bucket)
                 if not v.delete_marker}
     except OpsError:
         raise
