@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import partial
+from itertools import takewhile
 from typing import Any
 
 from aixsss_ops.errors import CheckFailed, OpsError, ServiceUnavailable
@@ -53,6 +55,7 @@ def _parse_time(text: str) -> datetime:
 
 
 PAGE = 1000
+FIT = 100  # a prefix with more entries is split further while there are prefixes to spare: a page costs per entry
 LIST_JOBS = 8
 MAX_LISTINGS = 256  # prefix listings at most: each may cost one request more than one listing of the whole bucket
 MAX_DEPTH = 4
@@ -112,54 +115,91 @@ def list_versions(client, bucket: str, prefix: str = "") -> Iterator[Version]:
 
 # SeaweedFS (4.48) walks its directory tree in name order but pages in key order: a page boundary can skip a
 # folder "d/" that has a sibling "d-x" or "d.x" (sorting below "/"), with every version under it, while its
-# ListObjectsV2 pages stay right. So a version listing that took more than one page is checked against the
-# current objects, and a key it missed is listed on its own (single pages are complete).
+# ListObjectsV2 pages stay right. A listing that fits in one page is complete; so prefixes are split until their
+# listings fit in one, and a listing that still takes more pages is checked against the current objects, listed
+# alongside its remaining pages, and a key it missed is listed on its own.
 
-def _missed_keys(client, bucket: str, listed: set[str], keys: Iterator[str]) -> list[Version]:
-    found: list[Version] = []
-    for key in keys:
-        if key not in listed:
-            pages = _pages(client, bucket, key, delimiter="/", page=1000)  # the most a store sends in one page
-            found += (v for root in pages for v in _versions(root) if v.key == key)
-    return found
+def _exact(client, bucket: str, key: str) -> list[Version]:
+    pages = _pages(client, bucket, key, delimiter="/", page=1000)  # the most a store sends in one page
+    return [v for root in pages for v in _versions(root) if v.key == key]
 
 
 def _listing(client, bucket: str, prefix: str) -> list[Version]:
-    pages = list(_pages(client, bucket, prefix))
-    found = [v for root in pages for v in _versions(root)]
-    if len(pages) > 1:
-        current = (o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True))
-        found += _missed_keys(client, bucket, {v.key for v in found}, current)
+    found: list[Version] = []
+    stop = threading.Event()
+
+    def current() -> list[str]:
+        out = []
+        for o in client.list_objects(bucket, prefix=prefix, recursive=True):
+            if stop.is_set():
+                break
+            out.append(o.object_name)
+        return out
+
+    side = None
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            for n, root in enumerate(_pages(client, bucket, prefix)):
+                if n == 1:
+                    side = pool.submit(current)
+                found += _versions(root)
+        except BaseException:
+            stop.set()
+            raise
+        if side is not None:
+            seen = {v.key for v in found}
+            for key in side.result():
+                if key not in seen:
+                    found += _exact(client, bucket, key)
     return found
 
 
-def _children(client, bucket: str, prefix: str, limit: int) -> tuple[list[Version], list[str]] | None:
-    """The versions of keys directly under ``prefix`` and its sub-prefixes; None beyond ``limit`` sub-prefixes."""
-    direct: list[Version] = []
+def _by_character(client, bucket: str, prefix: str, limit: int) -> tuple[list[Version], list[str]] | None:
+    """A prefix whose listing takes more than one page, split by the character that follows it: one probe
+    (``max-keys=1``) finds the next key, the next probe starts after every key beginning with its character.
+
+    None beyond ``limit`` sub-prefixes, and when a key continues the prefix with "/": SeaweedFS sorts the folder
+    "d/" before its siblings "d-x", "d.x" (by name) while keys sort it after them, and its probes then skip one
+    or the other; such a prefix is listed in one piece."""
+    own: list[Version] = []
     subs: list[str] = []
-    pages = 0
-    for root in _pages(client, bucket, prefix, delimiter="/"):
-        pages += 1
-        direct += _versions(root)
-        subs += (el.text for el in root.iterfind(f"{_NS}CommonPrefixes/{_NS}Prefix"))
-        if len(subs) > limit:
+    marker = None
+    while True:
+        q = {"versions": "", "max-keys": "1", "prefix": prefix}
+        if marker is not None:
+            q["key-marker"] = marker
+        first = next(_versions(ET.fromstring(client._execute("GET", bucket, query_params=q).data)), None)
+        if first is None:
+            return own, subs
+        if first.key == prefix:  # an object named like the prefix: its versions come first
+            root = next(_pages(client, bucket, prefix, page=1000))
+            own = list(takewhile(lambda v: v.key == prefix, _versions(root)))
+            marker = prefix
+            continue
+        subs.append(first.key[: len(prefix) + 1])
+        if subs[-1].endswith("/") or len(subs) > limit:
             return None
-    if pages > 1:
-        current = list(client.list_objects(bucket, prefix=prefix))
-        known = set(subs)
-        subs += (o.object_name for o in current if o.is_dir and o.object_name not in known)
-        direct += _missed_keys(client, bucket, {v.key for v in direct},
-                               (o.object_name for o in current if not o.is_dir))
-    return direct, subs
+        marker = subs[-1] + "\U0010ffff"  # after every key that begins with subs[-1]: no character sorts higher
+
+
+def _children(client, bucket: str, prefix: str, limit: int) -> tuple[list[Version], list[str]] | None:
+    """The versions of keys directly under ``prefix`` and its sub-prefixes: split at the next "/" when a page of
+    FIT holds them, else at the next character; None when neither works within ``limit`` sub-prefixes."""
+    root = next(_pages(client, bucket, prefix, delimiter="/", page=min(FIT, PAGE)))
+    if root.findtext(f"{_NS}IsTruncated") == "true":
+        return _by_character(client, bucket, prefix, limit)
+    subs = [el.text for el in root.iterfind(f"{_NS}CommonPrefixes/{_NS}Prefix")]
+    return (list(_versions(root)), subs) if len(subs) <= limit else None
 
 
 def all_versions(client, bucket: str, jobs: int = LIST_JOBS) -> list[Version]:
     """Every version in ``bucket``, listed in parallel, one listing per key prefix.
 
     A store answers one listing page after another, and a page costs it time per version (SeaweedFS reads each
-    key's versions directory), so the key space is split at "/" into prefixes, level by level, until there are
-    enough to keep ``jobs`` listings busy or one more level would exceed MAX_LISTINGS. Each key lies in exactly
-    one prefix or directly under an expanded one, so its versions keep the server's newest-first order.
+    key's versions directory), so the key space is split into prefixes, level by level (at the next "/", or at
+    the next character where one page does not hold a folder), until there are enough to keep ``jobs`` listings
+    busy or one more level would exceed MAX_LISTINGS. Each key lies in exactly one prefix or directly under an
+    expanded one, so its versions keep the server's newest-first order.
     """
     found: list[Version] = []
     whole: list[str] = []  # prefixes with too many sub-prefixes to split: listed in one piece

@@ -52,30 +52,48 @@ class Spy:
         return getattr(self.client, name)
 
 
-@pytest.mark.parametrize("page", [1000, 7, 2])
-def test_prefix_listings_give_every_version_in_the_servers_order(s3_server, bucket, monkeypatch, page):
+def _whole_listings(spy: Spy) -> set[str]:
+    """Prefixes listed in one piece (no delimiter, not a one-key probe)."""
+    return {q.get("prefix", "") for q in spy.queries if "delimiter" not in q and q.get("max-keys") != "1"}
+
+
+def test_prefix_listings_give_every_version_in_the_servers_order(s3_server, bucket):
     client = s3_server.target().client()
     whole = list(objects.list_versions(client, bucket))  # one page: complete
     assert len({v.key for v in whole}) == len(KEYS) + 40 and sum(v.delete_marker for v in whole) == 3
+    spy = Spy(client)
+    split = objects.all_versions(spy, bucket, jobs=4)
+    assert _as_listed(split) == _as_listed(whole) and len(split) == len(whole)
+    assert "many/p00/" in _whole_listings(spy) and "" not in _whole_listings(spy)
+
+
+@pytest.mark.parametrize("page", [7, 2])
+def test_prefixes_too_big_for_a_page_are_split_by_their_next_character(s3_server, bucket, monkeypatch, page):
+    client = s3_server.target().client()
+    whole = list(objects.list_versions(client, bucket))
     monkeypatch.setattr(objects, "PAGE", page)
     spy = Spy(client)
     split = objects.all_versions(spy, bucket, jobs=4)
-    assert _as_listed(split) == _as_listed(whole)
-    assert len(split) == len(whole)
-    listed_whole = {q.get("prefix") for q in spy.queries if "delimiter" not in q}
-    assert "many/p00/" in listed_whole and "" not in listed_whole and None not in listed_whole
+    assert _as_listed(split) == _as_listed(whole) and len(split) == len(whole)
+    probes = {q.get("key-marker") for q in spy.queries if q.get("max-keys") == "1"}
+    assert "many/p0\U0010ffff" in probes and "many/p1\U0010ffff" in probes
+    assert "" not in _whole_listings(spy)
 
 
-def test_a_level_over_the_listing_budget_is_listed_in_one_piece(s3_server, bucket, monkeypatch):
+@pytest.mark.parametrize("page", [1000, 7])
+def test_a_level_over_the_listing_budget_is_listed_in_one_piece(s3_server, bucket, monkeypatch, page):
     client = s3_server.target().client()
     whole = list(objects.list_versions(client, bucket))
     monkeypatch.setattr(objects, "MAX_LISTINGS", 12)
+    monkeypatch.setattr(objects, "PAGE", page)
     spy = Spy(client)
     split = objects.all_versions(spy, bucket, jobs=8)
+    # with pages of 7 the prefixes listed in one piece take several pages, which the store pages wrongly: what
+    # they miss is found by the current objects listed alongside
     assert _as_listed(split) == _as_listed(whole) and len(split) == len(whole)
-    listed_whole = {q.get("prefix") for q in spy.queries if "delimiter" not in q}
-    # "many/" has 40 sub-prefixes, more than the budget: listed as one prefix, none of its sub-prefixes alone
-    assert "many/" in listed_whole and not any(p and p.startswith("many/p") for p in listed_whole)
+    listed_whole = _whole_listings(spy)
+    if page == 1000:  # "many/" has 40 sub-prefixes, more than the budget: listed as one prefix
+        assert "many/" in listed_whole and not any(p.startswith("many/p") for p in listed_whole)
     assert len(listed_whole) <= 12
 
 
@@ -91,5 +109,6 @@ def test_snapshot_and_restore_plan_see_the_split_listing(s3_server, bucket):
     assert {o["key"]: o["version_id"] for o in snap.objects} == {k: v.version_id for k, v in current.items()}
     plan = objects.plan_restore(s3_server.target(), snap.__dict__)
     assert plan.unchanged == len(current) and not plan.copy and not plan.hide and not plan.missing
+
 
 
