@@ -86,6 +86,11 @@ def _pages(client, bucket: str, prefix: str, delimiter: str | None = None,
 
 
 def _versions(root: ET.Element) -> Iterator[Version]:
+    """The versions and delete markers of one listing page, in the server's order (per key, newest first).
+
+    The SDK's ``list_objects(include_version=True)`` parses versions and delete markers into separate lists and
+    loses their relative order, which is what tells which one is newer when times tie; so the XML is read here.
+    """
     for el in root:
         tag = el.tag.removeprefix(_NS)
         if tag not in ("Version", "DeleteMarker"):
@@ -103,16 +108,6 @@ def _versions(root: ET.Element) -> Iterator[Version]:
         )
 
 
-def list_versions(client, bucket: str, prefix: str = "") -> Iterator[Version]:
-    """Every version and delete marker under ``prefix``, in the server's order (per key, newest first).
-
-    The SDK's ``list_objects(include_version=True)`` parses versions and delete markers into separate lists and
-    loses their relative order, which is what tells which one is newer when times tie; so the XML is read here.
-    """
-    for root in _pages(client, bucket, prefix):
-        yield from _versions(root)
-
-
 # SeaweedFS (4.48) walks its directory tree in name order but pages in key order: a page boundary can skip a
 # folder "d/" that has a sibling "d-x" or "d.x" (sorting below "/"), with every version under it, while its
 # ListObjectsV2 pages stay right. A listing that fits in one page is complete; so prefixes are split until their
@@ -120,8 +115,10 @@ def list_versions(client, bucket: str, prefix: str = "") -> Iterator[Version]:
 # alongside its remaining pages, and a key it missed is listed on its own.
 
 def _exact(client, bucket: str, key: str) -> list[Version]:
-    pages = _pages(client, bucket, key, delimiter="/", page=1000)  # the most a store sends in one page
-    return [v for root in pages for v in _versions(root) if v.key == key]
+    """The versions of one key, in pages of 1000 (the most a store sends)."""
+    if key.endswith("/"):  # with the delimiter this would list the folder; without it the key comes first
+        return list(takewhile(lambda v: v.key == key, _versions(next(_pages(client, bucket, key, page=1000)))))
+    return [v for root in _pages(client, bucket, key, delimiter="/", page=1000) for v in _versions(root) if v.key == key]
 
 
 def _listing(client, bucket: str, prefix: str) -> list[Version]:
@@ -172,9 +169,7 @@ def _by_character(client, bucket: str, prefix: str, limit: int) -> tuple[list[Ve
         if first is None:
             return own, subs
         if first.key == prefix:  # an object named like the prefix: its versions come first
-            root = next(_pages(client, bucket, prefix, page=1000))
-            own = list(takewhile(lambda v: v.key == prefix, _versions(root)))
-            marker = prefix
+            own, marker = _exact(client, bucket, prefix), prefix
             continue
         subs.append(first.key[: len(prefix) + 1])
         if subs[-1].endswith("/") or len(subs) > limit:

@@ -33,6 +33,11 @@ def bucket(s3_server):
     return name
 
 
+def _one_listing(client, bucket: str) -> list:
+    """The whole bucket in one listing, page after page (complete while it fits in one page)."""
+    return [v for root in objects._pages(client, bucket, "") for v in objects._versions(root)]
+
+
 def _as_listed(versions):
     per_key = objects.by_key(versions)
     return {k: [(v.version_id, v.delete_marker, v.etag, v.size, v.is_latest) for v in vs] for k, vs in per_key.items()}
@@ -59,7 +64,7 @@ def _whole_listings(spy: Spy) -> set[str]:
 
 def test_prefix_listings_give_every_version_in_the_servers_order(s3_server, bucket):
     client = s3_server.target().client()
-    whole = list(objects.list_versions(client, bucket))  # one page: complete
+    whole = _one_listing(client, bucket)  # one page: complete
     assert len({v.key for v in whole}) == len(KEYS) + 40 and sum(v.delete_marker for v in whole) == 3
     spy = Spy(client)
     split = objects.all_versions(spy, bucket, jobs=4)
@@ -70,7 +75,7 @@ def test_prefix_listings_give_every_version_in_the_servers_order(s3_server, buck
 @pytest.mark.parametrize("page", [7, 2])
 def test_prefixes_too_big_for_a_page_are_split_by_their_next_character(s3_server, bucket, monkeypatch, page):
     client = s3_server.target().client()
-    whole = list(objects.list_versions(client, bucket))
+    whole = _one_listing(client, bucket)
     monkeypatch.setattr(objects, "PAGE", page)
     spy = Spy(client)
     split = objects.all_versions(spy, bucket, jobs=4)
@@ -83,7 +88,7 @@ def test_prefixes_too_big_for_a_page_are_split_by_their_next_character(s3_server
 @pytest.mark.parametrize("page", [1000, 7])
 def test_a_level_over_the_listing_budget_is_listed_in_one_piece(s3_server, bucket, monkeypatch, page):
     client = s3_server.target().client()
-    whole = list(objects.list_versions(client, bucket))
+    whole = _one_listing(client, bucket)
     monkeypatch.setattr(objects, "MAX_LISTINGS", 12)
     monkeypatch.setattr(objects, "PAGE", page)
     spy = Spy(client)
@@ -104,7 +109,7 @@ def test_snapshot_and_restore_plan_see_the_split_listing(s3_server, bucket):
 
     time.sleep(1.1)
     snap = objects.take_snapshot(s3_server.target(), bucket, utcnow())
-    whole = list(objects.list_versions(s3_server.target().client(), bucket))
+    whole = _one_listing(s3_server.target().client(), bucket)
     current = {v.key: v for v in whole if v.is_latest and not v.delete_marker}
     assert {o["key"]: o["version_id"] for o in snap.objects} == {k: v.version_id for k, v in current.items()}
     plan = objects.plan_restore(s3_server.target(), snap.__dict__)
