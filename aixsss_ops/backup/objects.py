@@ -197,7 +197,7 @@ def all_versions(client, bucket: str, jobs: int = LIST_JOBS) -> list[Version]:
     expanded one, so its versions keep the server's newest-first order.
     """
     found: list[Version] = []
-    whole: list[str] = []  # prefixes with too many sub-prefixes to split: listed in one piece
+    whole: list[str] = []  # prefixes split neither at "/" nor by character within the budget: listed in one piece
     frontier = [""]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         for _ in range(MAX_DEPTH):

@@ -102,7 +102,7 @@ def test_a_level_over_the_listing_budget_is_listed_in_one_piece(s3_server, bucke
     assert len(listed_whole) <= 12
 
 
-def test_snapshot_and_restore_plan_see_the_split_listing(s3_server, bucket):
+def test_snapshot_records_every_current_version_and_the_restore_plan_finds_nothing_to_do(s3_server, bucket):
     import time
 
     from aixsss_ops.backup.manifest import utcnow
