@@ -2,18 +2,61 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from aixsss_ops.errors import ConfigError
 
 DEFAULT_CONFIG = "ops.toml"
-Port = int
+ENV_PREFIX = "AIXSSS_OPS_"
+
+
+def _not_bool(v):
+    """TOML's ``true`` is not the number 1 (pydantic's lax int/float would take it)."""
+    if isinstance(v, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    return v
+
+
+def _no_nul(p: Path) -> Path:
+    if "\0" in str(p):
+        raise ValueError("a path cannot contain a NUL character")
+    return p
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Port = Int
+FsPath = Annotated[Path, AfterValidator(_no_nul)]
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address of 127.0.0.0/8 or ::1: only this machine can connect."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
 
 
 class _Section(BaseModel):
@@ -59,52 +102,52 @@ class S3Section(_Section):
     access_key: str = "minio"
     secret_key: SecretStr = SecretStr("minio123456")
     region: str = "us-east-1"
-    volume_size_limit_mb: int = Field(64, ge=1)
+    volume_size_limit_mb: Int = Field(64, ge=1)
 
 
 class AppSection(_Section):
-    source: Path = Path("app")
+    source: FsPath = Path("app")
     node_env: Literal["development", "test", "production"] = "development"
     queue: str = Field("ai-jobs", min_length=1)
-    worker_concurrency: int = Field(4, ge=1)
+    worker_concurrency: Int = Field(4, ge=1)
     cors_origin: str | None = None
     version: str = "1.0.0"
 
 
 class SupervisorSection(_Section):
-    start_timeout: float = Field(60.0, gt=0)
-    stop_timeout: float = Field(40.0, gt=0)
+    start_timeout: Float = Field(60.0, gt=0)
+    stop_timeout: Float = Field(40.0, gt=0)
 
 
 class DeploySection(_Section):
-    health_interval: float = Field(0.5, gt=0, description="seconds between health checks of the new color")
-    health_threshold: int = Field(3, ge=1, description="consecutive 2xx answers the gate needs")
-    health_timeout: float = Field(60.0, gt=0, description="seconds the new color has to pass the gate")
-    warm_minutes: float = Field(30.0, ge=0, description="how long the previous color's api stays up for rollback")
-    lock_timeout: float = Field(60.0, ge=0, description="seconds a second deploy waits for the lock")
-    hooks_dir: Path = Path("hooks")
+    health_interval: Float = Field(0.5, gt=0, description="seconds between health checks of the new color")
+    health_threshold: Int = Field(3, ge=1, description="consecutive 2xx answers the gate needs")
+    health_timeout: Float = Field(60.0, gt=0, description="seconds the new color has to pass the gate")
+    warm_minutes: Float = Field(30.0, ge=0, description="how long the previous color's api stays up for rollback")
+    lock_timeout: Float = Field(60.0, ge=0, description="seconds a second deploy waits for the lock")
+    hooks_dir: FsPath = Path("hooks")
     backup: bool = True
 
 
 class BackupSection(_Section):
-    dir: Path = Path(".aixsss/backups")
+    dir: FsPath = Path(".aixsss/backups")
     destination: Literal["local", "s3"] = Field("local", description="where backups are kept: backup.dir or a bucket")
     s3_bucket: str = Field("", description="destination = s3: the bucket; must differ from the app's bucket")
     s3_prefix: str = Field("", description="destination = s3: key prefix of the backups in s3_bucket")
     s3_endpoint: str = Field("", description="destination = s3: http(s)://host:port; empty = the app's S3")
     s3_access_key: str = Field("", description="destination = s3: empty = the app's S3 credentials")
     s3_secret_key: SecretStr = SecretStr("")
-    jobs: int = Field(0, ge=0, description="pg_dump/pg_restore parallel jobs; 0 = the number of cores")
-    compression: int = Field(1, ge=0, le=9, description="gzip level of the dump files (pg_dump --compress)")
+    jobs: Int = Field(0, ge=0, description="pg_dump/pg_restore parallel jobs; 0 = the number of cores")
+    compression: Int = Field(1, ge=0, le=9, description="gzip level of the dump files (pg_dump --compress)")
     encrypt: bool = False
     encryption_key_env: str = Field("AIXSSS_BACKUP_ENCRYPTION_KEY", min_length=1)
-    keep_last: int = Field(7, ge=0)
-    keep_daily: int = Field(7, ge=0)
-    keep_weekly: int = Field(4, ge=0)
-    noncurrent_version_days: int = Field(0, ge=0, description="add a lifecycle rule expiring noncurrent versions; 0 = none")
-    rpo_hours: float = Field(24.0, gt=0, description="recovery point objective: doctor fails past it")
-    verify_max_age_days: float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
-    pre_restore_keep_days: float = Field(7.0, ge=0, description="backup cleanup drops databases a restore kept "
+    keep_last: Int = Field(7, ge=0)
+    keep_daily: Int = Field(7, ge=0)
+    keep_weekly: Int = Field(4, ge=0)
+    noncurrent_version_days: Int = Field(0, ge=0, description="add a lifecycle rule expiring noncurrent versions; 0 = none")
+    rpo_hours: Float = Field(24.0, gt=0, description="recovery point objective: doctor fails past it")
+    verify_max_age_days: Float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
+    pre_restore_keep_days: Float = Field(7.0, ge=0, description="backup cleanup drops databases a restore kept "
                                                                 "(<db>_pre_restore_<time>) once this old")
 
     @model_validator(mode="after")
@@ -118,7 +161,7 @@ class DockerSection(_Section):
     """The docker runtime (``runtime = "docker"``): engine address, image names, resource limits."""
 
     host: str = Field("", description="Engine address, as DOCKER_HOST; empty = $DOCKER_HOST, else the local socket")
-    timeout: float = Field(60.0, gt=0, description="seconds every Engine API call may take")
+    timeout: Float = Field(60.0, gt=0, description="seconds every Engine API call may take")
     network: str = Field("", description="user-defined network of the project; empty = the project name")
     base_image: str = Field("aixsss/base:bookworm", min_length=1, description="Debian root filesystem (images base)")
     runtime_image: str = Field("aixsss/runtime:bookworm", min_length=1, description="base + the project's wheels")
@@ -130,10 +173,10 @@ class DockerSection(_Section):
     debian_mirror: str = Field("", description="mirror for debootstrap; empty = the one apt uses here")
     debian_suite: str = "bookworm"
     app_memory: str = Field("512m", description="memory limit of each api/worker container; empty = none")
-    app_cpus: float = Field(1.0, ge=0, description="CPU limit of each api/worker container; 0 = none")
+    app_cpus: Float = Field(1.0, ge=0, description="CPU limit of each api/worker container; 0 = none")
     infra_memory: str = Field("1g", description="memory limit of postgres, redis, s3 and the proxy; empty = none")
-    infra_cpus: float = Field(0.0, ge=0, description="CPU limit of each infra container; 0 = none")
-    stop_timeout: int = Field(30, ge=1, description="seconds a container gets after SIGTERM before SIGKILL")
+    infra_cpus: Float = Field(0.0, ge=0, description="CPU limit of each infra container; 0 = none")
+    stop_timeout: Int = Field(30, ge=1, description="seconds a container gets after SIGTERM before SIGKILL")
 
 
 class OpsConfig(BaseSettings):
@@ -142,8 +185,10 @@ class OpsConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIXSSS_OPS_", env_nested_delimiter="__", extra="forbid")
 
     project: str = Field("aixsss", pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    state_dir: Path = Path(".aixsss")
+    state_dir: FsPath = Path(".aixsss")
     runtime: Literal["local", "docker"] = "local"
+    allow_public_host: bool = Field(False, description="accept a host other than a loopback address: the stack's "
+                                    "services (Redis without a password among them) then listen on it")
     host: str = "127.0.0.1"
     ports: Ports = Ports()
     postgres: PostgresSection = PostgresSection()
@@ -156,6 +201,15 @@ class OpsConfig(BaseSettings):
     docker: DockerSection = DockerSection()
 
     config_path: Path | None = Field(None, exclude=True)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, v: str, info: ValidationInfo) -> str:
+        if not info.data.get("allow_public_host") and not is_loopback(v):
+            raise ValueError(f"{v!r} is not a loopback address: every service of the stack would listen on it, "
+                             "Redis without a password; use 127.0.0.1, or set allow_public_host = true to accept "
+                             "that (with a firewall in front)")
+        return v
 
     @classmethod
     def settings_customise_sources(
@@ -199,14 +253,32 @@ class OpsConfig(BaseSettings):
         return data
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def _env_overrides() -> dict[str, str]:
+    """The ``AIXSSS_OPS_*`` variables that set a key (upper-cased name -> name as set; pydantic-settings ignores
+    the case)."""
+    return {k.upper(): k for k in os.environ
+            if k.upper().startswith(ENV_PREFIX) and k.upper() != "AIXSSS_OPS_CONFIG"}
+
+
+def _source_of(loc: tuple, file: str, env: dict[str, str]) -> str:
+    """Where the value at ``loc`` came from: the variable that set it (or a section of it), else the file."""
+    parts = [str(p).upper() for p in loc]
+    for n in range(len(parts), 0, -1):
+        name = ENV_PREFIX + "__".join(parts[:n])
+        if name in env:
+            return env[name]
+    under = sorted(v for k, v in env.items() if parts and k.startswith(ENV_PREFIX + "__".join(parts) + "__"))
+    return f"{file} (with {', '.join(under)})" if under else file
+
+
+def _format_errors(source: str, err: ValidationError, env: dict[str, str] | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {loc}: {msg}")
+        lines.append(f"{_source_of(tuple(e['loc']), source, env or {})}: {loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -220,13 +292,24 @@ def load_config(path: str | os.PathLike | None = None) -> OpsConfig:
             data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{cfg_path}: malformed TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{cfg_path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                              hint="TOML files are UTF-8") from None
         except OSError as e:
             raise ConfigError(f"{cfg_path}: cannot read: {e.strerror}") from None
     elif explicit:
         raise ConfigError(f"{cfg_path}: configuration file not found")
+    env = _env_overrides()
     try:
         cfg = OpsConfig(**data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(str(cfg_path), e)) from None
+        raise ConfigError(_format_errors(str(cfg_path), e, env)) from None
+    except SettingsError as e:  # a variable holding a whole section that is not a JSON object
+        m = re.search(r'field "([^"]+)"', str(e))
+        field = m.group(1) if m else ""
+        name = env.get(ENV_PREFIX + field.upper(), f"{ENV_PREFIX}{field.upper()}")
+        raise ConfigError(f"{name}: {field or '(root)'}: not a JSON object",
+                          hint=f"set one key as {ENV_PREFIX}{field.upper() or 'SECTION'}__KEY=value, or the "
+                               "whole section as JSON") from None
     cfg.config_path = cfg_path.resolve() if cfg_path.exists() else None
     return cfg

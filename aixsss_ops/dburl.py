@@ -6,11 +6,12 @@ they are translated here (schema -> search_path) rather than passed on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote_from_bytes, unquote_to_bytes, urlencode, urlsplit, urlunsplit
 
 from aixsss_ops.errors import UsageError
-from aixsss_ops.output import mask_url
+from aixsss_ops.output import mask_url, scrubber, split_userinfo
 
 # Parameters Prisma understands but libpq does not.
 _PRISMA_ONLY = {
@@ -63,12 +64,46 @@ class PgTarget:
         )
 
 
-def parse_database_url(url: str) -> PgTarget:
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def encode_userinfo(url: str) -> str:
+    """The URL with its user and password percent-encoded, so libpq (which stops at the first ``@``
+    or ``/``) and redis-py read the password :func:`~aixsss_ops.output.split_userinfo` reads (up to the
+    last ``@`` before the host)."""
+    info = split_userinfo(url)
+    if info is None:
+        return url
+
+    def enc(v: str) -> str:
+        return quote_from_bytes(unquote_to_bytes(v), safe="")
+
+    userinfo = enc(info.user) + (f":{enc(info.password)}" if info.password is not None else "")
+    return f"{info.scheme}{userinfo}@{info.rest}"
+
+
+def parse_database_url(url: str, name: str = "DATABASE_URL / --database-url") -> PgTarget:
+    """A Prisma-style URL as libpq needs it. ``name`` (the variable or flag the URL came from) is what
+    errors name; a bad URL is a UsageError (exit 2) that never shows the password or a non-URL value."""
     if not url:
-        raise UsageError("DATABASE_URL is empty")
-    parts = urlsplit(url)
+        raise UsageError(f"{name} is empty")
+    scrubber.add_url(url)
+    if "://" not in url:
+        raise UsageError(f"{name} must start with postgresql:// (got (value))",
+                         hint="e.g. postgresql://user:****@host:5432/aixsss?schema=public")
+    if _BAD_ESCAPE.search(url):
+        raise UsageError(f"{name} has an invalid percent-escape ('%' not followed by two hex digits)",
+                         hint="write a literal % in a password as %25")
+    url = encode_userinfo(url)
+    scrubber.add_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # the reason of an unparseable netloc can quote it: name only the IPv6 one
+        reason = "invalid IPv6 host" if "IPv6" in str(e) else "cannot be parsed"
+        raise UsageError(f"{name} is not a valid URL ({reason}): {mask_url(url)}") from None
     if parts.scheme not in ("postgresql", "postgres"):
-        raise UsageError(f"DATABASE_URL must start with postgresql:// (got {mask_url(url)})")
+        got = f"{parts.scheme}://..." if parts.scheme else "(value)"
+        raise UsageError(f"{name} must start with postgresql:// (got {got})")
     params = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((v for k, v in params if k == "schema"), None)
     kept = [(k, v) for k, v in params if k not in _PRISMA_ONLY]
@@ -76,7 +111,7 @@ def parse_database_url(url: str) -> PgTarget:
     try:
         port = parts.port or 5432
     except ValueError:
-        raise UsageError(f"DATABASE_URL has an invalid port: {mask_url(url)}") from None
+        raise UsageError(f"{name} has an invalid port: {mask_url(url)}") from None
     return PgTarget(
         conninfo=conninfo,
         schema=schema or None,

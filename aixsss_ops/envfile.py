@@ -36,6 +36,8 @@ def read(path: Path) -> dict[str, str]:
         return parse(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise UsageError(f"env file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (at byte offset {e.start})") from None
 
 
 def _quote(value: str) -> str:

@@ -13,11 +13,91 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 MASK = "****"
 _SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|PRIVATE|ENCRYPTION_KEY|API_KEY|ACCESS_KEY)", re.I)
-_URL_WITH_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
+_URL_START = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
+_WHITESPACE = re.compile(r"\s")
+_PLAIN_HOSTPORT = re.compile(r"(\[[0-9A-Fa-f:.]*\]|[^:@\[\]\s]*)(:\d*)?")
+# A password with spaces in free text: from ``user:`` to the last ``@`` (before a host) on the line.
+_SPACED_USERINFO = re.compile(r"(?P<user>[^:/@\s]*):(?P<pw>[^\n]*\s[^\n]*)@(?=[\w\[])")
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    scheme: str  # "postgresql://"
+    user: str
+    password: str | None
+    rest: str  # the host and everything after it
+
+
+def split_userinfo(url: str) -> UserInfo | None:
+    """The credentials of a URL, also when ``urlsplit`` cannot parse it; None when it has none.
+
+    The password runs from the first ``:`` of the userinfo to the LAST ``@`` before the host, so a
+    password holding ``@``, ``/`` or spaces (written unencoded) is still all of it.
+    """
+    m = _URL_START.match(url)
+    if not m:
+        return None
+    body = url[m.end():]
+    last = body.rfind("@")
+    if last < 0:
+        return None
+    std_end = next((i for i, c in enumerate(body) if c in "/?#"), len(body))
+    netloc = body[:std_end]
+    if last < std_end:
+        at = last
+    elif "@" in netloc:  # another "@" after the netloc: in the password, unless it is in the query
+        between = body[std_end:last]
+        at = last if "?" not in between and "#" not in between else netloc.rindex("@")
+    elif _PLAIN_HOSTPORT.fullmatch(netloc):
+        return None  # an "@" in the path or query of a URL without credentials
+    else:
+        at = last  # the netloc ended early at a "/", "?" or "#" of the password
+    user, sep, pw = body[:at].partition(":")
+    return UserInfo(m.group(0), user, pw if sep else None, body[at + 1:])
+
+
+def _parses_as_url(value: str) -> bool:
+    if "://" not in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.hostname)
+
+
+def _scrub_urls(text: str) -> str:
+    """Mask the password of every URL in ``text`` (see :func:`split_userinfo`)."""
+    out: list[str] = []
+    pos = 0
+    starts = list(_URL_START.finditer(text))
+    for i, m in enumerate(starts):
+        if m.start() < pos:
+            continue
+        line_end = text.find("\n", m.end())
+        line_end = len(text) if line_end < 0 else line_end
+        nxt = starts[i + 1].start() if i + 1 < len(starts) else len(text)  # finditer: in order, no overlap
+        ws = _WHITESPACE.search(text, m.end(), line_end)
+        tok_end = ws.start() if ws else line_end
+        info = split_userinfo(text[m.start():tok_end])
+        if info is not None and info.password is not None:
+            out += [text[pos:m.start()], f"{info.scheme}{info.user}:{MASK}@{info.rest}"]
+            pos = tok_end
+            continue
+        if "@" in text[m.start():tok_end]:
+            continue
+        end = min(line_end, nxt)
+        sp = _SPACED_USERINFO.match(text, m.end(), end) if text.find("@", tok_end, end) >= 0 else None
+        if sp and not re.match(r"\d+(\s|/|$)", sp["pw"]):
+            out += [text[pos:m.start()], f"{m.group(0)}{sp['user']}:{MASK}@"]
+            pos = sp.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def is_secret_name(name: str) -> bool:
@@ -25,16 +105,17 @@ def is_secret_name(name: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """A URL with its password replaced: ``redis://:****@host:6379``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _URL_WITH_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", url)
-    if parts.password is None:
+    """A URL with its password replaced: ``redis://:****@host:6379`` (also for one ``urlsplit`` rejects)."""
+    info = split_userinfo(url)
+    if info is None or info.password is None:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc}"))
+    return f"{info.scheme}{info.user}:{MASK}@{info.rest}"
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL as written (not percent-decoded), also for one ``urlsplit`` rejects."""
+    info = split_userinfo(url)
+    return info.password if info is not None else None
 
 
 def mask_value(name: str, value: Any) -> Any:
@@ -57,6 +138,22 @@ def redact(data: Any, name: str = "") -> Any:
     return mask_value(name, data)
 
 
+def secret_values(envs: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Every secret-looking value (by name, and URL passwords): the CLI hands them to the output scrubber."""
+    out = []
+    for env in envs.values():
+        for k, v in env.items():
+            if not v:
+                continue
+            if is_secret_name(k):
+                out.append(v)
+            elif "://" in v:
+                pw = url_password(v)  # also of a URL urlsplit rejects, and one whose password holds "@"
+                if pw:
+                    out += [pw, unquote(pw)]
+    return out
+
+
 class SecretScrubber:
     """Removes known secret values from any text before it is shown."""
 
@@ -68,10 +165,21 @@ class SecretScrubber:
             if v and len(v) >= 6:
                 self._secrets.add(v)
 
+    def add_url(self, value: str | None) -> None:
+        """Register what a URL setting carries: its password (as written and decoded) and the whole value
+        when it is not a URL at all (a secret pasted into the wrong place) or is a broken URL with a password."""
+        if not value:
+            return
+        pw = url_password(value)
+        if pw:
+            self.add(pw, unquote(pw))
+        if not _URL_START.match(value) or (pw and not _parses_as_url(value)):
+            self.add(value)
+
     def scrub(self, text: str) -> str:
         for s in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(s, MASK)
-        return _URL_WITH_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+        return _scrub_urls(text)
 
 
 scrubber = SecretScrubber()
@@ -132,14 +240,25 @@ class Output:
         if hint:
             self.err.print(scrubber.scrub(f"hint: {hint}"), markup=False)
 
-    def table(self, title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    def table(self, title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]], *,
+              whole: Iterable[str] = ()) -> None:
+        """A table; the columns named in ``whole`` (an id the user must copy) are never truncated or wrapped:
+        they keep the width of their longest value and the other columns wrap or shrink instead (folding a long
+        word rather than cutting it with an ellipsis: nothing shown is lost)."""
         from rich.table import Table
 
+        columns = list(columns)
+        cells = [[scrubber.scrub("" if v is None else str(v)) for v in r] for r in rows]
+        keep = set(whole)
         t = Table(title=title, show_lines=False)
-        for c in columns:
-            t.add_column(c)
-        for r in rows:
-            t.add_row(*(scrubber.scrub("" if v is None else str(v)) for v in r))
+        for i, c in enumerate(columns):
+            if c in keep:
+                t.add_column(c, no_wrap=True, overflow="fold",
+                             min_width=max([len(c), *(len(r[i]) for r in cells if i < len(r))]))
+            else:
+                t.add_column(c, overflow="fold")
+        for r in cells:
+            t.add_row(*r)
         self.console.print(t)
 
     def progress(self):

@@ -92,7 +92,7 @@ def wait_accepting(server, timeout: float = 30) -> None:
 @pytest.fixture(scope="session")
 def pg_server():
     """A private PostgreSQL cluster on a free port (run as the postgres account when root)."""
-    from aixsss_ops.stack.postgres import Cluster, os_account
+    from aixsss_ops.runtime.pg_cluster import Cluster, os_account
 
     root = state_tmpdir("aixsss-pg-")
     password = secrets.token_urlsafe(16)
@@ -219,9 +219,10 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server():
     """A real SeaweedFS (`weed server -s3`) on free ports, the stack's own service definition."""
+    from aixsss_ops import probes
     from aixsss_ops.config import load_config
-    from aixsss_ops.stack import probes, services
-    from aixsss_ops.stack.layout import Layout
+    from aixsss_ops.context.layout import Layout
+    from aixsss_ops.runtime import local_specs as services
 
     root = state_tmpdir("aixsss-s3-")
     cfg = load_config(stack_config(root))

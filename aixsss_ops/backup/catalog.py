@@ -32,7 +32,7 @@ DELETING = ".deleting-"
 class Entry:
     id: str
     path: Path
-    status: str  # complete | incomplete | in-progress | invalid
+    status: str  # complete | incomplete | in-progress | invalid | mismatched (manifest id != directory name)
     manifest: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
@@ -91,6 +91,17 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def entry_of(backup_id: str, where: Any, manifest: dict[str, Any], meta: dict[str, Any]) -> Entry:
+    """A backup with a well-formed manifest: complete, unless the manifest names another backup (a directory
+    renamed or copied over another id): then ``mismatched``, which is never listed as restorable."""
+    recorded = manifest.get("id")
+    if recorded != backup_id:
+        return Entry(backup_id, where, "mismatched", manifest, meta,
+                     problem=f"the manifest records id '{recorded}', not '{backup_id}' (renamed or copied "
+                             "from another backup)")
+    return Entry(backup_id, where, "complete", manifest, meta)
 
 
 def ordered(entries: list[Entry]) -> list[Entry]:
@@ -156,7 +167,7 @@ class Catalog(Lookup):
             except CheckFailed as e:
                 out.append(Entry(p.name, p, "invalid", meta=meta, problem=e.message))
                 continue
-            out.append(Entry(p.name, p, "complete", m, meta))
+            out.append(entry_of(p.name, p, m, meta))
         return ordered(out)
 
     # -- writing --

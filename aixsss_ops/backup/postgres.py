@@ -6,19 +6,20 @@ Passwords travel in ``PGPASSWORD``, never on a command line.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aixsss_ops import sysbin
 from aixsss_ops.dburl import PgTarget, parse_database_url
 from aixsss_ops.errors import CheckFailed, OpsError
+from aixsss_ops.poll import poll_until
+from aixsss_ops.procutil import die_with_parent
 
 # Session settings that make a row's text form (and so its checksum) the same on any server.
 STABLE_SETTINGS = (
@@ -67,11 +68,6 @@ def check_versions(server_version_num: int, program: str = "pg_dump") -> tuple[s
     return path, major
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed backup run takes its pg_dump with it
-
-
 class Background:
     """A program running in the background whose stderr is kept in memory (its last lines), read line by line.
 
@@ -87,7 +83,8 @@ class Background:
         self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self.callback_error: BaseException | None = None
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env={**os.environ, **env}, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.PIPE, env={**os.environ, **env},
+                                     preexec_fn=partial(die_with_parent, os.getpid()))
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
@@ -126,7 +123,7 @@ class Background:
 def run(argv: list[str], env: dict[str, str], what: str, timeout: float | None = None) -> subprocess.CompletedProcess:
     try:
         r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout,
-                           preexec_fn=_die_with_parent)
+                           preexec_fn=partial(die_with_parent, os.getpid()))
     except subprocess.TimeoutExpired:
         raise OpsError(f"{what} did not finish within {timeout:.0f}s") from None
     if r.returncode != 0:
@@ -394,17 +391,16 @@ def loaded_rows(target: PgTarget, timeout: float = 60.0) -> dict[str, TableSum]:
     (``n_tup_ins``: exact; PostgreSQL >= 15 keeps them in shared memory and each backend adds its own as it ends,
     before it leaves ``pg_stat_activity``, so this waits for pg_restore's connections to end). Where the counters
     are off or kept by the older statistics collector, which lags, the rows are counted."""
-    import time
 
     from psycopg import sql
 
     with target.connect(timeout=10, autocommit=True) as c:
-        deadline = time.monotonic() + timeout
-        while c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise OpsError(f"connections to the restored database were still open {timeout:.0f}s after pg_restore")
-            time.sleep(0.02)
+        def others_gone() -> bool:
+            return not c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                                 "backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
+
+        if not poll_until(others_gone, timeout, interval=0.02):
+            raise OpsError(f"connections to the restored database were still open {timeout:.0f}s after pg_restore")
         counters = c.execute("SELECT current_setting('server_version_num')::int >= 150000 "
                              "AND current_setting('track_counts')::bool").fetchone()[0]
         out = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import shutil
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from aixsss_ops.backup import disk, objects, previous, rekey, roles
 from aixsss_ops.backup import manifest as mf
 from aixsss_ops.backup import postgres as pgb
 from aixsss_ops.backup.catalog import Catalog, Entry
+from aixsss_ops.backup.scratch import drop_orphans, held
 from aixsss_ops.backup.verify import (
     check_files,
     compare_tables,
@@ -224,6 +226,10 @@ def execute_restore(
         if plan.database is not None:
             d = plan.database
             admin = pgb.admin_target(pg)
+            for name in drop_orphans(admin):
+                say(f"dropped {name}, the scratch database of a killed run")
+            guard = ExitStack()
+            guard.enter_context(held(admin, d["scratch"]))  # until the scratch copy is swapped in or dropped
             if plan.roles is not None and plan.roles.create:
                 say(f"creating role(s) {', '.join(plan.roles.create)}")
                 rr = roles.apply_roles(admin, plan.roles)
@@ -261,13 +267,15 @@ def execute_restore(
                     say("re-encrypting provider keys with the current key")
                     res.keys = rekey.rekey_profiles(scratch, plan.keys.old_key, plan.keys.current_key)
             except BaseException:
-                pgb.drop_database(admin, d["scratch"])
+                with guard:
+                    pgb.drop_database(admin, d["scratch"])
                 raise
             if d["exists"] and d["live"] and stop_app is not None:
                 say("stopping the api and worker")
                 stopped = stop_app()
             say(f"switching {d['name']} to the restored database")
-            _swap(admin, d)
+            with guard:
+                _swap(admin, d)
             res.database = {"name": d["name"], "previous": d["previous"], "tables": d["tables"], "rows": d["rows"]}
         if plan.objects is not None:
             if stopped is None and stop_app is not None and (plan.database is None or plan.database["live"]):

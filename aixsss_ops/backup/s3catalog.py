@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from aixsss_ops.backup import disk
 from aixsss_ops.backup import manifest as mf
-from aixsss_ops.backup.catalog import PARTIAL, Catalog, Entry, Lock, Lookup, ordered
+from aixsss_ops.backup.catalog import PARTIAL, Catalog, Entry, Lock, Lookup, entry_of, ordered
 from aixsss_ops.errors import CheckFailed, OpsError, ServiceUnavailable
 from aixsss_ops.fsutil import atomic_write_json, flock_held
 from aixsss_ops.s3 import S3Target, ensure_bucket
@@ -156,7 +156,7 @@ class S3Catalog(Lookup):
             if problem:
                 out.append(Entry(bid, where, "invalid", meta=meta, problem=problem))
                 continue
-            out.append(Entry(bid, where, "complete", data, meta))
+            out.append(entry_of(bid, where, data, meta))
         for e in self.local.entries():  # a run still dumping locally, not yet uploaded
             if e.id not in seen and e.status == "in-progress":
                 out.append(Entry(e.id, self.location + e.id, "in-progress"))

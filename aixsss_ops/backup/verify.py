@@ -15,6 +15,7 @@ from aixsss_ops.backup import crypt, disk, objects
 from aixsss_ops.backup import manifest as mf
 from aixsss_ops.backup import postgres as pgb
 from aixsss_ops.backup.catalog import Catalog, Entry
+from aixsss_ops.backup.scratch import drop_orphans, held
 from aixsss_ops.dburl import PgTarget
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
 from aixsss_ops.fsutil import read_json
@@ -231,15 +232,23 @@ class VerifyResult:
 
 def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env: str, restore: bool = False,
                   pg: PgTarget | None = None, s3: objects.S3Target | None = None, jobs: int = 1,
-                  phase: Callable[[str], None] | None = None) -> VerifyResult:
+                  phase: Callable[[str], None] | None = None, allow_unchecked: bool = False) -> VerifyResult:
+    """Refuses (CheckFailed, exit 3, nothing recorded) a signed manifest when ``key`` is None, unless
+    ``allow_unchecked``: then it checks the checksums only and notes that the signature was not checked."""
     say = phase or (lambda _m: None)
     res = VerifyResult(entry.id, len(entry.manifest["files"]))
-    if key is not None and entry.manifest.get("encryption"):
-        require_key(entry, key, key_env)  # a wrong key is named as such, not as a manifest mismatch
+    if entry.manifest.get("encryption") and (key is not None or restore):
+        require_key(entry, key, key_env)  # a wrong or missing key is named as such, not as a manifest mismatch
     try:
         res.manifest = manifest_status(entry, key, key_env)
     except CheckFailed as e:
         res.problems.append(e.message)
+    if res.manifest == "not checked" and not allow_unchecked:
+        # a signed manifest is only as good as its signature: checksums alone pass a manifest rewritten to match
+        fp = (read_json(entry.path / mf.SIGNATURE) or {}).get("key_fingerprint")
+        raise CheckFailed(f"backup {entry.id}: its manifest is signed (backup key fingerprint {fp}) but {key_env} is "
+                          "not set: the signature cannot be checked, so the backup is not verified",
+                          hint=f"set {key_env} to the backup key the backup was taken with")
     if res.manifest == "unauthenticated":
         res.notes.append("the manifest is unauthenticated (no backup key when it was taken): checksums only, which "
                          "catch damage but not someone who rewrites the manifest too")
@@ -265,13 +274,18 @@ def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env:
                     raise disk.full(catalog.root, "decrypting the dump for pg_restore",
                                     "the scratch copy was removed") from None
                 raise
+            admin = pgb.admin_target(pg)
+            for name in drop_orphans(admin):
+                say(f"dropped {name}, the scratch database of a killed run")
             say(f"restoring into the scratch database {scratch}")
-            _target, sums = restore_database(entry, dump_dir, pg, scratch, jobs, no_owner=bool(missing), phase=say)
-            try:
-                res.problems += compare_tables(entry.manifest["tables"], sums)
-                res.tables_compared = len(entry.manifest["tables"])
-            finally:
-                pgb.drop_database(pgb.admin_target(pg), scratch)
+            with held(admin, scratch):
+                _target, sums = restore_database(entry, dump_dir, pg, scratch, jobs, no_owner=bool(missing),
+                                                 phase=say)
+                try:
+                    res.problems += compare_tables(entry.manifest["tables"], sums)
+                    res.tables_compared = len(entry.manifest["tables"])
+                finally:
+                    pgb.drop_database(admin, scratch)
         except CheckFailed as e:
             res.problems.append(e.message)
         finally:

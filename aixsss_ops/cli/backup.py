@@ -1,17 +1,15 @@
 """`aixsss-ops backup`: one restore point for Postgres and the object store; list, verify, restore, prune.
 
-Thin: resolve the targets (flag, then the process environment, then the env files, then the embedded stack),
-confirm, call one domain function, render.
+Thin: parse, confirm, call the backup use cases (aixsss_ops.usecases.backup) with the deployment, render.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
-from aixsss_ops.cli.common import State, confirm, handle_errors, state
+from aixsss_ops.cli.common import State, confirm, state
 
 app = typer.Typer(help="Backups: Postgres dumps + S3 object versions as one restore point; list, verify, restore, "
                        "prune.", no_args_is_help=True)
@@ -23,10 +21,14 @@ Jobs = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs for pg_dump
 NoObjects = typer.Option(False, "--no-objects", help="Leave the object store out (database only).")
 
 
-def _targets():
-    from aixsss_ops.backup import targets
+def _uc():
+    from aixsss_ops.usecases import backup
 
-    return targets
+    return backup
+
+
+def _dep(st: State, database_url: str | None = None):
+    return st.deployment.with_flags(DATABASE_URL=database_url)
 
 
 def _size(n: int | None) -> str:
@@ -93,7 +95,6 @@ class _Progress:
 
 
 @app.command()
-@handle_errors
 def create(
     ctx: typer.Context,
     label: str = typer.Option(None, "--label", "-l", help="A free-text label shown by `backup list`."),
@@ -106,8 +107,8 @@ def create(
     """Take one restore point: pg_dump (directory, parallel) + globals + per-table checksums + the object manifest."""
     st = state(ctx)
     with _Progress(st) as prog:
-        result = _targets().create(st.config, label=label, keep=keep, requested_jobs=jobs, database_url=database_url,
-                                   with_objects=not no_objects, encrypt=encrypt, reporter=prog)
+        result = _uc().create(_dep(st, database_url), label=label, keep=keep, requested_jobs=jobs,
+                              with_objects=not no_objects, encrypt=encrypt, reporter=prog)
 
     def human(d):
         c = st.out.console
@@ -121,11 +122,10 @@ def create(
 
 
 @app.command("list")
-@handle_errors
 def list_cmd(ctx: typer.Context) -> None:
     """Backups ordered by snapshot time (oldest first): id, time, label, sizes, objects, status, age, last verified."""
     st = state(ctx)
-    cat = _targets().catalog(st.config)
+    cat = _uc().catalog(st.deployment)
     rows = [e.summary() for e in cat.entries()]
 
     def human(data):
@@ -138,13 +138,12 @@ def list_cmd(ctx: typer.Context) -> None:
              r["status"] + (" keep" if r["keep"] else "") + (" enc" if r["encrypted"] else ""),
              _age(r["created_at"]),
              "-" if not r["last_verified"] else f"{r['last_verified']} ({'ok' if r['last_verify_ok'] else 'FAILED'})")
-            for r in data])
+            for r in data], whole=["id"])  # the id is what restore needs: never cut
 
     st.out.emit(rows, human)
 
 
 @app.command()
-@handle_errors
 def verify(
     ctx: typer.Context,
     backup_id: str = typer.Argument(..., metavar="ID", help="Backup id (or 'latest')."),
@@ -154,18 +153,16 @@ def verify(
     database_url: str = DatabaseUrl,
     no_objects: bool = NoObjects,
 ) -> None:
-    """Check every file's SHA-256; with --restore prove the backup restores. Exit 3 on any mismatch, naming it."""
-    from aixsss_ops.backup.verify import verify_backup
+    """Check every file's SHA-256; with --restore prove the backup restores. Exit 3 on any mismatch, naming it.
 
+    A backup taken with a backup key has a signed manifest (manifest.hmac); verify checks the signature with the key
+    in backup.encryption_key_env (AIXSSS_BACKUP_ENCRYPTION_KEY by default) and, without that key, refuses with
+    exit 3: checksums alone would pass a manifest rewritten to match altered files."""
     st = state(ctx)
-    cat = _targets().catalog(st.config)
-    entry = cat.get(backup_id)
-    pg = _targets().database(st.config, database_url) if restore else None
-    s3 = _targets().objects(st.config, restore and not no_objects and entry.manifest.get("objects") is not None)[0]
-    key = _targets().backup_key(st.config, required=False)  # decrypts; authenticates a signed manifest
-    with cat.fetch(entry) as local:  # an S3 destination: downloaded first; a local one: itself
-        res = verify_backup(cat, local, key=key, key_env=st.config.backup.encryption_key_env, restore=restore, pg=pg,
-                            s3=s3, jobs=_targets().jobs(st.config, jobs), phase=st.out.info)
+    dep = _dep(st, database_url)
+    cat = _uc().catalog(dep)
+    res = _uc().verify(dep, cat, cat.get(backup_id), restore=restore, with_objects=not no_objects,
+                       requested_jobs=jobs, say=st.out.info)
 
     def human(d):
         for p in d["problems"]:
@@ -186,7 +183,6 @@ def verify(
 
 
 @app.command()
-@handle_errors
 def keep(
     ctx: typer.Context,
     backup_id: str = typer.Argument(..., metavar="ID"),
@@ -194,7 +190,7 @@ def keep(
 ) -> None:
     """Mark a backup so that prune never deletes it (or remove the mark)."""
     st = state(ctx)
-    cat = _targets().catalog(st.config)
+    cat = _uc().catalog(st.deployment)
     entry = cat.get(backup_id)
     cat.update_meta(entry, keep=not unset)
     st.out.emit({"id": entry.id, "keep": not unset},
@@ -202,7 +198,6 @@ def keep(
 
 
 @app.command()
-@handle_errors
 def prune(
     ctx: typer.Context,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be deleted; delete nothing."),
@@ -214,7 +209,7 @@ def prune(
     st = state(ctx)
     b = st.config.backup
     policy = Policy(b.keep_last, b.keep_daily, b.keep_weekly)
-    cat = _targets().catalog(st.config)
+    cat = _uc().catalog(st.deployment)
     if not dry_run:
         from aixsss_ops.backup.prune import plan_prune
 
@@ -222,7 +217,15 @@ def prune(
         if preview.delete:
             confirm(st, f"delete {len(preview.delete)} backup(s): {', '.join(preview.delete)}?")
     plan, cleaned = run(cat, policy, dry_run=dry_run)
-    data = {**plan.to_dict(), "dry_run": dry_run, "cleaned": cleaned}
+    scratch: list[str] = []
+    if not dry_run:
+        from aixsss_ops.errors import OpsError
+
+        try:  # the scratch databases of killed restores: the database may be elsewhere or down, prune goes on
+            scratch = _uc().drop_scratch_orphans(st.deployment)
+        except OpsError as e:
+            st.out.warn(f"scratch databases of killed restores not checked: {e.message}")
+    data = {**plan.to_dict(), "dry_run": dry_run, "cleaned": cleaned, "scratch_dropped": scratch}
 
     def human(d):
         c = st.out.console
@@ -232,12 +235,13 @@ def prune(
             c.print(f"{'would delete' if dry_run else 'deleted'} {bid}", markup=False)
         for name in d["cleaned"] or d["incomplete_remains"]:
             c.print(f"{'would remove' if dry_run else 'removed'} interrupted remains {name}", markup=False)
+        for name in d["scratch_dropped"]:
+            c.print(f"dropped {name} (the scratch database of a killed restore or verify)", markup=False)
 
     st.out.emit(data, human)
 
 
 @app.command()
-@handle_errors
 def cleanup(
     ctx: typer.Context,
     older_than: float = typer.Option(None, "--older-than", metavar="DAYS", min=0,
@@ -254,7 +258,7 @@ def cleanup(
     from aixsss_ops.backup import previous
 
     st = state(ctx)
-    pg = _targets().database(st.config, database_url)
+    pg = _uc().database(_dep(st, database_url))
     days = st.config.backup.pre_restore_keep_days if older_than is None else older_than
     admin = pgb.admin_target(pg)
     if not dry_run:
@@ -263,7 +267,10 @@ def cleanup(
             confirm(st, f"drop {len(preview.drop)} database(s) kept by earlier restores: "
                         f"{', '.join(k.name for k in preview.drop)}?")
     plan, dropped = previous.cleanup(admin, pg.database, days, include_newest=include_newest, dry_run=dry_run)
-    data = {**plan.to_dict(), "dry_run": dry_run, "dropped": dropped}
+    from aixsss_ops.backup.scratch import drop_orphans, orphans
+
+    scratch = orphans(admin) if dry_run else drop_orphans(admin)
+    data = {**plan.to_dict(), "dry_run": dry_run, "dropped": dropped, "scratch_dropped": scratch}
 
     def human(d):
         c = st.out.console
@@ -274,6 +281,9 @@ def cleanup(
         for k in d["drop"]:
             c.print(f"{'would drop' if dry_run else 'dropped'} {k['name']}  (restore of {k['at']}, "
                     f"{_size(k['size'])})", markup=False)
+        for name in d["scratch_dropped"]:
+            c.print(f"{'would drop' if dry_run else 'dropped'} {name}  (the scratch database of a killed restore or "
+                    "verify)", markup=False)
 
     st.out.emit(data, human)
 
@@ -301,68 +311,39 @@ def restore_command(
     """Restore a backup: the database (missing roles created, pg_restore into a scratch database with every file's
     SHA-256 checked meanwhile, row counts compared, swap) and the objects (recorded versions made current again).
     Prints the plan first; --dry-run stops there."""
-    from aixsss_ops.errors import UsageError
-
     st = state(ctx)
-    if db_only and objects_only:
-        raise UsageError("--db-only and --objects-only exclude each other")
-    cat = _targets().catalog(st.config)
+    uc = _uc()
+    dep = _dep(st, database_url)
+    req = uc.RestoreRequest(db_only=db_only, objects_only=objects_only, target_db=target_db, force=force,
+                            old_key=old_key, apply_globals=not no_globals, checksums=checksums)
+    cat = uc.catalog(dep)
     with cat.fetch(cat.get(backup_id)) as entry:  # an S3 destination: downloaded first; a local one: itself
-        _restore(st, cat, entry, db_only=db_only, objects_only=objects_only, target_db=target_db, dry_run=dry_run,
-                 force=force, old_key=old_key, jobs=jobs, database_url=database_url, no_globals=no_globals,
-                 checksums=checksums)
+        plan = uc.plan(dep, entry, req)
+        out = st.out
+        if not out.json_mode:
+            out.info(f"restore plan for backup {entry.id} (snapshot at {plan.created_at}):")
+            for i, step in enumerate(plan.steps, 1):
+                out.info(f"  {i}. {step}")
+            for w in plan.warnings:
+                out.warn(w)
+        if dry_run:
+            out.emit({"dry_run": True, "plan": plan.to_dict()}, lambda d: None)
+            return
+        live_db = plan.database is not None and plan.database["live"]
+        if live_db or plan.objects is not None:
+            what = []
+            if live_db:
+                what.append(f"replace the live database {plan.database['name']}")
+            if plan.objects is not None:
+                what.append(f"restore objects in bucket {plan.objects.bucket}")
+            confirm(st, f"{' and '.join(what)} with backup {entry.id}?")
+        res = uc.execute(dep, cat, entry, plan, requested_jobs=jobs, say=out.info)
+    _show_restore(st, res)
 
 
-def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target_db: str | None, dry_run: bool,
-             force: bool, old_key: str | None, jobs: int | None, database_url: str | None, no_globals: bool,
-             checksums: bool) -> None:
-    from aixsss_ops.backup.restore import execute_restore, plan_restore
-    from aixsss_ops.crypto import derive_key
-    from aixsss_ops.errors import UsageError
-    from aixsss_ops.output import scrubber
-
-    db, objs = not objects_only, not db_only and entry.manifest.get("objects") is not None
-    if objects_only and entry.manifest.get("objects") is None:
-        raise UsageError(f"backup {entry.id} has no object manifest")
-    pg = _targets().database(st.config, database_url) if db else None
-    s3 = _targets().objects(st.config, objs)[0]
-    bkey = _targets().backup_key(st.config, required=False)  # decrypts; authenticates a signed manifest
-    current, _ = _targets().api_key(st.config)
-    old, old_source = None, None
-    if old_key:
-        scrubber.add(old_key)
-        old, old_source = derive_key(old_key), "--old-key"
-    else:
-        old, old_source = _targets().api_key(st.config, "API_KEY_ENCRYPTION_KEY_PREVIOUS")
-    plan = plan_restore(
-        entry, pg=pg, s3=s3, db=db, objs=objs, target_db=target_db, migrations_dir=st.config.app_source / "migrations",
-        force=force, backup_key=bkey, backup_key_env=st.config.backup.encryption_key_env, current_api_key=current,
-        old_api_key=old, old_api_key_source=old_source, env_hint=str(st.config.state / "env" / "api.env"),
-        apply_globals=not no_globals, checksums=checksums,
-    )
+def _show_restore(st: State, res: dict) -> None:
     out = st.out
-    if not out.json_mode:
-        out.info(f"restore plan for backup {entry.id} (snapshot at {plan.created_at}):")
-        for i, step in enumerate(plan.steps, 1):
-            out.info(f"  {i}. {step}")
-        for w in plan.warnings:
-            out.warn(w)
-    if dry_run:
-        out.emit({"dry_run": True, "plan": plan.to_dict()}, lambda d: None)
-        return
-    live_db = plan.database is not None and plan.database["live"]
-    if live_db or plan.objects is not None:
-        what = []
-        if live_db:
-            what.append(f"replace the live database {plan.database['name']}")
-        if plan.objects is not None:
-            what.append(f"restore objects in bucket {plan.objects.bucket}")
-        confirm(st, f"{' and '.join(what)} with backup {entry.id}?")
-
-    external = database_url is not None or bool(os.environ.get("DATABASE_URL"))
-    stop_app, start_app = _targets().app_control(st.config, external, out.info)
-    res = execute_restore(cat, entry, plan, pg=pg, s3=s3, jobs=_targets().jobs(st.config, jobs), backup_key=bkey,
-                          stop_app=stop_app, start_app=start_app, phase=out.info)
+    entry_id = res["backup"]
 
     def human(d):
         c = out.console
@@ -374,7 +355,7 @@ def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target
                 out.warn(f"globals.sql: {w}")
         if d["database"]:
             db_ = d["database"]
-            c.print(f"database {db_['name']} restored from backup {entry.id}: {db_['tables']} tables, {db_['rows']} "
+            c.print(f"database {db_['name']} restored from backup {entry_id}: {db_['tables']} tables, {db_['rows']} "
                     "rows, identical to the backup", markup=False)
             if db_["previous"]:
                 c.print(f"the previous database is kept as {db_['previous']} (undo: rename it back); `aixsss-ops "
@@ -387,8 +368,8 @@ def _restore(st: State, cat, entry, *, db_only: bool, objects_only: bool, target
             c.print(f"objects: {o['copied']} version(s) made current, {o['delete_markers']} delete marker(s), "
                     f"{o['unchanged']} unchanged", markup=False)
 
-    out.emit(res.to_dict(), human)
+    out.emit(res, human)
 
 
-restore_alias = handle_errors(restore_command)
+restore_alias = restore_command
 app.command("restore")(restore_alias)

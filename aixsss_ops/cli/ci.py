@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
 
 app = typer.Typer(help="Print a CI pipeline that builds, tests, gates on migrations, deploys and rolls back.",
                   no_args_is_help=True)
@@ -24,14 +24,12 @@ def _print(ctx: typer.Context, kind: str, branch: str, source: str, runner: str)
 
 
 @app.command("github")
-@handle_errors
 def github(ctx: typer.Context, branch: str = Branch, source: str = Source, runner: str = Runner) -> None:
     """A GitHub Actions workflow (save as .github/workflows/release.yml)."""
     _print(ctx, "github", branch, source, runner)
 
 
 @app.command("gitlab")
-@handle_errors
 def gitlab(ctx: typer.Context, branch: str = Branch, source: str = Source, runner: str = Runner) -> None:
     """A GitLab CI pipeline (save as .gitlab-ci.yml)."""
     _print(ctx, "gitlab", branch, source, runner)

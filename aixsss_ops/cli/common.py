@@ -1,19 +1,22 @@
-"""What every sub-app shares: the global options, config loading, confirmations, error mapping."""
+"""What every sub-app shares: the global options, the configuration and deployment context, confirmations, and
+the mapping of errors to exit codes (applied once, around every command, by the root group)."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.errors import OpsError, ServiceUnavailable, UsageError
 from aixsss_ops.output import Output
 
 if TYPE_CHECKING:
     from aixsss_ops.config import OpsConfig
+    from aixsss_ops.context.deployment import Deployment
 
 
 @dataclass
@@ -22,6 +25,7 @@ class State:
     yes: bool = False
     out: Output = field(default_factory=Output)
     _config: Any = None
+    _deployment: Any = None
 
     @property
     def config(self) -> OpsConfig:
@@ -30,6 +34,15 @@ class State:
 
             self._config = load_config(self.config_path)
         return self._config
+
+    @property
+    def deployment(self) -> Deployment:
+        """The deployment this command operates, resolved once (a command's flags: ``deployment.with_flags``)."""
+        if self._deployment is None:
+            from aixsss_ops.context.deployment import Deployment
+
+            self._deployment = Deployment(self.config)
+        return self._deployment
 
 
 def state(ctx: typer.Context) -> State:
@@ -49,33 +62,68 @@ def confirm(st: State, question: str) -> None:
         raise OpsError("aborted by the user")
 
 
-def handle_errors(fn):
-    """Map domain exceptions to one masked line on stderr and the documented exit code."""
+# errors of the client libraries that mean the service itself failed or went away, by the module that raises them
+_SERVICES = (
+    ("psycopg", "PostgreSQL", ("OperationalError", "InterfaceError")),
+    ("redis", "Redis", ("ConnectionError", "TimeoutError", "BusyLoadingError")),
+    ("urllib3", "the S3 store", ("HTTPError",)),
+    ("minio", "the S3 store", ("S3Error", "ServerError", "InvalidResponseError")),
+    ("docker", "the Docker engine", ("APIError", "DockerException")),
+)
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        ctx = next((a for a in args if isinstance(a, typer.Context)), kwargs.get("ctx"))
-        out = state(ctx).out if ctx is not None else Output()
-        try:
-            return fn(*args, **kwargs)
-        except OpsError as e:
+
+def dependency_failure(e: BaseException) -> OpsError | None:
+    """One clear error (exit 1) naming the service, for a client library's error that says the service failed or
+    went away in the middle of an operation (Postgres shut down, Redis gone, the store answering 5xx)."""
+    module = type(e).__module__.split(".")[0]
+    names = {c.__name__ for c in type(e).__mro__}
+    for prefix, service, kinds in _SERVICES:
+        if module == prefix and names & set(kinds):
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            return ServiceUnavailable(
+                f"{service} failed during the operation: {reason}",
+                hint=f"check that {service} runs (`aixsss-ops doctor`, `aixsss-ops stack status`) and rerun; what the "
+                     "interrupted run left behind is removed by the next run")
+    return None
+
+
+CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")  # typer's click
+
+
+@contextlib.contextmanager
+def errors_mapped(st: State) -> Iterator[None]:
+    """Domain exceptions become one masked line on stderr (one JSON document with --json) and the documented exit
+    code; anything else is an internal error (exit 1, the traceback with --verbose)."""
+    out = st.out
+    try:
+        yield
+    except OpsError as e:
+        if out.json_mode:
+            out.emit({"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code})
+        out.error(e.message, e.hint)
+        if e.details and not out.quiet:
+            out.info(e.details)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        if out.json_mode:
+            out.emit({"ok": False, "error": "interrupted", "hint": None, "exit_code": 130})
+        out.error("interrupted")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, SystemExit, CLICK_ERROR):  # usage errors: the command line parser's
+        raise
+    except Exception as e:  # a dependency that failed mid-operation, a bug, or a library error not translated
+        dep = dependency_failure(e)
+        if dep is not None:
             if out.json_mode:
-                out.emit({"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code})
-            out.error(e.message, e.hint)
-            if e.details and not out.quiet:
-                out.info(e.details)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            out.error("interrupted")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Exception as e:  # a bug, or a library error the domain did not translate
-            if out.verbose:
-                import traceback
+                out.emit({"ok": False, "error": dep.message, "hint": dep.hint, "exit_code": dep.exit_code})
+            out.error(dep.message, dep.hint)
+            raise typer.Exit(dep.exit_code) from None
+        if out.verbose:
+            import traceback
 
-                out.info(traceback.format_exc())
-            out.error(f"internal error: {type(e).__name__}: {e}", "rerun with --verbose for the traceback")
-            raise typer.Exit(1) from None
-
-    return wrapper
+            out.info(traceback.format_exc())
+        message, hint = f"internal error: {type(e).__name__}: {e}", "rerun with --verbose for the traceback"
+        if out.json_mode:
+            out.emit({"ok": False, "error": message, "hint": hint, "exit_code": 1})
+        out.error(message, hint)
+        raise typer.Exit(1) from None

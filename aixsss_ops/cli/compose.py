@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
 
 app = typer.Typer(help="Docker compose files for users who run the stack with compose.", no_args_is_help=True)
 
 
 @app.command("render")
-@handle_errors
 def render(
     ctx: typer.Context,
     out: Path = typer.Option(None, "--out", "-o", help="Folder to write into (default: compose/ beside ops.toml)."),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
 
 app = typer.Typer(help="Show the effective configuration (ops.toml + AIXSSS_OPS_* overrides).", no_args_is_help=True)
 
 
 @app.command("show")
-@handle_errors
 def show(ctx: typer.Context) -> None:
     """Print the effective configuration, every secret masked."""
     st = state(ctx)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
 
 app = typer.Typer(
     help="Blue/green deploy of a release: health gate, atomic proxy switch, warm rollback.",
@@ -17,11 +17,10 @@ app.add_typer(lock_app, name="lock")
 
 
 def _deployer(ctx: typer.Context):
-    from aixsss_ops.deploy.engine import Deployer
-    from aixsss_ops.stack.manager import Stack
+    from aixsss_ops.usecases.deploy import deployer
 
     st = state(ctx)
-    return Deployer(Stack(st.config), say=st.out.info)
+    return deployer(st.deployment, st.out.info)
 
 
 def _show(st, res) -> None:
@@ -47,7 +46,6 @@ def _show(st, res) -> None:
 
 
 @app.callback()
-@handle_errors
 def deploy(
     ctx: typer.Context,
     version: str = typer.Option(None, "--version", help="Release version (default: app.version in ops.toml)."),
@@ -67,7 +65,6 @@ def deploy(
 
 
 @app.command("switch")
-@handle_errors
 def switch(ctx: typer.Context, color: str = typer.Argument(None, help="blue or green (default: the other one).")) -> None:
     """Switch the proxy to a color by hand, through the same health gate."""
     if color not in (None, "blue", "green"):
@@ -78,7 +75,6 @@ def switch(ctx: typer.Context, color: str = typer.Argument(None, help="blue or g
 
 
 @app.command("rollback")
-@handle_errors
 def rollback(
     ctx: typer.Context,
     to: str = typer.Option(None, "--to", help="Release id to go back to (default: the previous one)."),
@@ -96,7 +92,6 @@ def rollback(
 
 
 @app.command("status")
-@handle_errors
 def status(ctx: typer.Context) -> None:
     """Active color, release and health per color, proxy target, lock."""
     st = state(ctx)
@@ -127,7 +122,6 @@ def status(ctx: typer.Context) -> None:
 
 
 @app.command("releases")
-@handle_errors
 def releases_cmd(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1)) -> None:
     """Release history: who, when, version, colors, migrations, backup, duration, outcome."""
     st = state(ctx)
@@ -154,7 +148,6 @@ def releases_cmd(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-
 
 
 @lock_app.command("status")
-@handle_errors
 def lock_status(ctx: typer.Context) -> None:
     """Who holds the deploy lock."""
     st = state(ctx)
@@ -171,7 +164,6 @@ def lock_status(ctx: typer.Context) -> None:
 
 
 @lock_app.command("release")
-@handle_errors
 def lock_release(ctx: typer.Context) -> None:
     """Clear the note a killed deploy left; refuses while a live deploy holds the lock."""
     st = state(ctx)

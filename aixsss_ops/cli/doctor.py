@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import typer
 
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skipped": "dim"}
 
 
-@handle_errors
 def doctor(
     ctx: typer.Context,
     only: list[str] = typer.Option(None, "--only", help="Run only these checks or groups (repeatable), e.g. redis."),
@@ -25,31 +23,28 @@ def doctor(
     """Diagnose the deployment: env, Postgres, Redis, queue, keys, object store, backups, deploy, host.
 
     Exit 3 when any check fails (warnings alone exit 0)."""
-    from aixsss_ops.doctor import runner
-    from aixsss_ops.doctor.context import Context
-    from aixsss_ops.doctor.registry import select
     from aixsss_ops.output import scrubber
+    from aixsss_ops.usecases.doctor import run_doctor
 
     st = state(ctx)
     st.out.json_mode = st.out.json_mode or json_out
-    checks = select(only, skip)
-    c = Context(st.config, timeout=timeout, migrations_dir=migrations_dir)
-    with contextlib.suppress(Exception):  # an unreadable env file: the env check reports it
-        scrubber.add(*c.secrets())
-    report = runner.run(checks, c)
+    report = run_doctor(st.deployment, only, skip, timeout, migrations_dir)
 
     def human(_d):
-        from rich.table import Table
+        # one finding per line (status, check, message), its fix indented below: readable at any terminal width
+        # and greppable, where a four-column table squeezed every message into a narrow column at 80 columns
         from rich.text import Text
 
-        t = Table(title=f"aixsss-ops doctor ({report.seconds:.2f}s)", show_lines=False)
-        for col in ("check", "status", "finding", "fix"):
-            t.add_column(col, overflow="fold")
+        c = st.out.console
+        c.print(f"aixsss-ops doctor ({report.seconds:.2f}s)", markup=False)
+        width = max((len(f.status) for f in report.findings), default=0)
         for f in report.findings:
-            t.add_row(f.check + (f" ({f.variable})" if f.variable else ""),
-                      Text(f.status, style=STYLE[f.status]),
-                      scrubber.scrub(f.message), scrubber.scrub(f.fix or ""))
-        st.out.console.print(t)
+            where = f.check + (f" ({f.variable})" if f.variable else "")
+            line = Text(f.status.ljust(width), style=STYLE[f.status])
+            line.append(f"  {where}: {scrubber.scrub(f.message)}")
+            c.print(line)
+            if f.fix:
+                c.print(Text(" " * (width + 2) + f"fix: {scrubber.scrub(f.fix)}"))
         n = report.counts
         st.out.console.print(f"{n['ok']} ok, {n['warn']} warning(s), {n['fail']} failure(s), {n['skipped']} skipped",
                              markup=False)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-from aixsss_ops.cli.common import State, handle_errors, state
+from aixsss_ops.cli.common import State, state
 from aixsss_ops.errors import UsageError
 
 app = typer.Typer(help="The services' environment: validate it, write fresh env files, compare two.", no_args_is_help=True)
@@ -16,13 +15,8 @@ JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document o
 SERVICE_CHOICES = ("api", "worker", "web", "all")
 
 
-def _stack_files(st: State) -> dict[str, Path]:
-    return {svc: st.config.state / "env" / f"{svc}.env" for svc in ("api", "worker", "web")}
-
-
 def _scrub(envs) -> None:
-    from aixsss_ops.envcheck.sources import secret_values
-    from aixsss_ops.output import scrubber
+    from aixsss_ops.output import scrubber, secret_values
 
     scrubber.add(*secret_values(envs))
 
@@ -36,7 +30,6 @@ def _finding_lines(st: State, findings) -> None:
 
 
 @app.command("validate")
-@handle_errors
 def validate_cmd(
     ctx: typer.Context,
     service: str = typer.Option("all", "--service", help="api, worker, web or all."),
@@ -50,7 +43,7 @@ def validate_cmd(
 ) -> None:
     """Check the env of each service: the contract, api/worker agreement, production rules. Exit 3 on errors."""
     from aixsss_ops.envcheck import sources
-    from aixsss_ops.envcheck.rules import validate
+    from aixsss_ops.usecases.env import validate_env
 
     st = state(ctx)
     st.out.json_mode = st.out.json_mode or json_out
@@ -61,20 +54,15 @@ def validate_cmd(
     unknown = sorted(set(given) - set(services))
     if unknown:
         raise UsageError(f"--env-file for {', '.join(unknown)} but --service is {service}")
-    defaults = {} if given and service != "all" else _stack_files(st)
-    src = sources.load(services, defaults, given, dict(os.environ) if environ else None)
-    _scrub(src.envs)
-    findings = src.problems + validate(src.envs, src.origins)
-    errors = sum(f.status == "fail" for f in findings)
-    warnings = sum(f.status == "warn" for f in findings)
-    ok = errors == 0 and not (strict and warnings)
-    data = {"ok": ok, "services": services, "origins": src.origins, "errors": errors, "warnings": warnings,
-            "findings": [f.to_dict() for f in findings]}
+    report = validate_env(st.deployment, services, given, with_environ=environ)
+    data = report.to_dict(strict)
+    ok = data["ok"]
 
     def human(_d):
-        _finding_lines(st, findings)
-        checked = ", ".join(f"{s} ({src.origins[s]})" for s in services if s in src.origins) or "nothing"
-        st.out.console.print(f"{errors} error(s), {warnings} warning(s); checked {checked}", markup=False)
+        _finding_lines(st, report.findings)
+        checked = ", ".join(f"{s} ({report.origins[s]})" for s in services if s in report.origins) or "nothing"
+        st.out.console.print(f"{data['errors']} error(s), {data['warnings']} warning(s); checked {checked}",
+                             markup=False)
 
     st.out.emit(data, human)
     if not ok:
@@ -82,7 +70,6 @@ def validate_cmd(
 
 
 @app.command("init")
-@handle_errors
 def init_cmd(
     ctx: typer.Context,
     production: bool = typer.Option(False, "--production", help="NODE_ENV=production; must pass the production rules."),
@@ -110,7 +97,6 @@ def init_cmd(
 
 
 @app.command("diff")
-@handle_errors
 def diff_cmd(
     ctx: typer.Context,
     a: str = typer.Argument(..., help="An env file, or a service of the stack (api, worker, web)."),
@@ -125,7 +111,7 @@ def diff_cmd(
     st.out.json_mode = st.out.json_mode or json_out
 
     def resolve(x: str) -> Path:
-        return _stack_files(st)[x] if x in ("api", "worker", "web") else Path(x)
+        return st.deployment.layout.env_file(x) if x in ("api", "worker", "web") else Path(x)
 
     pa, pb = resolve(a), resolve(b)
     ea, eb = envfile.read(pa), envfile.read(pb)

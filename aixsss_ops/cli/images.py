@@ -6,14 +6,13 @@ from pathlib import Path
 
 import typer
 
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
 
 app = typer.Typer(help="Build the docker runtime's images: the Debian base (debootstrap) and the app per release.",
                   no_args_is_help=True)
 
 
 @app.command("base")
-@handle_errors
 def base(
     ctx: typer.Context,
     force: bool = typer.Option(False, "--force", help="Rebuild even when the images exist."),
@@ -35,7 +34,6 @@ def base(
 
 
 @app.command("app")
-@handle_errors
 def app_image(
     ctx: typer.Context,
     version: str = typer.Option(None, "--version", help="Release version (default: app.version of ops.toml)."),
@@ -43,10 +41,10 @@ def app_image(
     force: bool = typer.Option(False, "--force", help="Rebuild even when the image exists."),
 ) -> None:
     """The app image of a release (runtime image + the release's source), tagged with the release id."""
-    from aixsss_ops.deploy import releases
+    from aixsss_ops import releases
+    from aixsss_ops.context.layout import Layout
     from aixsss_ops.runtime import docker_images
     from aixsss_ops.runtime.docker_engine import connect
-    from aixsss_ops.stack.layout import Layout
 
     st = state(ctx)
     cfg = st.config

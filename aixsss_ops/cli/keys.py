@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from aixsss_ops.cli.common import State, confirm, handle_errors, state
+from aixsss_ops.cli.common import State, confirm, state
 
 app = typer.Typer(help="The API_KEY_ENCRYPTION_KEY: generate, check every stored provider key, rotate without "
                        "losing a secret or a job.", no_args_is_help=True)
@@ -55,7 +55,6 @@ def _sigterm_interrupts() -> None:
 
 
 @app.command()
-@handle_errors
 def generate(
     ctx: typer.Context,
     write: bool = typer.Option(False, "--write", help="Store it in the api and worker env files (0600, atomic) "
@@ -69,7 +68,7 @@ def generate(
     st = state(ctx)
     if write and force:
         confirm(st, "replace the API_KEY_ENCRYPTION_KEY of the env files without re-encrypting stored values?")
-    res = gen(st.config, write, force)
+    res = gen(st.deployment, write, force)
     if st.out.json_mode:
         sys.stdout.write(__import__("json").dumps(res) + "\n")  # the key itself is the result: not scrubbed
         return
@@ -81,7 +80,6 @@ def generate(
 
 
 @app.command()
-@handle_errors
 def check(
     ctx: typer.Context,
     database_url: str = DatabaseUrl,
@@ -102,8 +100,8 @@ def check(
 
     st = state(ctx)
     with _Bar(st) as bar:
-        res = run_check(st.config, database=database_url, key_flag=_read_key(key),
-                        others=[_read_key(k) for k in other_key], workers=workers,
+        dep = st.deployment.with_flags(DATABASE_URL=database_url, API_KEY_ENCRYPTION_KEY=_read_key(key))
+        res = run_check(dep, others=[_read_key(k) for k in other_key], workers=workers,
                         progress=lambda n: bar("check", n, None))
 
     def human(d: dict) -> None:
@@ -126,7 +124,6 @@ def check(
 
 
 @app.command()
-@handle_errors
 def rotate(
     ctx: typer.Context,
     new_key: str = typer.Option(None, "--new-key", help="The new key ('-' reads it from stdin).", show_default=False),
@@ -149,14 +146,15 @@ def rotate(
     workers: int = Workers,
 ) -> None:
     """Re-encrypt every stored provider key with a new key and switch api and worker to it, losing no job."""
-    from aixsss_ops.keys.service import RotateOptions, next_steps, prepare
+    from aixsss_ops.keys.service import RotateOptions
+    from aixsss_ops.usecases import keys
 
     st = state(ctx)
     opts = RotateOptions(new_key=_read_key(new_key), generate=generate, old_key=_read_key(old_key), db_only=db_only,
-                         rollback=rollback, database_url=database_url, redis_url=redis_url, queue=queue,
-                         drain_timeout=drain_timeout, batch=batch_size, workers=workers)
+                         rollback=rollback, drain_timeout=drain_timeout, batch=batch_size, workers=workers)
+    dep = st.deployment.with_flags(DATABASE_URL=database_url, REDIS_URL=redis_url, AI_QUEUE_NAME=queue)
     with _Bar(st) as bar:
-        rot = prepare(st.config, opts, say=st.out.info, progress=bar)
+        rot = keys.prepare_rotation(dep, opts, say=st.out.info, progress=bar)
         if dry_run:
             res = rot.plan()
         else:
@@ -164,8 +162,7 @@ def rotate(
                     f"rotate API_KEY_ENCRYPTION_KEY {rot.old_fp} -> {rot.new_fp} ({rot.mode})")
             confirm(st, f"{what}?")
             _sigterm_interrupts()
-            res = rot.abort() if rot.revert_only else rot.run()
-            res.next_steps = next_steps(rot) if res.phase == "db-done" else []
+            res = keys.rotate(rot)
 
     def human(r) -> None:
         out = st.out.console

@@ -34,6 +34,12 @@ class LazyGroup(TyperGroup):
         e = self.entries[cmd_name]
         return typer.core.TyperCommand(cmd_name, help=e.help, short_help=e.help)  # a listing stand-in
 
+    def invoke(self, ctx):
+        from aixsss_ops.cli.common import errors_mapped, state
+
+        with errors_mapped(state(ctx)):
+            return super().invoke(ctx)
+
     def resolve_command(self, ctx, args):
         if args and args[0] in self.entries:
             self.load(args[0])

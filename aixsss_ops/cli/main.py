@@ -67,5 +67,34 @@ def main(
     st.out.quiet = quiet
 
 
-def run() -> None:
-    app()
+def hoist_json(args: list[str]) -> tuple[list[str], bool]:
+    """``--json`` may stand anywhere before ``--`` (``backup list --json``): it becomes the global option."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--json" not in args[:end]:
+        return args, False
+    return ["--json", *(a for a in args[:end] if a != "--json"), *args[end:]], True
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The entry point. With ``--json`` every exit prints exactly one JSON document on stdout, usage errors too."""
+    import sys
+
+    args, json_mode = hoist_json(list(sys.argv[1:] if argv is None else argv))
+    if not json_mode:
+        app(args=args, prog_name="aixsss-ops")
+        return
+    from aixsss_ops.cli.common import CLICK_ERROR
+    from aixsss_ops.output import Output
+
+    out = Output(json_mode=True)
+    try:
+        code = app(args=args, prog_name="aixsss-ops", standalone_mode=False)
+    except CLICK_ERROR as e:
+        out.emit({"ok": False, "error": e.format_message(), "hint": "see --help", "exit_code": e.exit_code})
+        e.show()
+        code = e.exit_code
+    except typer.Abort:
+        out.emit({"ok": False, "error": "aborted", "hint": None, "exit_code": 1})
+        out.error("aborted")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from contextlib import suppress
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import typer
 
-from aixsss_ops.cli.common import State, confirm, handle_errors, state
+from aixsss_ops.cli.common import State, confirm, state
 
 app = typer.Typer(
     help="Prisma-compatible migrations: the _prisma_migrations ledger, Prisma's advisory lock, blue/green lint.",
@@ -24,20 +22,15 @@ LockTimeout = typer.Option(60.0, "--lock-timeout", min=0.0, help="Seconds to wai
 
 
 def _dir(st: State, value: Path | None) -> Path:
-    return value if value is not None else st.config.app_source / "migrations"
+    from aixsss_ops.usecases.migrate import migrations_dir
+
+    return migrations_dir(st.deployment, value)
 
 
 def _url(st: State, value: str | None) -> str:
-    from aixsss_ops.migrate.settings import database_url
-    from aixsss_ops.output import scrubber
+    from aixsss_ops.usecases.migrate import database_url
 
-    env_file = None
-    if not value and not os.environ.get("DATABASE_URL"):
-        env_file = st.config.state / "env" / "api.env"
-    url, _source = database_url(value, os.environ, env_file)
-    with suppress(ValueError):
-        scrubber.add(urlsplit(url).password)
-    return url
+    return database_url(st.deployment.with_flags(DATABASE_URL=value))
 
 
 def _findings_table(st: State, findings) -> None:
@@ -48,7 +41,6 @@ def _findings_table(st: State, findings) -> None:
 
 
 @app.command()
-@handle_errors
 def status(
     ctx: typer.Context,
     migrations_dir: Path = MigrationsDir,
@@ -96,7 +88,6 @@ def _note(e) -> str:
 
 
 @app.command()
-@handle_errors
 def deploy(
     ctx: typer.Context,
     migrations_dir: Path = MigrationsDir,
@@ -113,18 +104,18 @@ def deploy(
 ) -> None:
     """Apply pending migrations in order, each in its own transaction, under Prisma's advisory lock."""
     from aixsss_ops.migrate import deploy as run
-    from aixsss_ops.migrate.deploy import deploy_with_backup
+    from aixsss_ops.usecases.migrate import deploy_with_backup
 
     st = state(ctx)
-    url, mdir = _url(st, database_url), _dir(st, migrations_dir)
+    dep = st.deployment.with_flags(DATABASE_URL=database_url)
+    mdir = _dir(st, migrations_dir)
     if dry_run:
-        result = run(url, mdir, allow_drift=allow_drift, allow_destructive=allow_destructive, lock_timeout=lock_timeout,
-                     dry_run=True, progress=st.out.info)
+        result = run(dep.database.value, mdir, allow_drift=allow_drift, allow_destructive=allow_destructive,
+                     lock_timeout=lock_timeout, dry_run=True, progress=st.out.info)
     else:
-        explicit = database_url or os.environ.get("DATABASE_URL")  # else the embedded stack's superuser dumps it
-        result = deploy_with_backup(st.config, url, mdir, backup=backup, backup_database_url=explicit,
-                                    allow_drift=allow_drift, allow_destructive=allow_destructive,
-                                    lock_timeout=lock_timeout, progress=st.out.info)
+        result = deploy_with_backup(dep, mdir, backup_first=backup, allow_drift=allow_drift,
+                                    allow_destructive=allow_destructive, lock_timeout=lock_timeout,
+                                    progress=st.out.info)
 
     def human(_):
         out = st.out
@@ -154,7 +145,6 @@ def deploy(
 
 
 @app.command()
-@handle_errors
 def resolve(
     ctx: typer.Context,
     applied: str = typer.Option(None, "--applied", metavar="NAME", help="Record NAME as applied (you completed it)."),
@@ -183,7 +173,6 @@ def resolve(
 
 
 @app.command()
-@handle_errors
 def baseline(
     ctx: typer.Context,
     up_to: str = typer.Option(None, "--up-to", metavar="NAME", help="Last migration the database already contains."),
@@ -204,7 +193,6 @@ def baseline(
 
 
 @app.command()
-@handle_errors
 def create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="What the migration does, e.g. add_scene_notes."),
@@ -223,7 +211,6 @@ def create(
 
 
 @app.command()
-@handle_errors
 def lint(
     ctx: typer.Context,
     names: list[str] = typer.Argument(None, help="Migrations to lint (default: all in the folder)."),

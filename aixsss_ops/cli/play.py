@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from aixsss_ops.cli.common import State, confirm, handle_errors, state
+from aixsss_ops.cli.common import State, confirm, state
 
 HELP = """Run a playbook: print its plan, run its steps, record the run.
 
@@ -237,4 +237,4 @@ def _runs(st: State) -> None:
         (x["id"], x["playbook"], x["status"], x["started_at"], x["next_step"] or "") for x in d]))
 
 
-play = handle_errors(play)
+

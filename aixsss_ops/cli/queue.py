@@ -6,7 +6,7 @@ import time
 
 import typer
 
-from aixsss_ops.cli.common import confirm, handle_errors, state
+from aixsss_ops.cli.common import confirm, state
 from aixsss_ops.errors import CheckFailed, UsageError
 
 app = typer.Typer(help="Inspect and control the BullMQ queue: depth, workers, pause/resume, failed jobs.",
@@ -18,12 +18,12 @@ JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document o
 
 
 def _target(ctx: typer.Context, redis_url: str | None, queue: str | None, json_out: bool):
-    from aixsss_ops.queue.conn import resolve_target
+    from aixsss_ops.queue.conn import target
 
     st = state(ctx)
     if json_out:
         st.out.json_mode = True
-    return st, resolve_target(st.config, redis_url, queue)
+    return st, target(st.deployment.with_flags(REDIS_URL=redis_url, AI_QUEUE_NAME=queue))
 
 
 def _stats_renderable(s):
@@ -53,7 +53,6 @@ def _stats_renderable(s):
 
 
 @app.command("stats")
-@handle_errors
 def stats_cmd(
     ctx: typer.Context,
     redis_url: str = RedisUrl,
@@ -97,7 +96,6 @@ def stats_cmd(
 
 
 @app.command("workers")
-@handle_errors
 def workers_cmd(
     ctx: typer.Context,
     redis_url: str = RedisUrl,
@@ -134,7 +132,6 @@ def workers_cmd(
 
 
 @app.command("pause")
-@handle_errors
 def pause_cmd(ctx: typer.Context, redis_url: str = RedisUrl, queue: str = QueueName, json_out: bool = JsonFlag) -> None:
     """Pause the queue globally: workers stop taking new jobs; active jobs finish."""
     from aixsss_ops.queue.control import pause
@@ -145,7 +142,6 @@ def pause_cmd(ctx: typer.Context, redis_url: str = RedisUrl, queue: str = QueueN
 
 
 @app.command("resume")
-@handle_errors
 def resume_cmd(ctx: typer.Context, redis_url: str = RedisUrl, queue: str = QueueName, json_out: bool = JsonFlag) -> None:
     """Resume a paused queue (either BullMQ layout)."""
     from aixsss_ops.queue.control import resume
@@ -156,7 +152,6 @@ def resume_cmd(ctx: typer.Context, redis_url: str = RedisUrl, queue: str = Queue
 
 
 @app.command("drain-wait")
-@handle_errors
 def drain_wait_cmd(
     ctx: typer.Context,
     redis_url: str = RedisUrl,
@@ -179,7 +174,6 @@ def drain_wait_cmd(
 
 
 @app.command("failed")
-@handle_errors
 def failed_cmd(
     ctx: typer.Context,
     redis_url: str = RedisUrl,
@@ -205,7 +199,6 @@ def failed_cmd(
 
 
 @app.command("retry-failed")
-@handle_errors
 def retry_failed_cmd(
     ctx: typer.Context,
     redis_url: str = RedisUrl,
@@ -237,7 +230,6 @@ def retry_failed_cmd(
 
 
 @app.command("clean")
-@handle_errors
 def clean_cmd(
     ctx: typer.Context,
     redis_url: str = RedisUrl,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from aixsss_ops.cli.common import handle_errors, state
+from aixsss_ops.cli.common import state
 
 app = typer.Typer(help="Run the embedded stack: postgres, redis, s3 (SeaweedFS), nginx and the app.", no_args_is_help=True)
 
 
 def _stack(ctx: typer.Context):
-    from aixsss_ops.stack.manager import Stack
+    from aixsss_ops.stack.engines import open_stack
 
-    return Stack(state(ctx).config)
+    return open_stack(state(ctx).deployment)
 
 
 def _ports(ports: dict[str, int]) -> str:
@@ -39,18 +39,18 @@ def _render(st, report) -> None:
 
 
 @app.command("up")
-@handle_errors
 def up(ctx: typer.Context) -> None:
     """Start (or repair) every service; idempotent. Data survives down/up."""
     st = state(ctx)
-    report = _stack(ctx).up(progress=st.out.info)
+    from aixsss_ops.usecases.stack import up
+
+    report = up(st.deployment, st.out.info)
     st.out.emit(report.to_dict(), lambda _d: _render(st, report))
     if not report.healthy:
         raise typer.Exit(1)
 
 
 @app.command("down")
-@handle_errors
 def down(ctx: typer.Context) -> None:
     """Stop every service cleanly (the app first, Postgres last). Data is kept."""
     st = state(ctx)
@@ -59,7 +59,6 @@ def down(ctx: typer.Context) -> None:
 
 
 @app.command("status")
-@handle_errors
 def status(ctx: typer.Context) -> None:
     """Per-service state and health. Exit 3 when anything is down or unhealthy."""
     st = state(ctx)
@@ -70,7 +69,6 @@ def status(ctx: typer.Context) -> None:
 
 
 @app.command("logs")
-@handle_errors
 def logs(
     ctx: typer.Context,
     service: str = typer.Argument(..., help="postgres, redis, s3, proxy, api-blue, worker-blue, ..."),
@@ -83,12 +81,10 @@ def logs(
 
 
 @app.command("smoke")
-@handle_errors
 def smoke(ctx: typer.Context, timeout: float = typer.Option(60.0, help="Seconds to wait for the job.")) -> None:
     """End-to-end check through the proxy: health, ready, a profile, a job processed by the worker, its artifact."""
     from aixsss_ops.stack import smoke as smoke_mod
 
     st = state(ctx)
-    cfg = st.config
-    res = smoke_mod.run(f"http://{cfg.host}:{cfg.ports.proxy}", timeout)
+    res = smoke_mod.run(st.deployment.url, timeout)
     st.out.emit(res.__dict__, lambda _d: [st.out.console.print(f"ok  {s}") for s in res.steps])

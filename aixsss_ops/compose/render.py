@@ -1,4 +1,4 @@
-"""compose/*.yml from ops.toml, written from the docker runtime's own container specs (stack/docker_specs.py).
+"""compose/*.yml from ops.toml, written from the docker runtime's own container specs (runtime/docker_specs.py).
 
 - ``infra.yml``: the network, the named volumes, postgres, redis and s3
 - ``app.yml``: api and worker of one color: ``COLOR``, ``RELEASE``, ``VERSION`` and ``API_PORT`` are variables
@@ -18,10 +18,10 @@ from pathlib import Path
 import yaml
 
 from aixsss_ops.config import OpsConfig
+from aixsss_ops.context.layout import Layout
 from aixsss_ops.fsutil import atomic_write
+from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_RELEASE, L_SERVICE, L_VERSION
-from aixsss_ops.stack import docker_specs as specs
-from aixsss_ops.stack.layout import Layout
 
 APP_VARS = ("COLOR", "RELEASE", "VERSION", "API_PORT")
 _KEEP = re.compile(r"\$(\{(?:" + "|".join(APP_VARS) + r")(?::[?-][^}]*)?\})")
@@ -148,9 +148,10 @@ def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, s
     compose_dir = compose_dir or cfg.base_dir / "compose"
     head = (
         "# rendered by 'aixsss-ops compose render' from ops.toml: edit ops.toml and render again.\n"
-        "# The docker runtime creates the same containers from the same specs (aixsss_ops/stack/docker_specs.py).\n"
-        "# Secrets are files in /run/secrets, never container environment: POSTGRES_SUPERUSER_PASSWORD, S3_ACCESS_KEY and\n"
-        "# S3_SECRET_KEY come from the environment or .env, the app's from its env files (compose mounts a file secret\n"
+        "# The docker runtime creates the same containers from the same specs (aixsss_ops/runtime/docker_specs.py).\n"
+        "# Secrets are files in /run/secrets, never container environment: POSTGRES_SUPERUSER_PASSWORD, REDIS_PASSWORD,\n"
+        "# S3_ACCESS_KEY and S3_SECRET_KEY come from the environment or .env (REDIS_URL in the env files carries the same\n"
+        "# Redis password), the app's from its env files (compose mounts a file secret\n"
         f"# as it is on the host: the app runs as uid {specs.APP_UID}, so give it read access to api.env and worker.env).\n"
     )
     infra = {n: s for n, s in ((s.service, s) for s in specs.infra(cfg))}

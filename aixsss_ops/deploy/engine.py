@@ -14,17 +14,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aixsss_ops import envfile
-from aixsss_ops.deploy import releases
+from aixsss_ops import envfile, probes, releases
+from aixsss_ops.context.deploystate import Colors, now_iso, other
 from aixsss_ops.deploy.health import gate
-from aixsss_ops.deploy.lock import DeployLock
-from aixsss_ops.deploy.state import now_iso, other
+from aixsss_ops.deploy.lock import DeployLock, LockBusy
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
-from aixsss_ops.runtime.base import FAILED_STATES, wait_stopped
-from aixsss_ops.stack import probes, services
+from aixsss_ops.poll import poll_until
+from aixsss_ops.runtime.base import FAILED_STATES, api_port, wait_stopped
 from aixsss_ops.stack.manager import Stack, color_spec
 
 Progress = Callable[[str], None]
+BackupHook = Callable[[str], str]  # takes a label, returns the id of the restore point it took
+RestoreHook = Callable[[str], str]  # takes a backup id, restores its database, returns the backup id
 
 
 class DeployFailed(OpsError):
@@ -52,41 +53,44 @@ class DeployResult:
 
 
 class Deployer:
-    def __init__(self, stack: Stack, say: Progress | None = None):
+    """Deploys on ``stack``. ``backup``/``restore_db`` are how it takes a pre-deploy backup and restores a database
+    for ``rollback --restore-db`` (the use-case layer hands them in); without them it does neither."""
+
+    def __init__(self, stack: Stack, say: Progress | None = None, *, backup: BackupHook | None = None,
+                 restore_db: RestoreHook | None = None):
         self.stack = stack
         self.cfg = stack.cfg
         self.say = say or (lambda _m: None)
         self.rt = stack.runtime
         self.lock = DeployLock(stack.layout.deploy_dir)
+        self.take_backup = backup
+        self.restore_db = restore_db
 
     # -- helpers --
     def _api_url(self, color: str) -> str:
-        return f"http://{self.cfg.host}:{services.api_port(self.cfg, color)}"
+        return f"http://{self.cfg.host}:{api_port(self.cfg, color)}"
 
     def _stop_color(self, color: str) -> None:
         for svc in ("worker", "api"):
             self.rt.stop(svc, color, wait=False)
         wait_stopped(self.rt, [("worker", color), ("api", color)], self.cfg.supervisor.stop_timeout + 30)
 
-    def _boot(self, color: str, release: releases.Release, state: dict) -> None:
-        """Stop whatever the idle color ran, then start api and worker of ``color`` from ``release``."""
+    def _boot(self, color: str, release: releases.Release, state: Colors) -> None:
+        """Stop whatever the idle color ran, then start the api of ``color`` from ``release``. Its worker starts
+        only once the api passed the gate (``_gate``): an unchecked release never takes a job."""
         self._stop_color(color)
-        state["colors"][color] = {**color_spec(release), "status": "booting"}
+        state.colors[color] = color_spec(release).with_status("booting")
         self.stack.deploy_state.save(state)
         self.rt.define_app(color, release.path, release.version)
         self.rt.prepare_route(color, release.path)
-        for svc in ("api", "worker"):
-            self.rt.start(svc, color)
+        self.rt.start("api", color)
 
     def _gate(self, color: str) -> int:
         d = self.cfg.deploy
 
         def alive() -> str | None:
-            for svc in ("api", "worker"):
-                st = self.rt.state(svc, color)
-                if st in (*FAILED_STATES, "STOPPED"):
-                    return f"{svc}-{color} is {st}"
-            return None
+            st = self.rt.state("api", color)
+            return f"api-{color} is {st}" if st in (*FAILED_STATES, "STOPPED") else None
 
         self.say(f"health gate on {color}: {d.health_threshold} consecutive 2xx within {d.health_timeout:.0f}s")
         res = gate(
@@ -102,9 +106,12 @@ class Deployer:
                 f"({res.seconds:.1f}s): {res.last_error}",
                 details=self._failure_logs(color),
             )
-        deadline = time.monotonic() + max(0.0, d.health_timeout - res.seconds)
-        while (worker_state := self.rt.state("worker", color)) == "STARTING" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        if self.rt.state("worker", color) != "RUNNING":
+            self.say(f"api-{color} passed: starting worker-{color}")
+            self.rt.start("worker", color)
+        poll_until(lambda: self.rt.state("worker", color) not in ("STARTING", "STOPPED", "ABSENT"),
+                   max(1.0, d.health_timeout - res.seconds))
+        worker_state = self.rt.state("worker", color)
         if worker_state != "RUNNING":
             raise DeployFailed(f"worker-{color} is {worker_state}", details=self._failure_logs(color))
         return res.checks
@@ -122,13 +129,14 @@ class Deployer:
         self.say(f"switching the proxy to {color}")
         t0 = time.monotonic()
         self.rt.route(color)
-        deadline = t0 + 30
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             ok, body = probes.api_health(f"{self.stack.url}/api/health", timeout=1.0)
-            if ok and body.get("color") == color:
-                return round(time.monotonic() - t0, 4)
-            time.sleep(0.005)
-        raise OpsError(f"the proxy did not answer from {color} within 30s after the switch")
+            return ok and body.get("color") == color
+
+        if not poll_until(answers, 30, interval=0.005):
+            raise OpsError(f"the proxy did not answer from {color} within 30s after the switch")
+        return round(time.monotonic() - t0, 4)
 
     def _hooks(self, phase: str, env: dict[str, str]) -> list[str]:
         folder = self.cfg.resolve(self.cfg.deploy.hooks_dir) / phase
@@ -151,10 +159,50 @@ class Deployer:
         for svc in ("api", "worker", "web"):
             load_service_env(svc, envfile.read(self.stack.layout.env_file(svc)), bundled=svc != "web")
 
-    def _state(self) -> dict:
+    def _state(self) -> Colors:
         state = self.stack.colors()
-        state["active"] = self.stack.live_color() or state["active"]
+        state.active = self.stack.live_color() or state.active
         return state
+
+    # -- a deploy that died --
+    def recover(self) -> str | None:
+        """Tear down a color a killed deploy left booting (its release never passed the gate), so nothing unchecked
+        keeps running; None when there is none, or when a live deploy holds the lock (its color boots for real)."""
+        if not self.interrupted():
+            return None
+        try:
+            self.lock.acquire(0, {"action": "recover"})
+        except LockBusy:
+            return None
+        try:
+            return self._recover_locked(self._state())
+        finally:
+            self.lock.release()
+
+    def interrupted(self) -> list[str]:
+        """Colors a deploy left ``booting`` whose deploy no longer runs (the lock is free)."""
+        state = self.stack.deploy_state.load()
+        if not state or self.lock.info().held:
+            return []
+        return [c for c, spec in state.colors.items() if spec.status == "booting" and c != state.active]
+
+    def _recover_locked(self, state: Colors) -> str | None:
+        booting = [c for c, spec in state.colors.items() if spec.status == "booting" and c != state.active]
+        if not booting:
+            return None
+        for color in booting:
+            spec = state.colors[color]
+            self.say(f"a deploy of {spec.release} to {color} was killed before its health gate passed: "
+                     f"stopping {color}")
+            self._stop_color(color)
+            state.colors[color] = spec.with_status("failed")
+            self.stack.deploy_state.save(state)
+            self.stack.deploy_state.record({"at": now_iso(), "action": "deploy", "release": spec.release,
+                                            "version": spec.version, "color": color, "previous_color": state.active,
+                                            "outcome": "interrupted", "actor": "recovery", "migrations_applied": [],
+                                            "backup_id": None, "seconds": 0})
+        return (f"stopped {', '.join(booting)}: the deploy that booted it was killed before its health gate passed "
+                f"({state.colors[booting[0]].release} never served)")
 
     # -- deploy --
     def deploy(
@@ -176,10 +224,11 @@ class Deployer:
         if created:
             self.say(f"built release {release.id}")
         state = self._state()
-        live = state["active"]
+        live = state.active
         target = other(live)
         res = DeployResult(release.id, release.version, target, live, dry_run=dry_run)
-        if (not force and state["colors"].get(live, {}).get("release") == release.id
+        live_spec = state.spec(live)
+        if (not force and live_spec and live_spec.release == release.id
                 and self.rt.state("api", live) == "RUNNING"):
             res.noop, res.color = True, live
             res.plan.append(f"release {release.id} is already live on {live}: nothing to do")
@@ -188,7 +237,7 @@ class Deployer:
             "take the deploy lock",
             "validate the env of api, worker and web",
             "run pre-deploy hooks",
-            *(["take a pre-deploy backup"] if self.cfg.deploy.backup else []),
+            *(["take a pre-deploy backup"] if self._backs_up else []),
             f"apply pending migrations from {release.id}",
             f"boot api-{target} and worker-{target} from {release.id}",
             f"health gate on {self._api_url(target)}",
@@ -210,7 +259,9 @@ class Deployer:
         with self.lock:
             self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "deploy", "version": release.id}, self.say)
             state = self._state()
-            live, target = state["active"], other(state["active"])
+            if (note := self._recover_locked(state)) is not None:
+                res.warnings.append(note)
+            live, target = state.active, other(state.active)
             res.color, res.previous_color = target, live
             self._validate_env()
             hook_env = {
@@ -218,9 +269,10 @@ class Deployer:
                 "AIXSSS_VERSION": release.version,
                 "AIXSSS_COLOR": target,
                 "AIXSSS_PREVIOUS_COLOR": live,
-                "AIXSSS_PREVIOUS_VERSION": state["colors"].get(live, {}).get("version", ""),
+                "AIXSSS_PREVIOUS_VERSION": state.spec(live).version if state.spec(live) else "",
             }
             self._hooks("pre-deploy", hook_env)
+            self._check_migrations(release, allow_destructive)  # refused before anything is taken or changed
             res.backup_id = self._backup(release)
             res.migrations_applied = self._migrate(release, allow_destructive)
             self.say(f"booting {target} from {release.id}")
@@ -230,18 +282,16 @@ class Deployer:
             except BaseException:
                 self.say(f"tearing {target} down; {live} keeps serving")
                 self._stop_color(target)
-                state["colors"][target]["status"] = "failed"
+                if target in state.colors:
+                    state.colors[target] = state.colors[target].with_status("failed")
                 self.stack.deploy_state.save(state)
                 self._record(res, "failed", t0, actor)
                 raise
             res.switch_seconds = self._switch(target)
-            state["active"] = target
-            state["colors"][target]["status"] = "live"
-            state["colors"][live] = {
-                **state["colors"].get(live, {}),
-                "status": "warm",
-                "warm_until": _later(self.cfg.deploy.warm_minutes),
-            }
+            state.active = target
+            state.colors[target] = state.colors[target].with_status("live")
+            if live in state.colors:
+                state.colors[live] = state.colors[live].with_status("warm", _later(self.cfg.deploy.warm_minutes))
             self.stack.deploy_state.save(state)
             self.say(f"draining {live}: stopping worker-{live} (active jobs finish)")
             self.rt.stop("worker", live)
@@ -256,6 +306,18 @@ class Deployer:
         res.seconds = round(time.monotonic() - t0, 3)
         return res
 
+    def _check_migrations(self, release: releases.Release, allow_destructive: bool) -> None:
+        """What the migrations of ``release`` would meet (the ledger, drift, lint): refused here, before the
+        pre-deploy backup, with the same error the real run would give."""
+        from aixsss_ops.migrate import deploy as migrate_deploy
+
+        plan = migrate_deploy(self.stack.app_database_url(), release.path / "migrations", dry_run=True,
+                              allow_destructive=allow_destructive)
+        if plan.blockers:
+            raise CheckFailed(plan.blockers[0] if len(plan.blockers) == 1
+                              else f"{len(plan.blockers)} problems stop the deploy: {plan.blockers[0]}",
+                              details="\n".join(plan.blockers[1:]) or None)
+
     def _migrate(self, release: releases.Release, allow_destructive: bool) -> list[str]:
         from aixsss_ops.migrate import deploy as migrate_deploy
 
@@ -268,23 +330,15 @@ class Deployer:
         )
         return list(result.applied)
 
+    @property
+    def _backs_up(self) -> bool:
+        return self.cfg.deploy.backup and self.take_backup is not None
+
     def _backup(self, release: releases.Release) -> str | None:
-        if not self.cfg.deploy.backup:
+        if not self._backs_up:
             return None
-        from aixsss_ops.backup import targets
-        from aixsss_ops.backup.create import Reporter
-
-        say = self.say
-
-        class Phases(Reporter):
-            def phase(self, message: str) -> None:
-                say(f"backup: {message}")
-
-            def warn(self, message: str) -> None:
-                say(f"backup warning: {message}")
-
         self.say("taking a pre-deploy backup")
-        return targets.create(self.cfg, label=f"pre-deploy {release.id}", reporter=Phases()).id
+        return self.take_backup(f"pre-deploy {release.id}")
 
     def _smoke(self, release: releases.Release) -> None:
         ok, body = probes.api_health(f"{self.stack.url}/api/health")
@@ -311,19 +365,19 @@ class Deployer:
     # -- switch / rollback --
     def switch(self, color: str | None = None, actor: str = "cli") -> DeployResult:
         state = self._state()
-        live = state["active"]
+        live = state.active
         target = color or other(live)
-        if target not in state["colors"]:
+        spec = state.spec(target)
+        if spec is None:
             raise UsageError(f"nothing was ever deployed to {target}")
-        spec = state["colors"][target]
-        res = DeployResult(spec["release"], spec["version"], target, live)
+        res = DeployResult(spec.release, spec.version, target, live)
         if target == live:
             res.noop = True
             res.plan.append(f"{live} is already live")
             return res
         t0 = time.monotonic()
         with self.lock:
-            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "switch", "version": spec["release"]}, self.say)
+            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "switch", "version": spec.release}, self.say)
             self._ensure_running(target, state)
             res.health_checks = self._gate(target)
             res.switch_seconds = self._switch(target)
@@ -336,31 +390,26 @@ class Deployer:
         """Back to ``to`` (default: the previous release); ``restore_db`` then restores that backup's database
         (api and worker are stopped while it is swapped in), for migrations that are not backward compatible."""
         state = self._state()
-        live = state["active"]
+        live = state.active
         idle = other(live)
-        idle_spec = state["colors"].get(idle)
+        idle_spec = state.spec(idle)
         if to is None:
-            if not idle_spec or idle_spec.get("status") == "failed":
-                prev = next(
-                    (
-                        h
-                        for h in reversed(self.stack.deploy_state.history())
-                        if h["outcome"] == "live" and h["release"] != state["colors"][live]["release"]
-                    ),
-                    None,
-                )
+            if not idle_spec or idle_spec.status == "failed":
+                live_release = state.colors[live].release
+                prev = next((h for h in reversed(self.stack.deploy_state.history())
+                             if h["outcome"] == "live" and h["release"] != live_release), None)
                 if prev is None:
                     raise UsageError("there is no previous release to roll back to")
                 to = prev["release"]
             else:
-                to = idle_spec["release"]
+                to = idle_spec.release
         release = releases.find(self.stack.layout.releases, to)
         res = DeployResult(release.id, release.version, idle, live)
         t0 = time.monotonic()
         res.warnings += self._migrations_since(release.id)
         with self.lock:
             self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "rollback", "version": release.id}, self.say)
-            warm = idle_spec and idle_spec.get("release") == release.id and self.rt.state("api", idle) == "RUNNING"
+            warm = idle_spec and idle_spec.release == release.id and self.rt.state("api", idle) == "RUNNING"
             if warm:
                 self.say(f"{idle} is warm with {release.id}: starting worker-{idle}")
                 self.rt.start("worker", idle)
@@ -376,10 +425,10 @@ class Deployer:
             res.switch_seconds = self._switch(idle)
             self._after_switch(state, idle, live)
             if restore_db:
-                from aixsss_ops.backup import targets
-
+                if self.restore_db is None:
+                    raise UsageError("this deployer cannot restore a database")
                 self.say(f"restoring the database from backup {restore_db}")
-                res.backup_id = targets.restore(self.cfg, restore_db, db_only=True, say=self.say)["backup"]
+                res.backup_id = self.restore_db(restore_db)
             self.stack.deploy_state.record(
                 {
                     "at": now_iso(),
@@ -406,15 +455,15 @@ class Deployer:
             raise DeployFailed(f"the warm {color} api is not healthy: {res.last_error}", details=self._failure_logs(color))
         return res.checks
 
-    def _ensure_running(self, color: str, state: dict) -> None:
-        for svc in ("api", "worker"):
-            if self.rt.state(svc, color) != "RUNNING":
-                self.rt.start(svc, color)
+    def _ensure_running(self, color: str, state: Colors) -> None:
+        """The api of ``color`` (its worker starts once the api passed the gate)."""
+        if self.rt.state("api", color) != "RUNNING":
+            self.rt.start("api", color)
 
-    def _after_switch(self, state: dict, target: str, old: str) -> None:
-        state["active"] = target
-        state["colors"][target] = {**state["colors"][target], "status": "live"}
-        state["colors"][old] = {**state["colors"][old], "status": "warm", "warm_until": _later(self.cfg.deploy.warm_minutes)}
+    def _after_switch(self, state: Colors, target: str, old: str) -> None:
+        state.active = target
+        state.colors[target] = state.colors[target].with_status("live")
+        state.colors[old] = state.colors[old].with_status("warm", _later(self.cfg.deploy.warm_minutes))
         self.stack.deploy_state.save(state)
         self.rt.stop("worker", old)
 
@@ -433,13 +482,18 @@ class Deployer:
         ]
 
     # -- status --
-    def status(self) -> dict:
+    def status(self, recover: bool = True) -> dict:
+        """Both colors, the proxy's target and the lock. ``recover``: first tear down what a killed deploy left
+        booting (``recovered`` says what was done); without it such a color is listed under ``interrupted``."""
+        recovered = self.recover() if recover else None
+        interrupted = [] if recover else self.interrupted()
         state = self._state()
-        intended = (self.stack.deploy_state.load() or {}).get("active")
+        saved = self.stack.deploy_state.load()
+        intended = saved.active if saved else None
         units = {u.unit: u for u in self.rt.status()}
         colors = {}
         for color in ("blue", "green"):
-            spec = state["colors"].get(color)
+            spec = state.spec(color)
             if not spec:
                 continue
             svc = {}
@@ -453,18 +507,20 @@ class Deployer:
             if svc["api"]["state"] == "RUNNING":
                 ok, body = probes.api_health(self._api_url(color) + "/api/health")
                 svc["api"]["healthy"] = ok
-            status = spec.get("status")
+            status = spec.status
             if status == "warm" and svc["api"]["state"] != "RUNNING":
                 status = "cold"  # its api was stopped (e.g. by a key rotation): a rollback boots it again
-            colors[color] = {**spec, "status": status, "services": svc}
+            colors[color] = {**spec.to_dict(), "status": status, "services": svc}
         lock = self.lock.info()
         return {
-            "active": state["active"],
+            "active": state.active,
             "proxy_target": self.stack.live_color(),
             "intended_active": intended,
             "consistent": intended in (None, self.stack.live_color()),
             "colors": colors,
             "lock": {"held": lock.held, "holder": lock.holder, "stale_note": lock.stale_note},
+            "recovered": recovered,
+            "interrupted": interrupted,
             "proxy_url": self.stack.url,
         }
 

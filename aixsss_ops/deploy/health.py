@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aixsss_ops.stack import probes
+from aixsss_ops import probes
 
 
 @dataclass

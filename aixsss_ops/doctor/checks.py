@@ -54,7 +54,7 @@ def clock_skew(ctx: Context) -> Finding:
 def _pg(ctx: Context):
     from aixsss_ops.dburl import parse_database_url
 
-    return parse_database_url(ctx.database_url).connect(timeout=ctx.net_timeout)
+    return parse_database_url(ctx.database_url, "DATABASE_URL").connect(timeout=ctx.net_timeout)
 
 
 def postgres_reachable(ctx: Context) -> Finding:
@@ -65,7 +65,7 @@ def postgres_reachable(ctx: Context) -> Finding:
     if not ctx.database_url:
         return Finding(name, "fail", "no DATABASE_URL (environment, api.env) and no embedded stack",
                        "set DATABASE_URL or write the env files with `aixsss-ops env init`")
-    target = parse_database_url(ctx.database_url)
+    target = parse_database_url(ctx.database_url, "DATABASE_URL")
     try:
         with target.connect(timeout=ctx.net_timeout) as conn:
             num = int(conn.execute("SHOW server_version_num").fetchone()[0])
@@ -251,7 +251,7 @@ def queue_jobs(ctx: Context) -> list[Finding]:
 
 # -- object store --
 def s3_reachable(ctx: Context) -> Finding:
-    from aixsss_ops.stack import probes
+    from aixsss_ops import probes
 
     name = "s3.reachable"
     t = ctx.s3
@@ -320,15 +320,15 @@ def _hours(seconds: float) -> str:
 
 
 def backup_newest(ctx: Context) -> Finding:
-    from aixsss_ops.backup.targets import catalog
+    from aixsss_ops.backup.location import catalog
 
     name = "backup.newest"
     rpo = ctx.cfg.backup.rpo_hours
-    cat = catalog(ctx.cfg)
+    cat = catalog(ctx.dep)
     entries = cat.entries()
     complete = [e for e in entries if e.status == "complete"]
-    leftovers = [e.id for e in entries if e.status in ("incomplete", "invalid")]
-    extra = f"; {len(leftovers)} incomplete/invalid: {', '.join(leftovers[:3])}" if leftovers else ""
+    leftovers = [e.id for e in entries if e.status in ("incomplete", "invalid", "mismatched")]
+    extra = f"; {len(leftovers)} incomplete/invalid/mismatched: {', '.join(leftovers[:3])}" if leftovers else ""
     if not complete:
         return Finding(name, "fail", f"no complete backup in {cat.location}{extra}",
                        "take one: `aixsss-ops backup create` (and schedule it)")
@@ -341,11 +341,27 @@ def backup_newest(ctx: Context) -> Finding:
                    "`aixsss-ops backup prune` removes the remains" if leftovers else None)
 
 
+def backup_scratch(ctx: Context) -> Finding:
+    """Scratch databases (full copies) whose restore or verify was killed: nothing else would ever drop them."""
+    from aixsss_ops.backup.postgres import admin_target
+    from aixsss_ops.backup.scratch import orphans
+    from aixsss_ops.dburl import parse_database_url
+
+    name = "backup.scratch"
+    if not ctx.database_url:
+        return Finding(name, "skipped", "no database configured")
+    left = orphans(admin_target(parse_database_url(ctx.database_url)))
+    if left:
+        return Finding(name, "fail", f"{len(left)} scratch database(s) of killed restores/verifies take space: "
+                       f"{', '.join(left[:3])}", "`aixsss-ops backup cleanup` drops them")
+    return Finding(name, "ok", "no scratch database left by a killed restore or verify")
+
+
 def backup_verified(ctx: Context) -> Finding:
-    from aixsss_ops.backup.targets import catalog
+    from aixsss_ops.backup.location import catalog
 
     name = "backup.verified"
-    complete = catalog(ctx.cfg).complete()
+    complete = catalog(ctx.dep).complete()
     fix = "verify the newest: `aixsss-ops backup verify latest --restore`"
     if not complete:
         return Finding(name, "skipped", "no complete backup to verify", fix)
@@ -372,7 +388,7 @@ def _no_stack(name: str, ctx: Context) -> Finding | None:
 
 
 def deploy_proxy(ctx: Context) -> Finding:
-    from aixsss_ops.stack import probes
+    from aixsss_ops import probes
 
     name = "deploy.active"
     if (f := _no_stack(name, ctx)) is not None:
@@ -394,12 +410,17 @@ def deploy_state(ctx: Context) -> list[Finding]:
 
     if (f := _no_stack("deploy.idle-color", ctx)) is not None:
         return [f]
-    if not ctx.stack.deploy_state.load():
+    if not ctx.dep.deploy_state.load():
         return [Finding("deploy.idle-color", "skipped", "no deploy state yet (the stack was never brought up)")]
     if (problem := ctx.stack.engine_problem()) is not None:
         return [Finding("deploy.idle-color", "fail", problem, "`aixsss-ops stack up`")]
-    st = Deployer(ctx.stack).status()
+    st = Deployer(ctx.stack).status(recover=False)
     out = []
+    for color in st["interrupted"]:
+        spec = st["colors"][color]
+        out.append(Finding("deploy.interrupted", "fail", f"a deploy of {spec['release']} to {color} was killed before "
+                           f"its health gate passed; {color} still runs that unchecked release",
+                           "`aixsss-ops deploy status` stops it (or `aixsss-ops deploy` again)"))
     if not st["consistent"]:
         out.append(Finding("deploy.consistent", "warn", f"the proxy serves {st['proxy_target']} but the deploy state says "
                            f"{st['intended_active']} (an interrupted switch?)",

@@ -1,32 +1,38 @@
-"""What the checks read: the configuration, the services' env and where each dependency is.
-
-Connection settings follow DESIGN.md's precedence: the process environment as CI sets it
-(``DATABASE_URL``, ``REDIS_URL``, ``AI_QUEUE_NAME``, ``API_KEY_ENCRYPTION_KEY``, ``S3_*``), then the services'
-env files, then ops.toml. Everything is resolved lazily and once (the checks run in threads).
-"""
+"""What the checks read: the ``Deployment`` (every address and credential, resolved once with the documented
+precedence), the services' env as the env check sees it, and the embedded stack (built once: the checks run in
+threads)."""
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aixsss_ops.context.deployment import KEY, Deployment
+from aixsss_ops.context.settings import ENV_FILES, SERVICES
+
 if TYPE_CHECKING:
     from aixsss_ops.config import OpsConfig
+    from aixsss_ops.queue.conn import QueueTarget
     from aixsss_ops.s3 import S3Target
     from aixsss_ops.stack.manager import Stack
 
 
 @dataclass
 class Context:
-    cfg: OpsConfig
+    dep: Deployment
     timeout: float = 3.0
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     migrations_dir: Path | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def cfg(self) -> OpsConfig:
+        return self.dep.cfg
+
+    @property
+    def environ(self):
+        return self.dep.environ
 
     @property
     def net_timeout(self) -> float:
@@ -42,7 +48,7 @@ class Context:
     # -- the services' env --
     @property
     def env_files(self) -> dict[str, Path]:
-        return {svc: self.cfg.state / "env" / f"{svc}.env" for svc in ("api", "worker", "web")}
+        return {svc: self.dep.layout.env_file(svc) for svc in ENV_FILES}
 
     @property
     def env_sources(self):
@@ -54,7 +60,7 @@ class Context:
             if present:
                 return sources.load(list(present), present, {}, None)
             if self.environ.get("DATABASE_URL"):
-                return sources.load(["api", "worker"], {}, {}, dict(self.environ))
+                return sources.load(list(SERVICES), {}, {}, dict(self.environ))
             return sources.Sources()
 
         return self._once("_env_sources", load)
@@ -63,88 +69,55 @@ class Context:
     def envs(self) -> dict[str, dict[str, str]]:
         return self.env_sources.envs
 
-    def _setting(self, name: str, *services: str) -> str | None:
-        if self.environ.get(name):
-            return self.environ[name]
-        for svc in services or ("api", "worker"):
-            v = self.envs.get(svc, {}).get(name)
-            if v:
-                return v
-        return None
-
     # -- the embedded stack (when there is one) --
     @property
     def stack(self) -> Stack:
         def make():
-            from aixsss_ops.stack.manager import Stack
+            from aixsss_ops.stack.engines import open_stack
 
-            return Stack(self.cfg)
+            return open_stack(self.dep)
 
         return self._once("_stack", make)
 
     @property
     def has_stack(self) -> bool:
-        return (self.cfg.state / "deploy").exists() or (self.cfg.state / "supervisor").exists()
+        return self.dep.layout.deploy_dir.exists() or self.dep.layout.supervisor.exists()
 
-    # -- dependencies --
+    # -- dependencies: the deployment's --
     @property
     def database_url(self) -> str | None:
-        url = self._setting("DATABASE_URL")
-        if url:
-            return url
-        if self.stack.layout.secrets_file.exists():
-            return self.stack.app_database_url()
-        return None
+        s = self._once("_database", lambda: self.dep.database_setting)
+        return s.value if s else None
 
     @property
-    def redis(self):
-        from aixsss_ops.queue.conn import resolve_target
+    def redis(self) -> QueueTarget:
+        from aixsss_ops.queue.conn import target
 
-        return self._once("_redis", lambda: resolve_target(self.cfg, environ=self.environ))
+        return self._once("_redis", lambda: target(self.dep))
 
     @property
     def s3(self) -> S3Target:
-        from aixsss_ops.s3 import S3Target
-
-        endpoint = self._setting("S3_ENDPOINT")
-        if endpoint:
-            return S3Target(endpoint, self._setting("S3_ACCESS_KEY") or "", self._setting("S3_SECRET_KEY") or "",
-                            self._setting("S3_REGION") or "us-east-1")
-        return self.stack.s3_target()
+        return self._once("_s3", lambda: self.dep.s3)
 
     @property
     def bucket(self) -> str:
-        return self._setting("S3_BUCKET") or self.cfg.s3.bucket
+        return self.dep.bucket
 
     def encryption_keys(self) -> dict[str, str]:
         """The raw API_KEY_ENCRYPTION_KEY of the api and the worker (the process environment overrides both)."""
-        if self.environ.get("API_KEY_ENCRYPTION_KEY"):
-            return {"api": self.environ["API_KEY_ENCRYPTION_KEY"], "worker": self.environ["API_KEY_ENCRYPTION_KEY"]}
-        return {svc: self.envs[svc]["API_KEY_ENCRYPTION_KEY"] for svc in ("api", "worker")
-                if self.envs.get(svc, {}).get("API_KEY_ENCRYPTION_KEY")}
+        if self.environ.get(KEY):
+            return {svc: self.environ[KEY] for svc in SERVICES}
+        return {svc: self.envs[svc][KEY] for svc in SERVICES if self.envs.get(svc, {}).get(KEY)}
 
     def migrations(self) -> Path:
         """The migrations of the release the live color runs (else the configured app source)."""
         if self.migrations_dir is not None:
             return self.migrations_dir
-        state = self.stack.deploy_state.load() or {}
-        live = self.stack.live_color() or state.get("active")
-        spec = (state.get("colors") or {}).get(live) if live else None
-        return Path(spec["source"]) / "migrations" if spec else self.cfg.app_source / "migrations"
+        state = self.dep.deploy_state.load()
+        live = self.stack.live_color() or (state.active if state else None)
+        spec = state.spec(live) if state else None
+        return spec.path / "migrations" if spec else self.cfg.app_source / "migrations"
 
     def secrets(self) -> list[str]:
         """Every secret value the checks might touch, for the output scrubber."""
-        from urllib.parse import urlsplit
-
-        from aixsss_ops.envcheck.sources import secret_values
-
-        out = secret_values(self.envs) + secret_values({"environ": dict(self.environ)})
-        out.append(self.cfg.s3.secret_key.get_secret_value())
-        for url in (self.database_url, self.redis.redis_url):
-            try:
-                pw = urlsplit(url or "").password
-            except ValueError:
-                pw = None
-            if pw:
-                out.append(pw)
-        return out
+        return self.dep.secrets()

@@ -38,6 +38,7 @@ CHECKS: tuple[Check, ...] = (
     Check("s3.lifecycle", c.s3_lifecycle, "s3.reachable"),
     Check("backup.newest", c.backup_newest),
     Check("backup.verified", c.backup_verified),
+    Check("backup.scratch", c.backup_scratch, "postgres.reachable"),
     Check("deploy.active", c.deploy_proxy),
     Check("deploy.state", c.deploy_state),
     Check("deploy.proxy-config", c.proxy_config),

@@ -1,6 +1,6 @@
 """``env init``: the api, worker and web env files with strong random secrets, consistent across services.
 
-The values come from the stack's own generator (``aixsss_ops.stack.envgen``), so the files match what
+The values come from the stack's own generator (``aixsss_ops.context.envgen``), so the files match what
 ``stack up`` would write for this ops.toml."""
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def init_env(cfg: OpsConfig, *, production: bool = False, force: bool = False, d
     """Write the three files (0600, atomic). Refuses to overwrite without ``force``; with ``force`` every
     secret is new except ``API_KEY_ENCRYPTION_KEY``, which is kept (the stored provider keys depend on it:
     changing it is ``keys rotate``'s job). In production the result must pass the production rules."""
+    from aixsss_ops.context import envgen
+    from aixsss_ops.context.layout import Layout
     from aixsss_ops.crypto import derive_key, fingerprint
-    from aixsss_ops.stack import envgen
-    from aixsss_ops.stack.layout import Layout
 
     layout = Layout(cfg.state)
     target = directory or layout.env_dir

@@ -91,7 +91,7 @@ def check_urls(service: str, env: Mapping[str, str], origin: str) -> list[Findin
     db = env.get("DATABASE_URL")
     if db:
         try:
-            parse_database_url(db)
+            parse_database_url(db, "DATABASE_URL")
         except UsageError as e:
             out.append(Finding("env.database-url", "fail", e.message.replace(db, "(value)"),
                                f"use postgresql://user:password@host:5432/aixsss?schema=public in {origin}",

@@ -11,6 +11,7 @@ from aixsss_ops import envfile
 from aixsss_ops.envcheck.rules import SERVICES
 from aixsss_ops.errors import UsageError
 from aixsss_ops.findings import Finding
+from aixsss_ops.output import secret_values  # noqa: F401 (re-exported for the env commands)
 
 
 @dataclass
@@ -46,6 +47,9 @@ def read_file(service: str, path: Path, problems: list[Finding]) -> dict[str, st
     except OSError as e:
         problems.append(Finding("env.file", "fail", f"cannot read {path}: {e.strerror}",
                                 f"check the permissions of {path}", service))
+    except UnicodeDecodeError as e:  # never the bytes: they may be part of a secret
+        problems.append(Finding("env.file", "fail", f"{path}: not UTF-8 text (at byte offset {e.start})",
+                                "write the env file as UTF-8", service))
     except UsageError as e:  # names file:line (and the variable when the line starts with one), never the value
         problems.append(Finding("env.file", "fail", e.message, "fix that line: KEY=value, one per line",
                                 service, _variable_of(e.message, path)))
@@ -85,26 +89,3 @@ def load(services: list[str], default_files: Mapping[str, Path], given: Mapping[
             src.envs[svc] = env
             src.origins[svc] = " + ".join(origins)
     return src
-
-
-def secret_values(envs: Mapping[str, Mapping[str, str]]) -> list[str]:
-    """Every secret-looking value (by name, and URL passwords): the CLI hands them to the output scrubber."""
-    from urllib.parse import urlsplit
-
-    from aixsss_ops.output import is_secret_name
-
-    out = []
-    for env in envs.values():
-        for k, v in env.items():
-            if not v:
-                continue
-            if is_secret_name(k):
-                out.append(v)
-            elif "://" in v:
-                try:
-                    pw = urlsplit(v).password
-                except ValueError:
-                    pw = None
-                if pw:
-                    out.append(pw)
-    return out

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 from aixsss_ops.crypto import KeyCipher, MalformedPayload, WrongKey
 from aixsss_ops.dburl import PgTarget
+from aixsss_ops.procutil import die_with_parent
 
 TABLE = "AIProfile"
 COLUMNS = ("apiKeyEncrypted", "imageApiKeyEncrypted", "videoApiKeyEncrypted")
@@ -122,12 +123,7 @@ def _init(keys: Sequence[bytes]) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()  # a parent killed by SIGKILL takes the pool along
     _CIPHERS = [KeyCipher(k) for k in keys]
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

@@ -1,26 +1,25 @@
 """Glue between the configuration and the key engine: which keys, which files, which queue, which runtime.
 
-Connection settings and keys follow the documented precedence (flag, process environment, env files, ops.toml;
-see :mod:`aixsss_ops.connsettings`). Every raw key seen is registered with the output scrubber at once, so no
+Connection settings and keys come from the ``Deployment`` (flag, process environment, env files, ops.toml;
+see :mod:`aixsss_ops.context.settings`). Every raw key seen is registered with the output scrubber at once, so no
 message can show it; results carry fingerprints only.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aixsss_ops import envfile
-from aixsss_ops.connsettings import Setting, database_url, resolve, service_env_files, service_envs
+from aixsss_ops.context.deployment import Deployment
+from aixsss_ops.context.settings import SERVICES, Setting
 from aixsss_ops.crypto import derive_key, fingerprint, generate_key
-from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+from aixsss_ops.errors import CheckFailed, UsageError
 from aixsss_ops.output import scrubber
 
 if TYPE_CHECKING:
-    from aixsss_ops.config import OpsConfig
     from aixsss_ops.keys.rotate import Rotation
 
 KEY = "API_KEY_ENCRYPTION_KEY"
@@ -59,32 +58,35 @@ def _setting_key(s: Setting | None) -> Key | None:
     return None if s is None else key(s.value, s.source)
 
 
-def keys_dir(cfg: OpsConfig) -> Path:
-    return cfg.state / "keys"
+def keys_dir(dep: Deployment) -> Path:
+    return dep.cfg.state / "keys"
 
 
-def state_dir_for_progress(cfg: OpsConfig) -> Path:
-    return keys_dir(cfg)
+def _service_envs(dep: Deployment) -> dict[str, dict[str, str]]:
+    return {svc: env for svc, env in dep.envs.items() if svc in SERVICES}
 
 
-def register_known(cfg: OpsConfig, environ: Mapping[str, str] | None = None) -> None:
+def service_env_files(dep: Deployment) -> dict[str, Path]:
+    return {svc: dep.layout.env_file(svc) for svc in SERVICES}
+
+
+def register_known(dep: Deployment) -> None:
     """Teach the scrubber every key the env and env files hold, before anything can fail and print."""
-    environ = os.environ if environ is None else environ
     for name in (KEY, PREVIOUS, NEXT):
-        scrubber.add(environ.get(name))
-        for env in service_envs(cfg).values():
+        scrubber.add(dep.environ.get(name))
+        for env in _service_envs(dep).values():
             scrubber.add(env.get(name))
 
 
-def candidates(cfg: OpsConfig, extra: list[Key] = (), environ: Mapping[str, str] | None = None) -> dict[str, Key]:
+def candidates(dep: Deployment, extra: list[Key] = ()) -> dict[str, Key]:
     """Every key within reach by fingerprint: flags first, then the environment, then the env files."""
-    environ = os.environ if environ is None else environ
+    environ = dep.environ
     out: dict[str, Key] = {}
     found = list(extra)
     for name in (KEY, PREVIOUS, NEXT):
         if environ.get(name):
             found.append(Key(environ[name], f"env {name}"))
-        for svc, env in service_envs(cfg).items():
+        for svc, env in _service_envs(dep).items():
             if env.get(name):
                 found.append(Key(env[name], f"{name} in {svc}.env"))
     for k in found:
@@ -95,14 +97,14 @@ def candidates(cfg: OpsConfig, extra: list[Key] = (), environ: Mapping[str, str]
 
 # -- generate -------------------------------------------------------------------------------------------------
 
-def generate(cfg: OpsConfig, write: bool, force: bool = False) -> dict:
+def generate(dep: Deployment, write: bool, force: bool = False) -> dict:
     """A new key; with ``write`` stored into the api and worker env files (0600, atomic), never printed."""
     raw = generate_key()
     scrubber.add(raw)
     fp = fingerprint(derive_key(raw))
     if not write:
         return {"key": raw, "fingerprint": fp, "written": []}
-    files = service_env_files(cfg)
+    files = service_env_files(dep)
     current = {svc: (envfile.read(p) if p.exists() else {}) for svc, p in files.items()}
     existing = {svc: env[KEY] for svc, env in current.items() if env.get(KEY)}
     if existing and not force:
@@ -133,32 +135,31 @@ def _write_env(path: Path, env: dict[str, str]) -> None:
 
 # -- check ----------------------------------------------------------------------------------------------------
 
-def check(cfg: OpsConfig, *, database: str | None = None, key_flag: str | None = None, others: list[str] = (),
-          workers: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
-    """Whose key every stored value is; api/worker env agreement; the rotation in progress, if any."""
+def check(dep: Deployment, *, others: list[str] = (), workers: int | None = None,
+          progress: Callable[[int], None] | None = None) -> dict:
+    """Whose key every stored value is; api/worker env agreement; the rotation in progress, if any. The key and the
+    database are the deployment's (a ``--key``/``--database-url`` flag is one of its sources)."""
     from aixsss_ops.dburl import parse_database_url
     from aixsss_ops.keys.engine import Engine
     from aixsss_ops.keys.rotate import FINAL_PHASES, ProgressFile
 
-    register_known(cfg)
-    configured = _setting_key(resolve(cfg, KEY, key_flag, "--key"))
+    register_known(dep)
+    configured = _setting_key(dep.api_key())
     if configured is None:
         raise UsageError(f"no {KEY}: pass --key, set it in the environment, or write it to the env files "
                          "(aixsss-ops keys generate --write)")
     given = [key(raw, f"--other-key #{i}") for i, raw in enumerate(others, 1)]
     pool = {configured.fingerprint: configured}
-    for fp, k in candidates(cfg, given).items():
+    for fp, k in candidates(dep, given).items():
         pool.setdefault(fp, k)
     keys = list(pool.values())
-    db = database_url(cfg, database)
-    scrubber.add(_password(db.value))
-    target = parse_database_url(db.value)
+    target = parse_database_url(dep.database.value)
     with Engine(target, [k.derived for k in keys], workers=workers) as eng:
         scan = eng.scan(range(len(keys)), progress=progress)
     by_fp = [{"fingerprint": k.fingerprint, "source": k.source, "configured": i == 0, "values": n}
              for i, (k, n) in enumerate(zip(keys, scan.by_key, strict=True))]
     other_values = sum(scan.by_key[1:])
-    envs = {svc: env.get(KEY) for svc, env in service_envs(cfg).items()}
+    envs = {svc: env.get(KEY) for svc, env in _service_envs(dep).items()}
     env_fps = {svc: (fingerprint(derive_key(raw)) if raw else None) for svc, raw in envs.items()}
     agree = len(set(env_fps.values())) <= 1
     findings = []
@@ -170,7 +171,7 @@ def check(cfg: OpsConfig, *, database: str | None = None, key_flag: str | None =
     if not agree:
         findings.append("api.env and worker.env hold different API_KEY_ENCRYPTION_KEY values: "
                         + ", ".join(f"{s}.env {fp}" for s, fp in env_fps.items()))
-    prog = ProgressFile(keys_dir(cfg)).load()
+    prog = ProgressFile(keys_dir(dep)).load()
     rotation = None
     if prog:
         rotation = {k: prog.get(k) for k in ("phase", "mode", "old_fingerprint", "new_fingerprint", "reencrypted",
@@ -198,15 +199,6 @@ def check(cfg: OpsConfig, *, database: str | None = None, key_flag: str | None =
     }
 
 
-def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
 # -- rotate ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -216,17 +208,14 @@ class RotateOptions:
     old_key: str | None = None
     db_only: bool = False
     rollback: bool = False
-    database_url: str | None = None
-    redis_url: str | None = None
-    queue: str | None = None
     drain_timeout: float = 120.0
     batch: int | None = None
     workers: int | None = None
 
 
-def _env_files_key(cfg: OpsConfig, name: str) -> Key | None:
+def _env_files_key(dep: Deployment, name: str) -> Key | None:
     """``name`` from the api and worker env files, which must agree (exit 3 otherwise)."""
-    files = service_env_files(cfg)
+    files = service_env_files(dep)
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise UsageError(f"env file(s) not found: {', '.join(missing)}",
@@ -244,9 +233,9 @@ def _env_files_key(cfg: OpsConfig, name: str) -> Key | None:
     return next(iter(found.values()))
 
 
-def _edit_env_files(cfg: OpsConfig, change: Callable[[dict[str, str]], None]) -> list[str]:
+def _edit_env_files(dep: Deployment, change: Callable[[dict[str, str]], None]) -> list[str]:
     written = []
-    for path in service_env_files(cfg).values():
+    for path in service_env_files(dep).values():
         env = envfile.read(path)
         before = dict(env)
         change(env)
@@ -256,13 +245,14 @@ def _edit_env_files(cfg: OpsConfig, change: Callable[[dict[str, str]], None]) ->
     return written
 
 
-def prepare(cfg: OpsConfig, opts: RotateOptions, *, say=None, progress=None) -> Rotation:
-    """Resolve keys, targets and hooks for ``keys rotate`` (nothing is changed here)."""
+def prepare(dep: Deployment, opts: RotateOptions, *, say=None, progress=None,
+            restart: Callable[[Callable[[str], None]], dict] | None = None) -> Rotation:
+    """Resolve keys, targets and hooks for ``keys rotate`` (nothing is changed here). ``restart`` restarts the app
+    with the new key (a blue/green restart, handed in by the use-case layer); a full rotation needs it."""
     from aixsss_ops.dburl import parse_database_url
     from aixsss_ops.keys.rotate import DB_PHASES, FINAL_PHASES, ProgressFile, Rotation
-    from aixsss_ops.queue.conn import resolve_target
 
-    register_known(cfg)
+    register_known(dep)
     if opts.generate and opts.new_key:
         raise UsageError("pass either --new-key or --generate")
     if opts.rollback and (opts.generate or opts.new_key):
@@ -272,10 +262,10 @@ def prepare(cfg: OpsConfig, opts: RotateOptions, *, say=None, progress=None) -> 
                          "generate`, store it in your secret manager, then pass it with --new-key")
     new_flag = key(opts.new_key, "--new-key") if opts.new_key else None
     old_flag = key(opts.old_key, "--old-key") if opts.old_key else None
-    prior = ProgressFile(keys_dir(cfg)).load()
+    prior = ProgressFile(keys_dir(dep)).load()
     if prior and prior.get("phase") in FINAL_PHASES:
         prior = None
-    pool = candidates(cfg, [k for k in (new_flag, old_flag) if k])
+    pool = candidates(dep, [k for k in (new_flag, old_flag) if k])
     if prior and not opts.db_only:  # the env files may be half-written by a killed run: keys come from the pool
         files_key = _env_files_key
         def _env_files_key_tolerant(c, name):  # noqa: E306
@@ -288,25 +278,25 @@ def prepare(cfg: OpsConfig, opts: RotateOptions, *, say=None, progress=None) -> 
         env_key_of = _env_files_key
 
     if opts.db_only:
-        current = old_flag or _setting_key(resolve(cfg, KEY))
+        current = old_flag or _setting_key(dep.api_key())
         if current is None:
             raise UsageError(f"no {KEY}: pass --old-key or set {KEY} in the environment")
         if opts.rollback:
-            new = _setting_key(resolve(cfg, PREVIOUS))
+            new = _setting_key(dep.api_key(PREVIOUS))
             if new is None:
                 raise CheckFailed(f"no previous key to roll back to: set {PREVIOUS} in the environment")
         else:
             new = new_flag
     else:
-        env_key = os.environ.get(KEY)
-        current = old_flag or env_key_of(cfg, KEY)
+        env_key = dep.environ.get(KEY)
+        current = old_flag or env_key_of(dep, KEY)
         if current is None and not prior:
             raise UsageError(f"the env files hold no {KEY}", hint="create one with `aixsss-ops keys generate --write`")
         if env_key and current and derive_key(env_key) != current.derived and not prior:
             raise UsageError(f"the environment's {KEY} is not the key of the env files; the services read the env "
                              "files", hint="unset it, or use --db-only if the env is managed elsewhere")
         if opts.rollback:
-            new = env_key_of(cfg, PREVIOUS)
+            new = env_key_of(dep, PREVIOUS)
             if new is None and not prior:
                 raise CheckFailed(f"no previous key to roll back to: the env files hold no {PREVIOUS}")
         elif opts.generate:
@@ -339,33 +329,32 @@ def prepare(cfg: OpsConfig, opts: RotateOptions, *, say=None, progress=None) -> 
     if new.derived == old.derived:
         raise CheckFailed(f"the new key ({new.source}) is the current key ({old.source}): nothing to rotate")
 
-    db = database_url(cfg, opts.database_url)
-    scrubber.add(_password(db.value))
-    target = parse_database_url(db.value)
-    qt = resolve_target(cfg, opts.redis_url, opts.queue)
-    scrubber.add(_password(qt.redis_url))
-    hooks = _hooks(cfg, qt, old, new, db_only=mode.endswith("db-only"))
-    rot = Rotation(target=target, old=old.derived, new=new.derived, mode=mode, state_dir=keys_dir(cfg), hooks=hooks,
-                   queue=qt.queue, drain_timeout=opts.drain_timeout, workers=opts.workers, batch=opts.batch, say=say,
+    target = parse_database_url(dep.database.value)
+    db_only = mode.endswith("db-only")
+    if not db_only and restart is None:
+        raise UsageError("a full rotation restarts the app: nothing here can restart it (use --db-only)")
+    hooks = _hooks(dep, dep.redis.value, dep.queue.value, old, new, db_only=db_only, restart=restart)
+    rot = Rotation(target=target, old=old.derived, new=new.derived, mode=mode, state_dir=keys_dir(dep), hooks=hooks,
+                   queue=dep.queue.value, drain_timeout=opts.drain_timeout, workers=opts.workers, batch=opts.batch, say=say,
                    progress=progress)
     rot.revert_only = bool(prior and opts.rollback and prior["phase"] in DB_PHASES)
     rot.new_source = new.source
     return rot
 
 
-def _hooks(cfg: OpsConfig, qt, old: Key, new: Key, db_only: bool):
+def _hooks(dep: Deployment, redis_url: str, queue: str, old: Key, new: Key, db_only: bool, restart):
     from aixsss_ops.keys.rotate import Hooks
     from aixsss_ops.queue import control
 
     def pause() -> bool:
-        return not control.pause(qt.redis_url, qt.queue).changed
+        return not control.pause(redis_url, queue).changed
 
     def drain(timeout: float) -> tuple[bool, int]:
-        r = control.drain_wait(qt.redis_url, qt.queue, timeout)
+        r = control.drain_wait(redis_url, queue, timeout)
         return r.drained, r.active
 
     def resume() -> None:
-        control.resume(qt.redis_url, qt.queue)
+        control.resume(redis_url, queue)
 
     h = Hooks(pause=pause, drain=drain, resume=resume)
     if db_only:
@@ -382,37 +371,11 @@ def _hooks(cfg: OpsConfig, qt, old: Key, new: Key, db_only: bool):
         env[PREVIOUS] = old.raw
         env.pop(NEXT, None)
 
-    h.stage_new_key = lambda: _edit_env_files(cfg, stage)
-    h.unstage_new_key = lambda: _edit_env_files(cfg, unstage)
-    h.write_env = lambda: _edit_env_files(cfg, commit)
-    h.restart = lambda say: restart_stack(cfg, say)
+    h.stage_new_key = lambda: _edit_env_files(dep, stage)
+    h.unstage_new_key = lambda: _edit_env_files(dep, unstage)
+    h.write_env = lambda: _edit_env_files(dep, commit)
+    h.restart = restart
     return h
-
-
-def restart_stack(cfg: OpsConfig, say) -> dict:
-    """Blue/green restart of the live release (the api keeps serving), then stop the old color's api: it still
-    holds the old key, so it must neither write again nor be the target of a warm rollback."""
-    from aixsss_ops.deploy.engine import Deployer
-    from aixsss_ops.stack.manager import Stack
-
-    stack = Stack(cfg)
-    try:
-        live = stack.live_color()
-        running = bool(live) and stack.runtime.state("api", live) == "RUNNING"
-    except OpsError:
-        live, running = None, False
-    if not running:
-        return {"restarted": False,
-                "note": "the embedded stack's api is not running: api and worker read the new key when they start"}
-    spec = stack.colors()["colors"][live]
-    res = Deployer(stack, say).deploy(version=spec["version"], source=Path(spec["source"]), force=True,
-                                      actor="keys rotate")
-    old = res.previous_color
-    say(f"stopping api-{old}: it still holds the old key")
-    stack.runtime.stop("worker", old)
-    stack.runtime.stop("api", old)
-    return {"restarted": True, "color": res.color, "previous_color": old, "release": res.release,
-            "switch_seconds": res.switch_seconds}
 
 
 def next_steps(rot: Rotation) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aixsss_ops.errors import OpsError
@@ -23,6 +24,16 @@ from aixsss_ops.migrate.statements import Statement, runs_in_one_transaction, sp
 
 if TYPE_CHECKING:
     import psycopg
+
+
+# The last line of the logs aixsss-ops records for a failed run: the migrations folder it ran from (another
+# release's folder, say), which `migrate resolve --applied` must be given.
+FOLDER_PREFIX = "Migrations folder: "
+
+
+def migrations_folder(migration: Migration) -> Path | None:
+    """The (absolute) migrations folder ``migration`` was read from."""
+    return migration.path.parent.parent.absolute() if migration.path is not None else None
 
 
 class MigrationFailed(OpsError):
@@ -43,8 +54,8 @@ class ScriptError:
     statement: Statement | None
     statement_index: int | None
 
-    def logs(self, name: str) -> str:
-        """The text stored in ``_prisma_migrations.logs`` (shaped like Prisma's)."""
+    def logs(self, name: str, folder: Path | None = None) -> str:
+        """The text stored in ``_prisma_migrations.logs`` (shaped like Prisma's), then the folder it ran from."""
         lines = [f"Migration `{name}` failed to apply cleanly to the database.", ""]
         if self.sqlstate:
             lines.append(f"Database error code: {self.sqlstate}")
@@ -59,6 +70,8 @@ class ScriptError:
             lines.append("")
             lines.append(f"Failing statement (line {self.statement.line}):")
             lines.append(self.statement.text)
+        if folder is not None:
+            lines += ["", f"{FOLDER_PREFIX}{folder}"]
         return "\n".join(lines)
 
 
@@ -118,7 +131,8 @@ def apply_migration(conn: psycopg.Connection, migration: Migration, retry_ids: l
             ledger.record_finished(conn, rid)
     if failure is None:
         return atomic
-    logs = failure.logs(migration.name)
+    folder = migrations_folder(migration)
+    logs = failure.logs(migration.name, folder)
     with suppress(psycopg.Error):  # the connection may be gone: the row then stays unfinished
         ledger.record_failed(conn, rid, logs)
     where = f" at line {failure.statement.line}" if failure.statement else ""
@@ -132,7 +146,8 @@ def apply_migration(conn: psycopg.Connection, migration: Migration, retry_ids: l
               f"`aixsss-ops migrate resolve --rolled-back {migration.name}` and deploy again"
               if atomic else
               f"it ran outside a transaction: check what it changed, complete or undo it by hand, then run "
-              f"`aixsss-ops migrate resolve --applied {migration.name}` or `--rolled-back {migration.name}`"),
+              f"`aixsss-ops migrate resolve --applied {migration.name}"
+              + (f" --migrations-dir {folder}" if folder else "") + f"` or `--rolled-back {migration.name}`"),
     )
 
 

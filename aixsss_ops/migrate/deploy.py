@@ -10,9 +10,20 @@ from pathlib import Path
 from aixsss_ops.dburl import parse_database_url
 from aixsss_ops.errors import CheckFailed
 from aixsss_ops.migrate import ledger, lock
-from aixsss_ops.migrate.apply import apply_migration
-from aixsss_ops.migrate.history import APPLIED, FAILED, INTERRUPTED, MISSING, MODIFIED, PENDING, RUNNING, History, compare
-from aixsss_ops.migrate.layout import Layout, read_layout
+from aixsss_ops.migrate.apply import FOLDER_PREFIX, apply_migration
+from aixsss_ops.migrate.history import (
+    APPLIED,
+    FAILED,
+    INTERRUPTED,
+    MISSING,
+    MODIFIED,
+    PENDING,
+    RUNNING,
+    Entry,
+    History,
+    compare,
+)
+from aixsss_ops.migrate.layout import SCRIPT, Layout, read_layout
 from aixsss_ops.migrate.lint import Finding, blocking, lint
 from aixsss_ops.migrate.session import connect, table_rows
 
@@ -49,10 +60,26 @@ class DeployResult:
         return d
 
 
-def failed_hint(name: str, migrations_dir: Path) -> str:
+def failed_hint(name: str, migrations_dir: Path | None, current: Path | None = None) -> str:
+    """How to get past a failed migration. ``migrations_dir``: the folder holding it that ``resolve --applied``
+    must read (None when no known folder holds it: ``current``, this run's folder, does not)."""
+    where = (f"--migrations-dir {migrations_dir}` " if migrations_dir is not None
+             else f"--migrations-dir DIR` (DIR: the migrations folder that holds {name}; {current} does not) ")
     return (f"Fix the database, then run `aixsss-ops migrate resolve --rolled-back {name}` to apply it again, "
-            f"or `aixsss-ops migrate resolve --applied {name} --migrations-dir {migrations_dir}` "
+            f"or `aixsss-ops migrate resolve --applied {name} {where}"
             "if you completed it by hand")
+
+
+def failed_folder(entry: Entry, layout: Layout) -> Path | None:
+    """The migrations folder a failed migration ran from (recorded in its logs: another release's folder, say) while
+    it still holds the migration; else this run's folder when it holds it; else None."""
+    for line in reversed((entry.logs or "").splitlines()):
+        if line.startswith(FOLDER_PREFIX):
+            recorded = Path(line[len(FOLDER_PREFIX):])
+            if (recorded / entry.name / SCRIPT).is_file():
+                return recorded
+            break
+    return layout.directory.absolute() if entry.in_folder else None
 
 
 def make_plan(
@@ -66,7 +93,7 @@ def make_plan(
             why = next((ln for ln in first if ln.startswith("ERROR:")), first[0] if first else "no error was recorded")
             result.blockers.append(
                 f"migration {e.name} is recorded as failed (started {e.started_at}): {why}. "
-                + failed_hint(e.name, layout.directory)
+                + failed_hint(e.name, failed_folder(e, layout), layout.directory.absolute())
             )
         elif e.state == RUNNING:
             result.blockers.append(f"migration {e.name} is being applied by another session right now")
@@ -90,7 +117,10 @@ def make_plan(
     result.retried = [n for n in todo if hist.entry(n).state == INTERRUPTED]
     for n in result.retried:
         result.warnings.append(f"migration {n} was interrupted earlier (its transaction rolled back); it is applied again")
-    result.findings = lint([layout.get(n) for n in todo], sizes)
+    # Findings on what an earlier pending migration creates, or on a database no migration was applied to yet, are
+    # notes (info): the running color cannot use what does not exist yet, and no color runs on an empty database.
+    nothing_applied = not any(e.state in (APPLIED, MODIFIED, MISSING) for e in hist.entries)
+    result.findings = lint([layout.get(n) for n in todo], sizes, pending_batch=True, empty_database=nothing_applied)
     bad = blocking(result.findings)
     if bad:
         summary = "; ".join(f"{f.migration} line {f.line}: {f.rule}" for f in bad)
@@ -168,21 +198,4 @@ def deploy(
         finally:
             result.duration_s = round(time.monotonic() - started, 3)
             # the session lock goes with the connection, which connect() closes
-    return result
-
-
-def deploy_with_backup(cfg, database_url: str, migrations_dir: Path, *, backup: bool, backup_database_url: str | None,
-                       allow_destructive: bool = False, progress: Progress | None = None, **kwargs) -> DeployResult:
-    """``deploy``, preceded by a backup when asked (``backup``) or when ``allow_destructive`` lets lint findings
-    through: nothing is taken when nothing is pending. The backup's id is added to the result's warnings."""
-    say = progress or (lambda _m: None)
-    plan = deploy(database_url, migrations_dir, allow_destructive=allow_destructive, dry_run=True, **kwargs)
-    backup_id = None
-    if plan.plan and (backup or (allow_destructive and plan.findings)):
-        from aixsss_ops.backup import targets
-
-        say(f"taking a pre-migration backup before {len(plan.plan)} migration(s)")
-        backup_id = targets.create(cfg, label=f"pre-migrate {plan.plan[-1]}", database_url=backup_database_url).id
-    result = deploy(database_url, migrations_dir, allow_destructive=allow_destructive, progress=progress, **kwargs)
-    result.backup_id = backup_id
     return result

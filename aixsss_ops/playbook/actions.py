@@ -1,12 +1,12 @@
-"""The step actions a playbook can call: each maps a name to an in-process domain call.
+"""The step actions a playbook can call: each is a thin adapter to the use case its command calls too
+(aixsss_ops.usecases), with the playbook's parameters and a check that turns a bad result into a failed step.
 
-Importing this module is cheap (domain modules are imported inside the actions), because loading a
+Importing this module is cheap (the use cases are imported inside the actions), because loading a
 playbook validates every step against this registry before anything runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -18,7 +18,7 @@ from aixsss_ops.errors import CheckFailed
 
 if TYPE_CHECKING:
     from aixsss_ops.config import OpsConfig
-    from aixsss_ops.stack.manager import Stack
+    from aixsss_ops.context.deployment import Deployment
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class Action:
     name: str
     fn: Callable[..., dict]
     params: dict[str, Param]
-    destructive: bool  # changes the deployment (data, schema, live release, keys, backups)
+    destructive: bool  # changes what the deployment serves or stores (data, schema, live release, keys); taking a
+    # backup adds a restore point and changes nothing
     summary: str
     timeout: float | None = None  # default per-step timeout in seconds
 
@@ -62,10 +63,10 @@ class ActionContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
-    def stack(self) -> Stack:
-        from aixsss_ops.stack.manager import Stack
+    def dep(self) -> Deployment:
+        from aixsss_ops.context.deployment import Deployment
 
-        return Stack(self.cfg)
+        return Deployment(self.cfg)
 
     @property
     def marker(self) -> str:
@@ -76,9 +77,9 @@ class ActionContext:
         return Path(value).expanduser().resolve() if value else self.cfg.app_source
 
     def deployer(self):
-        from aixsss_ops.deploy.engine import Deployer
+        from aixsss_ops.usecases.deploy import deployer
 
-        return Deployer(self.stack, say=self.say)
+        return deployer(self.dep, self.say)
 
 
 def jsonable(value: Any) -> Any:
@@ -105,19 +106,11 @@ def jsonable(value: Any) -> Any:
     environ=Param(bool, False, help="lay the process environment over the env files, as the services do"),
 )
 def env_validate(ctx: ActionContext, strict=False, environ=False) -> dict:
-    from aixsss_ops.envcheck import sources
-    from aixsss_ops.envcheck.rules import validate
-    from aixsss_ops.output import scrubber
+    from aixsss_ops.usecases.env import validate_env
 
-    services = ["api", "worker", "web"]
-    files = {svc: ctx.cfg.state / "env" / f"{svc}.env" for svc in services}
-    src = sources.load(services, files, {}, dict(os.environ) if environ else None)
-    scrubber.add(*sources.secret_values(src.envs))
-    findings = src.problems + validate(src.envs, src.origins)
-    errors = [f for f in findings if f.status == "fail"]
-    warnings = [f for f in findings if f.status == "warn"]
-    out = {"errors": len(errors), "warnings": len(warnings), "origins": src.origins,
-           "findings": [f.to_dict() for f in findings]}
+    report = validate_env(ctx.dep, with_environ=environ)
+    errors, warnings = report.errors, report.warnings
+    out = report.to_dict(strict)
     bad = errors + (warnings if strict else [])
     if bad:
         raise CheckFailed(f"env invalid: {len(errors)} error(s), {len(warnings)} warning(s); first: {bad[0].message}",
@@ -135,16 +128,9 @@ def env_validate(ctx: ActionContext, strict=False, environ=False) -> dict:
     strict=Param(bool, False, help="fail on warnings too"),
 )
 def doctor(ctx: ActionContext, only=None, skip=None, check_timeout=3.0, strict=False) -> dict:
-    from aixsss_ops.doctor import runner
-    from aixsss_ops.doctor.context import Context
-    from aixsss_ops.doctor.registry import select
-    from aixsss_ops.output import scrubber
+    from aixsss_ops.usecases.doctor import run_doctor
 
-    checks = select(only, skip)
-    c = Context(ctx.cfg, timeout=check_timeout)
-    with contextlib.suppress(Exception):  # an unreadable env file: the env check reports it
-        scrubber.add(*c.secrets())
-    report = runner.run(checks, c)
+    report = run_doctor(ctx.dep, only, skip, check_timeout)
     bad = [f for f in report.findings if f.status == "fail" or (strict and f.status == "warn")]
     if bad:
         raise CheckFailed(f"doctor: {len(bad)} finding(s); first: {bad[0].check}: {bad[0].message}", hint=bad[0].fix,
@@ -159,10 +145,9 @@ def doctor(ctx: ActionContext, only=None, skip=None, check_timeout=3.0, strict=F
 
 @action("deploy.status", destructive=False, summary="record the live color and release (e.g. to roll back to it)")
 def deploy_status(ctx: ActionContext) -> dict:
-    state = ctx.stack.colors()
-    live = ctx.stack.live_color() or state["active"]
-    spec = state["colors"].get(live, {})
-    return {"color": live, "release": spec.get("release"), "version": spec.get("version")}
+    from aixsss_ops.usecases.deploy import live
+
+    return live(ctx.dep)
 
 
 @action(
@@ -204,7 +189,7 @@ def rollback(ctx: ActionContext, to=None) -> dict:
 def smoke(ctx: ActionContext, url=None, job_timeout=60.0, expect_version=None) -> dict:
     from aixsss_ops.stack import smoke as smoke_mod
 
-    res = smoke_mod.run(url or ctx.stack.url, timeout=job_timeout)
+    res = smoke_mod.run(url or ctx.dep.url, timeout=job_timeout)
     if expect_version and res.version != expect_version:
         raise CheckFailed(f"smoke: {res.url} answers version {res.version}, expected {expect_version}")
     ctx.say(f"smoke ok: {res.color} {res.version}, job {res.job_id} {res.job_status}")
@@ -219,15 +204,9 @@ def _migrations_dir(ctx: ActionContext, source: str | None) -> Path:
 
 
 def _database_url(ctx: ActionContext) -> str:
-    from aixsss_ops.migrate.settings import database_url
-    from aixsss_ops.output import scrubber
+    from aixsss_ops.usecases.migrate import database_url
 
-    url, _ = database_url(None, os.environ, ctx.cfg.state / "env" / "api.env")
-    from urllib.parse import urlsplit
-
-    with contextlib.suppress(ValueError):
-        scrubber.add(urlsplit(url).password)
-    return url
+    return database_url(ctx.dep)
 
 
 @action(
@@ -287,13 +266,13 @@ def migrate_deploy(ctx: ActionContext, source=None, allow_destructive=False) -> 
     return res.to_dict()
 
 
-# -- backups (targets: the process environment as CI sets it, else the embedded stack) --
+# -- backups --
 
 
-def _targets():
-    from aixsss_ops.backup import targets
+def _backups():
+    from aixsss_ops.usecases import backup
 
-    return targets
+    return backup
 
 
 class _Phases:
@@ -309,20 +288,20 @@ class _Phases:
 
 
 @action(
-    "backup.create", destructive=True, default_timeout=7200.0,
+    "backup.create", destructive=False, default_timeout=7200.0,
     summary="take one restore point: Postgres dump + per-table checksums + the object manifest",
     label=Param(str, help="a label shown by `backup list` (the run and step are appended)"),
     keep=Param(bool, False, help="never pruned"),
     objects=Param(bool, True, help="include the object store"),
 )
 def backup_create(ctx: ActionContext, label=None, keep=False, objects=True) -> dict:
-    cat = _targets().catalog(ctx.cfg)
+    cat = _backups().catalog(ctx.dep)
     if ctx.resumed:  # the interrupted process may have finished the backup before it could record it
         done = [e for e in cat.complete() if ctx.marker in ((e.manifest or {}).get("label") or "")]
         if done:
             ctx.say(f"backup {done[-1].id} of this step was completed before the interruption: using it")
             return {"id": done[-1].id, "adopted": True, **done[-1].summary()}
-    res = _targets().create(ctx.cfg, label=f"{label + ' ' if label else ''}[{ctx.marker}]", keep=keep,
+    res = _backups().create(ctx.dep, label=f"{label + ' ' if label else ''}[{ctx.marker}]", keep=keep,
                             with_objects=objects, reporter=_Phases(ctx.say))
     ctx.say(f"backup {res.id} complete")
     return res.to_dict()
@@ -336,7 +315,7 @@ def backup_create(ctx: ActionContext, label=None, keep=False, objects=True) -> d
 def backup_latest(ctx: ActionContext, max_age_hours=0.0) -> dict:
     from aixsss_ops.backup.manifest import parse_iso, utcnow
 
-    entry = _targets().catalog(ctx.cfg).get("latest")
+    entry = _backups().catalog(ctx.dep).get("latest")
     age = (utcnow() - parse_iso(entry.created_at)).total_seconds() / 3600
     if max_age_hours and age > max_age_hours:
         raise CheckFailed(f"the newest backup {entry.id} is {age:.1f}h old (limit {max_age_hours:g}h)")
@@ -351,17 +330,9 @@ def backup_latest(ctx: ActionContext, max_age_hours=0.0) -> dict:
     restore=Param(bool, False, help="restore into a scratch database (dropped after) and compare"),
 )
 def backup_verify(ctx: ActionContext, id="latest", restore=False) -> dict:  # noqa: A002 - the playbook's name
-    from aixsss_ops.backup.verify import verify_backup
-
-    cat = _targets().catalog(ctx.cfg)
+    cat = _backups().catalog(ctx.dep)
     entry = cat.get(id or "latest")
-    s3 = None
-    if restore and entry.manifest.get("objects") is not None:
-        s3 = _targets().objects(ctx.cfg)[0]
-    key = _targets().backup_key(ctx.cfg, required=False) if entry.manifest.get("encryption") else None
-    res = verify_backup(cat, entry, key=key, key_env=ctx.cfg.backup.encryption_key_env, restore=restore,
-                        pg=_targets().database(ctx.cfg) if restore else None, s3=s3, jobs=_targets().jobs(ctx.cfg),
-                        phase=ctx.say)
+    res = _backups().verify(ctx.dep, cat, entry, restore=restore, say=ctx.say)
     if not res.ok:
         raise CheckFailed(f"backup {entry.id} failed verification: {res.problems[0]}", details="\n".join(res.problems))
     ctx.say(f"backup {entry.id} verified" + (f": {res.tables_compared} tables compared after a restore" if restore else ""))
@@ -377,7 +348,9 @@ def backup_verify(ctx: ActionContext, id="latest", restore=False) -> dict:  # no
     force=Param(bool, False, help="restore a schema newer than the known migrations"),
 )
 def backup_restore(ctx: ActionContext, id="latest", target_db=None, db_only=False, force=False) -> dict:  # noqa: A002
-    return _targets().restore(ctx.cfg, id, target_db=target_db, db_only=db_only, force=force, say=ctx.say)
+    b = _backups()
+    req = b.RestoreRequest(db_only=db_only or bool(target_db), target_db=target_db, force=force)
+    return b.restore(ctx.dep, id, req, say=ctx.say)
 
 
 # -- provider-key encryption key --
@@ -390,7 +363,7 @@ def backup_restore(ctx: ActionContext, id="latest", target_db=None, db_only=Fals
 def keys_check(ctx: ActionContext) -> dict:
     from aixsss_ops.keys.service import check
 
-    res = check(ctx.cfg)
+    res = check(ctx.dep)
     if not res["ok"]:
         raise CheckFailed(f"keys: {res['findings'][0]}", details="\n".join(res["findings"][1:]) or None)
     ctx.say(f"keys: {res['values']} value(s), all decrypt with key {res['key_fingerprint']}")
@@ -408,8 +381,9 @@ def keys_check(ctx: ActionContext) -> dict:
 def keys_rotate(ctx: ActionContext, new_key_env=None, rollback=False, drain_timeout=120.0, batch_size=None) -> dict:
     import signal
 
-    from aixsss_ops.keys.service import RotateOptions, next_steps, prepare
+    from aixsss_ops.keys.service import RotateOptions
     from aixsss_ops.output import scrubber
+    from aixsss_ops.usecases import keys
 
     new_key = None
     if new_key_env and not rollback:
@@ -424,9 +398,7 @@ def keys_rotate(ctx: ActionContext, new_key_env=None, rollback=False, drain_time
     signal.signal(signal.SIGTERM, interrupt)
     opts = RotateOptions(new_key=new_key, generate=not new_key and not rollback, rollback=rollback,
                          drain_timeout=drain_timeout, batch=batch_size)
-    rot = prepare(ctx.cfg, opts, say=ctx.say)
-    res = rot.abort() if rot.revert_only else rot.run()
-    res.next_steps = next_steps(rot) if res.phase == "db-done" else []
+    res = keys.rotate(keys.prepare_rotation(ctx.dep, opts, say=ctx.say))
     ctx.say(f"keys: {res.phase}, {res.old_fingerprint} -> {res.new_fingerprint}, {res.reencrypted} re-encrypted")
     return res.to_dict()
 

@@ -4,7 +4,6 @@ without leaving the runner in a half-state, and the child dies with the runner (
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -16,18 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aixsss_ops.errors import OpsError
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(137)
+from aixsss_ops.poll import poll_until
+from aixsss_ops.procutil import die_with_parent
 
 
 def error_dict(e: BaseException) -> dict[str, Any]:
@@ -61,7 +50,7 @@ def call(fn: Callable[[Callable[[str], None]], Any], timeout: float | None, on_s
         try:
             os.close(r)
             os.setpgid(0, 0)
-            _die_with_parent(parent)
+            die_with_parent(parent)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             out = os.fdopen(w, "w", buffering=1)
@@ -121,13 +110,7 @@ def call(fn: Callable[[Callable[[str], None]], Any], timeout: float | None, on_s
 def _stop(pid: int, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
+    if not poll_until(lambda: os.waitpid(pid, os.WNOHANG)[0], grace, interval=0.05):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

@@ -9,6 +9,8 @@
     path    := NAME ('.' NAME | '[' (STRING | NUMBER) ']')*
 
 A path reads the run's context (``vars``, ``steps``, ``env``, ``run``, ``failure``); a missing key is null.
+An expression is at most ``MAX_LENGTH`` characters and nests ``(``, ``[`` and ``not`` at most ``MAX_NESTING`` deep,
+so neither parsing nor evaluation can exhaust the stack.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ _TOKEN = re.compile(
 )
 _KEYWORDS = {"and", "or", "not", "in", "true", "false", "null"}
 _INTERP = re.compile(r"\$\{([^}]*)\}")
+_BLANK_TO_END = re.compile(r"\s*\Z")
+MAX_LENGTH = 10_000
+MAX_NESTING = 32
 
 
 class ExprError(ValueError):
@@ -46,7 +51,7 @@ class Tok:
 def tokenize(text: str) -> list[Tok]:
     toks, pos = [], 0
     while pos < len(text):
-        if text[pos:].strip() == "":
+        if _BLANK_TO_END.match(text, pos):  # not text[pos:].strip(): that copies the rest at every token
             break
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
@@ -66,6 +71,12 @@ class _Parser:
         self.text = text
         self.toks = tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            self.fail(f"expression nested deeper than {MAX_NESTING} levels of '(', '[' or 'not'")
 
     def peek(self) -> Tok:
         return self.toks[self.i]
@@ -97,21 +108,25 @@ class _Parser:
             self.fail("expected an operator or the end")
         return node
 
+    # `a or b or c` is one ("or", [a, b, c]) node, not a left-leaning chain: only (, [ and not add depth
     def or_(self):
-        node = self.and_()
+        items = [self.and_()]
         while self.accept("kw", "or"):
-            node = ("or", node, self.and_())
-        return node
+            items.append(self.and_())
+        return items[0] if len(items) == 1 else ("or", items)
 
     def and_(self):
-        node = self.not_()
+        items = [self.not_()]
         while self.accept("kw", "and"):
-            node = ("and", node, self.not_())
-        return node
+            items.append(self.not_())
+        return items[0] if len(items) == 1 else ("and", items)
 
     def not_(self):
         if self.accept("kw", "not"):
-            return ("not", self.not_())
+            self.nest()
+            node = ("not", self.not_())
+            self.depth -= 1
+            return node
         return self.compare()
 
     def compare(self):
@@ -137,16 +152,20 @@ class _Parser:
         if t.kind == "kw" and t.value in ("true", "false", "null"):
             return ("lit", {"true": True, "false": False, "null": None}[t.value])
         if t.kind == "op" and t.value == "(":
+            self.nest()
             node = self.or_()
             self.expect("op", ")")
+            self.depth -= 1
             return node
         if t.kind == "op" and t.value == "[":
+            self.nest()
             items = []
             if not self.accept("op", "]"):
                 items.append(self.or_())
                 while self.accept("op", ","):
                     items.append(self.or_())
                 self.expect("op", "]")
+            self.depth -= 1
             return ("list", items)
         if t.kind == "name":
             parts: list[str | int] = [t.value]
@@ -190,8 +209,8 @@ class Expr:
             if n[0] == "path":
                 out.append(n[1])
             elif n[0] in ("or", "and"):
-                walk(n[1])
-                walk(n[2])
+                for x in n[1]:
+                    walk(x)
             elif n[0] == "not":
                 walk(n[1])
             elif n[0] == "cmp":
@@ -211,6 +230,8 @@ class Expr:
 def parse(text: str) -> Expr:
     if not isinstance(text, str) or not text.strip():
         raise ExprError("an empty expression")
+    if len(text) > MAX_LENGTH:
+        raise ExprError(f"expression too long ({len(text)} characters, at most {MAX_LENGTH}): {text[:40]!r}...")
     return Expr(text, _Parser(text).parse())
 
 
@@ -236,10 +257,13 @@ def _eval(n: tuple, ctx: Mapping[str, Any], text: str) -> Any:
         return [_eval(x, ctx, text) for x in n[1]]
     if kind == "not":
         return not _eval(n[1], ctx, text)
-    if kind == "and":
-        return _eval(n[1], ctx, text) and _eval(n[2], ctx, text)
-    if kind == "or":
-        return _eval(n[1], ctx, text) or _eval(n[2], ctx, text)
+    if kind in ("and", "or"):  # short-circuits and returns the deciding operand, like Python's and/or
+        v = None
+        for x in n[1]:
+            v = _eval(x, ctx, text)
+            if (not v) if kind == "and" else v:
+                return v
+        return v
     op, a, b = n[1], _eval(n[2], ctx, text), _eval(n[3], ctx, text)
     try:
         if op == "==":

@@ -19,6 +19,11 @@ _ID = r"^[a-z][a-z0-9_]*$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
 ABORT, CONTINUE = "abort", "continue"
+# Bounds of a playbook document, enforced while the YAML is composed (before anything is expanded or built):
+MAX_BYTES = 1024 * 1024  # the file
+MAX_DEPTH = 64  # nesting of mappings and sequences, counting what aliases bring in
+MAX_NODES = 100_000  # nodes once every alias is expanded (a "billion laughs" document is refused here)
+MAX_ALIASES = 1_000  # alias references
 
 
 def parse_duration(v: Any) -> Any:
@@ -35,6 +40,11 @@ def _var_spec(v: Any) -> Any:
     return v if isinstance(v, dict) else {"default": v}
 
 
+def _when(v: Any) -> Any:
+    """``when: true`` is YAML's boolean: the expression ``true``."""
+    return ("true" if v else "false") if isinstance(v, bool) else v
+
+
 class VarSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default: Any = None
@@ -47,8 +57,8 @@ class StepSpec(BaseModel):
     id: str = Field(pattern=_ID)
     action: str
     params: dict[str, Any] = Field(default_factory=dict, alias="with")
-    when: str | None = None
-    timeout: Annotated[float | None, BeforeValidator(parse_duration), Field(gt=0)] = None
+    when: Annotated[str | None, BeforeValidator(_when)] = None
+    timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None = None
     on_failure: str = ABORT
     description: str = ""
 
@@ -99,13 +109,85 @@ class Playbook:
 # -- YAML with line numbers --
 
 
+class _TooBig(Exception):
+    def __init__(self, what: str, mark):
+        super().__init__(what)
+        self.what = what
+        self.line = (mark.line + 1) if mark is not None else 1
+
+
+def _bounded_loader():
+    """A SafeLoader that counts while it composes: nesting depth and expanded size (aliases included), alias
+    references, and refuses an alias to a node that is still being composed (``&a [*a]``)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.depth = 0  # of the node being composed
+            self.reach = 0  # deepest level reached under it, through aliases too
+            self.nodes = 0  # nodes so far, each alias counting the nodes it stands for
+            self.aliases = 0
+            self.open: set[str] = set()  # anchors whose node is being composed
+            self.sizes: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, height)
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    raise _TooBig(f"more than {MAX_ALIASES} aliases (a playbook's limit)", event.start_mark)
+                if event.anchor in self.open:
+                    raise _TooBig(f"recursive alias *{event.anchor}: it refers to a node that contains it",
+                                  event.start_mark)
+                node = super().compose_node(parent, index)  # an undefined alias is PyYAML's error
+                size, height = self.sizes.get(event.anchor, (1, 1))
+                self._count(size, self.depth + height, event.start_mark)
+                return node
+            anchor = getattr(event, "anchor", None)
+            self.depth += 1
+            self._count(1, self.depth, event.start_mark)
+            before, outer = self.nodes, self.reach
+            self.reach = self.depth
+            if anchor:
+                self.open.add(anchor)
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+                self.open.discard(anchor)
+            if anchor:
+                self.sizes[anchor] = (self.nodes - before, self.reach - self.depth)
+            self.reach = max(outer, self.reach)
+            return node
+
+        def _count(self, nodes: int, depth: int, mark) -> None:
+            self.nodes += nodes
+            self.reach = max(self.reach, depth)
+            if depth > MAX_DEPTH:
+                raise _TooBig(f"nested deeper than {MAX_DEPTH} levels (a playbook's limit)", mark)
+            if self.nodes > MAX_NODES:
+                raise _TooBig(f"more than {MAX_NODES} nodes, counting what aliases expand to (a playbook's limit)", mark)
+
+    return BoundedLoader
+
+
 def _compose(text: str, file: str) -> tuple[Any, dict[tuple, int]]:
     import yaml
 
     lines: dict[tuple, int] = {}
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = _bounded_loader()(text)  # the reader refuses control characters here
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, max(e.position, 0)) + 1
+        char = chr(e.character) if isinstance(e.character, int) else e.character
+        raise PlaybookInvalid([Located(file, line, "yaml", f"unacceptable character {char!r} "
+                                                           "(control characters are not allowed)")]) from None
     try:
         node = loader.get_single_node()
+    except _TooBig as e:
+        loader.dispose()
+        raise PlaybookInvalid([Located(file, e.line, "yaml", e.what)]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise PlaybookInvalid([Located(file, (mark.line + 1) if mark else 1, "yaml", str(e.problem or e))]) from None
@@ -135,6 +217,11 @@ def _compose(text: str, file: str) -> tuple[Any, dict[tuple, int]]:
 
     try:
         data = None if node is None else build(node, ())
+    except yaml.MarkedYAMLError as e:  # a scalar the safe constructor refuses (!!python/..., a bad !!binary, ...)
+        mark = e.problem_mark or e.context_mark
+        raise PlaybookInvalid([Located(file, (mark.line + 1) if mark else 1, "yaml", str(e.problem or e))]) from None
+    except (yaml.YAMLError, ValueError, OverflowError) as e:  # e.g. an impossible !!timestamp
+        raise PlaybookInvalid([Located(file, 1, "yaml", f"{type(e).__name__}: {e}")]) from None
     finally:
         loader.dispose()
     return data, lines
@@ -163,6 +250,9 @@ def load(path: Path, display: str | None = None) -> Playbook:
         raw = path.read_bytes()
     except OSError as e:
         raise UsageError(f"{file}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise PlaybookInvalid([Located(file, 1, "yaml", f"document too large: {len(raw)} bytes, more than the "
+                                                        f"{MAX_BYTES} bytes a playbook may have")])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.fsutil import atomic_write_json, flock_held, read_json
-from aixsss_ops.output import redact
+from aixsss_ops.output import is_secret_name, redact, scrubber
 from aixsss_ops.playbook import child, expr
 from aixsss_ops.playbook.actions import REGISTRY, ActionContext, jsonable
 from aixsss_ops.playbook.model import ABORT, CONTINUE, Playbook, StepSpec
@@ -44,8 +44,9 @@ class RunStore:
         return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{name}-{secrets.token_hex(2)}"
 
     def save(self, record: dict) -> None:
+        """Written with every secret the scrubber knows masked (the variables stay: a resume needs them)."""
         record["updated_at"] = now_iso()
-        atomic_write_json(self.path(record["id"]), record, 0o600)
+        atomic_write_json(self.path(record["id"]), {**scrub_data(record), "vars": record.get("vars")}, 0o600)
 
     def load(self, run_id: str) -> dict:
         rec = read_json(self.path(run_id))
@@ -99,6 +100,7 @@ class Runner:
         self.store = store
         self.events = events or (lambda *_a, **_k: None)
         self.environ = dict(os.environ if environ is None else environ)
+        scrubber.add(*env_secrets(book, self.environ))
 
     # -- context for `when` and ${...} --
     def context(self, record: dict, failure: dict | None = None) -> dict[str, Any]:
@@ -138,7 +140,7 @@ class Runner:
                 out.append({"list": where, "id": step.id, "action": step.action, "summary": act.summary,
                             "params": redact(params), "when": when, "destructive": act.destructive,
                             "timeout_s": timeout_of(step), "on_failure": step.on_failure})
-        return out
+        return scrub_data(out)
 
     # -- running --
     def start(self, variables: dict[str, Any]) -> dict:
@@ -154,7 +156,7 @@ class Runner:
         fd = self.store.lock(run_id)
         try:
             self.store.save(record)
-            return self._execute(record)
+            return scrub_data(self._execute(record))
         finally:
             os.close(fd)
 
@@ -182,7 +184,7 @@ class Runner:
                     s["resumed"] = True
             self.store.save(record)
             self.events("resume", record=record)
-            return self._execute(record)
+            return scrub_data(self._execute(record))
         finally:
             os.close(fd)
 
@@ -292,6 +294,35 @@ class Runner:
         self.store.save(record)
         self.events("end_step", step=rec, index=0)
         return "failed"
+
+
+def env_secrets(book: Playbook, environ: dict[str, str]) -> list[str]:
+    """The values of the secret-named environment variables the playbook's expressions read (``${env.X}``,
+    ``when: env.X``; all of them when an expression reads ``env`` whole): the scrubber masks them everywhere."""
+    names: set[str] = set()
+    for steps in book.step_lists().values():
+        for step in steps:
+            try:
+                exprs = [expr.parse(step.when)] if step.when is not None else []
+                exprs += [x for v in step.params.values() for x in expr.template_exprs(v)]
+            except expr.ExprError:
+                continue
+            for x in exprs:
+                for ref in x.paths():
+                    if ref[0] == "env":
+                        names.update(environ if len(ref) == 1 else [str(ref[1])])
+    return [environ[n] for n in sorted(names) if n in environ and is_secret_name(n)]
+
+
+def scrub_data(data: Any) -> Any:
+    """A deep copy of ``data`` with every secret value the scrubber knows masked in its strings."""
+    if isinstance(data, str):
+        return scrubber.scrub(data)
+    if isinstance(data, dict):
+        return {scrubber.scrub(k) if isinstance(k, str) else k: scrub_data(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [scrub_data(v) for v in data]
+    return data
 
 
 def _reads_steps(value: Any) -> bool:

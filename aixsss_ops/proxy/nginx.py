@@ -64,6 +64,12 @@ def _worker_user() -> str | None:
     return None
 
 
+def worker_group() -> int | None:
+    """The group nginx's worker processes run as (they connect to the api sockets), when we run as root."""
+    user = _worker_user()
+    return pwd.getpwnam(user).pw_gid if user else None
+
+
 def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path) -> str:
     user = _worker_user()
     temp = "\n".join(f"    {d}_temp_path {prefix / 'tmp' / d};" for d in _TEMP_DIRS)

@@ -1,31 +1,19 @@
-"""Where the queue lives: resolving the Redis URL and queue name, and opening a client with timeouts.
-
-Precedence (DESIGN.md): ``--redis-url``/``--queue`` flags, then the process environment
-(``REDIS_URL``, ``AI_QUEUE_NAME``), then the services' env files ``<state>/env/api.env`` and
-``worker.env``, then ops.toml (``redis://{host}:{ports.redis}``, ``app.queue``).
-"""
+"""Where the queue lives (the Redis URL and queue name of the ``Deployment``) and a client with timeouts."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aixsss_ops.connsettings import (  # noqa: F401 (read_env_file, service_env_files: re-exported)
-    SERVICES,
-    read_env_file,
-    resolve,
-    service_env_files,
-    service_envs,
-)
 from aixsss_ops.errors import ServiceUnavailable, UsageError
-from aixsss_ops.output import mask_url
+from aixsss_ops.output import mask_url, scrubber
 
 if TYPE_CHECKING:
     import redis
 
-    from aixsss_ops.config import OpsConfig
+    from aixsss_ops.context.deployment import Deployment
 
 DEFAULT_TIMEOUT = 3.0
 DEFAULT_QUEUE = "ai-jobs"
@@ -43,22 +31,14 @@ class QueueTarget:
                 "redis_url_source": self.redis_url_source, "queue_source": self.queue_source}
 
 
-def resolve_target(
-    cfg: OpsConfig,
-    redis_url: str | None = None,
-    queue: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> QueueTarget:
-    envs = service_envs(cfg)
-    url = resolve(cfg, "REDIS_URL", redis_url, "--redis-url", environ, lambda: f"redis://{cfg.host}:{cfg.ports.redis}",
-                  envs)
-    q = resolve(cfg, "AI_QUEUE_NAME", queue, "--queue", environ, lambda: cfg.app.queue, envs)
-    if q is None or not q.value.strip():
-        raise UsageError("the queue name is empty")
+def target(dep: Deployment) -> QueueTarget:
+    """The deployment's Redis URL and queue name (a ``--redis-url``/``--queue`` flag is one of its sources)."""
+    url, q = dep.redis, dep.queue
     return QueueTarget(url.value, q.value, url.source, q.source)
 
 
 def unavailable(url: str, err: BaseException) -> ServiceUnavailable:
+    scrubber.add_url(url)
     reason = " ".join(str(err).split()) or type(err).__name__
     return ServiceUnavailable(
         f"Redis at {mask_url(url)} is unreachable: {reason}",
@@ -67,21 +47,31 @@ def unavailable(url: str, err: BaseException) -> ServiceUnavailable:
 
 
 def client(url: str, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
-    """A redis-py client that fails within ``timeout`` (no retries, no backoff)."""
+    """A redis-py client that fails within ``timeout`` (no retries, no backoff).
+
+    A URL redis-py cannot parse is a UsageError (exit 2) naming REDIS_URL / --redis-url, never the password."""
+    import re
+
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from aixsss_ops.dburl import encode_userinfo
+
+    scrubber.add_url(url)
     try:
         return redis.Redis.from_url(
-            url,
+            encode_userinfo(url),
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
-    except ValueError as e:
-        raise UsageError(f"invalid Redis URL {mask_url(url)}: {e}") from None
+    except ValueError as e:  # the reason can quote a piece of the netloc (a bad port): never show it
+        reason = re.sub(r"'[^']*'", "(value)", " ".join(str(e).split()))
+        raise UsageError(f"REDIS_URL / --redis-url is not a valid Redis URL ({reason}): {mask_url(url)}",
+                         hint="e.g. redis://:****@127.0.0.1:6379/0 (percent-encode @, / and spaces in the "
+                              "password)") from None
 
 
 @contextlib.contextmanager

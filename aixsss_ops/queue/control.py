@@ -18,22 +18,25 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 
 from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.poll import poll_until
 from aixsss_ops.queue.conn import DEFAULT_TIMEOUT, connect
 from aixsss_ops.queue.inspect import LAYOUT_6, detect_layout
 from aixsss_ops.queue.keys import DEFAULT_PREFIX, QueueKeys
 
 # BullMQ 5.81.5 dist/cjs/scripts/pause-7.js (MIT, Taskforce.sh), pause branch only, with one guard added:
-# it refuses (returns -1) instead of RENAMEing 'wait' over an existing 'paused' list.
+# it refuses (returns -1) instead of RENAMEing 'wait' over an existing 'paused' list, and returns how many
+# entries it moved (0 when 'wait' was empty: then nothing was renamed).
 BULLMQ5_PAUSE = """
 local rcall = redis.call
 local markerKey = KEYS[7]
 local hasJobs = rcall("EXISTS", KEYS[1]) == 1
 if hasJobs and rcall("EXISTS", KEYS[2]) == 1 then return -1 end
-if hasJobs then rcall("RENAME", KEYS[1], KEYS[2]) end
+local moved = 0
+if hasJobs then moved = rcall("LLEN", KEYS[1]); rcall("RENAME", KEYS[1], KEYS[2]) end
 rcall("HSET", KEYS[3], "paused", 1)
 rcall("DEL", markerKey)
 rcall("XADD", KEYS[5], "*", "event", ARGV[1]);
-return 0
+return moved
 """
 
 RETRY_BATCH = 1000
@@ -64,6 +67,7 @@ class QueueState:
     layout: str
     layout_evidence: str
     active: int
+    wait_len: int = 0
 
     @property
     def target_list(self) -> str:
@@ -79,7 +83,7 @@ def read_state(r, k: QueueKeys) -> QueueState:
     p.llen(k.active)
     (paused, version), wait_len, paused_len, active = p.execute()
     layout, evidence = detect_layout(version, paused is not None, wait_len, paused_len)
-    return QueueState(paused is not None, layout, evidence, active)
+    return QueueState(paused is not None, layout, evidence, active, wait_len)
 
 
 # -- pause / resume ---------------------------------------------------------------------------------
@@ -93,6 +97,7 @@ class ControlResult:
     layout: str
     active: int
     message: str
+    layout_evidence: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,18 +107,24 @@ def pause_queue(r, queue: str, prefix: str = DEFAULT_PREFIX) -> ControlResult:
     k = QueueKeys(queue, prefix)
     st = read_state(r, k)
     if st.paused:
-        return ControlResult(queue, "pause", False, True, st.layout, st.active, f"queue '{queue}' was already paused")
+        return ControlResult(queue, "pause", False, True, st.layout, st.active, f"queue '{queue}' was already paused",
+                             st.layout_evidence)
     keys = [k.wait, k.paused, k.meta, k.prioritized, k.events, k.delayed, k.marker]
     if st.layout == LAYOUT_6:
         _run(r, "pause", keys, ["paused"])
-        how = "meta.paused set; jobs stay in 'wait' (6.x layout)"
-    else:
-        if r.register_script(BULLMQ5_PAUSE)(keys=keys, args=["paused"]) == -1:
+        how = f"meta.paused set; {st.wait_len} job(s) stay in 'wait'"
+    else:  # 5.x, or not known yet: BullMQ 5's pause, which a 6.x worker also honours (the flag)
+        moved = r.register_script(BULLMQ5_PAUSE)(keys=keys, args=["paused"])
+        if moved == -1:
             raise OpsError(f"queue '{queue}' has both a 'wait' and a 'paused' list while not paused",
                            hint="run `aixsss-ops queue resume` once to merge them, then pause")
-        how = "meta.paused set; 'wait' renamed to 'paused' (BullMQ 5.x layout)"
-    return ControlResult(queue, "pause", True, True, st.layout, st.active,
-                         f"paused '{queue}': {how}; {st.active} active job(s) will finish")
+        how = (f"meta.paused set; 'wait' ({moved} job(s)) renamed to 'paused' (BullMQ 5 pause)" if moved
+               else "meta.paused set; 'wait' was empty, nothing was moved")
+    # the layout as `queue stats` reads it now, after the pause: the report and stats never disagree
+    after = read_state(r, k)
+    return ControlResult(queue, "pause", True, True, after.layout, st.active,
+                         f"paused '{queue}': {how}; layout {after.layout} ({after.layout_evidence}); "
+                         f"{st.active} active job(s) will finish", after.layout_evidence)
 
 
 def resume_queue(r, queue: str, prefix: str = DEFAULT_PREFIX) -> ControlResult:
@@ -122,13 +133,14 @@ def resume_queue(r, queue: str, prefix: str = DEFAULT_PREFIX) -> ControlResult:
     st = read_state(r, k)
     legacy = r.exists(k.paused) == 1
     if not st.paused and not legacy:
-        return ControlResult(queue, "resume", False, False, st.layout, st.active, f"queue '{queue}' was not paused")
+        return ControlResult(queue, "resume", False, False, st.layout, st.active, f"queue '{queue}' was not paused",
+                             st.layout_evidence)
     keys = [k.paused, k.wait, k.meta, k.prioritized, k.events, k.delayed, k.marker]
     for _ in range(100_000):
         remaining = _run(r, "pause", keys, ["resumed"])
         if not remaining:
             break
-    return ControlResult(queue, "resume", True, False, st.layout, st.active, f"resumed '{queue}'")
+    return ControlResult(queue, "resume", True, False, st.layout, st.active, f"resumed '{queue}'", st.layout_evidence)
 
 
 def pause(redis_url: str, queue: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT) -> ControlResult:
@@ -166,21 +178,21 @@ def drain_wait(redis_url: str, queue: str, timeout: float, *, prefix: str = DEFA
         raise UsageError("--timeout must be >= 0")
     k = QueueKeys(queue, prefix)
     start = time.monotonic()
-    deadline = start + timeout
+    seen = {}
     with connect(redis_url, conn_timeout) as r:
-        while True:
+        def idle() -> bool:
             p = r.pipeline(transaction=True)
             p.llen(k.active)
             p.hexists(k.meta, "paused")
-            active, paused = p.execute()
-            waited = round(time.monotonic() - start, 3)
-            if active == 0:
-                note = "" if paused else " (the queue is not paused: new jobs may start)"
-                return DrainResult(queue, True, 0, bool(paused), waited, timeout, f"no active jobs{note}")
-            if time.monotonic() >= deadline:
-                return DrainResult(queue, False, active, bool(paused), waited, timeout,
-                                   f"{active} job(s) still active after {timeout:g}s")
-            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            seen["active"], seen["paused"] = p.execute()
+            return seen["active"] == 0
+
+        drained = bool(poll_until(idle, timeout, interval=poll))
+    waited, active, paused = round(time.monotonic() - start, 3), seen["active"], bool(seen["paused"])
+    if drained:
+        note = "" if paused else " (the queue is not paused: new jobs may start)"
+        return DrainResult(queue, True, 0, paused, waited, timeout, f"no active jobs{note}")
+    return DrainResult(queue, False, active, paused, waited, timeout, f"{active} job(s) still active after {timeout:g}s")
 
 
 # -- failed jobs ------------------------------------------------------------------------------------

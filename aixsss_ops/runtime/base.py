@@ -7,10 +7,14 @@ Callers never reach past it to an engine's own mechanism.
 from __future__ import annotations
 
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from aixsss_ops.poll import poll_until
+
+if TYPE_CHECKING:
+    from aixsss_ops.config import OpsConfig
 
 COLORS = ("blue", "green")
 INFRA = ("postgres", "redis", "s3", "proxy")
@@ -73,9 +77,10 @@ class Runtime(Protocol):
 
 
 def wait_stopped(rt: Runtime, units: list[tuple[str, str | None]], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(rt.state(s, c) in STOPPED_STATES for s, c in units):
-            return True
-        time.sleep(0.1)
-    return False
+    """True once every unit is stopped, False after ``timeout`` seconds."""
+    return not units or bool(poll_until(lambda: all(rt.state(s, c) in STOPPED_STATES for s, c in units), timeout))
+
+
+def api_port(cfg: OpsConfig, color: str) -> int:
+    """The port the api of ``color`` listens on (the health gate and the proxy reach it there)."""
+    return cfg.ports.api_blue if color == "blue" else cfg.ports.api_green

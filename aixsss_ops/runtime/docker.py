@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aixsss_ops.config import OpsConfig
+from aixsss_ops.context.layout import Layout
 from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime.base import APP, COLORS, UnitStatus, unit_name
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_RELEASE, L_SERVICE, L_SPEC, L_VERSION, connect
-from aixsss_ops.stack import docker_specs as specs
-from aixsss_ops.stack.layout import Layout
 
 STOP_EXIT_CODES = (0, 130, 131, 143)  # exit by SIGINT/SIGQUIT/SIGTERM: stopped, not crashed
 EXEC_USERS = {"postgres": "postgres"}
@@ -132,9 +132,9 @@ class DockerRuntime:
 
     # -- creating containers (used by define_app and the docker stack) --
     def secrets(self) -> dict[str, str]:
-        from aixsss_ops.stack import envgen
+        from aixsss_ops.context.embedded import ensure_secrets
 
-        return specs.secret_values(self.cfg, envgen.stack_secrets(self.layout))
+        return specs.secret_values(self.cfg, ensure_secrets(self.layout))
 
     def secret_files(self, spec: specs.ContainerSpec) -> dict[str, bytes]:
         """The contents of ``spec``'s secret files: its env file as it is on disk, or one secret value."""

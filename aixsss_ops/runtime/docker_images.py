@@ -126,24 +126,106 @@ def build_base(client, cfg: OpsConfig, say: Progress, force: bool = False) -> di
     return {"image": name, "built": True, "seconds": round(time.monotonic() - t0, 1)}
 
 
-def project_root() -> Path:
+DIST = "aixsss-ops"
+# dist-info files an installer writes (or that describe this one installation): not part of a wheel
+_INSTALL_ONLY = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same installed files give the same wheel bytes
+
+
+def project_root() -> Path | None:
+    """The project's source when this package runs from a checkout (or an editable install of one), else None."""
     root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").is_file():
-        raise UsageError(
-            "the project's source (pyproject.toml) is not next to the installed package",
-            hint="build the runtime image from a checkout of aixsss-ops",
-        )
-    return root
+    if (root / "pyproject.toml").is_file() and (root / "aixsss_ops").is_dir():
+        return root
+    return None
+
+
+def installed_wheel(dest: Path) -> Path:
+    """The wheel of the installed (non-editable) aixsss-ops, put together again from its installed files.
+
+    A ``pip install``/``pipx install`` of the wheel has no source to ``pip wheel``: the installed files and the
+    dist-info (METADATA, WHEEL, entry points) are the wheel's content, less what the installer generated (the
+    console scripts, made again from entry_points.txt, and ``RECORD``, written anew here)."""
+    import base64
+    import importlib.metadata as md
+    import json
+    import zipfile
+
+    try:
+        dist = md.distribution(DIST)
+    except md.PackageNotFoundError:
+        raise UsageError(f"{DIST} is not installed as a distribution: cannot build the runtime image's wheel",
+                         hint="install aixsss-ops with pip or pipx, or run it from a checkout") from None
+    direct = dist.read_text("direct_url.json")
+    if direct and json.loads(direct).get("dir_info", {}).get("editable"):
+        raise UsageError(f"{DIST} is an editable install whose source is gone: cannot build the runtime image's wheel",
+                         hint="reinstall aixsss-ops (pip install .) or restore its checkout")
+    here = Path(__file__).resolve()
+    if Path(dist.locate_file("aixsss_ops")).resolve() not in here.parents:
+        raise UsageError(f"the installed {DIST} {dist.version} is not the one running ({here})",
+                         hint="run aixsss-ops from the environment it is installed in")
+    wheel_meta = dist.read_text("WHEEL") or ""
+    tags = [ln.split(":", 1)[1].strip() for ln in wheel_meta.splitlines() if ln.startswith("Tag:")]
+    if not tags:
+        raise UsageError(f"the installed {DIST} has no WHEEL tag: cannot build the runtime image's wheel")
+    files = []
+    for f in dist.files or []:
+        parts = f.parts
+        if parts[0] == ".." or "__pycache__" in parts or f.suffix in (".pyc", ".pyo"):
+            continue  # console scripts (regenerated from entry_points.txt) and byte code
+        if parts[0].endswith(".dist-info") and len(parts) == 2 and parts[1] in _INSTALL_ONLY:
+            continue
+        files.append(f)
+    if not any(f.parts[0] == "aixsss_ops" for f in files):
+        raise UsageError(f"the installed {DIST} lists no package files: cannot build the runtime image's wheel")
+    info_dir = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
+    name = f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}-{tags[0]}.whl"
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / name
+    record = []
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(files, key=lambda f: (f.parts[0] == info_dir, f.as_posix())):  # dist-info last, as wheels do
+            path = Path(dist.locate_file(f))
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise OpsError(f"cannot read the installed file {path}: {e.strerror}") from None
+            info = zipfile.ZipInfo(f.as_posix(), date_time=_ZIP_EPOCH)
+            info.external_attr = ((0o755 if path.stat().st_mode & 0o111 else 0o644) | 0o100000) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{f.as_posix()},sha256={digest},{len(data)}")
+        record.append(f"{info_dir}/RECORD,,")
+        info = zipfile.ZipInfo(f"{info_dir}/RECORD", date_time=_ZIP_EPOCH)
+        info.external_attr = (0o644 | 0o100000) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        z.writestr(info, "\n".join(record) + "\n")
+    return out
 
 
 def build_wheels(dest: Path, say: Progress, target_env: dict[str, str]) -> list[Path]:
-    """``pip wheel`` of the project and its dependencies into ``dest`` (pip's cache makes reruns fast)."""
+    """``pip wheel`` of the project and its dependencies into ``dest`` (pip's cache makes reruns fast).
+
+    The project is its source when this runs from a checkout, else the installed aixsss-ops made a wheel again
+    (``installed_wheel``): a ``pip``/``pipx`` install builds the runtime image without a checkout."""
+    import importlib.util
     import sys
 
+    if importlib.util.find_spec("pip") is None:
+        raise UsageError(f"pip is not available to {sys.executable}: it builds the runtime image's wheels",
+                         hint=f"{sys.executable} -m ensurepip, or install aixsss-ops with pip or pipx")
     dest.mkdir(parents=True, exist_ok=True)
-    say("pip wheel of the project and its dependencies")
-    argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(project_root())]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    with tempfile.TemporaryDirectory(prefix="aixsss-self-") as own:
+        root = project_root()
+        if root is not None:
+            say(f"pip wheel of the project ({root}) and its dependencies")
+            project = str(root)
+        else:
+            project = str(installed_wheel(Path(own)))
+            say(f"pip wheel of the installed {Path(project).name} and its dependencies")
+        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), project]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         raise OpsError("pip wheel of the project failed", details=r.stderr[-3000:])
     for _ in range(5):  # requirements the image's Python needs but this one does not (e.g. by python_full_version)
@@ -208,7 +290,7 @@ def runtime_dockerfile(cfg: OpsConfig) -> str:
     """base + the venv; the app containers' unprivileged account (uid/gid APP_UID, ``aixsss``); the mount point of
     the shared run volume with its socket folder world-writable and sticky, so that whichever container first
     mounts a new run volume (an api here, or the proxy, which makes it so itself) leaves the api sockets a place."""
-    from aixsss_ops.stack.docker_specs import APP_UID, RUN
+    from aixsss_ops.runtime.docker_specs import APP_UID, RUN
 
     return f"""FROM {cfg.docker.base_image}
 COPY wheels /tmp/wheels

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from aixsss_ops.config import OpsConfig
+from aixsss_ops.context.layout import Layout
 from aixsss_ops.errors import OpsError
 from aixsss_ops.proxy import nginx
+from aixsss_ops.runtime import local_specs as services
 from aixsss_ops.runtime.base import APP, UnitStatus, unit_name
 from aixsss_ops.runtime.supervisor import Supervisor, tail
-from aixsss_ops.stack import services
-from aixsss_ops.stack.layout import Layout
 
 
 class LocalRuntime:

@@ -12,7 +12,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from aixsss_ops import sysbin
 from aixsss_ops.errors import OpsError
 from aixsss_ops.fsutil import atomic_write
+from aixsss_ops.poll import poll_until
 
 RPC_TIMEOUT = 30.0
 _SUN_PATH_MAX = 107
@@ -123,14 +123,9 @@ class Supervisor:
         r = subprocess.run([sysbin.find("supervisord"), "-c", str(self.conf)], capture_output=True, text=True, timeout=30)
         if r.returncode != 0:
             raise OpsError(f"supervisord failed to start: {(r.stderr or r.stdout).strip()[-300:]}")
-        deadline = time.monotonic() + timeout
-        while not self.is_running():
-            if time.monotonic() > deadline:
-                raise OpsError(
-                    f"supervisord did not answer on {self.sock} within {timeout:.0f}s",
-                    details=self._tail(self.log_dir / "supervisord.log"),
-                )
-            time.sleep(0.1)
+        if not poll_until(self.is_running, timeout):
+            raise OpsError(f"supervisord did not answer on {self.sock} within {timeout:.0f}s",
+                           details=self._tail(self.log_dir / "supervisord.log"))
         return True
 
     def _render_main(self) -> str:
@@ -147,6 +142,7 @@ class Supervisor:
                 "logfile_maxbytes=10MB",
                 "loglevel=info",
                 "minfds=1024",
+                "umask=077",  # what the services write (logs, Redis's AOF, object data) is the owner's alone
                 *(["user=root"] if os.geteuid() == 0 else []),
                 "",
                 "[rpcinterface:supervisor]",
@@ -210,9 +206,8 @@ class Supervisor:
         pid = _read_pid(self.pidfile)
         with contextlib.suppress(OSError, xmlrpc.client.Error):
             self.rpc().supervisor.shutdown()
-        deadline = time.monotonic() + timeout
-        while pid and _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        if pid:
+            poll_until(lambda: not _alive(pid), timeout)
 
     @staticmethod
     def _tail(path: Path, lines: int = 20) -> str:

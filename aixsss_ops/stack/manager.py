@@ -1,28 +1,40 @@
-"""``stack up | down | status``: the embedded stack as supervised local processes."""
+"""The embedded stack, engine-independent: what runs, readiness, port checks, status, stop order, logs.
+
+Everything here talks to the ``Runtime`` protocol. The engines (stack/local_stack.py: supervised processes,
+stack/docker_stack.py: containers) add only what differs: how services are defined and brought up, how the
+object store's volumes are probed, what the engine itself is. ``stack.engines.open_stack`` picks the engine.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-from aixsss_ops import sysbin
-from aixsss_ops.config import OpsConfig
-from aixsss_ops.deploy import releases
-from aixsss_ops.deploy.state import DeployState, now_iso
+from aixsss_ops import probes, releases
+from aixsss_ops.context import embedded
+from aixsss_ops.context.deployment import Deployment
+from aixsss_ops.context.deploystate import Colors, ColorSpec
 from aixsss_ops.errors import OpsError, UsageError
-from aixsss_ops.proxy import nginx
-from aixsss_ops.runtime.local import LocalRuntime
-from aixsss_ops.runtime.supervisor import Supervisor, tail
+from aixsss_ops.poll import poll_until
+from aixsss_ops.runtime.base import APP, COLORS, FAILED_STATES, STOPPED_STATES, Runtime, api_port, unit_name, wait_stopped
 from aixsss_ops.s3 import S3Target, ensure_bucket
-from aixsss_ops.stack import envgen, probes, services
-from aixsss_ops.stack.layout import Layout
 from aixsss_ops.stack.postgres import ensure_role_and_database
 
 Progress = Callable[[str], None]
-REQUIRED = ("postgres", "initdb", "redis-server", "nginx", "weed", "supervisord")
-_FAILED_STATES = {"FATAL", "BACKOFF", "EXITED"}
+STOP_ORDER = (APP, ("proxy",), ("s3", "redis"), ("postgres",))  # the app first, Postgres last
+
+
+class Unit(Protocol):
+    """A service definition of either engine (a supervisord program, a container spec)."""
+
+    service: str
+    color: str | None
+
+    @property
+    def unit(self) -> str: ...
+
+    def port_labels(self) -> dict[str, int]: ...
 
 
 @dataclass
@@ -53,305 +65,218 @@ class StackReport:
         return {**asdict(self), "healthy": self.healthy}
 
 
+def color_spec(release: releases.Release) -> ColorSpec:
+    return ColorSpec(release=release.id, source=str(release.path), version=release.version)
+
+
 class Stack:
-    def __new__(cls, cfg: OpsConfig):
-        # the engine comes from ops.toml: runtime = "docker" gives the docker stack (stack/docker_stack.py)
-        if cls is Stack and cfg.runtime == "docker":
-            from aixsss_ops.stack.docker_stack import DockerStack
+    runtime: Runtime
 
-            cls = DockerStack
-        return super().__new__(cls)
+    def __init__(self, dep: Deployment):
+        self.dep = dep
+        self.cfg = dep.cfg
+        self.layout = dep.layout
+        self.deploy_state = dep.deploy_state
 
-    def __init__(self, cfg: OpsConfig):
-        self.cfg = cfg
-        self.layout = Layout(cfg.state)
-        self.sup = Supervisor(self.layout.supervisor)
-        self.runtime = LocalRuntime(cfg, self.layout, self.sup)
-        self.deploy_state = DeployState(self.layout.deploy_dir)
+    # -- what the engine defines --
+    def infra_defs(self) -> list[Unit]:
+        raise NotImplementedError
+
+    def app_defs(self, color: str) -> list[Unit]:
+        raise NotImplementedError
+
+    def up(self, progress: Progress | None = None) -> StackReport:
+        raise NotImplementedError
+
+    def engine_problem(self) -> str | None:
+        """Why what runs the services cannot be asked (None when it answers)."""
+        raise NotImplementedError
+
+    def proxy_config_check(self) -> tuple[bool, str, str | None]:
+        """``nginx -t`` of the proxy's config: (accepted, message, fix)."""
+        raise NotImplementedError
+
+    def _probe_s3_volumes(self) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    def _redis_password(self) -> str | None:
+        return (embedded.read_secrets(self.layout) or {}).get("redis_password")
+
+    def _engine_running(self) -> bool:
+        return True
+
+    def _engine_down(self) -> list[str]:
+        return []
+
+    def _ports_on_this_host(self) -> bool:
+        return True
 
     # -- what each color runs (see aixsss_ops.deploy) --
-    def colors(self) -> dict:
+    def colors(self) -> Colors:
         """The deploy state; on the very first use, blue runs a release built from the configured app source."""
         state = self.deploy_state.load()
         if not state:
             release, _ = releases.build(self.cfg.app_source, self.cfg.app.version, self.layout.releases)
-            state = {"active": "blue", "colors": {"blue": color_spec(release)}}
+            state = Colors("blue", {"blue": color_spec(release)})
         return state
+
+    def live_color(self) -> str | None:
+        """The color the proxy sends traffic to (its ``live`` route), whatever colors.json says."""
+        return self.runtime.routed_color()
 
     @property
     def url(self) -> str:
-        return f"http://{self.cfg.host}:{self.cfg.ports.proxy}"
-
-    def infra_defs(self) -> list[services.ServiceDef]:
-        c, lay = self.cfg, self.layout
-        return [services.postgres(c, lay), services.redis(c, lay), services.s3(c, lay), services.proxy(c, lay)]
-
-    def app_defs(self, color: str) -> list[services.ServiceDef]:
-        spec = self.colors()["colors"][color]
-        src, ver = Path(spec["source"]), spec["version"]
-        return [
-            services.api(self.cfg, self.layout, color, src, ver),
-            services.worker(self.cfg, self.layout, color, src, ver),
-        ]
-
-    def all_defs(self) -> list[services.ServiceDef]:
-        defs = self.infra_defs()
-        for color in self.colors()["colors"]:
-            defs += self.app_defs(color)
-        return defs
+        return self.dep.url
 
     def admin_url(self, database: str = "postgres") -> str:
-        return envgen.admin_url(self.cfg, self.layout, database)
+        return self.dep.embedded_admin_url(database)
+
+    def app_database_url(self) -> str:
+        """The embedded database as the app's role."""
+        return embedded.app_url(self.cfg, embedded.ensure_secrets(self.layout))
 
     def s3_target(self) -> S3Target:
         s = self.cfg.s3
-        return S3Target(
-            f"http://{self.cfg.host}:{self.cfg.ports.s3}", s.access_key, s.secret_key.get_secret_value(), s.region
-        )
+        return S3Target(f"http://{self.cfg.host}:{self.cfg.ports.s3}", s.access_key, s.secret_key.get_secret_value(),
+                        s.region)
 
-    # -- up --
-    def up(self, progress: Progress | None = None) -> StackReport:
-        say = progress or (lambda _m: None)
-        actions: list[str] = []
-        for prog in REQUIRED:
-            sysbin.find(prog)
-        lay = self.layout
-        for d in (lay.root, lay.logs, lay.redis_dir, lay.s3_dir / "data", lay.nginx_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        secrets = envgen.stack_secrets(lay)
-        envgen.write_env_files(self.cfg, lay)
-        services.write_s3_identities(self.cfg, lay)
-        colors = self.colors()
-        active = colors["active"] = self.live_color() or colors["active"]
-        self.deploy_state.save(colors)
+    def unit_state(self, unit: str) -> str:
+        service, _, color = unit.partition("-")
+        return self.runtime.state(service, color or None)
 
-        pg = services.cluster(self.cfg, lay)
-        if not pg.initialized:
-            say("initialising the PostgreSQL cluster")
-            pg.init(self.cfg.postgres.superuser, secrets["postgres_superuser_password"])
-            actions.append("initdb")
-
-        defs = self.all_defs()
-        self._check_ports(defs)
-        if self.sup.ensure_started():
-            actions.append("started supervisord")
-        for d in defs:
-            self.sup.write_program(d.program)
-        proxy_changed = self.configure_proxy(colors)
-        changes = self.sup.apply()
-        actions += [f"configured {n}" for n in changes["added"] + changes["changed"]]
-
-        infra = [d for d in defs if d.service in ("postgres", "redis", "s3")]
-        for d in infra:
-            if self.unit_state(d.unit) != "RUNNING":
-                say(f"starting {d.unit}")
-                self.sup.start(d.unit)
-                actions.append(f"started {d.unit}")
-        self.wait_ready(infra, say)
-
-        created = ensure_role_and_database(
-            self.admin_url(), self.cfg.postgres.database, self.cfg.postgres.user, secrets["postgres_app_password"]
-        )
-        actions += [f"created {c}" for c in created]
-        applied = self._migrate(Path(colors["colors"][active]["source"]) / "migrations", say)
-        actions += [f"applied migration {m}" for m in applied]
-        if ensure_bucket(self.s3_target(), self.cfg.s3.bucket):
-            actions.append(f"created bucket {self.cfg.s3.bucket}")
-
-        app = self.app_defs(active)
-        for d in app:
-            if self.unit_state(d.unit) != "RUNNING":
-                say(f"starting {d.unit}")
-                self.sup.start(d.unit)
-                actions.append(f"started {d.unit}")
-        self.wait_ready(app, say)
-        proxy = next(d for d in defs if d.service == "proxy")
-        if self.unit_state("proxy") != "RUNNING":
-            self.sup.start("proxy")
-            actions.append("started proxy")
-        elif proxy_changed:
-            self.runtime.signal("proxy", "HUP")
-            actions.append("reloaded proxy")
-        self.wait_ready([proxy], say)
-        return self.status(actions)
-
-    def _check_ports(self, defs: list[services.ServiceDef]) -> None:
+    # -- the steps of ``up`` both engines share --
+    def _check_ports(self, defs: list[Unit]) -> None:
         seen: dict[int, str] = {}
         for d in defs:
-            for label, port in d.ports.items():
+            for label, port in d.port_labels().items():
                 if port in seen:
                     raise UsageError(f"port {port} is configured for both {seen[port]} and {label}")
                 seen[port] = label
+        if not self._ports_on_this_host():
+            return  # a remote engine publishes on its own machine: it reports a taken port at start
         for d in defs:
-            if self.unit_state(d.unit) in ("RUNNING", "STARTING"):
+            if self.unit_state(d.unit) in ("RUNNING", "STARTING", "BACKOFF"):
                 continue
-            for label, port in d.ports.items():
+            for label, port in d.port_labels().items():
                 if not probes.port_free(self.cfg.host, port):
                     raise UsageError(
                         f"port {port} ({label}) is already in use on {self.cfg.host}",
                         hint=f"stop what holds it, or change ports in {self.cfg.config_path or 'ops.toml'}",
                     )
 
-    def configure_proxy(self, colors: dict) -> bool:
-        """Render the nginx config (``nginx -t`` first) and point each color's slot at its api and web build.
+    def _prepare_data(self, spec: ColorSpec, say: Progress) -> list[str]:
+        """The app's role and database, its migrations, its bucket: what the app needs before it starts."""
+        sec = embedded.ensure_secrets(self.layout)
+        created = ensure_role_and_database(self.admin_url(), self.cfg.postgres.database, self.cfg.postgres.user,
+                                           sec["postgres_app_password"])
+        actions = [f"created {c}" for c in created]
+        actions += [f"applied migration {m}" for m in self._migrate(spec, say)]
+        if ensure_bucket(self.s3_target(), self.cfg.s3.bucket):
+            actions.append(f"created bucket {self.cfg.s3.bucket}")
+        return actions
 
-        Returns True when the config changed and a running nginx needs a graceful reload."""
-        lay = self.layout
-        text = nginx.render(listen_host=self.cfg.host, listen_port=self.cfg.ports.proxy, prefix=lay.nginx_dir, logs=lay.logs)
-        changed = nginx.write_config(lay.nginx_conf, text)
-        for color, spec in colors["colors"].items():
-            self.runtime.prepare_route(color, Path(spec["source"]))
-        if self.runtime.routed_color() is None:
-            self.runtime.route(colors["active"])
-        return changed
-
-    def app_database_url(self) -> str:
-        secret = envgen.stack_secrets(self.layout)["postgres_app_password"]
-        return envgen.database_url(self.cfg, self.cfg.postgres.user, secret)
-
-    def _migrate(self, migrations: Path, say: Progress) -> list[str]:
+    def _migrate(self, spec: ColorSpec, say: Progress) -> list[str]:
         from aixsss_ops.migrate import deploy
 
-        result = deploy(self.app_database_url(), migrations)
+        result = deploy(self.app_database_url(), spec.path / "migrations")
         if result.applied:
             say(f"applied {len(result.applied)} migration(s)")
         return list(result.applied)
 
-    def unit_state(self, unit: str) -> str:
-        if not self.sup.sock.exists():
-            return "ABSENT"
-        info = self.sup.info(unit)
-        return info["statename"] if info else "ABSENT"
-
-    def probe(self, d: services.ServiceDef) -> tuple[bool, str]:
+    # -- readiness --
+    def probe(self, d: Unit) -> tuple[bool, str]:
         c = self.cfg
         if d.service == "postgres":
             from aixsss_ops.dburl import parse_database_url
 
             return probes.postgres(parse_database_url(self.admin_url()).conninfo)
         if d.service == "redis":
-            return probes.redis_ping(c.host, c.ports.redis)
+            return probes.redis_ping(c.host, c.ports.redis, password=self._redis_password())
         if d.service == "s3":
             ok, detail = probes.http(f"http://{c.host}:{c.ports.s3}/", expect_any_status=True)
-            if not ok:
-                return ok, detail
-            volumes = len(list((self.layout.s3_dir / "data").glob("*.dat")))
-            return probes.seaweed_volumes(f"http://{c.host}:{c.ports.weed_master}", volumes)
+            return self._probe_s3_volumes() if ok else (ok, detail)
         if d.service == "proxy":
             ok, body = probes.api_health(f"{self.url}/api/health")
-            return (
-                ok,
-                f"/api/health through the proxy: {body}" if not ok else f"serving {body.get('color')} {body.get('version')}",
-            )
+            return ok, (f"serving {body.get('color')} {body.get('version')}" if ok
+                        else f"/api/health through the proxy: {body}")
         if d.service == "api":
-            ok, body = probes.api_health(f"http://{c.host}:{services.api_port(c, d.color)}/api/health")
+            ok, body = probes.api_health(f"http://{c.host}:{api_port(c, d.color)}/api/health")
             return ok, (f"version {body.get('version')}" if ok else f"/api/health: {body}")
         state = self.unit_state(d.unit)
         return state == "RUNNING", state.lower()
 
-    def wait_ready(self, defs: list[services.ServiceDef], say: Progress) -> None:
-        deadline = time.monotonic() + self.cfg.supervisor.start_timeout
+    def _logs_detail(self, d: Unit) -> str:
+        return f"last lines of {d.unit}:\n{self.runtime.logs(d.service, d.color, 25)}"
+
+    def wait_ready(self, defs: list[Unit], say: Progress) -> None:
+        """Return once every unit runs and answers its probe; a unit that fails, or is not ready within
+        ``supervisor.start_timeout``, is one error with its last log lines."""
         pending = list(defs)
-        while pending:
+
+        def ready() -> bool:
             for d in list(pending):
                 state = self.unit_state(d.unit)
-                if state in _FAILED_STATES:
-                    raise OpsError(
-                        f"{d.unit} failed to start ({state})",
-                        details=f"last lines of {self.sup.logfile(d.unit)}:\n{tail(self.sup.logfile(d.unit), 25)}",
-                    )
+                if state in (*FAILED_STATES, "ABSENT"):
+                    raise OpsError(f"{d.unit} failed to start ({state})", details=self._logs_detail(d))
                 if state == "RUNNING" and self.probe(d)[0]:
                     pending.remove(d)
                     say(f"{d.unit} is ready")
-            if not pending:
-                break
-            if time.monotonic() > deadline:
-                d = pending[0]
-                raise OpsError(
-                    f"{d.unit} was not ready within {self.cfg.supervisor.start_timeout:.0f}s: {self.probe(d)[1]}",
-                    details=f"last lines of {self.sup.logfile(d.unit)}:\n{tail(self.sup.logfile(d.unit), 25)}",
-                )
-            time.sleep(0.2)
+            return not pending
+
+        timeout = self.cfg.supervisor.start_timeout
+        if not poll_until(ready, timeout, interval=0.2):
+            d = pending[0]
+            raise OpsError(f"{d.unit} was not ready within {timeout:.0f}s: {self.probe(d)[1]}",
+                           details=self._logs_detail(d))
 
     # -- down --
     def down(self, progress: Progress | None = None) -> StackReport:
+        """Stop everything, the app first and Postgres last; data is kept."""
         say = progress or (lambda _m: None)
-        actions: list[str] = []
-        if not self.sup.is_running():
+        if not self._engine_running():
             return StackReport(str(self.layout.root), self.url, None, [], ["stack was not running"])
-        running = {u.unit for u in self.runtime.status() if u.state not in ("STOPPED", "EXITED", "FATAL")}
-        order = [[u for u in running if u.startswith(("api-", "worker-"))], ["proxy"], ["s3", "redis"], ["postgres"]]
-        for group in order:
-            group = [u for u in group if u in running]
-            for unit in group:
-                say(f"stopping {unit}")
-                self.sup.stop(unit, wait=False)
-            self.wait_stopped(group)
-            actions += [f"stopped {u}" for u in group]
-        self.sup.shutdown()
-        actions.append("stopped supervisord")
-        return StackReport(str(self.layout.root), self.url, None, [], actions)
+        running = [(u.service, u.color) for u in self.runtime.status() if u.state not in STOPPED_STATES]
+        actions: list[str] = []
+        for group in STOP_ORDER:
+            units = [(s, c) for s, c in running if s in group]
+            for s, c in units:
+                say(f"stopping {unit_name(s, c)}")
+                self.runtime.stop(s, c, wait=False)
+            wait_stopped(self.runtime, units, self.cfg.supervisor.stop_timeout + 30)
+            actions += [f"stopped {unit_name(s, c)}" for s, c in units]
+        actions += self._engine_down()
+        return StackReport(str(self.layout.root), self.url, None, [], actions or ["stack was not running"])
 
-    def wait_stopped(self, units: list[str]) -> None:
-        deadline = time.monotonic() + self.cfg.supervisor.stop_timeout + 30
-        while units and time.monotonic() < deadline:
-            if all(self.unit_state(u) in ("STOPPED", "EXITED", "FATAL", "ABSENT") for u in units):
-                return
-            time.sleep(0.2)
+    def wait_stopped(self, units: list[str]) -> bool:
+        """True once every named unit (``api-blue``, ``redis``) is stopped."""
+        pairs = [(s, c or None) for s, _, c in (u.partition("-") for u in units)]
+        return wait_stopped(self.runtime, pairs, self.cfg.supervisor.stop_timeout + 30)
 
     # -- status --
     def status(self, actions: list[str] | None = None) -> StackReport:
         colors = self.colors()
-        units = {u.unit: u for u in self.runtime.status()} if self.sup.is_running() else {}
+        units = {u.unit: u for u in self.runtime.status()} if self._engine_running() else {}
+        active = self.live_color() or colors.active
+        wanted = self.infra_defs() + self.app_defs(active)
+        wanted += [d for c in colors.colors if c != active for d in self.app_defs(c) if d.unit in units]
         reports = []
-        active = self.live_color() or colors["active"]
-        defs = self.infra_defs() + self.app_defs(active)
-        defs += [d for c in colors["colors"] if c != active for d in self.app_defs(c)]
-        for d in defs:
+        for d in wanted:
             u = units.get(d.unit)
             state = u.state if u else ("ABSENT" if units else "STOPPED")
-            healthy, detail = self.probe(d) if state == "RUNNING" else (False, (u.description if u else "") or state.lower())
-            reports.append(
-                ServiceReport(
-                    d.unit,
-                    state,
-                    healthy,
-                    detail,
-                    d.ports,
-                    u.pid if u else None,
-                    u.uptime_s if u else None,
-                    "infra" if d.color is None else ("active" if d.color == active else "idle"),
-                )
-            )
+            if state == "RUNNING":
+                healthy, detail = self.probe(d)
+                if u.description and "unhealthy" in u.description:
+                    detail = f"{detail}; engine: {u.description}"
+            else:
+                healthy, detail = False, (u.description if u else "") or state.lower()
+            reports.append(ServiceReport(d.unit, state, healthy, detail, d.port_labels(), u.pid if u else None,
+                                         u.uptime_s if u else None,
+                                         "infra" if d.color is None else ("active" if d.color == active else "idle")))
         return StackReport(str(self.layout.root), self.url, active, reports, actions or [])
 
-    def live_color(self) -> str | None:
-        """The color the proxy config sends traffic to (the truth, whatever colors.json says)."""
-        return self.runtime.routed_color()
-
-    # -- for doctor: the same questions on either engine --
-    def engine_problem(self) -> str | None:
-        """Why what runs the services cannot be asked (None when it answers): here, supervisord."""
-        return None if self.sup.is_running() else f"the supervisor of {self.cfg.state} is not running"
-
-    def proxy_config_check(self) -> tuple[bool, str, str | None]:
-        """``nginx -t`` of the proxy's config: (accepted, message, fix)."""
-        lay = self.layout
-        if not lay.nginx_conf.exists():
-            return False, f"no proxy config at {lay.nginx_conf}", "`aixsss-ops stack up` writes it"
-        try:
-            nginx.test_config(lay.nginx_conf, lay.nginx_dir)
-        except OpsError as e:
-            return (False, f"{e.message}: {(e.details or '').splitlines()[-1:] or ''}",
-                    f"fix {lay.nginx_conf} (or rerun `aixsss-ops stack up`)")
-        return True, f"nginx -t accepts {lay.nginx_conf}", None
-
     def logs(self, unit: str, lines: int = 100) -> str:
-        known = {d.unit for d in self.all_defs()}
+        known = {d.unit for d in self.infra_defs()} | {unit_name(s, c) for s in APP for c in COLORS}
         if unit not in known:
             raise UsageError(f"unknown service '{unit}'; one of: {', '.join(sorted(known))}")
-        return tail(self.sup.logfile(unit), lines)
-
-
-def color_spec(release: releases.Release) -> dict:
-    return {"release": release.id, "source": str(release.path), "version": release.version, "since": now_iso()}
+        service, _, color = unit.partition("-")
+        return self.runtime.logs(service, color or None, lines)

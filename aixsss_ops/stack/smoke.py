@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from aixsss_ops.errors import CheckFailed, ServiceUnavailable
+from aixsss_ops.poll import poll_until
 
 
 @dataclass
@@ -51,16 +52,15 @@ def run(url: str, timeout: float = 60.0) -> SmokeResult:
         )
         _expect(j, "POST /api/ai-jobs")
         res.job_id = j.json()["id"]
-        deadline = time.monotonic() + timeout
-        while True:
+        def job_ended():
             row = http.get(f"/api/ai-jobs/{res.job_id}")
             _expect(row, "GET /api/ai-jobs/{id}")
             res.job_status = row.json().get("status")
-            if res.job_status in ("succeeded", "failed", "cancelled"):
-                break
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"job {res.job_id} still {res.job_status} after {timeout:.0f}s: is a worker running?")
-            time.sleep(0.2)
+            return row if res.job_status in ("succeeded", "failed", "cancelled") else None
+
+        row = poll_until(job_ended, timeout, interval=0.2)
+        if row is None:
+            raise CheckFailed(f"job {res.job_id} still {res.job_status} after {timeout:.0f}s: is a worker running?")
         if res.job_status != "succeeded":
             raise CheckFailed(f"job {res.job_id} ended {res.job_status}: {row.json().get('error')}")
         res.steps.append(f"job {res.job_id} succeeded")

@@ -140,7 +140,7 @@ def small_pg(tmp_path):
     import secrets
 
     from aixsss_ops import sysbin
-    from aixsss_ops.stack.postgres import Cluster, os_account
+    from aixsss_ops.runtime.pg_cluster import Cluster, os_account
     from tests.conftest import PgServer
 
     root = state_tmpdir("aixsss-pg-small-")

@@ -17,7 +17,7 @@ import pytest
 
 from aixsss_ops.config import load_config
 from aixsss_ops.deploy.lock import DeployLock
-from aixsss_ops.stack.manager import Stack
+from aixsss_ops.stack.engines import open_stack
 from tests.cli import EXE, REPO, run_cli
 from tests.conftest import stack_config, state_tmpdir
 
@@ -30,7 +30,7 @@ def env():
     cfg = stack_config(root, deploy=DEPLOY)
     r = run_cli("stack", "up", config=cfg, timeout=240)
     assert r.code == 0, r.output
-    yield {"cfg": cfg, "root": root, "url": Stack(load_config(cfg)).url}
+    yield {"cfg": cfg, "root": root, "url": open_stack(load_config(cfg)).url}
     run_cli("stack", "down", config=cfg, timeout=180)
 
 
@@ -134,7 +134,7 @@ def test_a_broken_release_never_receives_traffic(env, name, prelude, expect):
 
 def test_invalid_env_stops_the_deploy_before_anything_boots(env):
     cfg = env["cfg"]
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     api_env = stack.layout.env_file("api")
     original = api_env.read_text()
     try:
@@ -150,7 +150,7 @@ def test_invalid_env_stops_the_deploy_before_anything_boots(env):
 
 def test_concurrent_deploys_are_serialised_by_the_lock(env):
     cfg = env["cfg"]
-    lock = DeployLock(Stack(load_config(cfg)).layout.deploy_dir)
+    lock = DeployLock(open_stack(load_config(cfg)).layout.deploy_dir)
     lock.acquire(1, {"action": "deploy", "version": "held-by-test"})
     try:
         blocked = run_cli("deploy", "--version", "4.0.0", config=cfg,
@@ -173,7 +173,7 @@ def test_concurrent_deploys_are_serialised_by_the_lock(env):
 
 def test_jobs_enqueued_during_the_switch_complete_exactly_once(env):
     cfg, url = env["cfg"], env["url"]
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     with httpx.Client(base_url=url, timeout=10) as c:
         profile = c.post("/api/ai-profiles", json={"name": "during-switch", "provider": "openai_compatible",
                                                    "apiKey": "sk-during-switch"}).json()["id"]
@@ -208,32 +208,45 @@ def test_jobs_enqueued_during_the_switch_complete_exactly_once(env):
         assert len(re.findall(rf"job {i} \S+ succeeded", logs)) == 1, i
 
 
-def test_sigkill_during_deploy_leaves_the_live_color_serving_and_status_truthful(env):
+def test_sigkill_during_deploy_leaves_the_live_color_serving_and_nothing_unchecked_running(env):
     cfg, url = env["cfg"], env["url"]
     live = health(url)
     src = broken_copy(env["root"], "slow", "import time\ntime.sleep(30)")
     p = subprocess.Popen([EXE, "--config", str(cfg), "deploy", "--source", str(src), "--version", "7.0.0-slow"],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     idle = "green" if live["color"] == "blue" else "blue"
     deadline = time.monotonic() + 60
 
     def booting() -> bool:
-        spec = (stack.deploy_state.load() or {}).get("colors", {}).get(idle, {})
-        return spec.get("status") == "booting" and spec["release"].startswith("7.0.0-slow")
+        state = stack.deploy_state.load()
+        spec = state.spec(idle) if state else None
+        return bool(spec) and spec.status == "booting" and spec.release.startswith("7.0.0-slow")
 
     while not (booting() and stack.unit_state(f"api-{idle}") == "RUNNING") and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert booting()
+    time.sleep(1.0)  # well inside the health gate: the unchecked release's worker takes no job
+    assert stack.unit_state(f"worker-{idle}") in ("STOPPED", "EXITED")
     os.kill(p.pid, signal.SIGKILL)
     p.wait(10)
     now = health(url)
     assert (now["version"], now["color"]) == (live["version"], live["color"])
+    # doctor reports the dead deploy without touching anything
+    doc = run_cli("--json", "doctor", "--only", "deploy", config=cfg)
+    assert doc.code == 3, doc.output
+    found = {f["check"]: f for f in doc.json["findings"]}
+    assert found["deploy.interrupted"]["status"] == "fail" and idle in found["deploy.interrupted"]["message"]
+    assert stack.unit_state(f"api-{idle}") == "RUNNING"
+    # the next command that touches the deploy tears the unchecked color down
     st = run_cli("--json", "deploy", "status", config=cfg).json
+    assert st["recovered"] and "7.0.0-slow" in st["recovered"]
     assert st["active"] == live["color"] and st["proxy_target"] == live["color"]
-    assert st["colors"][idle]["status"] == "booting" and st["colors"][idle]["release"].startswith("7.0.0-slow")
-    assert st["lock"]["held"] is False and st["lock"]["stale_note"] is True
-    cleared = run_cli("--json", "deploy", "lock", "release", config=cfg)
-    assert cleared.code == 0 and cleared.json["cleared"] is True
+    assert st["colors"][idle]["status"] == "failed"
+    assert {s["state"] for s in st["colors"][idle]["services"].values()} <= {"STOPPED", "EXITED"}
+    assert st["lock"]["held"] is False and st["lock"]["stale_note"] is False
+    assert run_cli("--json", "deploy", "releases", config=cfg).json[-1]["outcome"] == "interrupted"
+    assert run_cli("--json", "deploy", "status", config=cfg).json["recovered"] is None  # done once
     again = run_cli("--json", "deploy", "--version", "8.0.0", config=cfg, timeout=180)
     assert again.code == 0, again.output
     assert health(url)["version"] == "8.0.0" and json.loads(again.stdout)["color"] == idle
@@ -252,6 +265,24 @@ def test_deploy_takes_a_pre_deploy_backup_and_records_it(env):
     assert run_cli("--json", "deploy", "releases", config=cfg).json[-1]["backup_id"] == backup_id
 
 
+def test_a_deploy_refused_by_its_migrations_takes_no_backup(env):
+    cfg, url = env["cfg"], env["url"]
+    before = health(url)["version"]
+    src = env["root"] / "drops-a-column"
+    if not src.exists():
+        shutil.copytree(REPO / "app", src, ignore=shutil.ignore_patterns("__pycache__"))
+        m = src / "migrations" / "29990101000000_drop_audit_action"
+        m.mkdir()
+        (m / "migration.sql").write_text('ALTER TABLE "AuditLog" DROP COLUMN "action";\n')
+    backups = len(run_cli("--json", "backup", "list", config=cfg).json)
+    r = run_cli("--json", "deploy", "--source", str(src), "--version", "10.9.0", config=cfg,
+                env={"AIXSSS_OPS_DEPLOY__BACKUP": "true"}, timeout=240)
+    assert r.code == 3, r.output
+    assert "29990101000000_drop_audit_action" in r.json["error"]
+    assert len(run_cli("--json", "backup", "list", config=cfg).json) == backups  # refused before the backup
+    assert health(url)["version"] == before
+
+
 def test_rollback_offers_and_restores_the_pre_deploy_database(env):
     cfg, url = env["cfg"], env["url"]
     before = health(url)["version"]
@@ -266,7 +297,7 @@ def test_rollback_offers_and_restores_the_pre_deploy_database(env):
     assert r.code == 0, r.output
     assert r.json["migrations_applied"] == ["29990101000000_add_notes"]
     backup_id = r.json["backup_id"]
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     with stack_db(stack) as conn:
         conn.execute("""INSERT INTO "ReleaseNote" VALUES ('n1', 'written by 10.0.0')""")
 

@@ -16,7 +16,7 @@ import pytest
 from aixsss_ops import crypto, envfile
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
-from aixsss_ops.stack.manager import Stack
+from aixsss_ops.stack.engines import open_stack
 from tests.cli import run_cli
 from tests.conftest import stack_config, state_tmpdir
 
@@ -30,7 +30,7 @@ def env():
     cfg = stack_config(root, deploy=DEPLOY)
     r = run_cli("stack", "up", config=cfg, timeout=240)
     assert r.code == 0, r.output
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     yield {"cfg": cfg, "stack": stack, "url": stack.url}
     run_cli("stack", "down", config=cfg, timeout=180)
 

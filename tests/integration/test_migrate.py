@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -341,6 +342,86 @@ def test_destructive_pending_migrations_need_allow_destructive(tmp_path, databas
     with connect(database_url) as c:  # nothing changed by the refusal or the dry run
         assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'User'").fetchone()[0] == 2
     assert deploy(database_url, mdir, allow_destructive=True).applied == ["001_drop"]
+
+
+CREATE_EPISODE = 'CREATE TABLE "Episode" ("id" TEXT NOT NULL PRIMARY KEY, "n" TEXT, "title" TEXT, "note" TEXT);\n'
+CHANGE_EPISODE = """ALTER TABLE "Episode" ALTER COLUMN "n" SET DATA TYPE INTEGER USING "n"::integer;
+ALTER TABLE "Episode" RENAME COLUMN "title" TO "name";
+ALTER TABLE "Episode" ALTER COLUMN "note" SET NOT NULL;
+"""
+
+
+def _columns(url: str, table: str) -> dict[str, tuple[str, str]]:
+    with connect(url) as c:
+        return {r[0]: (r[1], r[2]) for r in c.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = %s", (table,))}
+
+
+def test_empty_database_deploys_a_batch_whose_lint_findings_are_notes(tmp_path, database_url):
+    """On a database no migration was applied to, nothing runs on the schema: a later migration changing what an
+    earlier one of the same batch created (a type change, a rename, SET NOT NULL) is no reason to refuse."""
+    mdir = write_migrations(tmp_path / "m", {
+        "000_episode": CREATE_EPISODE,
+        "001_reshape": CHANGE_EPISODE + 'DROP TABLE IF EXISTS "Legacy";\n',
+    })
+    code, doc = cli_json("migrate", "deploy", "--dry-run", "--migrations-dir", str(mdir), "--database-url", database_url)
+    assert code == 0 and doc["ok"] and doc["blockers"] == [], doc
+    assert [(f["rule"], f["severity"]) for f in doc["findings"]] == [
+        ("type-change", "info"), ("rename", "info"), ("not-null", "info"), ("drop-table", "info")]
+    r = cli("migrate", "deploy", "--migrations-dir", str(mdir), "--database-url", database_url)
+    assert r.returncode == 0, r.stderr
+    assert "info: [rename]" in r.stdout and "would break the running color" not in r.stdout + r.stderr
+    assert [row["migration_name"] for row in ledger(database_url) if row["finished_at"]] == ["000_episode", "001_reshape"]
+    assert _columns(database_url, "Episode") == {
+        "id": ("text", "NO"), "n": ("integer", "YES"), "name": ("text", "YES"), "note": ("text", "NO")}
+
+
+def test_a_pending_batch_may_reshape_what_it_creates_but_not_what_the_running_color_uses(tmp_path, database_url):
+    mdir = write_migrations(tmp_path / "m", {"000_init": INIT})
+    deploy(database_url, mdir)  # the running color now uses "User"
+    write_migrations(mdir, {"001_episode": CREATE_EPISODE, "002_reshape": CHANGE_EPISODE})
+    result = deploy(database_url, mdir)
+    assert result.applied == ["001_episode", "002_reshape"]
+    assert {f.severity for f in result.findings} == {"info"} and len(result.findings) == 3
+    assert _columns(database_url, "Episode")["note"] == ("text", "NO")
+    # the same statements on a table that existed before the batch still stop the deploy
+    write_migrations(mdir, {"003_user": 'ALTER TABLE "User" ALTER COLUMN "email" SET DATA TYPE VARCHAR(80);\n'})
+    with pytest.raises(CheckFailed, match=r"would break the running color .*003_user line 1: type-change"):
+        deploy(database_url, mdir)
+
+
+def test_failed_migration_from_another_release_names_the_folder_it_ran_from(tmp_path, database_url):
+    """The `resolve --applied … --migrations-dir` hint names the folder that holds the failed migration (the release
+    it ran from), not the folder of the deploy that finds it failed."""
+    bad = 'CREATE INDEX CONCURRENTLY "Nope_x_idx" ON "Nope"("x");\n'  # not in a transaction: needs resolve
+    release_a = write_migrations(tmp_path / "releases" / "a" / "migrations", {"000_init": INIT, "001_index": bad})
+    with pytest.raises(MigrationFailed) as e:
+        deploy(database_url, release_a)
+    assert f"resolve --applied 001_index --migrations-dir {release_a}`" in e.value.hint
+    failed = [r for r in ledger(database_url) if r["migration_name"] == "001_index"][0]
+    assert failed["logs"].splitlines()[-1] == f"Migrations folder: {release_a}"
+
+    # the next deploy comes from another release, which does not have 001_index
+    release_b = write_migrations(tmp_path / "releases" / "b" / "migrations", {"000_init": INIT, "002_scene": SCENE})
+    r = cli("migrate", "deploy", "--migrations-dir", str(release_b), "--database-url", database_url)
+    assert r.returncode == 3
+    assert f"resolve --applied 001_index --migrations-dir {release_a}`" in " ".join(r.stderr.split())
+    # the hint works as given
+    r = cli("migrate", "resolve", "--applied", "001_index", "--migrations-dir", str(release_a), "--database-url",
+            database_url)
+    assert r.returncode == 0, r.stderr
+    assert deploy(database_url, release_b).applied == ["002_scene"]
+
+    # once the folder it ran from is gone: this run's folder when it holds the migration, else no folder is named
+    with connect(database_url) as c:
+        c.execute("""UPDATE _prisma_migrations SET finished_at = NULL, logs = %s WHERE migration_name = '001_index'""",
+                  (f"ERROR: x\n\nMigrations folder: {tmp_path / 'gone'}",))
+    release_c = write_migrations(tmp_path / "releases" / "c" / "migrations", {"000_init": INIT, "001_index": bad})
+    with pytest.raises(CheckFailed, match=rf"--applied 001_index --migrations-dir {re.escape(str(release_c))}`"):
+        deploy(database_url, release_c)
+    with pytest.raises(CheckFailed, match=rf"--migrations-dir DIR` \(DIR: the migrations folder that holds 001_index; "
+                                          rf"{re.escape(str(release_b))} does not\)"):
+        deploy(database_url, release_b)
 
 
 def test_lint_cli_reports_findings_with_exit_3(tmp_path):

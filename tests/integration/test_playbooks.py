@@ -17,7 +17,7 @@ import pytest
 
 from aixsss_ops.backup.catalog import Catalog
 from aixsss_ops.config import load_config
-from aixsss_ops.stack.manager import Stack
+from aixsss_ops.stack.engines import open_stack
 from tests.cli import EXE, REPO, run_cli
 from tests.conftest import stack_config, state_tmpdir
 from tests.integration.test_deploy import Watcher
@@ -32,7 +32,7 @@ def env():
     r = run_cli("stack", "up", config=cfg, timeout=240)
     assert r.code == 0, r.output
     conf = load_config(cfg)
-    yield {"cfg": cfg, "root": root, "conf": conf, "url": Stack(conf).url,
+    yield {"cfg": cfg, "root": root, "conf": conf, "url": open_stack(conf).url,
            "runs": conf.state / "playbooks" / "runs", "backups": conf.backup_dir}
     run_cli("stack", "down", config=cfg, timeout=180)
 
@@ -149,7 +149,7 @@ def test_a_release_whose_smoke_test_fails_switches_back_and_restores_the_databas
     assert (h["version"], h["color"]) == (live["version"], live["color"])
     import psycopg
 
-    stack = Stack(conf)
+    stack = open_stack(conf)
     with psycopg.connect(stack.admin_url().split("?")[0], autocommit=True) as c:
         names = {row[0] for row in c.execute("SELECT datname FROM pg_database")}
     assert previous in names  # the database the failed release used is kept for inspection
@@ -224,7 +224,7 @@ def test_a_release_killed_during_the_deploy_resumes_without_repeating_the_backup
 
 
 def test_rotate_key_reencrypts_provider_keys_and_the_app_keeps_working(env):
-    from aixsss_ops.connsettings import read_env_file
+    from aixsss_ops.context.settings import read_env_file
     from aixsss_ops.crypto import derive_key, fingerprint
 
     api_env = env["conf"].state / "env" / "api.env"
@@ -263,7 +263,7 @@ def test_restore_drill_restores_the_newest_backup_into_a_scratch_database(env):
     assert meta["ok"] is True and meta["restore"] is True
     import psycopg
 
-    with psycopg.connect(Stack(env["conf"]).admin_url().split("?")[0], autocommit=True) as c:
+    with psycopg.connect(open_stack(env["conf"]).admin_url().split("?")[0], autocommit=True) as c:
         assert not [n for (n,) in c.execute("SELECT datname FROM pg_database") if n.startswith("aixsss_verify_")]
     # with take_backup it drills a fresh backup
     r2 = play(env, "restore-drill", "--var", "take_backup=true")

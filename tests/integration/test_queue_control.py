@@ -244,3 +244,41 @@ def test_clean_removes_only_what_it_says(redis_server, queue_name):
     assert r.zcard(f"bull:{queue_name}:failed") == 1  # another state: untouched
     assert clean(url, queue_name, "failed", 86_400).removed == 0
     assert clean(url, queue_name, "failed", 0).removed == 1
+
+
+@pytest.mark.parametrize("meta_version, jobs, moved, layout", [
+    (None, 0, False, "unknown"),  # nothing tells the layouts apart and 'wait' is empty: nothing is renamed
+    (None, 3, True, "5.x"),  # BullMQ 5's pause renames 'wait': from then on a 'paused' list tells
+    ("bullmq:5.81.5", 0, False, "5.x"),
+    ("bullmq:6.0.0", 3, False, "6.x"),  # 6.x: the jobs stay in 'wait'
+])
+def test_pause_reports_what_it_did_and_the_layout_stats_reports(redis_server, queue_name, meta_version, jobs, moved,
+                                                                 layout):
+    from bullmq import Queue
+
+    url = redis_server.url
+    r = sync_redis(url)
+
+    async def add(n):
+        q = Queue(queue_name, {"connection": url})
+        for i in range(n):
+            await q.add("ok", {"i": i})
+        await q.close()
+
+    asyncio.run(add(jobs))
+    if meta_version:
+        r.hset(f"bull:{queue_name}:meta", "version", meta_version)
+    res = pause(url, queue_name)
+    assert res.changed and res.paused
+    assert ("renamed to 'paused'" in res.message) is moved, res.message
+    assert r.exists(f"bull:{queue_name}:paused") == int(moved)
+    if not moved:
+        assert "renamed" not in res.message and (f"{jobs} job(s) stay in 'wait'" in res.message or jobs == 0)
+    s = stats(url, queue_name)
+    assert res.layout == s.layout == layout and res.layout_evidence == s.layout_evidence, (res, s.layout)
+    assert f"layout {s.layout} ({s.layout_evidence})" in res.message
+    # jobs added while paused, by a producer that keeps them in 'wait': stats and a second pause agree
+    asyncio.run(add(2))
+    s = stats(url, queue_name)
+    again = pause(url, queue_name)
+    assert not again.changed and again.layout == s.layout and s.counts["paused"] == jobs + 2

@@ -11,7 +11,7 @@ import pytest
 
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
-from aixsss_ops.stack.manager import Stack
+from aixsss_ops.stack.engines import open_stack
 from tests.cli import run_cli
 from tests.conftest import stack_config, state_tmpdir
 
@@ -32,7 +32,7 @@ def up(stack_cfg):
 
 
 def _app_db(cfg_path) -> psycopg.Connection:
-    stack = Stack(load_config(cfg_path))
+    stack = open_stack(load_config(cfg_path))
     from aixsss_ops import envfile
 
     url = envfile.read(stack.layout.env_file("api"))["DATABASE_URL"]
@@ -80,7 +80,7 @@ def test_profile_and_job_end_to_end_then_data_survives_down_up(up, stack_cfg):
     with _app_db(stack_cfg) as conn:
         status, result = conn.execute('SELECT status::text, result FROM "AIJob" WHERE id = %s', (job_id,)).fetchone()
     assert status == "succeeded" and result
-    stack = Stack(load_config(stack_cfg))
+    stack = open_stack(load_config(stack_cfg))
     bucket = stack.cfg.s3.bucket
     artifact = stack.s3_target().client().get_object(bucket, f"artifacts/{job_id}.json").read()
     assert job_id.encode() in artifact or len(artifact) > 0
@@ -124,3 +124,37 @@ def test_a_taken_port_fails_naming_it_and_starts_nothing():
     assert "Traceback" not in r.output
     out = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
     assert out.stdout.strip() == "", "nothing of the stack may keep running"
+
+
+def test_state_is_private_and_redis_needs_its_password(up, stack_cfg):
+    import os
+    import stat
+
+    from aixsss_ops import envfile, probes
+    from aixsss_ops.proxy.nginx import worker_group
+
+    cfg = load_config(stack_cfg)
+    root = cfg.state
+    redis_url = envfile.read(root / "env" / "api.env")["REDIS_URL"]
+    password = redis_url.split("://:", 1)[1].split("@", 1)[0]
+    assert len(password) >= 24
+    assert not probes.redis_ping(cfg.host, cfg.ports.redis)[0]  # no password: NOAUTH
+    assert probes.redis_ping(cfg.host, cfg.ports.redis, password=password)[0]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert password not in ps and "redis-server" in ps
+    # what the services wrote is their owner's alone
+    for name in ("logs", "redis", "s3", "env", "secrets", "supervisor"):
+        top = root / name
+        assert stat.S_IMODE(top.stat().st_mode) == 0o700, name
+        for dirpath, dirnames, filenames in os.walk(top):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                mode = os.lstat(p).st_mode
+                assert stat.S_ISLNK(mode) or not mode & 0o077, f"{p} is {oct(stat.S_IMODE(mode))}"
+    assert any((root / "redis").rglob("*.aof")) and any((root / "logs").iterdir())
+    # the api sockets: reachable through their folder by the owner and the proxy's workers only
+    run = (root / "run").stat()
+    assert stat.S_IMODE(run.st_mode) == 0o750
+    if os.geteuid() == 0:
+        assert run.st_gid == worker_group()
+    assert any(p.name.endswith(".sock") for p in (root / "run").iterdir())

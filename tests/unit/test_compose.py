@@ -37,9 +37,14 @@ def test_compose_files_hold_no_secret_and_escape_dollars(monkeypatch):
     assert pg["secrets"] == [{"source": "postgres_superuser_password", "target": "postgres_password"}]
     assert "--pwfile=/run/secrets/postgres_password" in pg["command"][2]
     assert infra["secrets"] == {"postgres_superuser_password": {"environment": "POSTGRES_SUPERUSER_PASSWORD"},
+                                "redis_password": {"environment": "REDIS_PASSWORD"},
                                 "s3_access_key": {"environment": "S3_ACCESS_KEY"},
                                 "s3_secret_key": {"environment": "S3_SECRET_KEY"}}
     assert "environment" not in infra["services"]["s3"]
+    redis = infra["services"]["redis"]  # the password: a secret file fed to redis-server on stdin, in no argv
+    assert redis["secrets"] == [{"source": "redis_password", "target": "redis_password"}]
+    assert "redis-server -" in redis["command"][2] and "requirepass $$(cat /run/secrets/redis_password)" in \
+        redis["command"][2]
     assert '"$$PGDATA/PG_VERSION"' in pg["command"][2]
     assert set(infra["volumes"]) == {"pgdata", "redis", "s3", "run"}
     proxy = yaml.safe_load(files["proxy.yml"])["services"]["proxy"]

@@ -86,3 +86,91 @@ def test_version_and_help():
     assert r.code == 0 and r.stdout.startswith("aixsss-ops ")
     h = run_cli("--help")
     assert h.code == 0 and "stack" in h.stdout and "config" in h.stdout
+
+
+def test_a_non_utf8_file_is_a_config_error_naming_the_file(tmp_path):
+    p = tmp_path / "ops.toml"
+    p.write_bytes(b'project = "caf\xe9"\n')
+    r = run_cli("config", "show", config=p)
+    assert r.code == 2, r.output
+    assert str(p) in r.stderr and "UTF-8" in r.stderr
+    assert "internal error" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("text, field", [
+    ("[ports]\npostgres = true\n", "ports.postgres"),
+    ("[ports]\nproxy = false\n", "ports.proxy"),
+    ("[app]\nworker_concurrency = true\n", "app.worker_concurrency"),
+    ("[backup]\ncompression = true\n", "backup.compression"),
+    ("[supervisor]\nstart_timeout = true\n", "supervisor.start_timeout"),
+    ("[docker]\nstop_timeout = true\n", "docker.stop_timeout"),
+])
+def test_booleans_are_not_numbers(tmp_path, text, field):
+    from aixsss_ops.config import load_config
+    from aixsss_ops.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert f"{field}:" in e.value.message and "boolean" in e.value.message
+
+
+def test_numbers_from_the_environment_still_work(tmp_path, monkeypatch):
+    from aixsss_ops.config import load_config
+
+    monkeypatch.setenv("AIXSSS_OPS_PORTS__PROXY", "18124")
+    monkeypatch.setenv("AIXSSS_OPS_SUPERVISOR__START_TIMEOUT", "12.5")
+    cfg = load_config(write(tmp_path, "[ports]\nredis = 16380\n"))
+    assert (cfg.ports.proxy, cfg.ports.redis, cfg.supervisor.start_timeout) == (18124, 16380, 12.5)
+
+
+@pytest.mark.parametrize("env, var", [
+    ({"AIXSSS_OPS_PORTS__PROXY": "x"}, "AIXSSS_OPS_PORTS__PROXY"),
+    ({"AIXSSS_OPS_PORTS__PROXY": "70000"}, "AIXSSS_OPS_PORTS__PROXY"),
+    ({"AIXSSS_OPS_PORTS__PROXYY": "1"}, "AIXSSS_OPS_PORTS__PROXYY"),
+    ({"AIXSSS_OPS_PORTS": "not json"}, "AIXSSS_OPS_PORTS"),
+    ({"AIXSSS_OPS_PORTS": '{"redis": true}'}, "AIXSSS_OPS_PORTS"),
+    ({"AIXSSS_OPS_RUNTIME": "k8s"}, "AIXSSS_OPS_RUNTIME"),
+])
+def test_an_environment_override_error_names_the_variable(tmp_path, env, var):
+    cfg = write(tmp_path, "[ports]\nproxy = 18001\n")
+    r = run_cli("config", "show", config=cfg, env=env)
+    assert r.code == 2, r.output
+    assert f"error: {var}: " in r.stderr, r.stderr
+    assert str(cfg) not in r.stderr and "internal error" not in r.output
+
+
+def test_a_file_error_still_names_the_file_when_another_key_comes_from_the_environment(tmp_path):
+    cfg = write(tmp_path, "[ports]\nredis = 0\n")
+    r = run_cli("config", "show", config=cfg, env={"AIXSSS_OPS_PORTS__PROXY": "18002"})
+    assert r.code == 2 and f"{cfg}: ports.redis:" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text, env, where", [
+    ('host = "0.0.0.0"\n', {}, "ops.toml: host:"),
+    ('host = "192.168.1.20"\n', {}, "ops.toml: host:"),
+    ('host = "::"\n', {}, "ops.toml: host:"),
+    ('host = ""\n', {}, "ops.toml: host:"),
+    ("", {"AIXSSS_OPS_HOST": "0.0.0.0"}, "AIXSSS_OPS_HOST: host:"),
+])
+def test_a_public_host_is_refused_unless_allowed(tmp_path, text, env, where):
+    cfg = write(tmp_path, text)
+    r = run_cli("config", "show", config=cfg, env=env)
+    assert r.code == 2, r.output
+    assert where in r.stderr and "allow_public_host" in r.stderr, r.stderr
+    ok = run_cli("--json", "config", "show", config=write(tmp_path, "allow_public_host = true\n" + text), env=env)
+    assert ok.code == 0, ok.output
+    assert ok.json["allow_public_host"] is True
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_hosts_need_no_opt_in(tmp_path, host):
+    from aixsss_ops.config import load_config
+
+    assert load_config(write(tmp_path, f'host = "{host}"\n')).host == host
+
+
+def test_the_shipped_ops_toml_loads():
+    from aixsss_ops.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "ops.toml")
+    assert cfg.host == "127.0.0.1" and cfg.allow_public_host is False

@@ -6,7 +6,6 @@ import pytest
 from aixsss_ops.errors import UsageError
 from aixsss_ops.migrate.create import create_migration
 from aixsss_ops.migrate.layout import LayoutError, checksum, matches_checksum, read_layout
-from aixsss_ops.migrate.settings import database_url, read_env_file
 
 
 def test_checksum_is_sha256_hex_of_the_bytes():
@@ -102,15 +101,3 @@ def test_create_is_refused_in_production(tmp_path):
     with pytest.raises(UsageError, match="production"):
         create_migration(tmp_path, "x", node_env="production")
     assert not any(tmp_path.iterdir())
-
-
-def test_database_url_precedence(tmp_path):
-    env_file = tmp_path / "api.env"
-    env_file.write_text("# api\nPORT=3001\nexport DATABASE_URL=\"postgresql://f@h/file?schema=public\"\n")
-    assert read_env_file(env_file)["DATABASE_URL"] == "postgresql://f@h/file?schema=public"
-    env = {"DATABASE_URL": "postgresql://e@h/env"}
-    assert database_url("postgresql://flag@h/x", env, env_file)[0] == "postgresql://flag@h/x"
-    assert database_url(None, env, env_file)[0] == "postgresql://e@h/env"
-    assert database_url(None, {}, env_file) == ("postgresql://f@h/file?schema=public", str(env_file))
-    with pytest.raises(UsageError, match="no DATABASE_URL"):
-        database_url(None, {}, tmp_path / "missing.env")

@@ -1,7 +1,7 @@
 from aixsss_ops.migrate.history import APPLIED, FAILED, INTERRUPTED, MISSING, MODIFIED, PENDING, compare
 from aixsss_ops.migrate.layout import Layout, Migration, checksum
 from aixsss_ops.migrate.ledger import STARTED_ATOMIC, Row
-from aixsss_ops.migrate.lint import ERROR, WARNING, lint_script
+from aixsss_ops.migrate.lint import ERROR, INFO, WARNING, blocking, lint, lint_script
 from aixsss_ops.migrate.statements import runs_in_one_transaction, split, statement_at
 
 
@@ -81,6 +81,88 @@ CREATE INDEX "Episode_title_idx" ON "Episode"("title");
 ALTER TABLE "Episode" RENAME COLUMN "title" TO "name";
 """
     assert rules(sql) == []
+
+
+CREATE_EPISODE = 'CREATE TABLE "Episode" ("id" TEXT NOT NULL, "n" TEXT, "title" TEXT, "note" TEXT);\n'
+CHANGE_EPISODE = """ALTER TABLE "Episode" ALTER COLUMN "n" SET DATA TYPE INTEGER USING "n"::integer;
+ALTER TABLE "Episode" RENAME COLUMN "title" TO "name";
+ALTER TABLE "Episode" ALTER COLUMN "note" SET NOT NULL;
+"""
+
+
+def _migrations(**scripts: str) -> list[Migration]:
+    return [Migration(name, None, sql.encode()) for name, sql in scripts.items()]
+
+
+def _found(findings):
+    return [(f.migration, f.rule, f.severity, f.line) for f in findings]
+
+
+def test_objects_created_earlier_in_the_pending_batch_are_notes_not_blockers():
+    ms = _migrations(m1_create=CREATE_EPISODE, m2_change=CHANGE_EPISODE)
+    # a folder linted on its own (offline): the second migration may run long after the first, against a live color
+    assert _found(lint(ms)) == [("m2_change", "type-change", ERROR, 1), ("m2_change", "rename", ERROR, 2),
+                                ("m2_change", "not-null", ERROR, 3)]
+    # the pending migrations one deploy applies together: the running color has never seen "Episode"
+    found = lint(ms, pending_batch=True)
+    assert _found(found) == [("m2_change", "type-change", INFO, 1), ("m2_change", "rename", INFO, 2),
+                             ("m2_change", "not-null", INFO, 3)]
+    assert blocking(found) == []
+    assert all("created by the pending migrations" in f.message for f in found)
+
+
+def test_batch_tracks_renamed_tables_new_columns_and_types_but_not_what_existed():
+    ms = _migrations(
+        m1="""CREATE TYPE "Mood" AS ENUM ('a', 'b');
+CREATE TABLE "Draft" ("id" TEXT);
+ALTER TABLE "Scene" ADD COLUMN "mood" TEXT;
+""",
+        m2="""ALTER TABLE "Draft" RENAME TO "Sketch";
+ALTER TYPE "Mood" RENAME VALUE 'a' TO 'calm';
+ALTER TABLE "Scene" ALTER COLUMN "mood" TYPE "Mood" USING "mood"::"Mood", ALTER COLUMN "title" TYPE VARCHAR(80);
+""",
+        m3="""ALTER TABLE "Sketch" DROP COLUMN "id";
+ALTER TABLE "Scene" RENAME COLUMN "mood" TO "feel";
+ALTER TABLE "Scene" DROP COLUMN "feel";
+ALTER TABLE "Scene" ALTER COLUMN "feel2" SET NOT NULL;
+ALTER TABLE "Scene" ADD COLUMN "extra" TEXT, ALTER COLUMN "extra" SET NOT NULL;
+CREATE INDEX "Sketch_idx" ON "Sketch"("x");
+DROP TABLE "Sketch", "AuditLog";
+TRUNCATE "Sketch";
+TRUNCATE "Sketch", "AIJob";
+""",
+    )
+    found = lint(ms, pending_batch=True)
+    assert _found(found) == [
+        ("m2", "rename", INFO, 1),  # a table created by m1
+        ("m2", "rename", INFO, 2),  # a type created by m1
+        ("m2", "type-change", INFO, 3),  # Scene.mood: added by m1
+        ("m2", "type-change", ERROR, 3),  # Scene.title: the running color uses it
+        ("m3", "drop-column", INFO, 1),  # "Sketch" is "Draft" renamed
+        ("m3", "rename", INFO, 2),
+        ("m3", "drop-column", INFO, 3),  # "feel" is "mood" renamed
+        ("m3", "not-null", ERROR, 4),
+        # a new column of a table the running color writes to: its inserts leave it NULL
+        ("m3", "not-null", ERROR, 5),
+        ("m3", "drop-table", ERROR, 7),  # AuditLog
+        ("m3", "drop-table", INFO, 7),  # Sketch
+        ("m3", "truncate", INFO, 8),
+        ("m3", "truncate", ERROR, 9),
+    ]
+    assert "AuditLog" in found[9].message and "Sketch" not in found[9].message
+
+
+def test_on_a_database_with_no_migration_applied_every_finding_is_a_note():
+    destructive = 'DROP TABLE IF EXISTS "Legacy";\nALTER TABLE "User" RENAME COLUMN "email" TO "mail";\n'
+    concurrently = 'ALTER TABLE "User" ADD COLUMN "m" TEXT;\nCREATE INDEX CONCURRENTLY "i" ON "User"("m");\n'
+    ms = _migrations(m1=destructive, m2=concurrently, m3='CREATE INDEX "u" ON "User"("m");\n')
+    assert [f.severity for f in lint(ms, pending_batch=True)] == [ERROR, ERROR, WARNING, WARNING]
+    found = lint(ms, pending_batch=True, empty_database=True)
+    assert _found(found) == [("m1", "drop-table", INFO, 1), ("m1", "rename", INFO, 2),
+                             # not a blue/green matter: it fails in a transaction whatever the database holds
+                             ("m2", "concurrently-in-multi-statement", WARNING, 2),
+                             ("m3", "index-not-concurrent", INFO, 1)]
+    assert "no migration is applied to this database yet" in found[0].message
 
 
 def test_index_rule_uses_table_sizes_when_known():

@@ -79,3 +79,33 @@ def test_render_keeps_types_for_a_whole_expression_and_substitutes_text_otherwis
 def test_paths_lists_every_reference():
     x = expr.parse("vars.a and steps.b.status == 'x' or not env.C")
     assert x.paths() == [("vars", "a"), ("steps", "b", "status"), ("env", "C")]
+
+
+@pytest.mark.parametrize("text", [
+    "(" * 2000 + "true" + ")" * 2000,
+    "not " * 2000 + "true",
+    "[" * 2000 + "]" * 2000,
+    "vars.n in " + "[" * 3000 + "1" + "]" * 3000,
+])
+def test_deep_nesting_is_a_syntax_error_not_a_recursion_error(text):
+    with pytest.raises(expr.ExprError) as e:
+        expr.parse(text)
+    assert "nested deeper than" in str(e.value)
+
+
+def test_long_and_or_chains_are_bounded_before_evaluation():
+    text = " and ".join(["vars.restore"] * 5000)
+    with pytest.raises(expr.ExprError) as e:
+        expr.parse(text)
+    assert "too long" in str(e.value)
+    # a long chain within the limit is flat: no recursion proportional to its length
+    chain = " and ".join(["vars.restore"] * 580)
+    x = expr.parse(chain)
+    assert x.evaluate(CTX) is True and len(x.paths()) == 580
+    assert expr.parse(" or ".join(["vars.empty"] * 580) + " or vars.n").evaluate(CTX) == 3
+
+
+def test_reasonable_nesting_still_parses():
+    text = "(" * 20 + "not " * 11 + "vars.restore" + ")" * 20
+    assert expr.parse(text).evaluate(CTX) is False
+    assert expr.parse(" or ".join(["vars.restore"] * 50)).evaluate(CTX) is True

@@ -264,3 +264,116 @@ def test_docs_list_every_action_with_its_parameters():
         REGISTRY.update(test_only)
     doc = (REPO / "docs" / "playbooks.md").read_text()
     assert table in doc, "docs/playbooks.md is stale: paste reference_table() under ## Actions"
+
+
+# -- hostile documents: bounded while the YAML is composed, refused with a usage error naming the file --
+
+def _bomb(levels: int, width: int = 9) -> str:
+    lines = ["name: demo", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    lines += ["steps:", "  - {id: a, action: deploy.status}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("text, what", [
+    (_bomb(9), "aliases expand to"),               # a billion laughs: 9**10 nodes once expanded
+    ("name: demo\na: &a [*a]\nsteps: []\n", "recursive alias"),
+    ("name: demo\na: &a {b: *a}\nsteps: []\n", "recursive alias"),
+    ("name: demo\nsteps: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than"),
+    ("name: demo\nsteps: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "nested deeper than"),
+])
+def test_hostile_yaml_is_refused_quickly(tmp_path, text, what):
+    p = tmp_path / "book.yml"
+    p.write_text(text)
+    with pytest.raises(model.PlaybookInvalid) as e:
+        model.load(p)
+    assert e.value.exit_code == 2
+    assert str(p) in e.value.message and what in e.value.message, e.value.message
+
+
+def test_a_too_large_document_is_refused(tmp_path):
+    p = tmp_path / "book.yml"
+    p.write_text("name: demo\nsteps:\n  - {id: a, action: deploy.status}\n" + "# padding\n" * 200_000)
+    with pytest.raises(model.PlaybookInvalid) as e:
+        model.load(p)
+    assert str(p) in e.value.message and "bytes" in e.value.message
+
+
+def test_aliases_within_bounds_still_work(tmp_path):
+    book = model.load(write(tmp_path, """
+        name: demo
+        steps:
+          - id: a
+            action: deploy.status
+            description: &d shared text
+          - id: b
+            action: deploy.status
+            description: *d
+        """))
+    assert book.spec.steps[1].description == "shared text"
+
+
+def test_deeply_nested_when_is_a_located_usage_error(tmp_path):
+    p = write(tmp_path, f"""
+        name: demo
+        steps:
+          - id: a
+            action: deploy.status
+            when: "{'(' * 3000}true{')' * 3000}"
+        """)
+    errs = errors_of(p)
+    assert errs[0].startswith(f"{p}:5: steps[0].when:") and "nested deeper than" in errs[0], errs
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", [
+    _bomb(9),
+    "name: demo\na: &a [*a]\nsteps: []\n",
+    "name: demo\nsteps:\n  - id: a\n    action: deploy.status\n    when: \"" + "not " * 5000 + "true\"\n",
+])
+def test_the_cli_refuses_hostile_playbooks_with_exit_2(tmp_path, text):
+    from tests.cli import run_cli
+
+    p = tmp_path / "book.yml"
+    p.write_text(text)
+    r = run_cli("play", str(p), "--dry-run", timeout=30)
+    assert r.code == 2, r.output
+    assert str(p) in r.stderr and "internal error" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("value, runs", [("true", True), ("false", False), ("yes", True), ("'vars.go'", True)])
+def test_when_accepts_yaml_booleans(tmp_path, value, runs):
+    book = model.load(write(tmp_path, f"""
+        name: demo
+        vars: {{go: true}}
+        steps:
+          - id: a
+            action: deploy.status
+            when: {value}
+        """))
+    from aixsss_ops.playbook import expr
+
+    assert bool(expr.parse(book.spec.steps[0].when).evaluate({"vars": {"go": True}})) is runs
+
+
+def test_when_still_rejects_numbers_and_lists(tmp_path):
+    errs = errors_of(write(tmp_path, """
+        name: demo
+        steps:
+          - id: a
+            action: deploy.status
+            when: [a]
+        """))
+    assert "steps[0].when" in errs[0]
+
+
+def test_a_null_timeout_means_the_default(tmp_path):
+    book = model.load(write(tmp_path, """
+        name: demo
+        steps:
+          - {id: a, action: deploy.status, timeout: null}
+          - {id: b, action: deploy.status, timeout: "90s"}
+        """))
+    assert [s.timeout for s in book.spec.steps] == [None, 90.0]

@@ -239,3 +239,55 @@ def test_two_processes_cannot_run_the_same_run(env):
             Runner(env["cfg"], b, store).resume(rec["id"])
     finally:
         os.close(fd)
+
+
+SECRET = "k3y-" + "Zq9xW2vR7tLm4pN8sB6d"  # the value of a secret-named variable in the run's environment
+KNOWN = "already-known-secret-Hf73kq"  # a value the scrubber knows already, in a variable with a plain name
+
+
+def test_secrets_from_env_never_reach_the_plan_errors_or_the_run_record(env):
+    from aixsss_ops.output import scrubber
+
+    scrubber.add(KNOWN)
+    b = book(env, """
+        name: t
+        steps:
+          - {id: one, action: test.mark, with: {file: LOG, text: "key=${env.API_KEY_ENCRYPTION_KEY}"}}
+          - {id: two, action: test.mark, with: {file: LOG, text: "${env.PLAIN}"}}
+          - {id: bad, action: test.mark, with: {file: LOG, sleep: "${env.API_KEY_ENCRYPTION_KEY}"}, on_failure: back}
+          - {id: three, action: test.mark, with: {file: LOG, text: "${env.API_KEY_ENCRYPTION_KEY}"}}
+        rollbacks:
+          back:
+            - {id: undo, action: test.mark, with: {file: LOG, fail: true, text: "${env.API_KEY_ENCRYPTION_KEY}"},
+               when: "env.API_KEY_ENCRYPTION_KEY != 'x'"}
+        """)
+    environ = {"API_KEY_ENCRYPTION_KEY": SECRET, "PLAIN": KNOWN, "PATH": os.environ["PATH"]}
+    r = Runner(env["cfg"], b, RunStore(env["cfg"].state), environ=environ)
+    plan = r.plan({})
+    assert SECRET not in json.dumps(plan) and KNOWN not in json.dumps(plan)
+    assert plan[0]["params"]["text"] == "key=****"
+    rec = r.start({})
+    assert lines(env["log"])[1] == f"one:key={SECRET}"  # the action itself got the real value
+    assert rec["status"] == "rollback_failed"
+    bad = next(s for s in rec["steps"] if s["id"] == "bad")
+    assert bad["status"] == "failed" and "parameter sleep" in bad["error"]["message"]
+    on_disk = (env["cfg"].state / "playbooks" / "runs" / f"{rec['id']}.json").read_text()
+    for text in (on_disk, json.dumps(rec)):
+        assert SECRET not in text and KNOWN not in text
+    assert "****" in bad["error"]["message"]
+
+
+def test_the_cli_plan_masks_env_secrets(env):
+    from tests.cli import run_cli
+
+    p = env["dir"] / "book.yml"
+    p.write_text(textwrap.dedent("""
+        name: t
+        steps:
+          - {id: one, action: deploy.status, when: "env.MY_TOKEN != 'x'"}
+          - {id: two, action: backup.verify, with: {id: "${env.MY_TOKEN}"}}
+        """))
+    for args in (["play", str(p), "--dry-run"], ["--json", "play", str(p), "--dry-run"]):
+        r = run_cli(*args, config=env["cfg_path"], env={"MY_TOKEN": SECRET})
+        assert r.code == 0, r.output
+        assert SECRET not in r.output and "****" in r.output

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from aixsss_ops.config import OpsConfig
+from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.errors import UsageError
 from aixsss_ops.queue.checks import (
     check_failed_rising,
@@ -15,7 +16,7 @@ from aixsss_ops.queue.checks import (
     check_queue_name_match,
     check_workers_present,
 )
-from aixsss_ops.queue.conn import resolve_target
+from aixsss_ops.queue.conn import target
 from aixsss_ops.queue.control import parse_duration
 from aixsss_ops.queue.inspect import QueueStats, detect_layout, job_counts, list_count
 from aixsss_ops.queue.keys import JOB_COUNT_TYPES, QueueKeys
@@ -106,23 +107,10 @@ def _cfg(tmp_path: Path) -> OpsConfig:
     return cfg
 
 
-def test_resolve_target_precedence(tmp_path):
-    cfg = _cfg(tmp_path)
-    t = resolve_target(cfg, environ={})
-    assert (t.redis_url, t.queue, t.redis_url_source) == (f"redis://127.0.0.1:{cfg.ports.redis}", "ai-jobs", "ops.toml")
-    (cfg.state / "env" / "worker.env").write_text("REDIS_URL=redis://w:1\nAI_QUEUE_NAME=wq\n")
-    (cfg.state / "env" / "api.env").write_text("REDIS_URL=redis://a:1\n")
-    t = resolve_target(cfg, environ={})
-    assert (t.redis_url, t.queue) == ("redis://a:1", "wq")
-    assert (t.redis_url_source, t.queue_source) == ("api.env", "worker.env")
-    t = resolve_target(cfg, environ={"REDIS_URL": "redis://e:1", "AI_QUEUE_NAME": "eq"})
-    assert (t.redis_url, t.queue) == ("redis://e:1", "eq")
-    t = resolve_target(cfg, "redis://f:1", "fq", environ={"REDIS_URL": "redis://e:1", "AI_QUEUE_NAME": "eq"})
-    assert (t.redis_url, t.queue, t.queue_source) == ("redis://f:1", "fq", "--queue")
-
-
 def test_target_masks_password(tmp_path):
-    t = resolve_target(_cfg(tmp_path), "redis://:hunter22@h:1", "q", environ={})
+    dep = Deployment(_cfg(tmp_path), environ={}, flags={"REDIS_URL": "redis://:hunter22@h:1", "AI_QUEUE_NAME": "q"})
+    t = target(dep)
+    assert t.redis_url == "redis://:hunter22@h:1" and t.redis_url_source == "--redis-url"
     assert "hunter22" not in str(t.to_dict())
 
 

@@ -12,7 +12,7 @@ import pytest
 from aixsss_ops import envfile
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
-from aixsss_ops.stack.manager import Stack
+from aixsss_ops.stack.engines import open_stack
 from tests.cli import EXE, REPO, run_cli
 from tests.integration.docker.conftest import docker_config, purge
 from tests.integration.docker.test_docker_stack import containers
@@ -26,7 +26,7 @@ def env(docker_images):
     cfg, project = docker_config("aixsss-ddeploy-", deploy=DEPLOY)
     r = run_cli("stack", "up", config=cfg, timeout=300)
     assert r.code == 0, r.output
-    yield {"cfg": cfg, "project": project, "root": cfg.parent, "url": Stack(load_config(cfg)).url}
+    yield {"cfg": cfg, "project": project, "root": cfg.parent, "url": open_stack(load_config(cfg)).url}
     run_cli("stack", "down", config=cfg, timeout=240)
     purge(project)
 
@@ -127,7 +127,7 @@ def test_backup_and_restore_round_trip(env):
     b = run_cli("--json", "backup", "create", config=cfg, timeout=300)
     assert b.code == 0, b.output
     backup_id = b.json["id"]
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     url = envfile.read(stack.layout.env_file("api"))["DATABASE_URL"]
     with parse_database_url(url).connect() as conn:
         conn.execute('DELETE FROM "AIJob" WHERE id = %s', (job_id,))

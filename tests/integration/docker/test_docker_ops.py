@@ -15,7 +15,8 @@ import pytest
 from aixsss_ops import crypto, envfile
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
-from aixsss_ops.stack import docker_specs as specs
+from aixsss_ops.runtime import docker_specs as specs
+from aixsss_ops.stack.engines import open_stack
 from aixsss_ops.stack.manager import Stack
 from tests.cli import run_cli
 from tests.integration.docker.conftest import docker_config, purge
@@ -33,7 +34,7 @@ def env(docker_images):
     root = cfg.parent
     r = run_cli("stack", "up", config=cfg, timeout=300)
     assert r.code == 0, r.output
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     yield {"cfg": cfg, "project": project, "root": root, "stack": stack, "url": stack.url}
     run_cli("stack", "down", config=cfg, timeout=240)
     purge(project)

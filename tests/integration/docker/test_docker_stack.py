@@ -9,7 +9,7 @@ import pytest
 from aixsss_ops import envfile
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
-from aixsss_ops.stack.manager import Stack
+from aixsss_ops.stack.engines import open_stack
 from tests.cli import run_cli
 from tests.integration.docker.conftest import SOCK, docker_config, purge
 
@@ -75,7 +75,7 @@ def test_health_through_nginx_and_the_web_build(up):
 
 
 def test_secrets_are_not_printed(up, env):
-    stack = Stack(load_config(env["cfg"]))
+    stack = open_stack(load_config(env["cfg"]))
     key = envfile.read(stack.layout.env_file("api"))["API_KEY_ENCRYPTION_KEY"]
     r = run_cli("--json", "--verbose", "stack", "up", config=env["cfg"], timeout=300)
     assert key not in r.output
@@ -88,7 +88,7 @@ def test_profile_and_job_then_data_survives_down_up(up, env):
     smoke = run_cli("--json", "stack", "smoke", config=cfg, timeout=120)
     assert smoke.code == 0, smoke.output
     job_id = smoke.json["job_id"]
-    stack = Stack(load_config(cfg))
+    stack = open_stack(load_config(cfg))
     url = envfile.read(stack.layout.env_file("api"))["DATABASE_URL"]
     with parse_database_url(url).connect() as conn:
         status, result = conn.execute('SELECT status::text, result FROM "AIJob" WHERE id = %s', (job_id,)).fetchone()
@@ -144,7 +144,7 @@ def test_a_killed_container_shows_in_status_and_up_repairs_it(up, env):
 
 
 def test_postgres_exec_returns_output_like_the_local_runtime(up, env):
-    stack = Stack(load_config(env["cfg"]))
+    stack = open_stack(load_config(env["cfg"]))
     r = stack.runtime.exec("postgres", ["pg_dump", "--schema-only", "-U", "postgres", "aixsss"], timeout=60)
     assert r.returncode == 0, r.stderr
     assert isinstance(r.stdout, bytes) and b'CREATE TABLE public."AIJob"' in r.stdout

@@ -1,4 +1,4 @@
-"""What each service of the embedded stack is: its program, the ports it takes, how to tell it is ready."""
+"""What each service of the local engine is: its supervisord program and the ports it takes."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 from aixsss_ops import sysbin
 from aixsss_ops.config import OpsConfig
+from aixsss_ops.context.layout import Layout
 from aixsss_ops.fsutil import atomic_write
-from aixsss_ops.runtime.base import unit_name
+from aixsss_ops.runtime.base import api_port, unit_name
+from aixsss_ops.runtime.pg_cluster import Cluster
 from aixsss_ops.runtime.supervisor import Program, envexec_argv
-from aixsss_ops.stack.layout import Layout
-from aixsss_ops.stack.postgres import Cluster
 
 
 @dataclass
@@ -26,6 +26,9 @@ class ServiceDef:
     @property
     def unit(self) -> str:
         return unit_name(self.service, self.color)
+
+    def port_labels(self) -> dict[str, int]:
+        return self.ports
 
 
 def cluster(cfg: OpsConfig, layout: Layout) -> Cluster:
@@ -44,9 +47,17 @@ def postgres(cfg: OpsConfig, layout: Layout) -> ServiceDef:
     return ServiceDef("postgres", None, prog, {"postgres": cfg.ports.postgres})
 
 
+def write_redis_conf(layout: Layout, password: str) -> Path:
+    """The one setting kept out of the command line (``ps`` shows it): the password, in a 0600 config file."""
+    path = layout.redis_dir / "redis.conf"
+    atomic_write(path, f"requirepass {password}\n", mode=0o600)
+    return path
+
+
 def redis(cfg: OpsConfig, layout: Layout) -> ServiceDef:
     argv = [
         sysbin.find("redis-server"),
+        str(layout.redis_dir / "redis.conf"),
         "--bind",
         cfg.host,
         "--port",
@@ -129,10 +140,6 @@ def proxy(cfg: OpsConfig, layout: Layout) -> ServiceDef:
     argv = [sysbin.find("nginx"), "-c", str(layout.nginx_conf), "-p", str(layout.nginx_dir), "-g", "daemon off;"]
     prog = Program("proxy", argv, stopsignal="QUIT", stopwaitsecs=30)
     return ServiceDef("proxy", None, prog, {"proxy": cfg.ports.proxy})
-
-
-def api_port(cfg: OpsConfig, color: str) -> int:
-    return cfg.ports.api_blue if color == "blue" else cfg.ports.api_green
 
 
 def _app_env(cfg: OpsConfig, color: str, version: str, source: Path) -> dict[str, str]:

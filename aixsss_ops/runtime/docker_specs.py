@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.proxy import nginx
-from aixsss_ops.runtime.base import unit_name
+from aixsss_ops.runtime.base import api_port, unit_name
 
 RUN = Path("/run/aixsss")  # the shared volume: api sockets, web builds, the live symlink; nginx's prefix
 PROXY_CONF = "/etc/nginx/aixsss.conf"  # written by the proxy container from its NGINX_CONF at start
@@ -26,7 +26,7 @@ SECRETS = Path("/run/secrets")  # where a container finds its secret files (comp
 PG_DATA = "/var/lib/postgresql/data"
 PORTS = {"postgres": 5432, "redis": 6379, "s3": 8333, "proxy": 80, "api": 3001}
 VOLUMES = ("pgdata", "redis", "s3", "run")
-SECRET_VARS = ("POSTGRES_SUPERUSER_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+SECRET_VARS = ("POSTGRES_SUPERUSER_PASSWORD", "REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
 APP_UID = 10001  # the unprivileged account of the app containers (created in the runtime image as ``aixsss``)
 APP_USER = f"{APP_UID}:{APP_UID}"
 
@@ -115,21 +115,26 @@ exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -
 
 
 def redis(cfg: OpsConfig) -> ContainerSpec:
-    argv = [
-        "redis-server", "--bind", "0.0.0.0", "--port", str(PORTS["redis"]), "--dir", "/var/lib/redis",
-        "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory", cfg.redis.maxmemory,
-        "--maxmemory-policy", "noeviction", "--save", "3600 1 300 100 60 10000", "--daemonize", "no",
-        "--protected-mode", "no",
-    ]  # fmt: skip
+    # the password reaches redis-server as its config on stdin (a here-document), never on a command line
+    secret = SECRETS / "redis_password"
+    script = f"""
+exec redis-server - --bind 0.0.0.0 --port {PORTS["redis"]} --dir /var/lib/redis --appendonly yes \\
+  --appendfsync everysec --maxmemory {shlex.quote(cfg.redis.maxmemory)} --maxmemory-policy noeviction \\
+  --save '3600 1 300 100 60 10000' --daemonize no --protected-mode no <<END
+requirepass $(cat {secret})
+END
+"""
+    ping = f'REDISCLI_AUTH="$(cat {secret})" redis-cli -p {PORTS["redis"]} ping | grep -q PONG'
     return ContainerSpec(
         "redis",
         None,
         cfg.docker.redis_image,
-        argv,
+        _sh(script),
         user="redis",
+        secrets={"redis_password": ("var", "REDIS_PASSWORD")},
         ports=[(cfg.host, cfg.ports.redis, PORTS["redis"])],
         volumes={"redis": "/var/lib/redis"},
-        healthcheck=["CMD", "redis-cli", "-p", str(PORTS["redis"]), "ping"],
+        healthcheck=["CMD", "sh", "-c", ping],
         memory=cfg.docker.infra_memory,
         cpus=cfg.docker.infra_cpus,
     )
@@ -228,10 +233,6 @@ def _app_env(color: str, version: str) -> dict[str, str]:
     return {"S3_ENDPOINT": f"http://s3:{PORTS['s3']}", "APP_COLOR": color, "APP_VERSION": version}
 
 
-def api_port(cfg: OpsConfig, color: str) -> int:
-    return cfg.ports.api_blue if color == "blue" else cfg.ports.api_green
-
-
 def api(cfg: OpsConfig, color: str, release: str, version: str, image: str) -> ContainerSpec:
     env = {**_app_env(color, version), "PORT": str(PORTS["api"]), "HOST": "0.0.0.0", "API_SOCKET": str(api_socket(color))}
     return ContainerSpec(
@@ -278,6 +279,7 @@ def secret_values(cfg: OpsConfig, stack_secrets: dict[str, str]) -> dict[str, st
     """The values behind SECRET_VARS (the env files are the app's other secrets)."""
     return {
         "POSTGRES_SUPERUSER_PASSWORD": stack_secrets["postgres_superuser_password"],
+        "REDIS_PASSWORD": stack_secrets["redis_password"],
         "S3_ACCESS_KEY": cfg.s3.access_key,
         "S3_SECRET_KEY": cfg.s3.secret_key.get_secret_value(),
     }

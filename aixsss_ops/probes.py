@@ -64,11 +64,21 @@ def seaweed_volumes(master_url: str, expected: int, timeout: float = 2.0) -> tup
     return True, f"serving, {known} volume(s)"
 
 
-def redis_ping(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def redis_ping(host: str, port: int, timeout: float = 1.0, password: str | None = None) -> tuple[bool, str]:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(b"PING\r\n")
-            reply = s.recv(64)
+            f = s.makefile("rb")
+            if password:
+                s.sendall(_resp(b"AUTH", password.encode()))
+                reply = f.readline()
+                if not reply.startswith(b"+OK"):
+                    return False, "AUTH refused: " + reply.decode(errors="replace").strip()
+            s.sendall(_resp(b"PING"))
+            reply = f.readline()
         return reply.startswith(b"+PONG"), reply.decode(errors="replace").strip()
     except OSError as e:
         return False, f"{host}:{port} {e.strerror or e}"

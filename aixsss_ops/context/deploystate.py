@@ -1,0 +1,93 @@
+"""What each color runs and which one is meant to be live (``deploy/colors.json``), and the release history.
+
+Both files are written atomically. The proxy's ``live`` route (the runtime's ``routed_color``) decides which color
+takes traffic; ``colors.json`` records what was intended, so ``deploy status`` can show a disagreement after a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aixsss_ops.fsutil import atomic_write_json, read_json
+
+HISTORY_LIMIT = 200
+COLORS = ("blue", "green")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def other(color: str) -> str:
+    return "green" if color == "blue" else "blue"
+
+
+@dataclass(frozen=True)
+class ColorSpec:
+    """The release one color runs, and how it stands: booting, live, warm (kept up for rollback) or failed."""
+
+    release: str
+    source: str
+    version: str
+    since: str = field(default_factory=now_iso)
+    status: str | None = None
+    warm_until: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source)
+
+    def with_status(self, status: str, warm_until: str | None = None) -> ColorSpec:
+        return replace(self, status=status, warm_until=warm_until)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ColorSpec:
+        return cls(release=d["release"], source=d["source"], version=d["version"], since=d.get("since") or now_iso(),
+                   status=d.get("status"), warm_until=d.get("warm_until"))
+
+
+@dataclass
+class Colors:
+    """The intended live color and the release of each color that ever ran one."""
+
+    active: str
+    colors: dict[str, ColorSpec] = field(default_factory=dict)
+
+    def spec(self, color: str | None) -> ColorSpec | None:
+        return self.colors.get(color) if color else None
+
+    def to_dict(self) -> dict:
+        return {"active": self.active, "colors": {c: s.to_dict() for c, s in self.colors.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Colors:
+        return cls(d["active"], {c: ColorSpec.from_dict(s) for c, s in (d.get("colors") or {}).items()})
+
+
+class DeployState:
+    """The two files of ``<state>/deploy``."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.colors_file = directory / "colors.json"
+        self.history_file = directory / "history.json"
+
+    def load(self) -> Colors | None:
+        data = read_json(self.colors_file)
+        return Colors.from_dict(data) if data else None
+
+    def save(self, state: Colors) -> None:
+        atomic_write_json(self.colors_file, state.to_dict())
+
+    def history(self) -> list[dict]:
+        return read_json(self.history_file, []) or []
+
+    def record(self, entry: dict) -> None:
+        hist = self.history()
+        hist.append(entry)
+        atomic_write_json(self.history_file, hist[-HISTORY_LIMIT:])

@@ -1,0 +1,159 @@
+"""The embedded stack as supervised local processes (``runtime = "local"``): one supervisord per state directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from aixsss_ops import probes, sysbin
+from aixsss_ops.context import envgen
+from aixsss_ops.context.deployment import Deployment
+from aixsss_ops.context.deploystate import Colors
+from aixsss_ops.context.embedded import ensure_secrets
+from aixsss_ops.errors import OpsError
+from aixsss_ops.proxy import nginx
+from aixsss_ops.runtime import local_specs as services
+from aixsss_ops.runtime.local import LocalRuntime
+from aixsss_ops.runtime.supervisor import Supervisor
+from aixsss_ops.stack.manager import Progress, Stack, StackReport
+
+REQUIRED = ("postgres", "initdb", "redis-server", "nginx", "weed", "supervisord")
+PRIVATE = ("logs", "redis", "s3", "env", "secrets", "keys", "supervisor", "backups")  # the owner's alone
+
+
+def private_state(lay, proxy_group: int | None) -> None:
+    """What the stack keeps is its owner's alone: these folders 0700 and what is in them not readable by others
+    (also what earlier versions wrote 0644); the api sockets' folder 0750, group = the proxy workers' group, so
+    nginx alone reaches them."""
+    for name in PRIVATE:
+        top = lay.root / name
+        if not top.is_dir():
+            continue
+        os.chmod(top, 0o700)
+        for dirpath, dirnames, filenames in os.walk(top):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                st = os.lstat(p)
+                if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                    os.chmod(p, stat.S_IMODE(st.st_mode) & 0o700)
+    os.chmod(lay.run_dir, 0o750)
+    if proxy_group is not None and os.geteuid() == 0:
+        os.chown(lay.run_dir, -1, proxy_group)
+
+
+class LocalStack(Stack):
+    def __init__(self, dep: Deployment):
+        super().__init__(dep)
+        self.sup = Supervisor(self.layout.supervisor)
+        self.runtime = LocalRuntime(self.cfg, self.layout, self.sup)
+
+    def infra_defs(self) -> list[services.ServiceDef]:
+        c, lay = self.cfg, self.layout
+        return [services.postgres(c, lay), services.redis(c, lay), services.s3(c, lay), services.proxy(c, lay)]
+
+    def app_defs(self, color: str) -> list[services.ServiceDef]:
+        spec = self.colors().spec(color)
+        return [services.api(self.cfg, self.layout, color, spec.path, spec.version),
+                services.worker(self.cfg, self.layout, color, spec.path, spec.version)]
+
+    def up(self, progress: Progress | None = None) -> StackReport:
+        say = progress or (lambda _m: None)
+        actions: list[str] = []
+        for prog in REQUIRED:
+            sysbin.find(prog)
+        lay = self.layout
+        for d in (lay.root, lay.logs, lay.redis_dir, lay.s3_dir / "data", lay.nginx_dir, lay.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        secrets = ensure_secrets(lay)
+        envgen.write_env_files(self.cfg, lay)
+        services.write_s3_identities(self.cfg, lay)
+        services.write_redis_conf(lay, secrets["redis_password"])
+        private_state(lay, nginx.worker_group())
+        colors = self.colors()
+        colors.active = self.live_color() or colors.active
+        self.deploy_state.save(colors)
+
+        pg = services.cluster(self.cfg, lay)
+        if not pg.initialized:
+            say("initialising the PostgreSQL cluster")
+            pg.init(self.cfg.postgres.superuser, secrets["postgres_superuser_password"])
+            actions.append("initdb")
+
+        defs = self.infra_defs() + [d for c in colors.colors for d in self.app_defs(c)]
+        self._check_ports(defs)
+        if self.sup.ensure_started():
+            actions.append("started supervisord")
+        for d in defs:
+            self.sup.write_program(d.program)
+        proxy_changed = self._configure_proxy(colors)
+        changes = self.sup.apply()
+        actions += [f"configured {n}" for n in changes["added"] + changes["changed"]]
+
+        infra = [d for d in defs if d.service in ("postgres", "redis", "s3")]
+        actions += self._start(infra, say)
+        self.wait_ready(infra, say)
+        actions += self._prepare_data(colors.spec(colors.active), say)
+        app = self.app_defs(colors.active)
+        actions += self._start(app, say)
+        self.wait_ready(app, say)
+        proxy = next(d for d in defs if d.service == "proxy")
+        if self.unit_state("proxy") != "RUNNING":
+            actions += self._start([proxy], say)
+        elif proxy_changed:
+            self.runtime.signal("proxy", "HUP")
+            actions.append("reloaded proxy")
+        self.wait_ready([proxy], say)
+        return self.status(actions)
+
+    def _start(self, defs: list[services.ServiceDef], say: Progress) -> list[str]:
+        started = []
+        for d in defs:
+            if self.unit_state(d.unit) != "RUNNING":
+                say(f"starting {d.unit}")
+                self.sup.start(d.unit)
+                started.append(f"started {d.unit}")
+        return started
+
+    def _configure_proxy(self, colors: Colors) -> bool:
+        """Render the nginx config (``nginx -t`` first) and point each color's slot at its api and web build.
+
+        Returns True when the config changed and a running nginx needs a graceful reload."""
+        lay = self.layout
+        text = nginx.render(listen_host=self.cfg.host, listen_port=self.cfg.ports.proxy, prefix=lay.nginx_dir,
+                            logs=lay.logs)
+        changed = nginx.write_config(lay.nginx_conf, text)
+        for color, spec in colors.colors.items():
+            self.runtime.prepare_route(color, spec.path)
+        if self.runtime.routed_color() is None:
+            self.runtime.route(colors.active)
+        return changed
+
+    def _probe_s3_volumes(self) -> tuple[bool, str]:
+        volumes = len(list((self.layout.s3_dir / "data").glob("*.dat")))
+        return probes.seaweed_volumes(f"http://{self.cfg.host}:{self.cfg.ports.weed_master}", volumes)
+
+    def _logs_detail(self, d: services.ServiceDef) -> str:
+        from aixsss_ops.runtime.supervisor import tail
+
+        return f"last lines of {self.sup.logfile(d.unit)}:\n{tail(self.sup.logfile(d.unit), 25)}"
+
+    def _engine_running(self) -> bool:
+        return self.sup.is_running()
+
+    def _engine_down(self) -> list[str]:
+        self.sup.shutdown()
+        return ["stopped supervisord"]
+
+    def engine_problem(self) -> str | None:
+        return None if self.sup.is_running() else f"the supervisor of {self.cfg.state} is not running"
+
+    def proxy_config_check(self) -> tuple[bool, str, str | None]:
+        lay = self.layout
+        if not lay.nginx_conf.exists():
+            return False, f"no proxy config at {lay.nginx_conf}", "`aixsss-ops stack up` writes it"
+        try:
+            nginx.test_config(lay.nginx_conf, lay.nginx_dir)
+        except OpsError as e:
+            return (False, f"{e.message}: {(e.details or '').splitlines()[-1:] or ''}",
+                    f"fix {lay.nginx_conf} (or rerun `aixsss-ops stack up`)")
+        return True, f"nginx -t accepts {lay.nginx_conf}", None

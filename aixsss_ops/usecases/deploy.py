@@ -1,0 +1,46 @@
+"""Deploys of a deployment: the ``Deployer`` on its stack, with its backups taken and restored by
+``usecases.backup`` (``deploy``, ``rollback``, ``switch``, the playbooks and the key rotation's restart use it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aixsss_ops.backup.create import Reporter
+from aixsss_ops.context.deployment import Deployment
+from aixsss_ops.deploy.engine import Deployer
+from aixsss_ops.stack.engines import open_stack
+from aixsss_ops.usecases import backup
+
+Say = Callable[[str], None]
+
+
+class PhaseReporter(Reporter):
+    """A backup's phases and warnings as progress lines."""
+
+    def __init__(self, say: Say, prefix: str = "backup"):
+        self.say, self.prefix = say, prefix
+
+    def phase(self, message: str) -> None:
+        self.say(f"{self.prefix}: {message}")
+
+    def warn(self, message: str) -> None:
+        self.say(f"{self.prefix} warning: {message}")
+
+
+def deployer(dep: Deployment, say: Say = lambda _m: None) -> Deployer:
+    def take_backup(label: str) -> str:
+        return backup.create(dep, label=label, reporter=PhaseReporter(say)).id
+
+    def restore_db(backup_id: str) -> str:
+        return backup.restore(dep, backup_id, backup.RestoreRequest(db_only=True), say)["backup"]
+
+    return Deployer(open_stack(dep), say, backup=take_backup, restore_db=restore_db)
+
+
+def live(dep: Deployment) -> dict:
+    """The live color and its release."""
+    stack = open_stack(dep)
+    state = stack.colors()
+    color = stack.live_color() or state.active
+    spec = state.spec(color)
+    return {"color": color, "release": spec.release if spec else None, "version": spec.version if spec else None}

@@ -1,0 +1,38 @@
+"""Migrations of a deployment (``migrate …`` commands and playbook actions): its database, its migrations folder,
+and a backup before a deploy that needs one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from aixsss_ops.context.deployment import Deployment
+from aixsss_ops.migrate.deploy import DeployResult, deploy
+from aixsss_ops.usecases import backup
+
+Say = Callable[[str], None]
+
+
+def database_url(dep: Deployment) -> str:
+    """The app's DATABASE_URL (flag, process environment, env files, the embedded stack); exit 2 when none."""
+    return dep.database.value
+
+
+def migrations_dir(dep: Deployment, given: Path | None = None) -> Path:
+    return given if given is not None else dep.cfg.app_source / "migrations"
+
+
+def deploy_with_backup(dep: Deployment, migrations: Path, *, backup_first: bool, allow_destructive: bool = False,
+                       progress: Say | None = None, **kwargs) -> DeployResult:
+    """Apply pending migrations, preceded by a backup when asked (``backup_first``) or when ``allow_destructive``
+    lets lint findings through: nothing is taken when nothing is pending. The backup's id is in the result."""
+    say = progress or (lambda _m: None)
+    url = database_url(dep)
+    plan = deploy(url, migrations, allow_destructive=allow_destructive, dry_run=True, **kwargs)
+    backup_id = None
+    if plan.plan and (backup_first or (allow_destructive and plan.findings)):
+        say(f"taking a pre-migration backup before {len(plan.plan)} migration(s)")
+        backup_id = backup.create(dep, label=f"pre-migrate {plan.plan[-1]}").id
+    result = deploy(url, migrations, allow_destructive=allow_destructive, progress=progress, **kwargs)
+    result.backup_id = backup_id
+    return result
