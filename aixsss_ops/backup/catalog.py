@@ -5,6 +5,9 @@
   (killed) run and is removed by the next run.
 - ``<id>/`` with ``manifest.json``: complete. The rename happens after the manifest is fsynced.
 - ``.deleting-<id>/``: a backup being pruned (renamed first, so it stops being listed at once).
+- ``.restore-<id>-<hex>/``, ``.verify-<id>-<hex>/``: a restore's or verify's work folder (a decrypted copy of an
+  encrypted dump), 0700, held with a ``flock`` on its ``.lock`` like a partial backup; removed when done, and by the
+  next run when its owner was killed.
 
 Ordering is by the manifest's snapshot time, never by directory name.
 """
@@ -26,6 +29,7 @@ from aixsss_ops.fsutil import atomic_write_json, flock_held, read_json
 
 PARTIAL = ".partial"
 DELETING = ".deleting-"
+WORK = (".restore-", ".verify-")
 
 
 @dataclass
@@ -204,11 +208,26 @@ class Catalog(Lookup):
         if not self.root.is_dir():
             return removed
         for p in self.root.iterdir():
-            dead = p.name.endswith(PARTIAL) and not flock_held(p / ".lock")
+            dead = (p.name.endswith(PARTIAL) or p.name.startswith(WORK)) and not flock_held(p / ".lock")
             if p.is_dir() and (dead or p.name.startswith(DELETING)):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
+
+    @contextmanager
+    def work_dir(self, kind: str, backup_id: str) -> Iterator[Path]:
+        """A private work folder for a restore or verify of ``backup_id`` (``kind``: "restore" or "verify")."""
+        import secrets
+
+        path = self.root / f".{kind}-{backup_id}-{secrets.token_hex(3)}"
+        assert path.name.startswith(WORK)
+        path.mkdir(mode=0o700, parents=True)
+        lock = Lock(path / ".lock")
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            lock.release()
 
     def delete(self, entry: Entry) -> None:
         tomb = self.root / (DELETING + entry.id)

@@ -15,7 +15,6 @@ hidden by delete markers; versions are never deleted, objects that already match
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -234,28 +233,28 @@ def execute_restore(
                 say(f"creating role(s) {', '.join(plan.roles.create)}")
                 rr = roles.apply_roles(admin, plan.roles)
                 res.roles = rr.to_dict()
-            work = catalog.root / f".restore-{entry.id}-{secrets.token_hex(3)}"
-            checker = _FileCheck(entry, plan.deferred_files)
-            try:
+            # the work folder holds a decrypted copy of an encrypted dump: removed after pg_restore, and by the next
+            # run when this one is killed
+            with catalog.work_dir("restore", entry.id) as work:
+                checker = _FileCheck(entry, plan.deferred_files)
                 try:
-                    dump_dir = materialize(entry, backup_key, work)
-                except OSError as e:
-                    if disk.is_no_space(e):
-                        raise disk.full(catalog.root, "decrypting the dump for pg_restore", "the scratch copy was "
-                                        f"removed; the live database {d['name']} was not touched") from None
+                    try:
+                        dump_dir = materialize(entry, backup_key, work)
+                    except OSError as e:
+                        if disk.is_no_space(e):
+                            raise disk.full(catalog.root, "decrypting the dump for pg_restore", "the scratch copy was "
+                                            f"removed; the live database {d['name']} was not touched") from None
+                        raise
+                    checksums = d["checksums"]
+                    items = table_items(entry, dump_dir) if checksums else {}
+                    checker.start(plan.deferred_files if _hash_every_file(checksums, plan.manifest, entry.manifest) else
+                                  [rel for rel in plan.deferred_files if dump_id(rel) not in items])
+                    say(f"pg_restore into {d['scratch']}")
+                    scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say, items=items,
+                                                     checksums=checksums)
+                except OpsError:
+                    checker.raise_problems(d["name"], every=True)  # a damaged file explains a failed pg_restore best
                     raise
-                checksums = d["checksums"]
-                items = table_items(entry, dump_dir) if checksums else {}
-                checker.start(plan.deferred_files if _hash_every_file(checksums, plan.manifest, entry.manifest) else
-                              [rel for rel in plan.deferred_files if dump_id(rel) not in items])
-                say(f"pg_restore into {d['scratch']}")
-                scratch, sums = restore_database(entry, dump_dir, pg, d["scratch"], jobs, phase=say, items=items,
-                                                 checksums=checksums)
-            except OpsError:
-                checker.raise_problems(d["name"], every=True)  # a damaged file explains a failed pg_restore best
-                raise
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
             try:
                 checker.raise_problems(d["name"])
                 problems = compare_tables(entry.manifest["tables"], sums)

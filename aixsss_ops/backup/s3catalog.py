@@ -218,6 +218,9 @@ class S3Catalog(Lookup):
     def abandon(self, partial: Path, lock: Lock | None) -> None:
         self.local.abandon(partial, lock)
 
+    def work_dir(self, kind: str, backup_id: str):
+        return self.local.work_dir(kind, backup_id)
+
     def cleanup(self) -> list[str]:
         """Local remains (dead partials, unlocked fetched copies) and remote backups without a manifest."""
         removed = self.local.cleanup()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,13 +90,8 @@ def read_objects(entry: Entry, key: bytes | None) -> dict[str, Any] | None:
     if not entry.manifest.get("objects"):
         return None
     plain = entry.path / mf.OBJECTS
-    if entry.manifest.get("encryption"):
-        tmp = entry.path / f".objects-{secrets.token_hex(4)}.json"
-        try:
-            crypt.decrypt_file(entry.path / (mf.OBJECTS + ".enc"), tmp, key, name=mf.OBJECTS + ".enc")
-            data = json.loads(tmp.read_text())
-        finally:
-            tmp.unlink(missing_ok=True)
+    if entry.manifest.get("encryption"):  # decrypted in memory: no plaintext copy on disk for a kill to leave
+        data = json.loads(crypt.decrypt_bytes(entry.path / (mf.OBJECTS + ".enc"), key, name=mf.OBJECTS + ".enc"))
     else:
         data = json.loads(plain.read_text())
     if objects.ObjectSnapshot(data["bucket"], data["at"], data["objects"]).checksum != entry.manifest["objects"]["checksum"]:
@@ -260,36 +254,34 @@ def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env:
         if pg is None:
             raise UsageError("verify --restore needs a PostgreSQL server (--database-url or the embedded stack)")
         key = require_key(entry, key, key_env)
-        work = catalog.root / f".verify-{entry.id}-{secrets.token_hex(3)}"
         scratch = f"aixsss_verify_{secrets.token_hex(6)}"
-        try:
-            missing = missing_roles(entry, key, pgb.admin_target(pg))
-            if missing:
-                res.notes.append(f"role(s) {', '.join(missing)} of the backup do not exist on this server: the "
-                                 "scratch restore leaves ownership and grants out (`backup restore` creates them)")
+        with catalog.work_dir("verify", entry.id) as work:  # a killed run's is removed by the next one
             try:
-                dump_dir = materialize(entry, key, work)
-            except OSError as e:
-                if disk.is_no_space(e):
-                    raise disk.full(catalog.root, "decrypting the dump for pg_restore",
-                                    "the scratch copy was removed") from None
-                raise
-            admin = pgb.admin_target(pg)
-            for name in drop_orphans(admin):
-                say(f"dropped {name}, the scratch database of a killed run")
-            say(f"restoring into the scratch database {scratch}")
-            with held(admin, scratch):
-                _target, sums = restore_database(entry, dump_dir, pg, scratch, jobs, no_owner=bool(missing),
-                                                 phase=say)
+                missing = missing_roles(entry, key, pgb.admin_target(pg))
+                if missing:
+                    res.notes.append(f"role(s) {', '.join(missing)} of the backup do not exist on this server: the "
+                                     "scratch restore leaves ownership and grants out (`backup restore` creates them)")
                 try:
-                    res.problems += compare_tables(entry.manifest["tables"], sums)
-                    res.tables_compared = len(entry.manifest["tables"])
-                finally:
-                    pgb.drop_database(admin, scratch)
-        except CheckFailed as e:
-            res.problems.append(e.message)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+                    dump_dir = materialize(entry, key, work)
+                except OSError as e:
+                    if disk.is_no_space(e):
+                        raise disk.full(catalog.root, "decrypting the dump for pg_restore",
+                                        "the scratch copy was removed") from None
+                    raise
+                admin = pgb.admin_target(pg)
+                for name in drop_orphans(admin):
+                    say(f"dropped {name}, the scratch database of a killed run")
+                say(f"restoring into the scratch database {scratch}")
+                with held(admin, scratch):
+                    _target, sums = restore_database(entry, dump_dir, pg, scratch, jobs, no_owner=bool(missing),
+                                                     phase=say)
+                    try:
+                        res.problems += compare_tables(entry.manifest["tables"], sums)
+                        res.tables_compared = len(entry.manifest["tables"])
+                    finally:
+                        pgb.drop_database(admin, scratch)
+            except CheckFailed as e:
+                res.problems.append(e.message)
         res.restored = True
         snap = read_objects(entry, key) if entry.manifest.get("objects") else None
         if snap is not None:

@@ -84,10 +84,17 @@ def verify(dep: Deployment, cat, entry: Entry, *, restore: bool = False, with_ob
            requested_jobs: int | None = None, say: Say = lambda _m: None) -> VerifyResult:
     """Check a backup's files (and with ``restore``, restore it into a scratch database and compare)."""
     objs = restore and with_objects and entry.manifest.get("objects") is not None
+    _clean(cat, say)
     with cat.fetch(entry) as local:  # an S3 destination: downloaded first; a local one: itself
         return verify_backup(cat, local, key=backup_key(dep, required=False), key_env=dep.cfg.backup.encryption_key_env,
                              restore=restore, pg=database(dep) if restore else None, s3=dep.s3 if objs else None,
                              jobs=jobs(dep, requested_jobs), phase=say)
+
+
+def _clean(cat, say: Say) -> None:
+    """The remains of killed runs (partial backups, work folders with decrypted dumps) go before new work."""
+    for name in cat.cleanup():
+        say(f"removed {name}, left by a killed run")
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ def plan(dep: Deployment, entry: Entry, req: RestoreRequest) -> RestorePlan:
 def execute(dep: Deployment, cat, entry: Entry, the_plan: RestorePlan, *, requested_jobs: int | None = None,
             say: Say = lambda _m: None) -> dict:
     """Carry out a restore plan: the app of the embedded stack is stopped while its database is swapped."""
+    _clean(cat, say)
     stop_app, start_app = _app_control(dep, say)
     s3 = dep.s3 if the_plan.objects is not None else None
     pg = database(dep) if the_plan.database is not None else None

@@ -114,3 +114,23 @@ def test_postgres_failing_mid_backup_is_one_clear_error_and_the_next_run_cleans(
     done = env.create("--no-objects")
     assert [b["status"] for b in env.cli("--json", "backup", "list").json] == ["complete"]
     assert done["id"]
+
+
+def test_a_killed_restore_leaves_no_decrypted_dump_behind(pg_server, s3_server):
+    """The decrypted copy of an encrypted dump (the restore's work folder) of a SIGKILLed restore is removed by the
+    next run; while its owner runs it is never touched, and it is private (0700)."""
+    import stat
+
+    env = Env(pg_server, s3_server, state_tmpdir("aixsss-work-"))
+    key = {"AIXSSS_BACKUP_ENCRYPTION_KEY": "0123456789abcdef0123456789abcdef-backup"}
+    env.env.update(key)
+    seed(env.url)
+    _big_table(env.url, 400_000)
+    b = env.create("--encrypt", "--no-objects")
+    _kill_during_pg_restore(env, "restore", b["id"], "--target-db", "never_finished", "--jobs", "1")
+    left = [p for p in env.dir.iterdir() if p.name.startswith(".restore-")]
+    assert len(left) == 1 and stat.S_IMODE(left[0].stat().st_mode) == 0o700
+    assert any(p.name.endswith(".dat") or p.name == "toc.dat" for p in (left[0] / "db").iterdir())  # plaintext
+    r = env.cli("--json", "backup", "verify", b["id"], "--restore")
+    assert r.code == 0, r.output
+    assert not [p for p in env.dir.iterdir() if p.name.startswith((".restore-", ".verify-"))]
