@@ -105,13 +105,108 @@ class S3Section(_Section):
     volume_size_limit_mb: Int = Field(64, ge=1)
 
 
+Signal = Literal["TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL"]
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class BuildStep(_Section):
+    """One command of a release's build, run in the release (``cwd`` inside it), as an argument list."""
+
+    run: Argv
+    cwd: str = "."
+    timeout: Float = Field(900.0, gt=0, description="seconds the step may take")
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+def _build_step(v):
+    return {"run": v} if isinstance(v, list) else v
+
+
+class Readiness(_Section):
+    """How a process shows it is ready: an HTTP answer on its port, a line in its log, or a Redis client name.
+    With none of them, running for ``seconds`` is ready (a process that can prove nothing better)."""
+
+    http: str | None = Field(None, pattern=r"^/", description="path asked on the process's port")
+    status: Int = Field(200, ge=100, le=599)
+    json_fields: dict[str, str | int | float | bool] = Field(default_factory=dict, alias="json",
+                                                             description="fields the JSON answer must have")
+    log: str | None = Field(None, description="a regular expression a line of its log must match")
+    redis_client: str | None = Field(None, description="a prefix of a Redis CLIENT LIST name the process opens")
+    seconds: Float = Field(2.0, gt=0, description="with no check: how long it must have run")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("log")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> Readiness:
+        if sum(x is not None for x in (self.http, self.log, self.redis_client)) > 1:
+            raise ValueError("give one of http, log, redis_client")
+        return self
+
+
+class ProcessSpec(_Section):
+    """One process of the app, run per color. Placeholders in ``command``, ``cwd`` and ``env`` values:
+    ``{release}`` (the release folder), ``{python}`` (this Python), ``{color}``, ``{version}``."""
+
+    command: Argv
+    cwd: str = Field(".", description="inside the release")
+    env_file: str | None = Field(None, description="the services' env file it reads (api, worker); default: its name")
+    port_env: str | None = Field(None, description="the variable that carries its port (the proxy routes /api there)")
+    socket_env: str | None = Field(None, description="the variable that carries a unix socket path it also listens "
+                                                      "on (the proxy then connects there directly)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment, never a secret")
+    ready: Readiness = Field(default_factory=Readiness)
+    stop_signal: Signal = "TERM"
+    stop_timeout: Float = Field(30.0, gt=0, description="seconds between the stop signal and SIGKILL")
+    count: Int = Field(1, ge=1, le=1, description="processes per color (one, on the local and docker runtimes)")
+
+
+def bundled_processes() -> dict[str, ProcessSpec]:
+    """The processes of the bundled Python app (``app/``): the default description."""
+    env = {"PYTHONPATH": "{release}", "PYTHONUNBUFFERED": "1"}
+    return {
+        "api": ProcessSpec(command=["{python}", "-m", "api"], port_env="PORT", socket_env="API_SOCKET",
+                           env={**env, "HOST": "{host}"}, ready=Readiness(http="/api/health"), stop_timeout=30),
+        "worker": ProcessSpec(command=["{python}", "-m", "worker"], env=env,
+                              ready=Readiness(log=r"worker consuming queue"), stop_timeout=40),
+    }
+
+
 class AppSection(_Section):
+    """The app: where its source is, how a release of it is built, and the processes each color runs. The
+    defaults describe the bundled Python app (``app/``)."""
+
     source: FsPath = Path("app")
     node_env: Literal["development", "test", "production"] = "development"
     queue: str = Field("ai-jobs", min_length=1)
     worker_concurrency: Int = Field(4, ge=1)
     cors_origin: str | None = None
     version: str = "1.0.0"
+    build: list[Annotated[BuildStep, BeforeValidator(_build_step)]] = Field(default_factory=list)
+    migrations: str = Field("migrations", description="the Prisma migrations folder, inside the release")
+    web_root: str = Field("web", description="the static web build, inside the release")
+    processes: dict[str, ProcessSpec] = Field(default_factory=bundled_processes)
+
+    @field_validator("processes")
+    @classmethod
+    def _roles(cls, v: dict[str, ProcessSpec]) -> dict[str, ProcessSpec]:
+        bad = [n for n in v if not re.fullmatch(r"[a-z][a-z0-9]*", n)]
+        if bad:
+            raise ValueError(f"process names are lowercase letters and digits: {', '.join(bad)}")
+        if "api" not in v:
+            raise ValueError("an 'api' process is required (the proxy routes /api to it)")
+        ported = [n for n, p in v.items() if p.port_env]
+        if ported != ["api"]:
+            raise ValueError("exactly one process, 'api', takes the color's port (port_env)")
+        return v
 
 
 class SupervisorSection(_Section):

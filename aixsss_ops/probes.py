@@ -26,6 +26,40 @@ def http(url: str, timeout: float = 2.0, expect_any_status: bool = False) -> tup
         return False, str(getattr(e, "reason", e))
 
 
+def http_ready(url: str, status: int = 200, fields: dict | None = None, timeout: float = 2.0) -> tuple[bool, str, dict]:
+    """``url`` answers ``status`` (and, when ``fields`` are given, a JSON object holding them); (ok, detail, body)."""
+    body: dict = {}
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            code, raw = r.status, r.read(65536)
+    except urllib.error.HTTPError as e:
+        code, raw = e.code, b""
+    except (OSError, urllib.error.URLError) as e:
+        return False, str(getattr(e, "reason", e)), body
+    try:
+        parsed = json.loads(raw) if raw else {}
+        body = parsed if isinstance(parsed, dict) else {}
+    except ValueError:
+        body = {}
+    if code != status:
+        return False, f"HTTP {code} (expected {status})", body
+    wrong = {k: body.get(k) for k, v in (fields or {}).items() if body.get(k) != v}
+    if wrong:
+        return False, f"HTTP {code} but {', '.join(f'{k}={v!r}' for k, v in wrong.items())} (expected {fields})", body
+    return True, f"HTTP {code}", body
+
+
+def redis_client_names(url: str, timeout: float = 2.0) -> list[str]:
+    """The names of Redis's connected clients (``CLIENT LIST``)."""
+    import redis
+
+    r = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
+    try:
+        return [c.get("name", "") for c in r.client_list()]
+    finally:
+        r.close()
+
+
 def api_health(url: str, timeout: float = 2.0) -> tuple[bool, dict | str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -104,3 +138,18 @@ def port_free(host: str, port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def listening_on_every_interface(port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` of every interface (0.0.0.0 or ::), read from /proc/net."""
+    for name, anyaddr in (("tcp", "00000000"), ("tcp6", "0" * 32)):
+        try:
+            lines = open(f"/proc/net/{name}", encoding="ascii").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            addr, _, hexport = parts[1].partition(":")
+            if parts[3] == "0A" and int(hexport, 16) == port and addr == anyaddr:
+                return True
+    return False

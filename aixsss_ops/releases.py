@@ -1,15 +1,27 @@
-"""Releases: immutable copies of the app source under the state directory, id = version + content hash."""
+"""Releases: immutable copies of the app source under the state directory, built there by the app's build steps
+(ops.toml ``app.build``); id = version + hash of the content and the steps."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
+import shlex
 import shutil
-import tempfile
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aixsss_ops.errors import UsageError
+from aixsss_ops.errors import OpsError, UsageError
+
+if TYPE_CHECKING:
+    from aixsss_ops.config import BuildStep
+
+BUILDING = ".building"  # in a release while it is copied and built; a release with it is incomplete
 
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", "node_modules", ".git"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -58,8 +70,10 @@ def _tree(source: Path) -> list[tuple[Path, str | None]]:
     return [(f, _link_target(source, f) if f.is_symlink() else None) for f in _files(source)]
 
 
-def digest(source: Path) -> str:
+def digest(source: Path, steps: Sequence[BuildStep] = ()) -> str:
     h = hashlib.sha256()
+    if steps:  # the same source built another way is another release
+        h.update(json.dumps([st.model_dump() for st in steps], sort_keys=True).encode() + b"\0")
     for f, link in _tree(source):
         rel = f.relative_to(source).as_posix()
         if link is not None:
@@ -70,43 +84,99 @@ def digest(source: Path) -> str:
     return h.hexdigest()
 
 
-def build(source: Path, version: str, releases_dir: Path, dry_run: bool = False) -> tuple[Release, bool]:
-    """Copy ``source`` into ``releases_dir/<version>-<hash12>`` unless that release exists; (release, created).
-
-    With ``dry_run`` only the id is computed and nothing is written."""
-    if not (source / "api").is_dir() or not (source / "worker").is_dir():
-        raise UsageError(f"{source} is not an AIXSSS app source (no api/ and worker/ folders)")
+def build(source: Path, version: str, releases_dir: Path, dry_run: bool = False, *,
+          steps: Sequence[BuildStep] = (), say: Callable[[str], None] | None = None) -> tuple[Release, bool]:
+    """The release of ``source`` (``releases_dir/<version>-<hash12>``): copied, then built by ``steps`` run in it,
+    unless that release exists already; (release, created). The id covers the source and the steps, so a second
+    deploy of the same content builds nothing. A failed step removes the half-built release and raises
+    BuildFailed with its last lines; nothing else is touched. With ``dry_run`` only the id is computed."""
+    say = say or (lambda _m: None)
+    if not source.is_dir():
+        raise UsageError(f"the app source {source} is not a folder")
     if not version or "/" in version or version.startswith("."):
         raise UsageError(f"invalid version {version!r}")
-    d = digest(source)
+    d = digest(source, steps)
     rid = f"{version}-{d[:12]}"
     path = releases_dir / rid
-    if path.exists() or dry_run:
+    if dry_run:
         return Release(rid, version, d, path), False
     releases_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{rid}.", dir=releases_dir))
-    try:
-        for f, link in _tree(source):
-            dest = tmp / f.relative_to(source)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if link is not None:  # kept a link (to the release's own copy), never followed
-                os.symlink(link, dest)
-            else:
-                shutil.copy2(f, dest)
-        for f in _files(tmp):
-            if not f.is_symlink():
-                f.chmod(f.stat().st_mode & ~0o222)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _building(releases_dir, rid):  # one builder of a release at a time; a killed one's remains go
+        if path.exists() and not (path / BUILDING).exists():
+            return Release(rid, version, d, path), False
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            path.mkdir()
+            (path / BUILDING).write_text(f"{os.getpid()}\n")
+            for f, link in _tree(source):
+                dest = path / f.relative_to(source)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if link is not None:  # kept a link (to the release's own copy), never followed
+                    os.symlink(link, dest)
+                else:
+                    shutil.copy2(f, dest)
+            for i, step in enumerate(steps, 1):
+                say(f"build {rid} step {i}/{len(steps)}: {shlex.join(step.run)}")
+                _run_step(path, step, i, len(steps), {"AIXSSS_RELEASE": rid, "AIXSSS_VERSION": version})
+            for f in _files(path):
+                if not f.is_symlink():
+                    f.chmod(f.stat().st_mode & ~0o222)
+            os.chmod(path, 0o755)
+            (path / BUILDING).unlink()
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
     return Release(rid, version, d, path), True
+
+
+class BuildFailed(OpsError):
+    """A build step of a release failed (exit 1); nothing live was touched."""
+
+
+def _build_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a build step: this process's, less its secrets (a build runs third-party scripts)."""
+    from aixsss_ops.output import is_secret_name
+
+    env = {k: v for k, v in os.environ.items()
+           if not is_secret_name(k) and k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("AIXSSS_OPS_")}
+    return {**env, **extra}
+
+
+def _run_step(release: Path, step: BuildStep, i: int, n: int, extra: dict[str, str]) -> None:
+    cwd = (release / step.cwd).resolve()
+    if cwd != release.resolve() and release.resolve() not in cwd.parents:
+        raise UsageError(f"build step {i}: cwd {step.cwd!r} is outside the release")
+    log = release / f".build-{i}.log"
+    try:
+        with log.open("wb") as out:
+            r = subprocess.run(step.run, cwd=cwd, env=_build_env({**extra, **step.env}), stdin=subprocess.DEVNULL,
+                               stdout=out, stderr=subprocess.STDOUT, timeout=step.timeout, start_new_session=True)
+        code = r.returncode
+    except FileNotFoundError:
+        raise BuildFailed(f"build step {i}/{n} ({shlex.join(step.run)}): {step.run[0]} was not found",
+                          hint="install it, or change app.build in ops.toml") from None
+    except subprocess.TimeoutExpired:
+        code = None
+    if code != 0:
+        tail = log.read_bytes()[-4000:].decode(errors="replace").splitlines()[-30:]
+        what = f"did not finish within {step.timeout:g}s" if code is None else f"exited {code}"
+        raise BuildFailed(f"build step {i}/{n} ({shlex.join(step.run)}) {what}; nothing live was touched",
+                          details="last lines of its output:\n" + "\n".join(tail))
+
+
+@contextmanager
+def _building(releases_dir: Path, rid: str) -> Iterator[None]:
+    fd = os.open(releases_dir / f".{rid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def find(releases_dir: Path, release_id: str) -> Release:
     path = releases_dir / release_id
-    if not path.is_dir():
+    if not path.is_dir() or (path / BUILDING).exists():
         raise UsageError(f"unknown release {release_id!r} (see 'aixsss-ops deploy releases')")
     version, _, short = release_id.rpartition("-")
     return Release(release_id, version, short, path)

@@ -175,8 +175,48 @@ PORT_KEYS = (
 )
 
 
-def stack_config(root: Path, **sections: dict) -> Path:
-    """An ops.toml for a stack of its own under ``root``: every port free, the bundled app."""
+NODE_FIXTURE = REPO / "tests" / "fixtures" / "nodeapp"
+
+
+def node_app_toml(source: Path) -> str:
+    """The [app] tables describing the Node fixture app at ``source`` (a copy of tests/fixtures/nodeapp)."""
+    return f'''source = "{source}"
+version = "1.0.0"
+build = [["npm", "ci", "--no-audit", "--no-fund"], {{ run = ["npm", "run", "build"], timeout = 300 }}]
+migrations = "apps/api/prisma/migrations"
+web_root = "apps/web/dist"
+
+[app.processes.api]
+command = ["node", "dist/main.js"]
+cwd = "apps/api"
+port_env = "PORT"
+ready = {{ http = "/api/health", json = {{ ok = true }} }}
+stop_timeout = 10
+
+[app.processes.worker]
+command = ["node", "dist/worker.js"]
+cwd = "apps/worker"
+ready = {{ log = '\\[worker\\] ready' }}
+stop_timeout = 30
+'''
+
+
+def node_app_copy(root: Path, name: str = "src", patch: dict[str, str] | None = None) -> Path:
+    """A copy of the Node fixture's source under ``root``; ``patch``: file -> text put first in it."""
+    import shutil
+
+    dst = root / name
+    if not dst.exists():
+        shutil.copytree(NODE_FIXTURE, dst, ignore=shutil.ignore_patterns("node_modules", "dist"))
+        for rel, text in (patch or {}).items():
+            f = dst / rel
+            f.write_text(text + f.read_text())
+    return dst
+
+
+def stack_config(root: Path, app_toml: str = "", **sections: dict) -> Path:
+    """An ops.toml for a stack of its own under ``root``: every port free, the bundled app (``app_toml``: TOML
+    lines of the [app] table and its sub-tables, for another app)."""
     lines = [f'state_dir = "{root / "state"}"', "", "[ports]"]
     ports: set[int] = set()
     for key in PORT_KEYS:
@@ -185,9 +225,9 @@ def stack_config(root: Path, **sections: dict) -> Path:
             p = free_port()
         ports.add(p)
         lines.append(f"{key} = {p}")
-    lines += ["", "[app]", f'source = "{REPO / "app"}"']
     for name, values in sections.items():
         lines += ["", f"[{name}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    lines += ["", "[app]"] + ([app_toml] if app_toml else [f'source = "{REPO / "app"}"'])
     path = root / "ops.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

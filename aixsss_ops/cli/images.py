@@ -49,7 +49,8 @@ def app_image(
     st = state(ctx)
     cfg = st.config
     client = connect(cfg)
-    release, _ = releases.build(source or cfg.app_source, version or cfg.app.version, Layout(cfg.state).releases)
+    release, _ = releases.build(source or cfg.app_source, version or cfg.app.version, Layout(cfg.state).releases,
+                                steps=cfg.app.build, say=st.out.info)
     res = {"release": release.id, **docker_images.build_app(client, cfg, release.path, release.version, st.out.info,
                                                             force=force)}
     st.out.emit(res, lambda d: st.out.console.print(f"{d['image']} ({'built' if d['built'] else 'kept'})"))

@@ -30,6 +30,7 @@ LazyGroup.entries = {
     "images": Entry("images", "app", "Build the docker runtime's images: the Debian base (debootstrap) and the app "
                                      "per release."),
     "compose": Entry("compose", "app", "Docker compose files for users who run the stack with compose."),
+    "app": Entry("app_cmd", "app", "The app ops.toml describes: write its description from a monorepo's checkout."),
 }
 
 app = typer.Typer(

@@ -82,9 +82,17 @@ def logs(
 
 @app.command("smoke")
 def smoke(ctx: typer.Context, timeout: float = typer.Option(60.0, help="Seconds to wait for the job.")) -> None:
-    """End-to-end check through the proxy: health, ready, a profile, a job processed by the worker, its artifact."""
-    from aixsss_ops.stack import smoke as smoke_mod
+    """End-to-end check through the proxy: health, the web page, ready, a profile, a job processed by the worker, its
+    artifact, every worker of the live color ready. What the app does not offer is skipped and said."""
+    from aixsss_ops.usecases.stack import smoke as run_smoke
 
     st = state(ctx)
-    res = smoke_mod.run(st.deployment.url, timeout)
-    st.out.emit(res.__dict__, lambda _d: [st.out.console.print(f"ok  {s}") for s in res.steps])
+    res = run_smoke(st.deployment, timeout)
+
+    def human(_d):
+        for s in res.steps:
+            st.out.console.print(f"ok  {s}", markup=False)
+        for n in res.notes:
+            st.out.console.print(f"--  {n}", markup=False)
+
+    st.out.emit(res.__dict__, human)

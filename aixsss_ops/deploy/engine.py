@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aixsss_ops import envfile, probes, releases
+from aixsss_ops import appspec, envfile, probes, releases
+from aixsss_ops.appspec import API
 from aixsss_ops.context.deploystate import Colors, now_iso, other
 from aixsss_ops.deploy.health import gate
 from aixsss_ops.deploy.lock import DeployLock, LockBusy
@@ -70,10 +71,17 @@ class Deployer:
     def _api_url(self, color: str) -> str:
         return f"http://{self.cfg.host}:{api_port(self.cfg, color)}"
 
+    @property
+    def _workers(self) -> tuple[str, ...]:
+        """The processes besides the api (ops.toml ``app.processes``): started after its gate, drained first."""
+        return appspec.others(self.cfg)
+
     def _stop_color(self, color: str) -> None:
-        for svc in ("worker", "api"):
-            self.rt.stop(svc, color, wait=False)
-        wait_stopped(self.rt, [("worker", color), ("api", color)], self.cfg.supervisor.stop_timeout + 30)
+        units = [(role, color) for role in (*self._workers, API)]
+        for svc, c in units:
+            self.rt.stop(svc, c, wait=False)
+        longest = max(p.stop_timeout for p in self.cfg.app.processes.values())
+        wait_stopped(self.rt, units, max(longest, self.cfg.supervisor.stop_timeout) + 30)
 
     def _boot(self, color: str, release: releases.Release, state: Colors) -> None:
         """Stop whatever the idle color ran, then start the api of ``color`` from ``release``. Its worker starts
@@ -86,39 +94,72 @@ class Deployer:
         self.rt.start("api", color)
 
     def _gate(self, color: str) -> int:
+        """The api's readiness ``health_threshold`` times in a row, then its dependencies proven with its own
+        settings, then the other processes started and ready: any failure is a DeployFailed with their logs."""
         d = self.cfg.deploy
 
         def alive() -> str | None:
-            st = self.rt.state("api", color)
+            st = self.rt.state(API, color)
             return f"api-{color} is {st}" if st in (*FAILED_STATES, "STOPPED") else None
 
-        self.say(f"health gate on {color}: {d.health_threshold} consecutive 2xx within {d.health_timeout:.0f}s")
-        res = gate(
-            self._api_url(color),
-            threshold=d.health_threshold,
-            interval=d.health_interval,
-            timeout=d.health_timeout,
-            alive=alive,
-        )
+        self.say(f"health gate on {color}: {d.health_threshold} consecutive passes within {d.health_timeout:.0f}s")
+        res = gate(lambda: self.stack.ready(API, color), threshold=d.health_threshold, interval=d.health_interval,
+                   timeout=d.health_timeout, alive=alive)
         if not res.ok:
             raise DeployFailed(
                 f"the {color} color did not pass the health gate after {res.checks} checks "
                 f"({res.seconds:.1f}s): {res.last_error}",
                 details=self._failure_logs(color),
             )
-        if self.rt.state("worker", color) != "RUNNING":
-            self.say(f"api-{color} passed: starting worker-{color}")
-            self.rt.start("worker", color)
-        poll_until(lambda: self.rt.state("worker", color) not in ("STARTING", "STOPPED", "ABSENT"),
-                   max(1.0, d.health_timeout - res.seconds))
-        worker_state = self.rt.state("worker", color)
-        if worker_state != "RUNNING":
-            raise DeployFailed(f"worker-{color} is {worker_state}", details=self._failure_logs(color))
+        self._prove_dependencies(color)
+        self._start_workers(color, max(1.0, d.health_timeout - res.seconds))
         return res.checks
+
+    def _prove_dependencies(self, color: str) -> None:
+        """An api whose health endpoint only says it is alive must still reach what it needs: a query on its own
+        DATABASE_URL and a PING on its own REDIS_URL (from the env file it reads)."""
+        from aixsss_ops.dburl import parse_database_url
+        from aixsss_ops.queue.conn import connect
+
+        env_file = appspec.env_file_of(API, self.cfg.app.processes[API])
+        path = self.stack.layout.env_file(env_file) if env_file else None
+        env = envfile.read(path) if path is not None and path.exists() else {}
+        try:
+            if env.get("DATABASE_URL"):
+                with parse_database_url(env["DATABASE_URL"]).connect(timeout=5) as conn:
+                    conn.execute("SELECT 1")
+            if env.get("REDIS_URL"):
+                with connect(env["REDIS_URL"], timeout=3) as r:
+                    r.ping()
+        except OpsError as e:
+            raise DeployFailed(f"api-{color} answers, but the dependencies of its settings do not: {e.message}",
+                               hint=e.hint, details=self._failure_logs(color)) from None
+
+    def _start_workers(self, color: str, timeout: float) -> None:
+        pending = list(self._workers)
+        for role in pending:
+            if self.rt.state(role, color) != "RUNNING":
+                self.say(f"api-{color} passed: starting {role}-{color}")
+                self.rt.start(role, color)
+
+        def ready() -> bool:
+            for role in list(pending):
+                st = self.rt.state(role, color)
+                if st in FAILED_STATES:
+                    raise DeployFailed(f"{role}-{color} is {st}", details=self._failure_logs(color))
+                if self.stack.ready(role, color)[0]:
+                    pending.remove(role)
+                    self.say(f"{role}-{color} is ready")
+            return not pending
+
+        if not poll_until(ready, timeout, interval=0.2):
+            role = pending[0]
+            raise DeployFailed(f"{role}-{color} was not ready within {timeout:.0f}s: {self.stack.ready(role, color)[1]}",
+                               details=self._failure_logs(color))
 
     def _failure_logs(self, color: str) -> str:
         parts = []
-        for svc in ("api", "worker"):
+        for svc in appspec.roles(self.cfg):
             text = self.rt.logs(svc, color, 30)
             if text:
                 parts.append(f"--- last lines of {svc}-{color} ---\n{text}")
@@ -130,9 +171,9 @@ class Deployer:
         t0 = time.monotonic()
         self.rt.route(color)
 
-        def answers() -> bool:
+        def answers() -> bool:  # an app whose health names no color: any answer after the atomic switch is its
             ok, body = probes.api_health(f"{self.stack.url}/api/health", timeout=1.0)
-            return ok and body.get("color") == color
+            return ok and body.get("color", color) == color
 
         if not poll_until(answers, 30, interval=0.005):
             raise OpsError(f"the proxy did not answer from {color} within 30s after the switch")
@@ -214,13 +255,18 @@ class Deployer:
         dry_run: bool = False,
         force: bool = False,
         actor: str = "cli",
+        release_id: str | None = None,
     ) -> DeployResult:
         """Deploy a release to the idle color. ``force`` redeploys the live release too (a blue/green
-        restart, e.g. to pick up changed env files without a moment of downtime)."""
+        restart, e.g. to pick up changed env files without a moment of downtime); ``release_id``: an existing
+        release, built nothing."""
         t0 = time.monotonic()
-        release, created = releases.build(
-            source or self.cfg.app_source, version or self.cfg.app.version, self.stack.layout.releases, dry_run=dry_run
-        )
+        if release_id:
+            release, created = releases.find(self.stack.layout.releases, release_id), False
+        else:
+            release, created = releases.build(source or self.cfg.app_source, version or self.cfg.app.version,
+                                              self.stack.layout.releases, dry_run=dry_run, steps=self.cfg.app.build,
+                                              say=self.say)
         if created:
             self.say(f"built release {release.id}")
         state = self._state()
@@ -248,9 +294,8 @@ class Deployer:
         if dry_run:
             from aixsss_ops.migrate import deploy as migrate_deploy
 
-            plan = migrate_deploy(
-                self.stack.app_database_url(), release.path / "migrations", dry_run=True, allow_destructive=allow_destructive
-            )
+            plan = migrate_deploy(self.stack.app_database_url(), appspec.migrations_dir(self.cfg, release.path),
+                                  dry_run=True, allow_destructive=allow_destructive)
             step = next(i for i, p in enumerate(res.plan) if p.startswith("apply pending migrations"))
             res.plan[step] += f": {', '.join(plan.plan) or 'none pending'}"
             res.warnings += [f"migration {f.migration}: {f.message}" for f in plan.findings] + plan.blockers
@@ -293,8 +338,9 @@ class Deployer:
             if live in state.colors:
                 state.colors[live] = state.colors[live].with_status("warm", _later(self.cfg.deploy.warm_minutes))
             self.stack.deploy_state.save(state)
-            self.say(f"draining {live}: stopping worker-{live} (active jobs finish)")
-            self.rt.stop("worker", live)
+            for role in self._workers:
+                self.say(f"draining {live}: stopping {role}-{live} (active jobs finish)")
+                self.rt.stop(role, live)
             if self.cfg.deploy.warm_minutes <= 0:
                 self.rt.stop("api", live)
             self._record(res, "live", t0, actor)
@@ -311,7 +357,7 @@ class Deployer:
         pre-deploy backup, with the same error the real run would give."""
         from aixsss_ops.migrate import deploy as migrate_deploy
 
-        plan = migrate_deploy(self.stack.app_database_url(), release.path / "migrations", dry_run=True,
+        plan = migrate_deploy(self.stack.app_database_url(), appspec.migrations_dir(self.cfg, release.path), dry_run=True,
                               allow_destructive=allow_destructive)
         if plan.blockers:
             raise CheckFailed(plan.blockers[0] if len(plan.blockers) == 1
@@ -324,7 +370,7 @@ class Deployer:
         self.say("applying pending migrations")
         result = migrate_deploy(
             self.stack.app_database_url(),
-            release.path / "migrations",
+            appspec.migrations_dir(self.cfg, release.path),
             allow_destructive=allow_destructive,
             progress=self.say,
         )
@@ -342,7 +388,7 @@ class Deployer:
 
     def _smoke(self, release: releases.Release) -> None:
         ok, body = probes.api_health(f"{self.stack.url}/api/health")
-        if not ok or body.get("version") != release.version:
+        if not ok or body.get("version", release.version) != release.version:
             raise CheckFailed(f"smoke check through the proxy: expected version {release.version}, got {body}")
 
     def _record(self, res: DeployResult, outcome: str, t0: float, actor: str) -> None:
@@ -411,9 +457,10 @@ class Deployer:
             self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "rollback", "version": release.id}, self.say)
             warm = idle_spec and idle_spec.release == release.id and self.rt.state("api", idle) == "RUNNING"
             if warm:
-                self.say(f"{idle} is warm with {release.id}: starting worker-{idle}")
-                self.rt.start("worker", idle)
                 res.health_checks = self._quick_gate(idle)
+                for role in self._workers:  # started beside the switch: they do not delay it
+                    self.say(f"{idle} is warm with {release.id}: starting {role}-{idle}")
+                    self.rt.start(role, idle)
             else:
                 self.say(f"{idle} is cold: booting {release.id} on it")
                 try:
@@ -450,7 +497,8 @@ class Deployer:
         return res
 
     def _quick_gate(self, color: str) -> int:
-        res = gate(self._api_url(color), threshold=1, interval=0.05, timeout=self.cfg.deploy.health_timeout)
+        res = gate(lambda: self.stack.ready(API, color), threshold=1, interval=0.05,
+                   timeout=self.cfg.deploy.health_timeout)
         if not res.ok:
             raise DeployFailed(f"the warm {color} api is not healthy: {res.last_error}", details=self._failure_logs(color))
         return res.checks
@@ -465,7 +513,8 @@ class Deployer:
         state.colors[target] = state.colors[target].with_status("live")
         state.colors[old] = state.colors[old].with_status("warm", _later(self.cfg.deploy.warm_minutes))
         self.stack.deploy_state.save(state)
-        self.rt.stop("worker", old)
+        for role in self._workers:
+            self.rt.stop(role, old)
 
     def _migrations_since(self, release_id: str) -> list[str]:
         hist = self.stack.deploy_state.history()
@@ -497,16 +546,15 @@ class Deployer:
             if not spec:
                 continue
             svc = {}
-            for name in ("api", "worker"):
+            for name in appspec.roles(self.cfg):
                 u = units.get(f"{name}-{color}")
                 svc[name] = {
                     "state": u.state if u else "ABSENT",
                     "pid": u.pid if u else None,
                     "uptime_s": u.uptime_s if u else None,
                 }
-            if svc["api"]["state"] == "RUNNING":
-                ok, body = probes.api_health(self._api_url(color) + "/api/health")
-                svc["api"]["healthy"] = ok
+            if svc[API]["state"] == "RUNNING":
+                svc[API]["healthy"] = self.stack.ready(API, color)[0]
             status = spec.status
             if status == "warm" and svc["api"]["state"] != "RUNNING":
                 status = "cold"  # its api was stopped (e.g. by a key rotation): a rollback boots it again

@@ -1,12 +1,11 @@
-"""The health gate: the new color's api must answer 2xx on /api/health and /api/ready, N times in a row."""
+"""The health gate: the new color's api must pass its readiness check (ops.toml ``app.processes.api.ready``)
+N times in a row."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from aixsss_ops import probes
 
 
 @dataclass
@@ -19,10 +18,10 @@ class GateResult:
     log: list[str] = field(default_factory=list)
 
 
-def gate(
-    base_url: str, *, threshold: int, interval: float, timeout: float, alive: Callable[[], str | None] = lambda: None
-) -> GateResult:
-    """``alive`` returns why the service can no longer pass (it exited), or None; the gate stops early then."""
+def gate(check: Callable[[], tuple[bool, str]], *, threshold: int, interval: float, timeout: float,
+         alive: Callable[[], str | None] = lambda: None) -> GateResult:
+    """``check`` answers (passed, detail); ``alive`` returns why the service can no longer pass (it exited), or
+    None; the gate stops early then."""
     res = GateResult(ok=False)
     start = time.monotonic()
     while True:
@@ -31,16 +30,15 @@ def gate(
             res.last_error = dead
             break
         res.checks += 1
-        ok_h, body = probes.api_health(f"{base_url}/api/health")
-        ok_r, ready = probes.http(f"{base_url}/api/ready")
-        if ok_h and ok_r:
+        ok, detail = check()
+        if ok:
             res.consecutive += 1
             if res.consecutive >= threshold:
                 res.ok = True
                 break
         else:
             res.consecutive = 0
-            res.last_error = f"/api/health: {body}" if not ok_h else f"/api/ready: {ready}"
+            res.last_error = detail
         if time.monotonic() - start > timeout:
             break
         time.sleep(interval)

@@ -430,13 +430,13 @@ def deploy_state(ctx: Context) -> list[Finding]:
         out.append(Finding("deploy.idle-color", "ok", "no idle color (nothing to roll back to yet)"))
     for color in idle:
         svc = st["colors"][color]["services"]
-        states = f"api {svc['api']['state']}, worker {svc['worker']['state']}"
+        states = ", ".join(f"{role} {s['state']}" for role, s in svc.items())
         rel = st["colors"][color].get("version")
-        if svc["api"]["state"] in ("FATAL", "BACKOFF") or svc["worker"]["state"] in ("FATAL", "BACKOFF"):
+        if any(s["state"] in ("FATAL", "BACKOFF") for s in svc.values()):
             out.append(Finding("deploy.idle-color", "warn", f"idle color {color} ({rel}) crashed: {states}",
                                f"look at `aixsss-ops stack logs api-{color}`; a rollback to it would fail"))
         elif svc["api"]["state"] == "RUNNING" and svc["api"].get("healthy") is False:
-            out.append(Finding("deploy.idle-color", "warn", f"idle color {color} ({rel}) runs but fails /api/health",
+            out.append(Finding("deploy.idle-color", "warn", f"idle color {color} ({rel}) runs but fails its readiness check",
                                f"look at `aixsss-ops stack logs api-{color}`"))
         else:
             warm = "warm for an instant rollback" if svc["api"]["state"] == "RUNNING" else "stopped"
@@ -452,6 +452,28 @@ def deploy_state(ctx: Context) -> list[Finding]:
     else:
         out.append(Finding("deploy.lock", "ok", "no deploy in progress, no stale lock"))
     return out
+
+
+def api_bind(ctx: Context) -> list[Finding]:
+    """An api that listens on every interface whatever ``host`` says (the real AIXSSS binds 0.0.0.0): reachable
+    from the network around the proxy unless a firewall stops it."""
+    from aixsss_ops.probes import listening_on_every_interface
+    from aixsss_ops.runtime.base import api_port
+
+    name = "deploy.api-bind"
+    if (f := _no_stack(name, ctx)) is not None:
+        return [f]
+    if ctx.cfg.runtime != "local":
+        return [Finding(name, "ok", f"the docker runtime publishes the api ports on {ctx.cfg.host} only")]
+    out = []
+    for color in ("blue", "green"):
+        port = api_port(ctx.cfg, color)
+        if listening_on_every_interface(port):
+            out.append(Finding(name, "warn", f"api-{color} listens on every interface (0.0.0.0:{port}), not only on "
+                               f"{ctx.cfg.host}: it is reachable around the proxy",
+                               f"firewall it, e.g. `iptables -A INPUT -p tcp --dport {port} ! -i lo -j DROP`, or make "
+                               "the app bind its HOST"))
+    return out or [Finding(name, "ok", f"no api listens beyond {ctx.cfg.host}")]
 
 
 def proxy_config(ctx: Context) -> Finding:

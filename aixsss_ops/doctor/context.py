@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aixsss_ops import appspec
 from aixsss_ops.context.deployment import KEY, Deployment
 from aixsss_ops.context.settings import ENV_FILES, SERVICES
 
@@ -116,7 +117,7 @@ class Context:
         state = self.dep.deploy_state.load()
         live = self.stack.live_color() or (state.active if state else None)
         spec = state.spec(live) if state else None
-        return spec.path / "migrations" if spec else self.cfg.app_source / "migrations"
+        return appspec.migrations_dir(self.cfg, spec.path if spec else self.cfg.app_source)
 
     def secrets(self) -> list[str]:
         """Every secret value the checks might touch, for the output scrubber."""

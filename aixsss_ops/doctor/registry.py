@@ -42,6 +42,7 @@ CHECKS: tuple[Check, ...] = (
     Check("deploy.active", c.deploy_proxy),
     Check("deploy.state", c.deploy_state),
     Check("deploy.proxy-config", c.proxy_config),
+    Check("deploy.api-bind", c.api_bind),
     Check("host.disk", c.host_disk),
 )
 

@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aixsss_ops import appspec
 from aixsss_ops.errors import CheckFailed
 
 if TYPE_CHECKING:
@@ -187,9 +188,9 @@ def rollback(ctx: ActionContext, to=None) -> dict:
     expect_version=Param(str, help="fail unless this version answers"),
 )
 def smoke(ctx: ActionContext, url=None, job_timeout=60.0, expect_version=None) -> dict:
-    from aixsss_ops.stack import smoke as smoke_mod
+    from aixsss_ops.usecases.stack import smoke as run_smoke
 
-    res = smoke_mod.run(url or ctx.dep.url, timeout=job_timeout)
+    res = run_smoke(ctx.dep, job_timeout, url or None)
     if expect_version and res.version != expect_version:
         raise CheckFailed(f"smoke: {res.url} answers version {res.version}, expected {expect_version}")
     ctx.say(f"smoke ok: {res.color} {res.version}, job {res.job_id} {res.job_status}")
@@ -200,7 +201,7 @@ def smoke(ctx: ActionContext, url=None, job_timeout=60.0, expect_version=None) -
 
 
 def _migrations_dir(ctx: ActionContext, source: str | None) -> Path:
-    return ctx.source(source) / "migrations"
+    return appspec.migrations_dir(ctx.cfg, ctx.source(source))
 
 
 def _database_url(ctx: ActionContext) -> str:

@@ -1,11 +1,12 @@
 """nginx as the reverse proxy: ``/api`` to the live color's api, ``/`` to its web build.
 
 The config never names a color. It proxies to ``<proxy>/live/api.sock`` and serves ``<proxy>/live/web``,
-where ``live`` is a symlink to ``colors/<color>``. nginx resolves a unix socket path at every connect()
-and a root at every request, so a switch is one atomic ``rename(2)`` of that symlink: no reload, no
-worker restart, no keepalive connection closed under a client; requests in flight finish on the old
-color. The config is only re-rendered, checked (``nginx -t``) and gracefully reloaded (SIGHUP) when it
-changes (ports, paths), which ``stack up`` does.
+where ``live`` is a symlink to ``colors/<color>``; a color's ``api.sock`` is its api's own unix socket, or, for
+an api that listens on TCP only, a unix socket nginx itself listens on and forwards to that color's port. nginx
+resolves a unix socket path at every connect() and a root at every request, so a switch is one atomic
+``rename(2)`` of that symlink: no reload, no worker restart, no keepalive connection closed under a client;
+requests in flight finish on the old color. The config is only re-rendered, checked (``nginx -t``) and gracefully
+reloaded (SIGHUP) when it changes (ports, paths, an app with or without its own socket), which ``stack up`` does.
 """
 
 from __future__ import annotations
@@ -70,8 +71,45 @@ def worker_group() -> int | None:
     return pwd.getpwnam(user).pw_gid if user else None
 
 
-def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path) -> str:
+def color_socket(run_dir: Path, color: str) -> Path:
+    """Where nginx itself listens for a color whose api has TCP only (the color's ``api.sock`` points here)."""
+    return run_dir / f"proxy-{color}.sock"
+
+
+def _color_servers(run_dir: Path, tcp: dict[str, tuple[str, int]]) -> str:
+    """For an api that listens on TCP only: per color, a server on a unix socket of nginx's own that forwards to
+    the color's host:port (upstream keepalive), so the live symlink can point at it like at an app's socket."""
+    out = []
+    for color, (host, port) in sorted(tcp.items()):
+        out.append(f"""
+    upstream aixsss_{color} {{
+        server {host}:{port} max_fails=0;
+        keepalive 32;
+    }}
+
+    server {{
+        listen unix:{color_socket(run_dir, color)};
+        location / {{
+            proxy_pass http://aixsss_{color};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $http_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $http_x_forwarded_proto;
+            proxy_set_header X-Request-Id $http_x_request_id;
+            proxy_buffering off;
+            proxy_connect_timeout 5s;
+            proxy_read_timeout 3600s;
+        }}
+    }}""")
+    return "".join(out)
+
+
+def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path, run_dir: Path | None = None,
+           tcp: dict[str, tuple[str, int]] | None = None) -> str:
+    """The config. ``tcp``: color -> (host, port) of an api that has no unix socket (see ``_color_servers``)."""
     user = _worker_user()
+    colors = _color_servers(run_dir, tcp) if tcp and run_dir else ""
     temp = "\n".join(f"    {d}_temp_path {prefix / 'tmp' / d};" for d in _TEMP_DIRS)
     live = live_link(prefix)
     return f"""# rendered by aixsss-ops; the live color is the target of the symlink {live}
@@ -106,7 +144,7 @@ http {{
     upstream aixsss_api {{
         # no upstream keepalive: every request connects anew, so it follows the live symlink
         server unix:{live}/api.sock max_fails=0;
-    }}
+    }}{colors}
 
     server {{
         listen {listen_host}:{listen_port};
@@ -123,6 +161,16 @@ http {{
             proxy_next_upstream error timeout;
             proxy_connect_timeout 5s;
             proxy_read_timeout 300s;
+        }}
+        location ~ ^/api/.+/events$ {{
+            # server-sent events (a job's progress): streamed, not buffered
+            proxy_pass http://aixsss_api;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $request_id;
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
         }}
         location / {{
             root {live}/web;

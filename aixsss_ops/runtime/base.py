@@ -17,14 +17,18 @@ if TYPE_CHECKING:
     from aixsss_ops.config import OpsConfig
 
 COLORS = ("blue", "green")
-INFRA = ("postgres", "redis", "s3", "proxy")
-APP = ("api", "worker")
+INFRA = ("postgres", "redis", "s3", "proxy")  # every other service is a process of the app, run per color
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "ABSENT")
 FAILED_STATES = ("FATAL", "BACKOFF", "EXITED")
 
 
+def is_app(service: str) -> bool:
+    """A process of the app (api, worker, or any other role ops.toml describes), as opposed to the infra."""
+    return service not in INFRA
+
+
 def unit_name(service: str, color: str | None = None) -> str:
-    if service in APP:
+    if is_app(service):
         if color not in COLORS:
             raise ValueError(f"{service} needs a color (blue or green), got {color!r}")
         return f"{service}-{color}"
@@ -66,6 +70,9 @@ class Runtime(Protocol):
     ) -> subprocess.CompletedProcess: ...
 
     def logs(self, service: str, color: str | None = None, lines: int = 100) -> str: ...
+
+    def logs_since_start(self, service: str, color: str | None = None) -> str:
+        """What the service logged since it was last started (its readiness line, if any)."""
 
     def prepare_route(self, color: str, source: Path) -> None:
         """Make ``color`` routable by the proxy (its api and the web build of ``source``) without routing to it."""

@@ -29,11 +29,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aixsss_ops.config import OpsConfig
+from aixsss_ops.config import OpsConfig, bundled_processes
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.runtime import docker_specs as specs
-from aixsss_ops.runtime.base import APP, COLORS, UnitStatus, unit_name
+from aixsss_ops.runtime.base import COLORS, UnitStatus, is_app, unit_name
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_RELEASE, L_SERVICE, L_SPEC, L_VERSION, connect
 
 STOP_EXIT_CODES = (0, 130, 131, 143)  # exit by SIGINT/SIGQUIT/SIGTERM: stopped, not crashed
@@ -110,12 +110,12 @@ class DockerRuntime:
                 if _is_connection_error(e):
                     raise unreachable(self.cfg, e) from None
                 raise
-        if service and service not in APP:
+        if service and not is_app(service):
             found = [c for c in found if not c.labels.get(L_COLOR)]
         return found
 
     def find(self, service: str, color: str | None = None):
-        if service in APP and color not in COLORS:
+        if is_app(service) and color not in COLORS:
             unit_name(service, color)  # raises the usual error
         found = self.containers(service, color)
         if not found:
@@ -316,6 +316,10 @@ class DockerRuntime:
     def app_specs(self, color: str, release: str, version: str) -> list[specs.ContainerSpec]:
         from aixsss_ops.runtime.docker_images import app_tag
 
+        if self.cfg.app.processes != bundled_processes() or self.cfg.app.build:
+            raise UsageError("the docker runtime runs the bundled app (app.processes and app.build at their defaults); "
+                             "run an app described in ops.toml on the local runtime",
+                             hint='set runtime = "local", or remove [app.processes.*] and app.build')
         image = app_tag(self.cfg, release)
         return [specs.api(self.cfg, color, release, version, image), specs.worker(self.cfg, color, release, version, image)]
 
@@ -386,7 +390,8 @@ class DockerRuntime:
             if wait:
                 self._settle()
             return
-        timeout = int(self.cfg.supervisor.stop_timeout) if service == "worker" else self.cfg.docker.stop_timeout
+        spec = self.cfg.app.processes.get(service) if is_app(service) else None
+        timeout = int(spec.stop_timeout) if spec else self.cfg.docker.stop_timeout
         if not wait:
             # dockerd escalates to SIGKILL after the timeout; the call returns when the container is gone, so run it
             # beside us (joined before the process exits) and let callers poll state()
@@ -429,7 +434,7 @@ class DockerRuntime:
             started = _parse_time(c.attrs.get("State", {}).get("StartedAt"))
             out.append(
                 UnitStatus(
-                    unit=unit_name(service, color) if service in APP and color else service,
+                    unit=unit_name(service, color) if is_app(service) and color else service,
                     service=service,
                     color=color,
                     state=state,
@@ -464,19 +469,27 @@ class DockerRuntime:
         return subprocess.CompletedProcess(argv, code if code is not None else 1, out or b"", err or b"")
 
     def logs(self, service: str, color: str | None = None, lines: int = 100) -> str:
-        if service in APP and color is None:
+        if is_app(service) and color is None:
             raise OpsError(f"{service} runs per color: name one (blue or green)")
         c = self.find(service, color)
         if c is None:
             return ""
         return c.logs(stdout=True, stderr=True, tail=lines).decode("utf-8", "replace")
 
+    def logs_since_start(self, service: str, color: str | None = None) -> str:
+        c = self.find(service, color)
+        if c is None:
+            return ""
+        started = _parse_time(c.attrs.get("State", {}).get("StartedAt"))
+        kw = {"since": int(started)} if started else {}
+        return c.logs(stdout=True, stderr=True, **kw).decode("utf-8", "replace")
+
     # -- routing: symlinks in the shared run volume, changed inside the nginx container --
     def prepare_route(self, color: str, source: Path) -> None:
         release = source.name
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            web = source / "web"
+            web = source / self.cfg.app.web_root
             if web.is_dir():
                 tar.add(str(web), arcname=f"web/{release}", filter=_owned_by_root)
             for name, target in (("api.sock", str(specs.api_socket(color))), ("web", str(specs.RUN / "web" / release))):

@@ -12,9 +12,10 @@ from pathlib import Path
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.errors import OpsError
+from aixsss_ops.fsutil import atomic_write
 from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime import local_specs as services
-from aixsss_ops.runtime.base import APP, UnitStatus, unit_name
+from aixsss_ops.runtime.base import UnitStatus, is_app, unit_name
 from aixsss_ops.runtime.supervisor import Supervisor, tail
 
 
@@ -26,15 +27,36 @@ class LocalRuntime:
         self.users = {"postgres": cfg.postgres.os_user}
 
     def define_app(self, color: str, source: Path, version: str) -> None:
-        for d in (
-            services.api(self.cfg, self.layout, color, source, version),
-            services.worker(self.cfg, self.layout, color, source, version),
-        ):
+        for d in services.app_processes(self.cfg, self.layout, color, source, version):
             self.sup.write_program(d.program)
         self.sup.apply()
 
     def start(self, service: str, color: str | None = None) -> None:
-        self.sup.start(unit_name(service, color))
+        unit = unit_name(service, color)
+        if self.state(service, color) not in ("RUNNING", "STARTING"):
+            log = self.sup.logfile(unit)
+            self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._log_mark(unit), str(log.stat().st_size if log.exists() else 0))
+        self.sup.start(unit)
+
+    def _log_mark(self, unit: str) -> Path:
+        return self.layout.run_dir / f"{unit}.log-start"
+
+    def logs_since_start(self, service: str, color: str | None = None) -> str:
+        unit = unit_name(service, color)
+        log = self.sup.logfile(unit)
+        try:
+            start = int(self._log_mark(unit).read_text())
+        except (OSError, ValueError):
+            start = 0
+        try:
+            with log.open("rb") as f:
+                size = f.seek(0, 2)
+                start = start if start <= size else 0  # rotated since
+                f.seek(max(start, size - 1_000_000))
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
 
     def stop(self, service: str, color: str | None = None, wait: bool = True) -> None:
         self.sup.stop(unit_name(service, color), wait=wait)
@@ -82,13 +104,16 @@ class LocalRuntime:
             raise OpsError(f"{argv[0]} for {service} did not finish within {timeout:.0f}s") from None
 
     def logs(self, service: str, color: str | None = None, lines: int = 100) -> str:
-        if service in APP and color is None:
+        if is_app(service) and color is None:
             raise OpsError(f"{service} runs per color: name one (blue or green)")
         return tail(self.sup.logfile(unit_name(service, color)), lines)
 
     def prepare_route(self, color: str, source: Path) -> None:
+        """The color's api: its own unix socket, or (an api on TCP only) nginx's socket forwarding to its port."""
         self.layout.run_dir.mkdir(parents=True, exist_ok=True)
-        nginx.prepare_color(self.layout.nginx_dir, color, self.layout.api_socket(color), source / "web")
+        own = self.cfg.app.processes["api"].socket_env
+        sock = self.layout.api_socket(color) if own else nginx.color_socket(self.layout.run_dir, color)
+        nginx.prepare_color(self.layout.nginx_dir, color, sock, source / self.cfg.app.web_root)
 
     def route(self, color: str) -> None:
         nginx.switch_live(self.layout.nginx_dir, color)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aixsss_ops import sysbin
+from aixsss_ops import appspec, sysbin
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.fsutil import atomic_write
@@ -142,31 +141,28 @@ def proxy(cfg: OpsConfig, layout: Layout) -> ServiceDef:
     return ServiceDef("proxy", None, prog, {"proxy": cfg.ports.proxy})
 
 
-def _app_env(cfg: OpsConfig, color: str, version: str, source: Path) -> dict[str, str]:
-    return {"APP_COLOR": color, "APP_VERSION": version, "PYTHONPATH": str(source), "PYTHONUNBUFFERED": "1"}
+def app_processes(cfg: OpsConfig, layout: Layout, color: str, source: Path, version: str) -> list[ServiceDef]:
+    """The programs of ``color`` running the release at ``source``: one per process of the app description."""
+    return [app_process(cfg, layout, role, color, source, version) for role in appspec.roles(cfg)]
 
 
-def api(cfg: OpsConfig, layout: Layout, color: str, source: Path, version: str) -> ServiceDef:
-    port = api_port(cfg, color)
-    overrides = {
-        **_app_env(cfg, color, version, source),
-        "PORT": str(port),
-        "HOST": cfg.host,
-        "API_SOCKET": str(layout.api_socket(color)),
-    }
-    argv = envexec_argv([layout.env_file("api")], overrides, [sys.executable, "-m", "api"])
-    prog = Program(unit_name("api", color), argv, directory=source, stopsignal="TERM", stopwaitsecs=30, startsecs=1)
-    return ServiceDef("api", color, prog, {f"api {color}": port})
+def app_process(cfg: OpsConfig, layout: Layout, role: str, color: str, source: Path, version: str) -> ServiceDef:
+    spec = cfg.app.processes[role]
 
+    def fill(text: str) -> str:
+        return appspec.fill(text, release=source, color=color, version=version, host=cfg.host)
 
-def worker(cfg: OpsConfig, layout: Layout, color: str, source: Path, version: str) -> ServiceDef:
-    argv = envexec_argv([layout.env_file("worker")], _app_env(cfg, color, version, source), [sys.executable, "-m", "worker"])
-    prog = Program(
-        unit_name("worker", color),
-        argv,
-        directory=source,
-        stopsignal="TERM",
-        stopwaitsecs=int(cfg.supervisor.stop_timeout),
-        startsecs=2,
-    )
-    return ServiceDef("worker", color, prog, {})
+    overrides = {"APP_COLOR": color, "APP_VERSION": version, **{k: fill(v) for k, v in spec.env.items()}}
+    ports = {}
+    if spec.port_env:
+        port = api_port(cfg, color)
+        overrides[spec.port_env] = str(port)
+        ports[f"{role} {color}"] = port
+    if spec.socket_env:
+        overrides[spec.socket_env] = str(layout.api_socket(color))
+    env_file = appspec.env_file_of(role, spec)
+    argv = envexec_argv([layout.env_file(env_file)] if env_file else [], overrides, [fill(a) for a in spec.command])
+    prog = Program(unit_name(role, color), argv, directory=(source / fill(spec.cwd)).resolve(),
+                   stopsignal=spec.stop_signal, stopwaitsecs=int(spec.stop_timeout),
+                   startsecs=1 if spec.port_env else 2)
+    return ServiceDef(role, color, prog, ports)

@@ -110,6 +110,9 @@ class DockerStack(Stack):
             out.append(f"started {spec.unit}")
         return out
 
+    def _absent_detail(self, state: str) -> str:
+        return "no container (removed?): run 'stack up'" if state == "ABSENT" else ""
+
     def _ports_on_this_host(self) -> bool:
         return engine_host(self.cfg).startswith("unix://")
 

@@ -13,6 +13,7 @@ from aixsss_ops.context.embedded import ensure_secrets
 from aixsss_ops.errors import OpsError
 from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime import local_specs as services
+from aixsss_ops.runtime.base import COLORS, api_port
 from aixsss_ops.runtime.local import LocalRuntime
 from aixsss_ops.runtime.supervisor import Supervisor
 from aixsss_ops.stack.manager import Progress, Stack, StackReport
@@ -53,8 +54,7 @@ class LocalStack(Stack):
 
     def app_defs(self, color: str) -> list[services.ServiceDef]:
         spec = self.colors().spec(color)
-        return [services.api(self.cfg, self.layout, color, spec.path, spec.version),
-                services.worker(self.cfg, self.layout, color, spec.path, spec.version)]
+        return services.app_processes(self.cfg, self.layout, color, spec.path, spec.version)
 
     def up(self, progress: Progress | None = None) -> StackReport:
         say = progress or (lambda _m: None)
@@ -98,6 +98,8 @@ class LocalStack(Stack):
         self.wait_ready(app, say)
         proxy = next(d for d in defs if d.service == "proxy")
         if self.unit_state("proxy") != "RUNNING":
+            for stale in lay.run_dir.glob("proxy-*.sock"):  # what a killed nginx left: it would refuse to bind
+                stale.unlink()
             actions += self._start([proxy], say)
         elif proxy_changed:
             self.runtime.signal("proxy", "HUP")
@@ -110,7 +112,7 @@ class LocalStack(Stack):
         for d in defs:
             if self.unit_state(d.unit) != "RUNNING":
                 say(f"starting {d.unit}")
-                self.sup.start(d.unit)
+                self.runtime.start(d.service, d.color)
                 started.append(f"started {d.unit}")
         return started
 
@@ -118,9 +120,10 @@ class LocalStack(Stack):
         """Render the nginx config (``nginx -t`` first) and point each color's slot at its api and web build.
 
         Returns True when the config changed and a running nginx needs a graceful reload."""
-        lay = self.layout
-        text = nginx.render(listen_host=self.cfg.host, listen_port=self.cfg.ports.proxy, prefix=lay.nginx_dir,
-                            logs=lay.logs)
+        lay, cfg = self.layout, self.cfg
+        tcp = {} if cfg.app.processes["api"].socket_env else {c: (cfg.host, api_port(cfg, c)) for c in COLORS}
+        text = nginx.render(listen_host=cfg.host, listen_port=cfg.ports.proxy, prefix=lay.nginx_dir, logs=lay.logs,
+                            run_dir=lay.run_dir, tcp=tcp)
         changed = nginx.write_config(lay.nginx_conf, text)
         for color, spec in colors.colors.items():
             self.runtime.prepare_route(color, spec.path)

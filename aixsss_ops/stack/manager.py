@@ -7,22 +7,32 @@ object store's volumes are probed, what the engine itself is. ``stack.engines.op
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from aixsss_ops import probes, releases
+from aixsss_ops import appspec, probes, releases
 from aixsss_ops.context import embedded
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.context.deploystate import Colors, ColorSpec
 from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.poll import poll_until
-from aixsss_ops.runtime.base import APP, COLORS, FAILED_STATES, STOPPED_STATES, Runtime, api_port, unit_name, wait_stopped
+from aixsss_ops.runtime.base import (
+    COLORS,
+    FAILED_STATES,
+    STOPPED_STATES,
+    Runtime,
+    api_port,
+    is_app,
+    unit_name,
+    wait_stopped,
+)
 from aixsss_ops.s3 import S3Target, ensure_bucket
 from aixsss_ops.stack.postgres import ensure_role_and_database
 
 Progress = Callable[[str], None]
-STOP_ORDER = (APP, ("proxy",), ("s3", "redis"), ("postgres",))  # the app first, Postgres last
+INFRA_STOP_ORDER = (("proxy",), ("s3", "redis"), ("postgres",))  # after the app; Postgres last
 
 
 class Unit(Protocol):
@@ -105,6 +115,10 @@ class Stack:
     def _engine_running(self) -> bool:
         return True
 
+    def _absent_detail(self, state: str) -> str:
+        """What ``status`` says of a unit the engine does not know."""
+        return ""
+
     def _engine_down(self) -> list[str]:
         return []
 
@@ -116,7 +130,8 @@ class Stack:
         """The deploy state; on the very first use, blue runs a release built from the configured app source."""
         state = self.deploy_state.load()
         if not state:
-            release, _ = releases.build(self.cfg.app_source, self.cfg.app.version, self.layout.releases)
+            release, _ = releases.build(self.cfg.app_source, self.cfg.app.version, self.layout.releases,
+                                        steps=self.cfg.app.build)
             state = Colors("blue", {"blue": color_spec(release)})
         return state
 
@@ -178,7 +193,7 @@ class Stack:
     def _migrate(self, spec: ColorSpec, say: Progress) -> list[str]:
         from aixsss_ops.migrate import deploy
 
-        result = deploy(self.app_database_url(), spec.path / "migrations")
+        result = deploy(self.app_database_url(), appspec.migrations_dir(self.cfg, spec.path))
         if result.applied:
             say(f"applied {len(result.applied)} migration(s)")
         return list(result.applied)
@@ -199,11 +214,43 @@ class Stack:
             ok, body = probes.api_health(f"{self.url}/api/health")
             return ok, (f"serving {body.get('color')} {body.get('version')}" if ok
                         else f"/api/health through the proxy: {body}")
-        if d.service == "api":
-            ok, body = probes.api_health(f"http://{c.host}:{api_port(c, d.color)}/api/health")
-            return ok, (f"version {body.get('version')}" if ok else f"/api/health: {body}")
+        if is_app(d.service):
+            return self.ready(d.service, d.color)
         state = self.unit_state(d.unit)
         return state == "RUNNING", state.lower()
+
+    def ready(self, role: str, color: str) -> tuple[bool, str]:
+        """Whether the process ``role`` of ``color`` shows the readiness its description asks (ops.toml
+        ``app.processes.<role>.ready``): an HTTP answer on its port, a log line since its start, a Redis client
+        name, or else running for a few seconds."""
+        c = self.cfg
+        spec = c.app.processes.get(role)
+        state = self.runtime.state(role, color)
+        if spec is None or state != "RUNNING":
+            return False, state.lower() if spec else f"{role} is not a process of the app description"
+        r = spec.ready
+        if r.http:
+            ok, detail, body = probes.http_ready(f"http://{c.host}:{api_port(c, color)}{r.http}", r.status,
+                                                 r.json_fields)
+            version = f", version {body['version']}" if ok and body.get("version") else ""
+            return ok, f"{r.http}: {detail}{version}"
+        if r.log:
+            found = re.search(r.log, self.runtime.logs_since_start(role, color), re.M)
+            return (True, f"logged {found.group(0)!r}") if found else (False, f"no log line matches {r.log!r} yet")
+        if r.redis_client:
+            import base64
+
+            queue = self.dep.queue.value
+            prefix = r.redis_client.replace("{queue}", queue).replace(
+                "{queue_b64}", base64.b64encode(queue.encode()).decode())
+            try:
+                names = probes.redis_client_names(self.dep.redis.value)
+            except Exception as e:  # Redis down: not ready, and say why
+                return False, f"Redis: {type(e).__name__}: {e}"
+            hit = next((n for n in names if n.startswith(prefix)), None)
+            return (True, f"Redis client {hit}") if hit else (False, f"no Redis client named {prefix}* yet")
+        up = next((u.uptime_s for u in self.runtime.status() if u.unit == unit_name(role, color)), None) or 0
+        return up >= r.seconds, f"running {up}s"
 
     def _logs_detail(self, d: Unit) -> str:
         return f"last lines of {d.unit}:\n{self.runtime.logs(d.service, d.color, 25)}"
@@ -237,7 +284,8 @@ class Stack:
             return StackReport(str(self.layout.root), self.url, None, [], ["stack was not running"])
         running = [(u.service, u.color) for u in self.runtime.status() if u.state not in STOPPED_STATES]
         actions: list[str] = []
-        for group in STOP_ORDER:
+        workers = tuple({s for s, _c in running if is_app(s) and s != appspec.API})  # drained before the api
+        for group in (workers, (appspec.API,), *INFRA_STOP_ORDER):
             units = [(s, c) for s, c in running if s in group]
             for s, c in units:
                 say(f"stopping {unit_name(s, c)}")
@@ -268,14 +316,14 @@ class Stack:
                 if u.description and "unhealthy" in u.description:
                     detail = f"{detail}; engine: {u.description}"
             else:
-                healthy, detail = False, (u.description if u else "") or state.lower()
+                healthy, detail = False, (u.description if u else self._absent_detail(state)) or state.lower()
             reports.append(ServiceReport(d.unit, state, healthy, detail, d.port_labels(), u.pid if u else None,
                                          u.uptime_s if u else None,
                                          "infra" if d.color is None else ("active" if d.color == active else "idle")))
         return StackReport(str(self.layout.root), self.url, active, reports, actions or [])
 
     def logs(self, unit: str, lines: int = 100) -> str:
-        known = {d.unit for d in self.infra_defs()} | {unit_name(s, c) for s in APP for c in COLORS}
+        known = {d.unit for d in self.infra_defs()} | {unit_name(s, c) for s in appspec.roles(self.cfg) for c in COLORS}
         if unit not in known:
             raise UsageError(f"unknown service '{unit}'; one of: {', '.join(sorted(known))}")
         service, _, color = unit.partition("-")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
+from aixsss_ops import appspec
 from aixsss_ops.backup.catalog import Entry
 from aixsss_ops.backup.create import CreateOptions, CreateResult, Reporter, create_backup
 from aixsss_ops.backup.crypt import load_key
@@ -124,7 +125,7 @@ def plan(dep: Deployment, entry: Entry, req: RestoreRequest) -> RestorePlan:
         old, old_source = api_key(dep, PREVIOUS_KEY)
     return plan_restore(
         entry, pg=database(dep) if db else None, s3=dep.s3 if objs else None, db=db, objs=objs,
-        target_db=req.target_db or None, migrations_dir=dep.cfg.app_source / "migrations", force=req.force,
+        target_db=req.target_db or None, migrations_dir=appspec.migrations_dir(dep.cfg, dep.cfg.app_source), force=req.force,
         backup_key=backup_key(dep, required=False), backup_key_env=dep.cfg.backup.encryption_key_env,
         current_api_key=api_key(dep)[0], old_api_key=old, old_api_key_source=old_source,
         env_hint=str(dep.layout.env_file("api")), apply_globals=req.apply_globals, checksums=req.checksums,
@@ -159,13 +160,14 @@ def _app_control(dep: Deployment, say: Say):
     stop when the database is not the embedded stack's."""
     if dep.admin_database.source != EMBEDDED_ADMIN:
         return (lambda: []), (lambda _units: None)
+    from aixsss_ops.runtime.base import is_app
     from aixsss_ops.stack.engines import open_stack
 
     stack = open_stack(dep)
 
     def stop() -> list[tuple[str, str | None]]:
         units = [(u.service, u.color) for u in stack.runtime.status()
-                 if u.service in ("api", "worker") and u.state in ("RUNNING", "STARTING")]
+                 if is_app(u.service) and u.state in ("RUNNING", "STARTING")]
         for service, color in units:
             stack.runtime.stop(service, color)
         return units

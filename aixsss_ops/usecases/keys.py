@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from aixsss_ops import appspec
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.errors import OpsError
 from aixsss_ops.keys import service
@@ -28,11 +29,11 @@ def restart_app(dep: Deployment, say: Say) -> dict:
         return {"restarted": False,
                 "note": "the embedded stack's api is not running: api and worker read the new key when they start"}
     spec = stack.colors().spec(live)
-    res = deployer(dep, say).deploy(version=spec.version, source=spec.path, force=True, actor="keys rotate")
+    res = deployer(dep, say).deploy(release_id=spec.release, force=True, actor="keys rotate")
     old = res.previous_color
-    say(f"stopping api-{old}: it still holds the old key")
-    stack.runtime.stop("worker", old)
-    stack.runtime.stop("api", old)
+    say(f"stopping {old}: its processes still hold the old key")
+    for role in (*appspec.others(dep.cfg), appspec.API):
+        stack.runtime.stop(role, old)
     return {"restarted": True, "color": res.color, "previous_color": old, "release": res.release,
             "switch_seconds": res.switch_seconds}
 

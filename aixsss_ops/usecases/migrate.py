@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from aixsss_ops import appspec
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.migrate.deploy import DeployResult, deploy
 from aixsss_ops.usecases import backup
@@ -19,7 +20,7 @@ def database_url(dep: Deployment) -> str:
 
 
 def migrations_dir(dep: Deployment, given: Path | None = None) -> Path:
-    return given if given is not None else dep.cfg.app_source / "migrations"
+    return given if given is not None else appspec.migrations_dir(dep.cfg, dep.cfg.app_source)
 
 
 def deploy_with_backup(dep: Deployment, migrations: Path, *, backup_first: bool, allow_destructive: bool = False,

@@ -80,3 +80,55 @@ def test_links_inside_the_source_stay_links_to_the_release_copy(source, tmp_path
     (source / "web" / "alias.html").unlink()
     (source / "web" / "alias.html").symlink_to("health.js")
     assert releases.digest(source) != release.digest
+
+
+def _steps(*argvs, **kw):
+    from aixsss_ops.config import BuildStep
+
+    return [BuildStep(run=list(a), **kw) for a in argvs]
+
+
+def test_build_steps_run_in_the_release_once_per_content(tmp_path):
+    source = tmp_path / "src"
+    (source / "apps" / "api").mkdir(parents=True)
+    (source / "apps" / "api" / "main.src").write_text("hello")
+    counter = tmp_path / "builds"
+    steps = _steps(["sh", "-c", f"mkdir -p dist && cp main.src dist/main.js && echo x >> {counter}"], cwd="apps/api")
+    out = tmp_path / "releases"
+    release, created = releases.build(source, "2.0.0", out, steps=steps)
+    assert created and (release.path / "apps" / "api" / "dist" / "main.js").read_text() == "hello"
+    assert not (release.path / releases.BUILDING).exists()
+    again, created = releases.build(source, "2.0.0", out, steps=steps)
+    assert (again.id, created) == (release.id, False) and counter.read_text() == "x\n"  # nothing built again
+    other, _ = releases.build(source, "2.0.0", out, steps=_steps(["true"]))
+    assert other.id != release.id  # the same source built another way is another release
+
+
+def test_a_failed_build_step_shows_its_last_lines_and_leaves_no_release(tmp_path, monkeypatch):
+    from aixsss_ops.releases import BuildFailed
+
+    monkeypatch.setenv("API_KEY_ENCRYPTION_KEY", "k" * 40)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "x.txt").write_text("x")
+    steps = _steps(["sh", "-c", 'env | grep -c API_KEY_ENCRYPTION_KEY; echo "tsc: error TS2322" >&2; exit 3'])
+    with pytest.raises(BuildFailed, match=r"build step 1/1 \(sh -c .*\) exited 3; nothing live was touched") as e:
+        releases.build(source, "3.0.0", tmp_path / "releases", steps=steps)
+    assert "tsc: error TS2322" in e.value.details and e.value.exit_code == 1
+    assert "\n0\n" in "\n" + e.value.details + "\n"  # no secret of this process reached the build
+    assert [p.name for p in (tmp_path / "releases").iterdir() if not p.name.endswith(".lock")] == []
+    slow = _steps(["sleep", "5"], timeout=0.5)
+    with pytest.raises(BuildFailed, match="did not finish within 0.5s"):
+        releases.build(source, "3.0.1", tmp_path / "releases", steps=slow)
+
+
+def test_a_release_left_half_built_by_a_killed_build_is_built_again(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "x.txt").write_text("x")
+    steps = _steps(["sh", "-c", "echo built > out.txt"])
+    rid = releases.build(source, "4.0.0", tmp_path / "releases", dry_run=True, steps=steps)[0]
+    rid.path.mkdir(parents=True)
+    (rid.path / releases.BUILDING).write_text("12345\n")  # what a SIGKILLed build leaves
+    release, created = releases.build(source, "4.0.0", tmp_path / "releases", steps=steps)
+    assert created and (release.path / "out.txt").read_text() == "built\n"

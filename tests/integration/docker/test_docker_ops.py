@@ -97,11 +97,11 @@ def test_no_secret_in_any_containers_definition_they_are_0400_files(env):
     project, stack = env["project"], env["stack"]
     assert_no_secret_in_definitions(project, stack)
     found = containers(project)
-    wanted = {"postgres": {"postgres_password"}, "s3": {"s3_access_key", "s3_secret_key"},
+    wanted = {"postgres": {"postgres_password"}, "redis": {"redis_password"}, "s3": {"s3_access_key", "s3_secret_key"},
               "api-blue": {"api.env"}, "worker-blue": {"worker.env"}}
     for name, files in wanted.items():
         c = found[name]
-        owner = root_exec(c, ["id", "-u", "postgres"]).strip() if name == "postgres" else (
+        owner = root_exec(c, ["id", "-u", name]).strip() if name in ("postgres", "redis") else (
             "10001" if name.startswith(APP_UNITS) else "0")
         listing = root_exec(c, ["stat", "-c", "%n %a %u", *(f"{specs.SECRETS}/{f}" for f in sorted(files))])
         assert sorted(listing.split("\n")[:-1]) == [f"{specs.SECRETS}/{f} 400 {owner}" for f in sorted(files)], name
@@ -116,7 +116,9 @@ def test_no_secret_in_any_containers_definition_they_are_0400_files(env):
     environ = process_environ(found["api-blue"])
     db = next(e for e in environ if e.startswith("DATABASE_URL=")).split("=", 1)[1]
     assert urlsplit(db).hostname == "postgres" and urlsplit(db).port == 5432
-    assert "REDIS_URL=redis://redis:6379" in environ and "APP_COLOR=blue" in environ
+    redis_url = urlsplit(next(e for e in environ if e.startswith("REDIS_URL=")).split("=", 1)[1])
+    assert (redis_url.hostname, redis_url.port) == ("redis", 6379) and len(redis_url.password or "") >= 24
+    assert "APP_COLOR=blue" in environ
 
 
 def test_app_containers_run_as_an_unprivileged_user(env):
