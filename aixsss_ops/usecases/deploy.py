@@ -5,33 +5,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aixsss_ops.backup.create import Reporter
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.deploy.engine import Deployer
 from aixsss_ops.stack.engines import open_stack
-from aixsss_ops.usecases import backup
 
 Say = Callable[[str], None]
 
 
-class PhaseReporter(Reporter):
-    """A backup's phases and warnings as progress lines."""
-
-    def __init__(self, say: Say, prefix: str = "backup"):
-        self.say, self.prefix = say, prefix
-
-    def phase(self, message: str) -> None:
-        self.say(f"{self.prefix}: {message}")
-
-    def warn(self, message: str) -> None:
-        self.say(f"{self.prefix} warning: {message}")
-
-
 def deployer(dep: Deployment, say: Say = lambda _m: None) -> Deployer:
+    """The Deployer on the deployment's stack; the backup use cases are imported only when a backup is taken or
+    restored (a rollback's start-up stays light)."""
+
     def take_backup(label: str) -> str:
-        return backup.create(dep, label=label, reporter=PhaseReporter(say)).id
+        from aixsss_ops.backup.create import Reporter
+        from aixsss_ops.usecases import backup
+
+        class Phases(Reporter):
+            def phase(self, message: str) -> None:
+                say(f"backup: {message}")
+
+            def warn(self, message: str) -> None:
+                say(f"backup warning: {message}")
+
+        return backup.create(dep, label=label, reporter=Phases()).id
 
     def restore_db(backup_id: str) -> str:
+        from aixsss_ops.usecases import backup
+
         return backup.restore(dep, backup_id, backup.RestoreRequest(db_only=True), say)["backup"]
 
     return Deployer(open_stack(dep), say, backup=take_backup, restore_db=restore_db)

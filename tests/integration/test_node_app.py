@@ -1,7 +1,8 @@
 """A Node app described in ops.toml (tests/fixtures/nodeapp: npm workspace, TCP-only api with a liveness health,
 BullMQ worker with a ready log line, static web build) run by the same commands as the bundled app, on the local
 runtime: build steps in the release (cached per release id), stack up, smoke, deploy under load, a failing build,
-an api that crashes, a worker that never gets ready, rollback, key rotation's blue/green restart."""
+an api that crashes, a worker that never gets ready, the release playbook, rollback, key rotation's blue/green
+restart."""
 
 from __future__ import annotations
 
@@ -140,6 +141,14 @@ def test_a_worker_that_never_gets_ready_fails_the_deploy_with_its_log(node):
     stack = open_stack(load_config(cfg))
     idle = "green" if before["color"] == "blue" else "blue"
     assert stack.unit_state(f"worker-{idle}") in ("STOPPED", "EXITED")
+
+
+def test_the_release_playbook_releases_the_node_app(node):
+    cfg, url = node["cfg"], node["url"]
+    r = run_cli("--json", "--yes", "play", "release", "--var", "version=3.0.0", config=cfg, timeout=900)
+    assert r.code == 0, r.output
+    assert version(url)["version"] == "3.0.0"
+    assert r.json["status"] == "succeeded"
 
 
 def test_rollback_and_key_rotation_restart(node):
