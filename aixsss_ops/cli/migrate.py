@@ -99,7 +99,8 @@ def deploy(
     ),
     lock_timeout: float = LockTimeout,
     backup: bool = typer.Option(
-        False, "--backup", help="Take a backup first (always done when --allow-destructive lets findings through)."
+        False, "--backup", help="Take a backup first (always done when --allow-destructive lets findings through): "
+        "the database alone when no object store answers; none for a database no migration was ever applied to."
     ),
 ) -> None:
     """Apply pending migrations in order, each in its own transaction, under Prisma's advisory lock."""

@@ -1,5 +1,6 @@
 """Migrations of a deployment (``migrate …`` commands and playbook actions): its database, its migrations folder,
-and a backup before a deploy that needs one."""
+and a backup before a deploy that needs one (none for a database no migration was ever applied to; the database
+alone when no object store answers: a migration changes no object)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,27 @@ def deploy_with_backup(dep: Deployment, migrations: Path, *, backup_first: bool,
     say = progress or (lambda _m: None)
     url = database_url(dep)
     plan = deploy(url, migrations, allow_destructive=allow_destructive, dry_run=True, **kwargs)
-    backup_id = None
+    backup_id, notes = None, []
     if plan.plan and (backup_first or (allow_destructive and plan.findings)):
-        say(f"taking a pre-migration backup before {len(plan.plan)} migration(s)")
-        backup_id = backup.create(dep, label=f"pre-migrate {plan.plan[-1]}").id
+        if not plan.already_applied:
+            notes.append("no pre-migration backup: no migration was ever applied to this database (nothing to go "
+                         "back to)")
+        else:
+            objects = _store_reachable(dep)
+            if not objects:
+                notes.append(f"database-only pre-migration backup: no object store answers at {dep.s3.endpoint} "
+                             "(a migration changes no object)")
+            say(f"taking a pre-migration backup before {len(plan.plan)} migration(s)")
+            backup_id = backup.create(dep, label=f"pre-migrate {plan.plan[-1]}", with_objects=objects).id
     result = deploy(url, migrations, allow_destructive=allow_destructive, progress=progress, **kwargs)
     result.backup_id = backup_id
+    result.warnings += notes
     return result
+
+
+def _store_reachable(dep: Deployment) -> bool:
+    try:
+        dep.s3.client(timeout=3.0).bucket_exists(dep.bucket)
+    except Exception:  # unreachable, refused, no such store: the backup leaves the objects out
+        return False
+    return True
