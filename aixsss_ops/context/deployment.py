@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context import embedded
-from aixsss_ops.context.deploystate import ColorSpec, DeployState
+from aixsss_ops.context.deploystate import DeployState
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.context.settings import ENV_FILES, SERVICES, Setting, Sources
 from aixsss_ops.errors import UsageError
@@ -170,12 +170,6 @@ class Deployment:
             return None
         scrubber.add(raw)
         return Setting(raw, f"${name}")
-
-    # -- the deploy state --
-    def live_spec(self) -> ColorSpec | None:
-        """The release the intended live color runs (None before the first ``stack up``)."""
-        state = self.deploy_state.load()
-        return state.spec(state.active) if state else None
 
     def secrets(self) -> list[str]:
         """Every secret value within reach, for the output scrubber (what a failing check might print)."""
