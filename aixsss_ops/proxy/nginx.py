@@ -148,16 +148,17 @@ http {{
 
     server {{
         listen {listen_host}:{listen_port};
+        # inherited by every location below (none sets its own)
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Request-Id $request_id;
 
         location = /api {{
             return 308 /api/;
         }}
         location /api/ {{
             proxy_pass http://aixsss_api;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Request-Id $request_id;
             proxy_next_upstream error timeout;
             proxy_connect_timeout 5s;
             proxy_read_timeout 300s;
@@ -165,10 +166,6 @@ http {{
         location ~ ^/api/.+/events$ {{
             # server-sent events (a job's progress): streamed, not buffered
             proxy_pass http://aixsss_api;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Request-Id $request_id;
             proxy_buffering off;
             proxy_read_timeout 3600s;
         }}
