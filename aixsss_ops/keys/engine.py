@@ -117,13 +117,13 @@ class BadValues(Exception):
 _CIPHERS: list[KeyCipher] = []
 
 
-def _init(keys: Sequence[bytes]) -> None:
+def _init(keys: Sequence[bytes], parent: int | None = None) -> None:
     """Pool worker start: Ctrl-C is the parent's business (it reverts), and a parent killed by SIGKILL takes us along."""
     global _CIPHERS
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()  # a parent killed by SIGKILL takes the pool along
+    die_with_parent(parent)  # a parent killed by SIGKILL (even before this ran) takes the pool along
     _CIPHERS = [KeyCipher(k) for k in keys]
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -535,7 +535,7 @@ class Engine:
 
         # fork before any database connection exists in this process; the children run crypto and read ranges
         self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                        initializer=_init, initargs=(list(keys),))
+                                        initializer=_init, initargs=(list(keys), os.getpid()))
         # start the workers now (an idle pool otherwise forks lazily, after connections are open)
         for f in [self.pool.submit(os.getpid) for _ in range(self.workers)]:
             f.result()
