@@ -244,12 +244,29 @@ class BackupSection(_Section):
     verify_max_age_days: Float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
     pre_restore_keep_days: Float = Field(7.0, ge=0, description="backup cleanup drops databases a restore kept "
                                                                 "(<db>_pre_restore_<time>) once this old")
+    pitr: bool = Field(False, description="continuous WAL archiving with pgBackRest: restore --to-time any instant "
+                                          "inside pitr_retention_days")
+    pitr_retention_days: Int = Field(7, ge=1, description="days of base backups, WAL and noncurrent object versions "
+                                                          "kept for point-in-time recovery")
+    rpo_seconds: Float = Field(60.0, gt=0, description="pitr: doctor fails when the newest archived WAL is older; "
+                                                       "also the archive_timeout of an idle database")
+    pitr_full_calendar: str = Field("Sun *-*-* 03:00:00", min_length=1,
+                                    description="pitr: systemd OnCalendar of the full base backup")
+    pitr_incr_calendar: str = Field("Mon..Sat *-*-* 03:00:00", min_length=1,
+                                    description="pitr: systemd OnCalendar of the incremental base backups")
 
     @model_validator(mode="after")
     def _s3_destination(self) -> BackupSection:
         if self.destination == "s3" and not self.s3_bucket:
             raise ValueError('destination = "s3" needs s3_bucket (a bucket other than the app\'s)')
         return self
+
+
+class CiSection(_Section):
+    """`aixsss-ops ci github|gitlab`: what the printed pipelines install."""
+
+    install: str = Field("", description="pip requirement of aixsss-ops in the pipelines (a version, a git URL "
+                                         "with a tag, a wheel); empty = the exact version that printed them")
 
 
 class DockerSection(_Section):
@@ -294,6 +311,7 @@ class OpsConfig(BaseSettings):
     deploy: DeploySection = DeploySection()
     backup: BackupSection = BackupSection()
     docker: DockerSection = DockerSection()
+    ci: CiSection = CiSection()
 
     config_path: Path | None = Field(None, exclude=True)
 
