@@ -84,12 +84,20 @@ def digest(source: Path, steps: Sequence[BuildStep] = ()) -> str:
     return h.hexdigest()
 
 
+Say = Callable[[str], None]
+# runs the build steps of the copied release (folder, version, progress): on this host (``run_steps``) or in the
+# runtime's build container (the docker runtime's ``build_release``)
+Builder = Callable[[Path, str, Say], None]
+
+
 def build(source: Path, version: str, releases_dir: Path, dry_run: bool = False, *,
-          steps: Sequence[BuildStep] = (), say: Callable[[str], None] | None = None) -> tuple[Release, bool]:
-    """The release of ``source`` (``releases_dir/<version>-<hash12>``): copied, then built by ``steps`` run in it,
-    unless that release exists already; (release, created). The id covers the source and the steps, so a second
-    deploy of the same content builds nothing. A failed step removes the half-built release and raises
-    BuildFailed with its last lines; nothing else is touched. With ``dry_run`` only the id is computed."""
+          steps: Sequence[BuildStep] = (), say: Say | None = None,
+          builder: Builder | None = None) -> tuple[Release, bool]:
+    """The release of ``source`` (``releases_dir/<version>-<hash12>``): copied, then built by ``steps`` (through
+    ``builder``, by default on this host), unless that release exists already; (release, created). The id covers
+    the source and the steps, so a second deploy of the same content builds nothing. A failed step removes the
+    half-built release and raises BuildFailed with its last lines; nothing else is touched. With ``dry_run`` only
+    the id is computed."""
     say = say or (lambda _m: None)
     if not source.is_dir():
         raise UsageError(f"the app source {source} is not a folder")
@@ -115,9 +123,8 @@ def build(source: Path, version: str, releases_dir: Path, dry_run: bool = False,
                     os.symlink(link, dest)
                 else:
                     shutil.copy2(f, dest)
-            for i, step in enumerate(steps, 1):
-                say(f"build {rid} step {i}/{len(steps)}: {shlex.join(step.run)}")
-                _run_step(path, step, i, len(steps), {"AIXSSS_RELEASE": rid, "AIXSSS_VERSION": version})
+            if steps:
+                (builder or (lambda p, v, s: run_steps(p, v, steps, s)))(path, version, say)
             for f in _files(path):
                 if not f.is_symlink():
                     f.chmod(f.stat().st_mode & ~0o222)
@@ -127,6 +134,13 @@ def build(source: Path, version: str, releases_dir: Path, dry_run: bool = False,
             shutil.rmtree(path, ignore_errors=True)
             raise
     return Release(rid, version, d, path), True
+
+
+def run_steps(release: Path, version: str, steps: Sequence[BuildStep], say: Say) -> None:
+    """The build steps, run in ``release`` on this host."""
+    for i, step in enumerate(steps, 1):
+        say(f"build {release.name} step {i}/{len(steps)}: {shlex.join(step.run)}")
+        _run_step(release, step, i, len(steps), {"AIXSSS_RELEASE": release.name, "AIXSSS_VERSION": version})
 
 
 class BuildFailed(OpsError):

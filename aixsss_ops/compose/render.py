@@ -63,6 +63,8 @@ def service(cfg: OpsConfig, spec: specs.ContainerSpec, compose_dir: Path) -> dic
     }
     if spec.user:
         svc["user"] = spec.user
+    if spec.working_dir:
+        svc["working_dir"] = spec.working_dir
     if spec.secrets:
         svc["secrets"] = [_secret_ref(spec, target) for target in spec.secrets]
     if spec.environment:
@@ -173,7 +175,7 @@ def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, s
     from aixsss_ops.runtime.docker_images import app_tag
 
     image = app_tag(cfg, _RELEASE)
-    blue = [specs.api(cfg, "blue", _RELEASE, _VERSION, image), specs.worker(cfg, "blue", _RELEASE, _VERSION, image)]
+    blue = specs.app_processes(cfg, "blue", _RELEASE, _VERSION, image)
     services = {s.service: _app_vars(service(cfg, s, compose_dir), "blue", cfg.ports.api_blue) for s in blue}
     doc = {"name": f"{cfg.project}-${{COLOR:?}}", "services": services, **_shared(cfg, ["run"], external=True),
            **secrets_section(cfg, blue, compose_dir)}

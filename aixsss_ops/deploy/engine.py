@@ -266,7 +266,7 @@ class Deployer:
         else:
             release, created = releases.build(source or self.cfg.app_source, version or self.cfg.app.version,
                                               self.stack.layout.releases, dry_run=dry_run, steps=self.cfg.app.build,
-                                              say=self.say)
+                                              say=self.say, builder=self.rt.build_release)
         if created:
             self.say(f"built release {release.id}")
         state = self._state()

@@ -76,23 +76,34 @@ def color_socket(run_dir: Path, color: str) -> Path:
     return run_dir / f"proxy-{color}.sock"
 
 
-def _color_servers(run_dir: Path, tcp: dict[str, tuple[str, int]]) -> str:
+def _color_servers(run_dir: Path, tcp: dict[str, tuple[str, int]], resolver: str | None = None) -> str:
     """For an api that listens on TCP only: per color, a server on a unix socket of nginx's own that forwards to
-    the color's host:port (upstream keepalive), so the live symlink can point at it like at an app's socket."""
+    the color's host:port, so the live symlink can point at it like at an app's socket. With a fixed address the
+    upstream keeps connections alive; with ``resolver`` the host is a name looked up at request time (a container
+    that is created again on every deploy)."""
     out = []
-    for color, (host, port) in sorted(tcp.items()):
+    if resolver:
         out.append(f"""
+    resolver {resolver} valid=2s ipv6=off;""")
+    for color, (host, port) in sorted(tcp.items()):
+        if resolver:
+            target = f"""set $aixsss_{color} http://{host}:{port};
+            proxy_pass $aixsss_{color};"""
+        else:
+            out.append(f"""
     upstream aixsss_{color} {{
         server {host}:{port} max_fails=0;
         keepalive 32;
-    }}
+    }}""")
+            target = f"""proxy_pass http://aixsss_{color};
+            proxy_set_header Connection "";"""
+        out.append(f"""
 
     server {{
         listen unix:{color_socket(run_dir, color)};
         location / {{
-            proxy_pass http://aixsss_{color};
+            {target}
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $http_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $http_x_forwarded_proto;
@@ -106,10 +117,10 @@ def _color_servers(run_dir: Path, tcp: dict[str, tuple[str, int]]) -> str:
 
 
 def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path, run_dir: Path | None = None,
-           tcp: dict[str, tuple[str, int]] | None = None) -> str:
+           tcp: dict[str, tuple[str, int]] | None = None, resolver: str | None = None) -> str:
     """The config. ``tcp``: color -> (host, port) of an api that has no unix socket (see ``_color_servers``)."""
     user = _worker_user()
-    colors = _color_servers(run_dir, tcp) if tcp and run_dir else ""
+    colors = _color_servers(run_dir, tcp, resolver) if tcp and run_dir else ""
     temp = "\n".join(f"    {d}_temp_path {prefix / 'tmp' / d};" for d in _TEMP_DIRS)
     live = live_link(prefix)
     return f"""# rendered by aixsss-ops; the live color is the target of the symlink {live}

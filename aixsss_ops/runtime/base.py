@@ -7,6 +7,7 @@ Callers never reach past it to an engine's own mechanism.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -53,6 +54,9 @@ class UnitStatus:
 class Runtime(Protocol):
     def define_app(self, color: str, source: Path, version: str) -> None:
         """(Re)define api and worker of ``color`` to run the release at ``source``; starts nothing."""
+
+    def build_release(self, release: Path, version: str, say: Callable[[str], None]) -> None:
+        """Run the app's build steps (``app.build``) for the release copied at ``release``; raise BuildFailed."""
 
     def start(self, service: str, color: str | None = None) -> None:
         """Start without waiting; poll ``state`` for RUNNING."""

@@ -29,9 +29,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aixsss_ops.config import OpsConfig, bundled_processes
+from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime.base import COLORS, UnitStatus, is_app, unit_name
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_RELEASE, L_SERVICE, L_SPEC, L_VERSION, connect
@@ -211,6 +212,7 @@ class DockerRuntime:
                     specs.network_name(self.cfg): self.client.api.create_endpoint_config(aliases=[spec.unit])
                 },
                 hostname=spec.unit,
+                working_dir=spec.working_dir,
                 restart_policy={"Name": spec.restart} if spec.restart != "no" else None,
                 stop_signal=spec.stop_signal,
                 detach=True,
@@ -316,17 +318,21 @@ class DockerRuntime:
     def app_specs(self, color: str, release: str, version: str) -> list[specs.ContainerSpec]:
         from aixsss_ops.runtime.docker_images import app_tag
 
-        if self.cfg.app.processes != bundled_processes() or self.cfg.app.build:
-            raise UsageError("the docker runtime runs the bundled app (app.processes and app.build at their defaults); "
-                             "run an app described in ops.toml on the local runtime",
-                             hint='set runtime = "local", or remove [app.processes.*] and app.build')
-        image = app_tag(self.cfg, release)
-        return [specs.api(self.cfg, color, release, version, image), specs.worker(self.cfg, color, release, version, image)]
+        return specs.app_processes(self.cfg, color, release, version, app_tag(self.cfg, release))
 
-    def ensure_app_image(self, source: Path, version: str) -> str:
+    def ensure_app_image(self, source: Path, version: str, say=None) -> str:
         from aixsss_ops.runtime import docker_images
 
-        return docker_images.build_app(self.client, self.cfg, source, version, lambda _m: None)["image"]
+        return docker_images.build_app(self.client, self.cfg, source, version, say or (lambda _m: None))["image"]
+
+    def build_release(self, release: Path, version: str, say) -> None:
+        """The release's build steps run in a build container; its image is the release's app image, and the web
+        build comes back into ``release`` for the proxy (see runtime/docker_build.py)."""
+        from aixsss_ops.runtime import docker_build
+
+        image = self.ensure_app_image(release, version, say)
+        if not (release / self.cfg.app.web_root).exists():  # the image outlived an earlier folder of the release
+            docker_build.web_from_image(self.client, image, self.cfg, release)
 
     # -- the protocol --
     def define_app(self, color: str, source: Path, version: str) -> None:
@@ -492,7 +498,9 @@ class DockerRuntime:
             web = source / self.cfg.app.web_root
             if web.is_dir():
                 tar.add(str(web), arcname=f"web/{release}", filter=_owned_by_root)
-            for name, target in (("api.sock", str(specs.api_socket(color))), ("web", str(specs.RUN / "web" / release))):
+            own = self.cfg.app.processes["api"].socket_env
+            sock = specs.api_socket(color) if own else nginx.color_socket(specs.RUN, color)
+            for name, target in (("api.sock", str(sock)), ("web", str(specs.RUN / "web" / release))):
                 info = tarfile.TarInfo(f"colors/{color}/{name}")
                 info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
                 tar.addfile(info)

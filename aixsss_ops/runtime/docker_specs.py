@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from aixsss_ops import appspec
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.proxy import nginx
-from aixsss_ops.runtime.base import api_port, unit_name
+from aixsss_ops.runtime.base import COLORS, api_port, unit_name
 
 RUN = Path("/run/aixsss")  # the shared volume: api sockets, web builds, the live symlink; nginx's prefix
 PROXY_CONF = "/etc/nginx/aixsss.conf"  # written by the proxy container from its NGINX_CONF at start
@@ -27,6 +29,7 @@ PG_DATA = "/var/lib/postgresql/data"
 PORTS = {"postgres": 5432, "redis": 6379, "s3": 8333, "proxy": 80, "api": 3001}
 VOLUMES = ("pgdata", "redis", "s3", "run")
 SECRET_VARS = ("POSTGRES_SUPERUSER_PASSWORD", "REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+DOCKER_DNS = "127.0.0.11"  # the engine's resolver inside every container of a user-defined network
 APP_UID = 10001  # the unprivileged account of the app containers (created in the runtime image as ``aixsss``)
 APP_USER = f"{APP_UID}:{APP_UID}"
 
@@ -38,6 +41,7 @@ class ContainerSpec:
     image: str
     command: list[str]
     user: str | None = None
+    working_dir: str | None = None
     environment: dict[str, str] = field(default_factory=dict)  # never a secret
     # file name under SECRETS -> ("env_file", "api"|"worker") or ("var", one of SECRET_VARS)
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -177,7 +181,12 @@ exec {shlex.join(weed)}
 
 
 def nginx_conf(cfg: OpsConfig) -> str:
-    text = nginx.render(listen_host="0.0.0.0", listen_port=PORTS["proxy"], prefix=RUN, logs=Path("/var/log/nginx"))
+    """The proxy's config. An api that listens on TCP only is reached by its container's name on the project
+    network (``api-<color>``, resolved by the engine's DNS at request time: the color's container is created
+    after the proxy and again on every deploy)."""
+    tcp = {} if cfg.app.processes["api"].socket_env else {c: (unit_name("api", c), PORTS["api"]) for c in COLORS}
+    text = nginx.render(listen_host="0.0.0.0", listen_port=PORTS["proxy"], prefix=RUN, logs=Path("/var/log/nginx"),
+                        run_dir=RUN, tcp=tcp, resolver=DOCKER_DNS if tcp else None)
     # the master runs as root in the container whoever renders: workers always run as www-data
     head, _, rest = text.partition("\n")
     second, _, rest = rest.partition("\n")
@@ -217,11 +226,13 @@ def _http_check(url: str, any_status: bool = False) -> str:
     return f"import urllib.request as u; u.urlopen('{url}', timeout=3)"
 
 
-def _envexec(env_file: str, overrides: dict[str, str], argv: list[str]) -> list[str]:
+def _envexec(env_file: str | None, overrides: dict[str, str], argv: list[str]) -> list[str]:
     """The app's command: envexec reads the env file (a secret file) and execs ``argv``. The env files hold the
     host's view (published ports); inside the network the services have names, so the URLs get their host and
     port rewritten (credentials kept), then the per-color, never secret, ``overrides`` win."""
-    cmd = ["python3", "-m", "aixsss_ops.runtime.envexec", "--env-file", str(SECRETS / env_file)]
+    cmd = ["python3", "-m", "aixsss_ops.runtime.envexec"]
+    if env_file:
+        cmd += ["--env-file", str(SECRETS / env_file)]
     for var, service in (("DATABASE_URL", "postgres"), ("REDIS_URL", "redis")):
         cmd += ["--url-host", f"{var}={service}:{PORTS[service]}"]
     for k, v in overrides.items():
@@ -229,43 +240,53 @@ def _envexec(env_file: str, overrides: dict[str, str], argv: list[str]) -> list[
     return [*cmd, "--", *argv]
 
 
-def _app_env(color: str, version: str) -> dict[str, str]:
-    return {"S3_ENDPOINT": f"http://s3:{PORTS['s3']}", "APP_COLOR": color, "APP_VERSION": version}
+APP_ROOT = "/srv/app"  # where an app image holds its release
 
 
-def api(cfg: OpsConfig, color: str, release: str, version: str, image: str) -> ContainerSpec:
-    env = {**_app_env(color, version), "PORT": str(PORTS["api"]), "HOST": "0.0.0.0", "API_SOCKET": str(api_socket(color))}
+def app_processes(cfg: OpsConfig, color: str, release: str, version: str, image: str) -> list[ContainerSpec]:
+    """The containers of ``color`` running one release: one per process of the app description."""
+    return [app_process(cfg, role, color, release, version, image) for role in appspec.roles(cfg)]
+
+
+def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: str, image: str) -> ContainerSpec:
+    """One process of the app description as a container of the release's image. Inside it the release is at
+    APP_ROOT, the process's port (its ``port_env``) is PORTS["api"], published on the color's host port, and it
+    binds every address of its container (``{host}`` is 0.0.0.0)."""
+    spec = cfg.app.processes[role]
+
+    def fill(text: str) -> str:
+        return appspec.fill(text, release=Path(APP_ROOT), color=color, version=version, host="0.0.0.0",
+                            python="python3")
+
+    overrides = {"S3_ENDPOINT": f"http://s3:{PORTS['s3']}", "APP_COLOR": color, "APP_VERSION": version,
+                 **{k: fill(v) for k, v in spec.env.items()}}
+    ports, volumes, healthcheck = [], {}, None
+    if spec.port_env:
+        overrides[spec.port_env] = str(PORTS["api"])
+        ports = [(cfg.host, api_port(cfg, color), PORTS["api"])]
+        if spec.ready.http:
+            healthcheck = ["CMD", "python3", "-c", _http_check(f"http://127.0.0.1:{PORTS['api']}{spec.ready.http}")]
+    if spec.socket_env:
+        overrides[spec.socket_env] = str(api_socket(color))
+        volumes = {"run": str(RUN)}
+    env_file = appspec.env_file_of(role, spec)
+    secrets = {f"{env_file}.env": ("env_file", env_file)} if env_file else {}
+    argv = [fill(a) for a in spec.command]
     return ContainerSpec(
-        "api",
+        role,
         color,
         image,
-        _envexec("api.env", env, ["python3", "-m", "api"]),
+        _envexec(f"{env_file}.env", overrides, argv) if env_file else _envexec(None, overrides, argv),
         user=APP_USER,
-        environment={"PYTHONUNBUFFERED": "1"},
-        secrets={"api.env": ("env_file", "api")},
-        ports=[(cfg.host, api_port(cfg, color), PORTS["api"])],
-        volumes={"run": str(RUN)},
-        healthcheck=["CMD", "python3", "-c", _http_check(f"http://127.0.0.1:{PORTS['api']}/api/health")],
+        working_dir=posixpath.normpath(posixpath.join(APP_ROOT, fill(spec.cwd))),
+        secrets=secrets,
+        ports=ports,
+        volumes=volumes,
+        healthcheck=healthcheck,
         memory=cfg.docker.app_memory,
         cpus=cfg.docker.app_cpus,
-        stop_timeout=cfg.docker.stop_timeout,
-        release=release,
-        version=version,
-    )
-
-
-def worker(cfg: OpsConfig, color: str, release: str, version: str, image: str) -> ContainerSpec:
-    return ContainerSpec(
-        "worker",
-        color,
-        image,
-        _envexec("worker.env", _app_env(color, version), ["python3", "-m", "worker"]),
-        user=APP_USER,
-        environment={"PYTHONUNBUFFERED": "1"},
-        secrets={"worker.env": ("env_file", "worker")},
-        memory=cfg.docker.app_memory,
-        cpus=cfg.docker.app_cpus,
-        stop_timeout=int(cfg.supervisor.stop_timeout),
+        stop_signal=spec.stop_signal if spec.stop_signal.startswith("SIG") else f"SIG{spec.stop_signal}",
+        stop_timeout=int(spec.stop_timeout),
         release=release,
         version=version,
     )

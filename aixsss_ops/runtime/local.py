@@ -31,6 +31,12 @@ class LocalRuntime:
             self.sup.write_program(d.program)
         self.sup.apply()
 
+    def build_release(self, release: Path, version: str, say) -> None:
+        """The release's build steps, run in it on this host."""
+        from aixsss_ops import releases
+
+        releases.run_steps(release, version, self.cfg.app.build, say)
+
     def start(self, service: str, color: str | None = None) -> None:
         unit = unit_name(service, color)
         if self.state(service, color) not in ("RUNNING", "STARTING"):

@@ -42,7 +42,7 @@ class DockerStack(Stack):
         lay.root.mkdir(parents=True, exist_ok=True)
         ensure_secrets(lay)
         envgen.write_env_files(cfg, lay)
-        colors = self.colors()
+        colors = self.colors(say)
         colors.active = self.live_color() or colors.active
         self.deploy_state.save(colors)
 
@@ -54,7 +54,7 @@ class DockerStack(Stack):
         actions += self._ensure_network_and_volumes()
         live = colors.spec(colors.active)
         say(f"app image of {live.release}")
-        rt.ensure_app_image(live.path, live.version)
+        rt.ensure_app_image(live.path, live.version, say)
         app = self.app_defs(colors.active)
         self._check_ports([*infra, *app])
 

@@ -69,7 +69,7 @@ class LocalStack(Stack):
         services.write_s3_identities(self.cfg, lay)
         services.write_redis_conf(lay, secrets["redis_password"])
         private_state(lay, nginx.worker_group())
-        colors = self.colors()
+        colors = self.colors(say)
         colors.active = self.live_color() or colors.active
         self.deploy_state.save(colors)
 

@@ -126,12 +126,12 @@ class Stack:
         return True
 
     # -- what each color runs (see aixsss_ops.deploy) --
-    def colors(self) -> Colors:
+    def colors(self, say: Progress | None = None) -> Colors:
         """The deploy state; on the very first use, blue runs a release built from the configured app source."""
         state = self.deploy_state.load()
         if not state:
             release, _ = releases.build(self.cfg.app_source, self.cfg.app.version, self.layout.releases,
-                                        steps=self.cfg.app.build)
+                                        steps=self.cfg.app.build, builder=self.runtime.build_release, say=say)
             state = Colors("blue", {"blue": color_spec(release)})
         return state
 

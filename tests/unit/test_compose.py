@@ -58,6 +58,29 @@ def test_compose_files_hold_no_secret_and_escape_dollars(monkeypatch):
     assert api["secrets"] == [{"source": "api_env", "target": "api.env", "uid": "10001", "gid": "10001", "mode": 0o400}]
     assert app["secrets"]["api_env"]["file"].endswith("env/api.env")
     assert app["secrets"]["worker_env"]["file"].endswith("env/worker.env")
-    assert set(api["environment"]) == {"PYTHONUNBUFFERED"}
+    assert "environment" not in api  # the process's env goes through envexec, after its env file
+    assert "PYTHONUNBUFFERED=1" in api["command"] and api["working_dir"] == "/srv/app"
     assert app["services"]["api"]["ports"] == [f"{cfg.host}:${{API_PORT:?}}:3001"]
     assert app["services"]["api"]["image"] == f"{cfg.docker.app_image}:${{RELEASE:?}}"
+
+
+def test_a_described_node_app_renders_from_its_process_table(tmp_path, monkeypatch):
+    """The Node fixture's description: one service per process, its cwd, its port variable, no api socket; the
+    proxy reaches the TCP-only api by its container's name through the engine's resolver."""
+    from tests.conftest import node_app_toml, stack_config
+
+    monkeypatch.delenv("AIXSSS_OPS_CONFIG", raising=False)
+    cfg = load_config(stack_config(tmp_path, app_toml=node_app_toml(tmp_path / "src")))
+    files = render_files(cfg, tmp_path / "compose")
+    app = yaml.safe_load(files["app.yml"])["services"]
+    assert set(app) == {"api", "worker"}
+    api, worker = app["api"], app["worker"]
+    assert api["working_dir"] == "/srv/app/apps/api" and worker["working_dir"] == "/srv/app/apps/worker"
+    assert api["command"][-3:] == ["--", "node", "dist/main.js"] and "PORT=3001" in api["command"]
+    assert not any(a.startswith("API_SOCKET=") for a in api["command"]) and "volumes" not in api
+    assert api["stop_grace_period"] == "10s" and worker["stop_grace_period"] == "30s"
+    assert api["healthcheck"]["test"][-1].endswith("http://127.0.0.1:3001/api/health', timeout=3)")
+    assert "healthcheck" not in worker and "ports" not in worker
+    conf = yaml.safe_load(files["proxy.yml"])["services"]["proxy"]["environment"]["NGINX_CONF"]
+    assert "resolver 127.0.0.11" in conf and "http://api-blue:3001" in conf and "http://api-green:3001" in conf
+    assert "listen unix:/run/aixsss/proxy-blue.sock" in conf
