@@ -202,7 +202,7 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(no_color=self.plain, highlight=False, soft_wrap=True)
+            self._console = Console(no_color=self.plain, highlight=False, soft_wrap=True, emoji=False)
         return self._console
 
     @property
@@ -215,6 +215,7 @@ class Output:
                 no_color=bool(os.environ.get("NO_COLOR")) or not sys.stderr.isatty(),
                 highlight=False,
                 soft_wrap=True,
+                emoji=False,
             )
         return self._err
 
@@ -229,8 +230,10 @@ class Output:
             self.console.print(scrubber.scrub(json.dumps(redact(data), indent=2, default=str)))
 
     def info(self, message: str) -> None:
+        """A progress line on stderr, as it is (no markup, no styling: rich is not even loaded for it)."""
         if not self.quiet:
-            self.err.print(scrubber.scrub(message), markup=False)
+            sys.stderr.write(scrubber.scrub(message) + "\n")
+            sys.stderr.flush()
 
     def warn(self, message: str) -> None:
         self.err.print(scrubber.scrub(f"warning: {message}"), markup=False, style="yellow")

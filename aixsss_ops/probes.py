@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.error
-import urllib.request
+from http.client import HTTPConnection, HTTPException
+from urllib.parse import urlsplit
+
+
+def _get(url: str, timeout: float, limit: int = 65536) -> tuple[int, bytes]:
+    """GET ``url`` (http only, no proxy, no redirect): (status, at most ``limit`` bytes of the body). Raises
+    OSError or HTTPException."""
+    u = urlsplit(url)
+    conn = HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""), headers={"Connection": "close"})
+        r = conn.getresponse()
+        return r.status, r.read(limit)
+    finally:
+        conn.close()
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
 
 
 def tcp(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
@@ -18,24 +37,19 @@ def tcp(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
 
 def http(url: str, timeout: float = 2.0, expect_any_status: bool = False) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return True, f"HTTP {r.status}"
-    except urllib.error.HTTPError as e:
-        return expect_any_status, f"HTTP {e.code}"
-    except (OSError, urllib.error.URLError) as e:
-        return False, str(getattr(e, "reason", e))
+        code, _ = _get(url, timeout, 0)
+    except (OSError, HTTPException) as e:
+        return False, _reason(e)
+    return (code < 400 or expect_any_status), f"HTTP {code}"
 
 
 def http_ready(url: str, status: int = 200, fields: dict | None = None, timeout: float = 2.0) -> tuple[bool, str, dict]:
     """``url`` answers ``status`` (and, when ``fields`` are given, a JSON object holding them); (ok, detail, body)."""
     body: dict = {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            code, raw = r.status, r.read(65536)
-    except urllib.error.HTTPError as e:
-        code, raw = e.code, b""
-    except (OSError, urllib.error.URLError) as e:
-        return False, str(getattr(e, "reason", e)), body
+        code, raw = _get(url, timeout)
+    except (OSError, HTTPException) as e:
+        return False, _reason(e), body
     try:
         parsed = json.loads(raw) if raw else {}
         body = parsed if isinstance(parsed, dict) else {}
@@ -62,13 +76,16 @@ def redis_client_names(url: str, timeout: float = 2.0) -> list[str]:
 
 def api_health(url: str, timeout: float = 2.0) -> tuple[bool, dict | str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            body = json.loads(r.read())
-            return bool(body.get("ok")), body
-    except urllib.error.HTTPError as e:
-        return False, f"HTTP {e.code}"
-    except (OSError, urllib.error.URLError, ValueError) as e:
-        return False, str(getattr(e, "reason", e))
+        code, raw = _get(url, timeout)
+    except (OSError, HTTPException) as e:
+        return False, _reason(e)
+    if code >= 400:
+        return False, f"HTTP {code}"
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        return False, str(e)
+    return (bool(body.get("ok")), body) if isinstance(body, dict) else (False, "not a JSON object")
 
 
 # The same readiness rule run inside a container, where the data folder and the master port are local.
@@ -87,10 +104,14 @@ def seaweed_volumes(master_url: str, expected: int, timeout: float = 2.0) -> tup
     """SeaweedFS serves reads only once the volume servers have reported every volume on disk to the master;
     until then the S3 port already answers but a GET of an existing object fails with 500."""
     try:
-        with urllib.request.urlopen(f"{master_url}/dir/status", timeout=timeout) as r:
-            topo = json.loads(r.read()).get("Topology") or {}
-    except (OSError, urllib.error.URLError, ValueError) as e:
-        return False, f"master {master_url}: {getattr(e, 'reason', e)}"
+        code, raw = _get(f"{master_url}/dir/status", timeout, 16 << 20)
+        if code != 200:
+            return False, f"master {master_url}: HTTP {code}"
+        topo = json.loads(raw).get("Topology") or {}
+    except (OSError, HTTPException) as e:
+        return False, f"master {master_url}: {_reason(e)}"
+    except ValueError as e:
+        return False, f"master {master_url}: {e}"
     known = sum(n.get("Volumes", 0) for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or []
                 for n in rack.get("DataNodes") or [])
     if known < expected:

@@ -470,7 +470,7 @@ class Deployer:
                     self._stop_color(idle)
                     raise
             res.switch_seconds = self._switch(idle)
-            self._after_switch(state, idle, live)
+            self._after_switch(state, idle, live, drain_wait=bool(restore_db))
             if restore_db:
                 if self.restore_db is None:
                     raise UsageError("this deployer cannot restore a database")
@@ -508,13 +508,19 @@ class Deployer:
         if self.rt.state("api", color) != "RUNNING":
             self.rt.start("api", color)
 
-    def _after_switch(self, state: Colors, target: str, old: str) -> None:
+    def _after_switch(self, state: Colors, target: str, old: str, drain_wait: bool = True) -> None:
+        """Record ``target`` live and ``old`` warm, and drain ``old``'s workers (their active jobs finish). Without
+        ``drain_wait`` (a rollback) the runtime stops them on its own, SIGKILL after their stop timeout, and the
+        command does not wait for it."""
         state.active = target
         state.colors[target] = state.colors[target].with_status("live")
         state.colors[old] = state.colors[old].with_status("warm", _later(self.cfg.deploy.warm_minutes))
         self.stack.deploy_state.save(state)
         for role in self._workers:
-            self.rt.stop(role, old)
+            if not drain_wait:
+                limit = self.cfg.app.processes[role].stop_timeout
+                self.say(f"draining {role}-{old} (its active jobs finish; stopped within {limit:g}s)")
+            self.rt.stop(role, old, wait=drain_wait)
 
     def _migrations_since(self, release_id: str) -> list[str]:
         hist = self.stack.deploy_state.history()

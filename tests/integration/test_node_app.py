@@ -151,6 +151,42 @@ def test_the_release_playbook_releases_the_node_app(node):
     assert r.json["status"] == "succeeded"
 
 
+def test_rollback_does_not_wait_for_the_old_worker_to_drain(node):
+    """The previous color serves at once; the worker of the color rolled back from finishes its job on its own."""
+    cfg, url = node["cfg"], node["url"]
+    live = version(url)
+    with httpx.Client(base_url=url, timeout=10) as c:
+        p = c.post("/api/ai-profiles", json={"name": "drain", "provider": "openai_compatible", "apiKey": "sk-d-1"})
+        j = c.post("/api/ai-jobs", json={"type": "llm_chat", "profileId": p.json()["id"], "input": {"ms": 8000}})
+        assert j.status_code in (200, 201), j.text
+        job = j.json()["id"]
+        deadline = time.monotonic() + 20
+        while c.get(f"/api/ai-jobs/{job}").json()["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        rb = run_cli("--json", "rollback", config=cfg, timeout=120)
+        took = time.monotonic() - t0
+        assert rb.code == 0, rb.output
+        assert version(url)["color"] != live["color"]
+        assert c.get(f"/api/ai-jobs/{job}").json()["status"] == "running"  # still draining when rollback returned
+        assert took < 6 and f"draining worker-{live['color']}" in rb.stderr
+        deadline = time.monotonic() + 30
+        while c.get(f"/api/ai-jobs/{job}").json()["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(f"/api/ai-jobs/{job}").json()["status"] == "succeeded"
+    stack = open_stack(load_config(cfg))
+    assert poll(lambda: stack.unit_state(f"worker-{live['color']}") == "STOPPED", 20)
+
+
+def poll(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def test_rollback_and_key_rotation_restart(node):
     cfg, url = node["cfg"], node["url"]
     live = version(url)
