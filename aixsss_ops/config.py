@@ -1,52 +1,36 @@
-"""The ops.toml model: TOML file, then ``AIXSSS_OPS_*`` environment overrides (``__`` nests)."""
+"""The ops.toml model: TOML file, then ``AIXSSS_OPS_*`` environment overrides (``__`` nests).
+
+The models are msgspec Structs: constraints in ``Meta``, checks across keys in ``__post_init__``. ``load_config``
+reads the file, lays the variables over it and converts the whole in one pass; an error names where the value
+came from (the file or the variable) and the key path.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+import msgspec
+from msgspec import Meta, field
 
 from aixsss_ops.errors import ConfigError
+from aixsss_ops.validate import BOOL_WORDS, SecretStr, convert, dotted, dump, located
 
 DEFAULT_CONFIG = "ops.toml"
 ENV_PREFIX = "AIXSSS_OPS_"
 
-
-def _not_bool(v):
-    """TOML's ``true`` is not the number 1 (pydantic's lax int/float would take it)."""
-    if isinstance(v, bool):
-        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
-    return v
-
-
-def _no_nul(p: Path) -> Path:
-    if "\0" in str(p):
-        raise ValueError("a path cannot contain a NUL character")
-    return p
-
-
-Int = Annotated[int, BeforeValidator(_not_bool)]
-Float = Annotated[float, BeforeValidator(_not_bool)]
-Port = Int
-FsPath = Annotated[Path, AfterValidator(_no_nul)]
+# TOML's ``true`` is not the number 1: msgspec never takes a boolean for an int or a float.
+Port = Annotated[int, Meta(ge=1, le=65535, description="a TCP port")]
+FsPath = Path  # a NUL character is refused on conversion
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
 
 
 def is_loopback(host: str) -> bool:
@@ -59,8 +43,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FieldInfo(NamedTuple):
+    annotation: Any
+    default: Any
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A table of ops.toml: unknown keys are errors."""
+
+    model_fields: ClassVar[dict[str, FieldInfo]] = {}  # name -> (type, default) of each key, set below
+
+    def model_dump(self) -> dict:
+        """The values by key name (paths as strings, secrets masked)."""
+        return dump(self)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None):
+        """A copy with ``update`` applied (not validated again)."""
+        return msgspec.structs.replace(self, **(update or {}))
 
 
 class Ports(_Section):
@@ -78,18 +77,11 @@ class Ports(_Section):
     api_blue: Port = 13001
     api_green: Port = 13002
 
-    @field_validator("*")
-    @classmethod
-    def _in_range(cls, v: int) -> int:
-        if not 1 <= v <= 65535:
-            raise ValueError("must be a TCP port between 1 and 65535")
-        return v
-
 
 class PostgresSection(_Section):
     database: str = "aixsss"
     user: str = "aixsss"
-    os_user: str = Field("postgres", description="unprivileged account that runs the server when invoked as root")
+    os_user: str = "postgres"  # unprivileged account that runs the server when invoked as root
     superuser: str = "postgres"
 
 
@@ -100,56 +92,45 @@ class RedisSection(_Section):
 class S3Section(_Section):
     bucket: str = "aixsss-assets"
     access_key: str = "minio"
-    secret_key: SecretStr = SecretStr("minio123456")
+    secret_key: SecretStr = field(default_factory=lambda: SecretStr("minio123456"))
     region: str = "us-east-1"
-    volume_size_limit_mb: Int = Field(64, ge=1)
+    volume_size_limit_mb: Annotated[int, Meta(ge=1)] = 64
 
 
 Signal = Literal["TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL"]
-Argv = Annotated[list[str], Field(min_length=1)]
+Argv = Annotated[list[str], Meta(min_length=1)]
 
 
 class BuildStep(_Section):
-    """One command of a release's build, run in the release (``cwd`` inside it), as an argument list."""
+    """One command of a release's build, run in the release (``cwd`` inside it), as an argument list. In ops.toml
+    a step may also be written as the bare argument list."""
 
     run: Argv
     cwd: str = "."
-    timeout: Float = Field(900.0, gt=0, description="seconds the step may take")
-    env: dict[str, str] = Field(default_factory=dict)
-
-
-def _build_step(v):
-    return {"run": v} if isinstance(v, list) else v
+    timeout: Positive = 900.0  # seconds the step may take
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class Readiness(_Section):
     """How a process shows it is ready: an HTTP answer on its port, a line in its log, or a Redis client name.
     With none of them, running for ``seconds`` is ready (a process that can prove nothing better)."""
 
-    http: str | None = Field(None, pattern=r"^/", description="path asked on the process's port")
-    status: Int = Field(200, ge=100, le=599)
-    json_fields: dict[str, str | int | float | bool] = Field(default_factory=dict, alias="json",
-                                                             description="fields the JSON answer must have")
-    log: str | None = Field(None, description="a regular expression a line of its log must match")
-    redis_client: str | None = Field(None, description="a prefix of a Redis CLIENT LIST name the process opens")
-    seconds: Float = Field(2.0, gt=0, description="with no check: how long it must have run")
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    http: Annotated[str, Meta(pattern=r"^/")] | None = None  # path asked on the process's port
+    status: Annotated[int, Meta(ge=100, le=599)] = 200
+    json_fields: dict[str, str | int | float | bool] = field(default_factory=dict, name="json")  # fields the
+    # JSON answer must have
+    log: str | None = None  # a regular expression a line of its log must match
+    redis_client: str | None = None  # a prefix of a Redis CLIENT LIST name the process opens
+    seconds: Positive = 2.0  # with no check: how long it must have run
 
-    @field_validator("log")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
+    def __post_init__(self) -> None:
+        if self.log is not None:
             try:
-                re.compile(v)
+                re.compile(self.log)
             except re.error as e:
-                raise ValueError(f"not a regular expression: {e}") from None
-        return v
-
-    @model_validator(mode="after")
-    def _one(self) -> Readiness:
+                raise ValueError(f"log: not a regular expression: {e}") from None
         if sum(x is not None for x in (self.http, self.log, self.redis_client)) > 1:
             raise ValueError("give one of http, log, redis_client")
-        return self
 
 
 class ProcessSpec(_Section):
@@ -157,16 +138,16 @@ class ProcessSpec(_Section):
     ``{release}`` (the release folder), ``{python}`` (this Python), ``{color}``, ``{version}``."""
 
     command: Argv
-    cwd: str = Field(".", description="inside the release")
-    env_file: str | None = Field(None, description="the services' env file it reads (api, worker); default: its name")
-    port_env: str | None = Field(None, description="the variable that carries its port (the proxy routes /api there)")
-    socket_env: str | None = Field(None, description="the variable that carries a unix socket path it also listens "
-                                                      "on (the proxy then connects there directly)")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment, never a secret")
-    ready: Readiness = Field(default_factory=Readiness)
+    cwd: str = "."  # inside the release
+    env_file: str | None = None  # the services' env file it reads (api, worker); default: its name
+    port_env: str | None = None  # the variable that carries its port (the proxy routes /api there)
+    socket_env: str | None = None  # the variable that carries a unix socket path it also listens on (the proxy
+    # then connects there directly)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment, never a secret
+    ready: Readiness = field(default_factory=Readiness)
     stop_signal: Signal = "TERM"
-    stop_timeout: Float = Field(30.0, gt=0, description="seconds between the stop signal and SIGKILL")
-    count: Int = Field(1, ge=1, le=1, description="processes per color (one, on the local and docker runtimes)")
+    stop_timeout: Positive = 30.0  # seconds between the stop signal and SIGKILL
+    count: Annotated[int, Meta(ge=1, le=1)] = 1  # processes per color (one, on the local and docker runtimes)
 
 
 def bundled_processes() -> dict[str, ProcessSpec]:
@@ -174,9 +155,9 @@ def bundled_processes() -> dict[str, ProcessSpec]:
     env = {"PYTHONPATH": "{release}", "PYTHONUNBUFFERED": "1"}
     return {
         "api": ProcessSpec(command=["{python}", "-m", "api"], port_env="PORT", socket_env="API_SOCKET",
-                           env={**env, "HOST": "{host}"}, ready=Readiness(http="/api/health"), stop_timeout=30),
+                           env={**env, "HOST": "{host}"}, ready=Readiness(http="/api/health"), stop_timeout=30.0),
         "worker": ProcessSpec(command=["{python}", "-m", "worker"], env=env,
-                              ready=Readiness(log=r"worker consuming queue"), stop_timeout=40),
+                              ready=Readiness(log=r"worker consuming queue"), stop_timeout=40.0),
     }
 
 
@@ -186,155 +167,139 @@ class AppSection(_Section):
 
     source: FsPath = Path("app")
     node_env: Literal["development", "test", "production"] = "development"
-    queue: str = Field("ai-jobs", min_length=1)
-    worker_concurrency: Int = Field(4, ge=1)
+    queue: NonEmpty = "ai-jobs"
+    worker_concurrency: Annotated[int, Meta(ge=1)] = 4
     cors_origin: str | None = None
     version: str = "1.0.0"
-    build: list[Annotated[BuildStep, BeforeValidator(_build_step)]] = Field(default_factory=list)
-    migrations: str = Field("migrations", description="the Prisma migrations folder, inside the release")
-    web_root: str = Field("web", description="the static web build, inside the release")
-    processes: dict[str, ProcessSpec] = Field(default_factory=bundled_processes)
+    build: list[BuildStep] = field(default_factory=list)
+    migrations: str = "migrations"  # the Prisma migrations folder, inside the release
+    web_root: str = "web"  # the static web build, inside the release
+    processes: dict[str, ProcessSpec] = field(default_factory=bundled_processes)
 
-    @field_validator("processes")
-    @classmethod
-    def _roles(cls, v: dict[str, ProcessSpec]) -> dict[str, ProcessSpec]:
-        bad = [n for n in v if not re.fullmatch(r"[a-z][a-z0-9]*", n)]
+    def __post_init__(self) -> None:
+        bad = [n for n in self.processes if not re.fullmatch(r"[a-z][a-z0-9]*", n)]
         if bad:
-            raise ValueError(f"process names are lowercase letters and digits: {', '.join(bad)}")
-        if "api" not in v:
-            raise ValueError("an 'api' process is required (the proxy routes /api to it)")
-        ported = [n for n, p in v.items() if p.port_env]
+            raise ValueError(f"processes: process names are lowercase letters and digits: {', '.join(bad)}")
+        if "api" not in self.processes:
+            raise ValueError("processes: an 'api' process is required (the proxy routes /api to it)")
+        ported = [n for n, p in self.processes.items() if p.port_env]
         if ported != ["api"]:
-            raise ValueError("exactly one process, 'api', takes the color's port (port_env)")
-        return v
+            raise ValueError("processes: exactly one process, 'api', takes the color's port (port_env)")
 
 
 class SupervisorSection(_Section):
-    start_timeout: Float = Field(60.0, gt=0)
-    stop_timeout: Float = Field(40.0, gt=0)
+    start_timeout: Positive = 60.0
+    stop_timeout: Positive = 40.0
 
 
 class DeploySection(_Section):
-    health_interval: Float = Field(0.5, gt=0, description="seconds between health checks of the new color")
-    health_threshold: Int = Field(3, ge=1, description="consecutive 2xx answers the gate needs")
-    health_timeout: Float = Field(60.0, gt=0, description="seconds the new color has to pass the gate")
-    warm_minutes: Float = Field(30.0, ge=0, description="how long the previous color's api stays up for rollback")
-    lock_timeout: Float = Field(60.0, ge=0, description="seconds a second deploy waits for the lock")
+    health_interval: Positive = 0.5  # seconds between health checks of the new color
+    health_threshold: Annotated[int, Meta(ge=1)] = 3  # consecutive 2xx answers the gate needs
+    health_timeout: Positive = 60.0  # seconds the new color has to pass the gate
+    warm_minutes: NonNegative = 30.0  # how long the previous color's api stays up for rollback
+    lock_timeout: NonNegative = 60.0  # seconds a second deploy waits for the lock
     hooks_dir: FsPath = Path("hooks")
     backup: bool = True
 
 
 class BackupSection(_Section):
     dir: FsPath = Path(".aixsss/backups")
-    destination: Literal["local", "s3"] = Field("local", description="where backups are kept: backup.dir or a bucket")
-    s3_bucket: str = Field("", description="destination = s3: the bucket; must differ from the app's bucket")
-    s3_prefix: str = Field("", description="destination = s3: key prefix of the backups in s3_bucket")
-    s3_endpoint: str = Field("", description="destination = s3: http(s)://host:port; empty = the app's S3")
-    s3_access_key: str = Field("", description="destination = s3: empty = the app's S3 credentials")
-    s3_secret_key: SecretStr = SecretStr("")
-    jobs: Int = Field(0, ge=0, description="pg_dump/pg_restore parallel jobs; 0 = the number of cores")
-    compression: Int = Field(1, ge=0, le=9, description="gzip level of the dump files (pg_dump --compress)")
+    destination: Literal["local", "s3"] = "local"  # where backups are kept: backup.dir or a bucket
+    s3_bucket: str = ""  # destination = s3: the bucket; must differ from the app's bucket
+    s3_prefix: str = ""  # destination = s3: key prefix of the backups in s3_bucket
+    s3_endpoint: str = ""  # destination = s3: http(s)://host:port; empty = the app's S3
+    s3_access_key: str = ""  # destination = s3: empty = the app's S3 credentials
+    s3_secret_key: SecretStr = field(default_factory=lambda: SecretStr(""))
+    jobs: Count = 0  # pg_dump/pg_restore parallel jobs; 0 = the number of cores
+    compression: Annotated[int, Meta(ge=0, le=9)] = 1  # gzip level of the dump files (pg_dump --compress)
     encrypt: bool = False
-    encryption_key_env: str = Field("AIXSSS_BACKUP_ENCRYPTION_KEY", min_length=1)
-    keep_last: Int = Field(7, ge=0)
-    keep_daily: Int = Field(7, ge=0)
-    keep_weekly: Int = Field(4, ge=0)
-    noncurrent_version_days: Int = Field(0, ge=0, description="add a lifecycle rule expiring noncurrent versions; 0 = none")
-    rpo_hours: Float = Field(24.0, gt=0, description="recovery point objective: doctor fails past it")
-    verify_max_age_days: Float = Field(7.0, gt=0, description="doctor warns when no verify is this recent")
-    pre_restore_keep_days: Float = Field(7.0, ge=0, description="backup cleanup drops databases a restore kept "
-                                                                "(<db>_pre_restore_<time>) once this old")
-    pitr: bool = Field(False, description="continuous WAL archiving with pgBackRest: restore --to-time any instant "
-                                          "inside pitr_retention_days")
-    pitr_retention_days: Int = Field(7, ge=1, description="days of base backups, WAL and noncurrent object versions "
-                                                          "kept for point-in-time recovery")
-    rpo_seconds: Float = Field(60.0, gt=0, description="pitr: doctor fails when the newest archived WAL is older; "
-                                                       "also the archive_timeout of an idle database")
-    pitr_full_calendar: str = Field("Sun *-*-* 03:00:00", min_length=1,
-                                    description="pitr: systemd OnCalendar of the full base backup")
-    pitr_incr_calendar: str = Field("Mon..Sat *-*-* 03:00:00", min_length=1,
-                                    description="pitr: systemd OnCalendar of the incremental base backups")
+    encryption_key_env: NonEmpty = "AIXSSS_BACKUP_ENCRYPTION_KEY"
+    keep_last: Count = 7
+    keep_daily: Count = 7
+    keep_weekly: Count = 4
+    noncurrent_version_days: Count = 0  # add a lifecycle rule expiring noncurrent versions; 0 = none
+    rpo_hours: Positive = 24.0  # recovery point objective: doctor fails past it
+    verify_max_age_days: Positive = 7.0  # doctor warns when no verify is this recent
+    pre_restore_keep_days: NonNegative = 7.0  # backup cleanup drops databases a restore kept
+    # (<db>_pre_restore_<time>) once this old
+    pitr: bool = False  # continuous WAL archiving with pgBackRest: restore --to-time any instant inside
+    # pitr_retention_days
+    pitr_retention_days: Annotated[int, Meta(ge=1)] = 7  # days of base backups, WAL and noncurrent object
+    # versions kept for point-in-time recovery
+    rpo_seconds: Positive = 60.0  # pitr: doctor fails when the newest archived WAL is older; also the
+    # archive_timeout of an idle database
+    pitr_full_calendar: NonEmpty = "Sun *-*-* 03:00:00"  # pitr: systemd OnCalendar of the full base backup
+    pitr_incr_calendar: NonEmpty = "Mon..Sat *-*-* 03:00:00"  # pitr: systemd OnCalendar of the incremental
+    # base backups
 
-    @model_validator(mode="after")
-    def _s3_destination(self) -> BackupSection:
+    def __post_init__(self) -> None:
         if self.destination == "s3" and not self.s3_bucket:
             raise ValueError('destination = "s3" needs s3_bucket (a bucket other than the app\'s)')
-        return self
 
 
 class CiSection(_Section):
     """`aixsss-ops ci github|gitlab`: what the printed pipelines install."""
 
-    install: str = Field("", description="pip requirement of aixsss-ops in the pipelines (a version, a git URL "
-                                         "with a tag, a wheel); empty = the exact version that printed them")
+    install: str = ""  # pip requirement of aixsss-ops in the pipelines (a version, a git URL with a tag, a
+    # wheel); empty = the exact version that printed them
 
 
 class DockerSection(_Section):
     """The docker runtime (``runtime = "docker"``): engine address, image names, resource limits."""
 
-    host: str = Field("", description="Engine address, as DOCKER_HOST; empty = $DOCKER_HOST, else the local socket")
-    timeout: Float = Field(60.0, gt=0, description="seconds every Engine API call may take")
-    network: str = Field("", description="user-defined network of the project; empty = the project name")
-    base_image: str = Field("aixsss/base:bookworm", min_length=1, description="Debian root filesystem (images base)")
-    runtime_image: str = Field("aixsss/runtime:bookworm", min_length=1, description="base + the project's wheels")
-    app_image: str = Field("aixsss/app", min_length=1, description="repository of the app images; tag = release id")
-    postgres_image: str = Field("aixsss/base:bookworm", min_length=1)
-    redis_image: str = Field("aixsss/base:bookworm", min_length=1)
-    s3_image: str = Field("aixsss/runtime:bookworm", min_length=1)
-    proxy_image: str = Field("aixsss/base:bookworm", min_length=1)
-    debian_mirror: str = Field("", description="mirror for debootstrap; empty = the one apt uses here")
+    host: str = ""  # Engine address, as DOCKER_HOST; empty = $DOCKER_HOST, else the local socket
+    timeout: Positive = 60.0  # seconds every Engine API call may take
+    network: str = ""  # user-defined network of the project; empty = the project name
+    base_image: NonEmpty = "aixsss/base:bookworm"  # Debian root filesystem (images base)
+    runtime_image: NonEmpty = "aixsss/runtime:bookworm"  # base + the project's wheels
+    app_image: NonEmpty = "aixsss/app"  # repository of the app images; tag = release id
+    postgres_image: NonEmpty = "aixsss/base:bookworm"
+    redis_image: NonEmpty = "aixsss/base:bookworm"
+    s3_image: NonEmpty = "aixsss/runtime:bookworm"
+    proxy_image: NonEmpty = "aixsss/base:bookworm"
+    debian_mirror: str = ""  # mirror for debootstrap; empty = the one apt uses here
     debian_suite: str = "bookworm"
-    app_memory: str = Field("512m", description="memory limit of each api/worker container; empty = none")
-    app_cpus: Float = Field(1.0, ge=0, description="CPU limit of each api/worker container; 0 = none")
-    infra_memory: str = Field("1g", description="memory limit of postgres, redis, s3 and the proxy; empty = none")
-    infra_cpus: Float = Field(0.0, ge=0, description="CPU limit of each infra container; 0 = none")
-    stop_timeout: Int = Field(30, ge=1, description="seconds a container gets after SIGTERM before SIGKILL")
+    app_memory: str = "512m"  # memory limit of each api/worker container; empty = none
+    app_cpus: NonNegative = 1.0  # CPU limit of each api/worker container; 0 = none
+    infra_memory: str = "1g"  # memory limit of postgres, redis, s3 and the proxy; empty = none
+    infra_cpus: NonNegative = 0.0  # CPU limit of each infra container; 0 = none
+    stop_timeout: Annotated[int, Meta(ge=1)] = 30  # seconds a container gets after SIGTERM before SIGKILL
 
 
-class OpsConfig(BaseSettings):
-    """The effective configuration. Relative paths are resolved against the config file's folder."""
+class OpsConfig(_Section):
+    """The effective configuration. Relative paths are resolved against the config file's folder;
+    ``config_path`` is the file it was read from (set by ``load_config``, never read from the file)."""
 
-    model_config = SettingsConfigDict(env_prefix="AIXSSS_OPS_", env_nested_delimiter="__", extra="forbid")
-
-    project: str = Field("aixsss", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    project: str = "aixsss"
     state_dir: FsPath = Path(".aixsss")
     runtime: Literal["local", "docker"] = "local"
-    allow_public_host: bool = Field(False, description="accept a host other than a loopback address: the stack's "
-                                    "services (Redis without a password among them) then listen on it")
+    allow_public_host: bool = False  # accept a host other than a loopback address: the stack's services (Redis
+    # without a password among them) then listen on it
     host: str = "127.0.0.1"
-    ports: Ports = Ports()
-    postgres: PostgresSection = PostgresSection()
-    redis: RedisSection = RedisSection()
-    s3: S3Section = S3Section()
-    app: AppSection = AppSection()
-    supervisor: SupervisorSection = SupervisorSection()
-    deploy: DeploySection = DeploySection()
-    backup: BackupSection = BackupSection()
-    docker: DockerSection = DockerSection()
-    ci: CiSection = CiSection()
+    ports: Ports = field(default_factory=Ports)
+    postgres: PostgresSection = field(default_factory=PostgresSection)
+    redis: RedisSection = field(default_factory=RedisSection)
+    s3: S3Section = field(default_factory=S3Section)
+    app: AppSection = field(default_factory=AppSection)
+    supervisor: SupervisorSection = field(default_factory=SupervisorSection)
+    deploy: DeploySection = field(default_factory=DeploySection)
+    backup: BackupSection = field(default_factory=BackupSection)
+    docker: DockerSection = field(default_factory=DockerSection)
+    ci: CiSection = field(default_factory=CiSection)
 
-    config_path: Path | None = Field(None, exclude=True)
+    config_path: Path | None = None
 
-    @field_validator("host")
-    @classmethod
-    def _loopback_unless_allowed(cls, v: str, info: ValidationInfo) -> str:
-        if not info.data.get("allow_public_host") and not is_loopback(v):
-            raise ValueError(f"{v!r} is not a loopback address: every service of the stack would listen on it, "
-                             "Redis without a password; use 127.0.0.1, or set allow_public_host = true to accept "
-                             "that (with a firewall in front)")
-        return v
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The process environment overrides the file, which is passed as init kwargs.
-        return (env_settings, init_settings)
+    def __post_init__(self) -> None:
+        for name in _SECTIONS:  # OpsConfig(backup={...}): a table given as a mapping, as ops.toml holds it
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, convert(value, self.model_fields[name].annotation))
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.project):
+            raise ValueError("project: lowercase letters, digits, '-' and '_', starting with a letter or a digit")
+        if not self.allow_public_host and not is_loopback(self.host):
+            raise ValueError(f"host: {self.host!r} is not a loopback address: every service of the stack would "
+                             "listen on it, Redis without a password; use 127.0.0.1, or set allow_public_host = "
+                             "true to accept that (with a firewall in front)")
 
     @property
     def base_dir(self) -> Path:
@@ -356,7 +321,8 @@ class OpsConfig(BaseSettings):
         return self.resolve(self.backup.dir)
 
     def public_dict(self) -> dict:
-        data = self.model_dump(mode="json")
+        data = self.model_dump()
+        del data["config_path"]
         data["s3"]["secret_key"] = self.s3.secret_key.get_secret_value()
         data["config_path"] = str(self.config_path) if self.config_path else None
         data["state_dir"] = str(self.state)
@@ -366,11 +332,113 @@ class OpsConfig(BaseSettings):
         return data
 
 
+for _cls in (Ports, PostgresSection, RedisSection, S3Section, BuildStep, Readiness, ProcessSpec, AppSection,
+             SupervisorSection, DeploySection, BackupSection, CiSection, DockerSection, OpsConfig):
+    _names = _cls.__struct_fields__
+    _defaults = (msgspec.NODEFAULT,) * (len(_names) - len(_cls.__struct_defaults__)) + _cls.__struct_defaults__
+    _cls.model_fields = {  # a section's annotation is its class; the others are as written
+        name: FieldInfo(globals().get(_cls.__annotations__[name], _cls.__annotations__[name]), default)
+        for name, default in zip(_names, _defaults, strict=True)}
+
+
+_SECTIONS = tuple(n for n, f in OpsConfig.model_fields.items()
+                  if isinstance(f.annotation, type) and issubclass(f.annotation, msgspec.Struct))
+
+
+# -- loading: the file, then the environment over it --
+
+_READ_FROM_FILE = {"config_path"}
+
+
 def _env_overrides() -> dict[str, str]:
-    """The ``AIXSSS_OPS_*`` variables that set a key (upper-cased name -> name as set; pydantic-settings ignores
-    the case)."""
+    """The ``AIXSSS_OPS_*`` variables that set a key (upper-cased name -> name as set; the case is ignored)."""
     return {k.upper(): k for k in os.environ
             if k.upper().startswith(ENV_PREFIX) and k.upper() != "AIXSSS_OPS_CONFIG"}
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+class _EnvError(Exception):
+    def __init__(self, variable: str, key: str, message: str, hint: str | None = None):
+        super().__init__(f"{variable}: {key}: {message}")
+        self.hint = hint
+
+
+def _lay_env(data: dict, env: dict[str, str]) -> dict:
+    """``data`` (the file's, changed in place) with every ``AIXSSS_OPS_<KEY>[__<KEY>...]`` variable laid over
+    it. A variable that names a whole table (or list, or mapping) holds it as JSON and is merged into the file's;
+    one naming a top-level key that does not exist is not a setting of ops.toml and is left alone."""
+    import typing
+
+    for upper in sorted(env):  # sections before their keys: AIXSSS_OPS_PORTS, then AIXSSS_OPS_PORTS__PROXY
+        name = env[upper]
+        value = os.environ[name]
+        parts = name[len(ENV_PREFIX):].split("__")
+        tp: Any = OpsConfig
+        where = data
+        path: list[str] = []
+        for i, raw in enumerate(parts):
+            last = i == len(parts) - 1
+            if _is_section(tp):
+                key = raw.lower()
+                fields = dict(zip(tp.__struct_encode_fields__, tp.__struct_fields__, strict=True))
+                if key not in fields or key in _READ_FROM_FILE:
+                    if i == 0:
+                        break  # not a key of ops.toml
+                    where[key] = value  # an unknown key: the conversion names it
+                    break
+                tp = typing.get_type_hints(tp)[fields[key]]
+            else:  # a mapping: the segment is a key of it, as written
+                key = raw
+                args = typing.get_args(tp)
+                tp = args[1] if typing.get_origin(tp) is dict and len(args) == 2 else Any
+            path.append(key)
+            if last:
+                where[key] = _env_value(name, ".".join(path), value, tp, where.get(key))
+            else:
+                nxt = where.get(key)
+                if not isinstance(nxt, dict):
+                    nxt = where[key] = {}
+                where = nxt
+    return data
+
+
+def _env_value(name: str, key: str, value: str, tp: Any, current: Any) -> Any:
+    import typing
+
+    origin = typing.get_origin(tp) or tp
+    if tp is bool and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    if not (_is_section(tp) or origin in (dict, list)):
+        return value  # a scalar: the (lax) conversion reads numbers from the string
+    what = "list" if origin is list else "object"
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, list if origin is list else dict):
+        raise _EnvError(name, key, f"not a JSON {what}",
+                        hint=f"set one key as {name}__KEY=value, or the whole {key} as a JSON {what}"
+                        if what == "object" else f"set {key} as a JSON list")
+    if isinstance(parsed, dict) and isinstance(current, dict):
+        return _deep_merge(current, parsed)
+    return parsed
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _bare_build_steps(data: dict) -> None:
+    """``build = [["npm", "ci"], ...]``: a bare argument list is the step ``{run = [...]}``."""
+    app = data.get("app")
+    if isinstance(app, dict) and isinstance(app.get("build"), list):
+        app["build"] = [{"run": s} if isinstance(s, list) else s for s in app["build"]]
 
 
 def _source_of(loc: tuple, file: str, env: dict[str, str]) -> str:
@@ -382,17 +450,6 @@ def _source_of(loc: tuple, file: str, env: dict[str, str]) -> str:
             return env[name]
     under = sorted(v for k, v in env.items() if parts and k.startswith(ENV_PREFIX + "__".join(parts) + "__"))
     return f"{file} (with {', '.join(under)})" if under else file
-
-
-def _format_errors(source: str, err: ValidationError, env: dict[str, str] | None = None) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{_source_of(tuple(e['loc']), source, env or {})}: {loc}: {msg}")
-    return "\n".join(lines)
 
 
 def load_config(path: str | os.PathLike | None = None) -> OpsConfig:
@@ -413,16 +470,16 @@ def load_config(path: str | os.PathLike | None = None) -> OpsConfig:
     elif explicit:
         raise ConfigError(f"{cfg_path}: configuration file not found")
     env = _env_overrides()
+    data.pop("config_path", None)  # set below, from where the file is
     try:
-        cfg = OpsConfig(**data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(str(cfg_path), e, env)) from None
-    except SettingsError as e:  # a variable holding a whole section that is not a JSON object
-        m = re.search(r'field "([^"]+)"', str(e))
-        field = m.group(1) if m else ""
-        name = env.get(ENV_PREFIX + field.upper(), f"{ENV_PREFIX}{field.upper()}")
-        raise ConfigError(f"{name}: {field or '(root)'}: not a JSON object",
-                          hint=f"set one key as {ENV_PREFIX}{field.upper() or 'SECTION'}__KEY=value, or the "
-                               "whole section as JSON") from None
+        data = _lay_env(data, env)
+    except _EnvError as e:
+        raise ConfigError(str(e), hint=e.hint) from None
+    _bare_build_steps(data)
+    try:
+        cfg = convert(data, OpsConfig)
+    except msgspec.ValidationError as e:
+        loc, msg = located(e, OpsConfig, data)
+        raise ConfigError(f"{_source_of(loc, str(cfg_path), env)}: {dotted(loc)}: {msg}") from None
     cfg.config_path = cfg_path.resolve() if cfg_path.exists() else None
     return cfg

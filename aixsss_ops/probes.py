@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import socket
-from http.client import HTTPConnection, HTTPException
 from urllib.parse import urlsplit
 
 
 def _get(url: str, timeout: float, limit: int = 65536) -> tuple[int, bytes]:
     """GET ``url`` (http only, no proxy, no redirect): (status, at most ``limit`` bytes of the body). Raises
-    OSError or HTTPException."""
+    OSError (a malformed answer too)."""
+    from http.client import HTTPConnection, HTTPException  # imported when a probe runs: it pulls in ssl and email
+
     u = urlsplit(url)
     conn = HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=timeout)
     try:
         conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""), headers={"Connection": "close"})
         r = conn.getresponse()
         return r.status, r.read(limit)
+    except HTTPException as e:
+        raise ConnectionError(f"{type(e).__name__}: {e}") from None
     finally:
         conn.close()
 
@@ -38,7 +41,7 @@ def tcp(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
 def http(url: str, timeout: float = 2.0, expect_any_status: bool = False) -> tuple[bool, str]:
     try:
         code, _ = _get(url, timeout, 0)
-    except (OSError, HTTPException) as e:
+    except OSError as e:
         return False, _reason(e)
     return (code < 400 or expect_any_status), f"HTTP {code}"
 
@@ -48,7 +51,7 @@ def http_ready(url: str, status: int = 200, fields: dict | None = None, timeout:
     body: dict = {}
     try:
         code, raw = _get(url, timeout)
-    except (OSError, HTTPException) as e:
+    except OSError as e:
         return False, _reason(e), body
     try:
         parsed = json.loads(raw) if raw else {}
@@ -77,7 +80,7 @@ def redis_client_names(url: str, timeout: float = 2.0) -> list[str]:
 def api_health(url: str, timeout: float = 2.0) -> tuple[bool, dict | str]:
     try:
         code, raw = _get(url, timeout)
-    except (OSError, HTTPException) as e:
+    except OSError as e:
         return False, _reason(e)
     if code >= 400:
         return False, f"HTTP {code}"
@@ -108,7 +111,7 @@ def seaweed_volumes(master_url: str, expected: int, timeout: float = 2.0) -> tup
         if code != 200:
             return False, f"master {master_url}: HTTP {code}"
         topo = json.loads(raw).get("Topology") or {}
-    except (OSError, HTTPException) as e:
+    except OSError as e:
         return False, f"master {master_url}: {_reason(e)}"
     except ValueError as e:
         return False, f"master {master_url}: {e}"

@@ -26,5 +26,17 @@ def wall(argv: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - t
 
 
+def wall_cpu(argv: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one run of ``argv``; CPU time varies less on a busy machine."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+    elapsed = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)

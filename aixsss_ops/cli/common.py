@@ -6,26 +6,38 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from aixsss_ops.errors import OpsError, ServiceUnavailable, UsageError
-from aixsss_ops.output import Output
 
 if TYPE_CHECKING:
     from aixsss_ops.config import OpsConfig
     from aixsss_ops.context.deployment import Deployment
+    from aixsss_ops.output import Output
 
 
 @dataclass
 class State:
     config_path: str | None = None
     yes: bool = False
-    out: Output = field(default_factory=Output)
+    json_mode: bool = False  # the global options, until the Output is made
+    verbose: bool = False
+    quiet: bool = False
+    _out: Any = None
     _config: Any = None
     _deployment: Any = None
+
+    @property
+    def out(self) -> Output:
+        """Made on first use (a command's ``--help`` never needs it), with the global options."""
+        if self._out is None:
+            from aixsss_ops.output import Output
+
+            self._out = Output(json_mode=self.json_mode, quiet=self.quiet, verbose=self.verbose)
+        return self._out
 
     @property
     def config(self) -> OpsConfig:
@@ -94,10 +106,10 @@ CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Click
 def errors_mapped(st: State) -> Iterator[None]:
     """Domain exceptions become one masked line on stderr (one JSON document with --json) and the documented exit
     code; anything else is an internal error (exit 1, the traceback with --verbose)."""
-    out = st.out
     try:
         yield
     except OpsError as e:
+        out = st.out  # made after the global options are read
         if out.json_mode:
             out.emit({"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code})
         out.error(e.message, e.hint)
@@ -105,6 +117,7 @@ def errors_mapped(st: State) -> Iterator[None]:
             out.info(e.details)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
+        out = st.out
         if out.json_mode:
             out.emit({"ok": False, "error": "interrupted", "hint": None, "exit_code": 130})
         out.error("interrupted")
@@ -112,6 +125,7 @@ def errors_mapped(st: State) -> Iterator[None]:
     except (typer.Exit, typer.Abort, SystemExit, CLICK_ERROR):  # usage errors: the command line parser's
         raise
     except Exception as e:  # a dependency that failed mid-operation, a bug, or a library error not translated
+        out = st.out
         dep = dependency_failure(e)
         if dep is not None:
             if out.json_mode:

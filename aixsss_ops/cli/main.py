@@ -5,8 +5,73 @@ from __future__ import annotations
 import typer
 
 from aixsss_ops import __version__
-from aixsss_ops.cli.common import state
 from aixsss_ops.cli.lazy import Entry, LazyGroup
+
+
+def _plain_values_skip_pydantic() -> None:
+    """typer (0.29) converts each parameter's value with a pydantic TypeAdapter that it builds on first use, and
+    building the first one imports pydantic: about as long as typer's own import, paid by every command that has
+    an option. For a value that already is what the parameter's type asks (None, a str for ``str``, strs for
+    ``list[str]``, a number in range for ``int``/``float``, as a default or a string option gives them) that
+    conversion returns it unchanged, so it is returned as is; any other value goes through typer's own
+    conversion, errors and all. A typer without this layout is left alone."""
+    from typer import _coercion, core
+
+    base, param_cls = getattr(_coercion, "RuntimeParam", None), getattr(core, "_TyperParameter", None)
+    if base is None or param_cls is None or not hasattr(param_cls, "get_runtime_param"):
+        return
+    plain_first: list[type] = []  # the RuntimeParam class below, made on first use
+
+    def get_runtime_param(self):
+        if self._runtime_param is None:
+            if not plain_first:
+                plain_first.append(_plain_first_class(_coercion, base))
+            d = self.type_descriptor
+            self._runtime_param = plain_first[0](parameter_info=d.parameter_info, annotation=d.annotation, descriptor=d)
+        return self._runtime_param
+
+    param_cls.get_runtime_param = get_runtime_param
+
+
+def _unchanged(desc, param, value) -> tuple[bool, object]:
+    """(True, the converted value) when typer's conversion of ``value`` would give it back as it is."""
+    from typing import get_args, get_origin
+
+    ann, info = desc.annotation, desc.parameter_info
+    if desc.file_annotation is not None or getattr(info, "parser", None) is not None:
+        return False, None
+    if param.multiple or param.nargs == -1:
+        ok = (get_origin(ann) is list and get_args(ann) == (str,) and isinstance(value, list | tuple)
+              and all(type(v) is str for v in value))
+        return ok, list(value) if ok else None  # typer's list conversion returns a list
+    if ann is str:
+        return type(value) is str, value
+    if ann in (int, float) and type(value) is ann and not getattr(info, "clamp", False):
+        low, high = getattr(info, "min", None), getattr(info, "max", None)
+        return (low is None or value >= low) and (high is None or value <= high), value
+    return False, None
+
+
+def _plain_first_class(coercion, base) -> type:
+    from dataclasses import dataclass
+    from typing import Any
+
+    @dataclass(frozen=True)
+    class PlainFirst(base):
+        descriptor: Any = None
+
+        def _coerce_value(self, value, param, ctx):
+            ok, same = _unchanged(self.descriptor, param, value)
+            if ok:
+                return same
+            full = coercion.build_runtime_param(self.descriptor)
+            param._runtime_param = full
+            return full._coerce_value(value, param=param, ctx=ctx)
+
+    return PlainFirst
+
+
+_plain_values_skip_pydantic()
 
 LazyGroup.entries = {
     "stack": Entry("stack", "app", "Run the embedded stack: postgres, redis, s3 (SeaweedFS), nginx and the app."),
@@ -60,12 +125,12 @@ def main(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
+    from aixsss_ops.cli.common import state
+
     st = state(ctx)
     st.config_path = config
     st.yes = yes
-    st.out.json_mode = json_out
-    st.out.verbose = verbose
-    st.out.quiet = quiet
+    st.json_mode, st.verbose, st.quiet = json_out, verbose, quiet
 
 
 def hoist_json(args: list[str]) -> tuple[list[str], bool]:

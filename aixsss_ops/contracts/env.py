@@ -1,4 +1,4 @@
-"""The environment each AIXSSS service validates at start-up (zod in the real app), as pydantic models.
+"""The environment each AIXSSS service validates at start-up (zod in the real app), as msgspec models.
 
 Field names are the variable names. Secrets are ``SecretStr`` so they never show in a repr.
 The variables marked *bundled* are not part of the real contract: only the Python stand-in
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError
+import msgspec
+from msgspec import Meta
 
 from aixsss_ops.errors import CheckFailed, UsageError
+from aixsss_ops.validate import SecretStr, ValidationError, convert, located
 
 
 def _check_port(parts) -> int | None:
@@ -26,55 +28,61 @@ def _check_port(parts) -> int | None:
         raise ValueError("port must be a number from 0 to 65535") from None
 
 
-def _redis_url(value: str) -> str:
+def _redis_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError("scheme must be redis: or rediss:")
     _check_port(parts)
-    return value
 
 
-def _http_endpoint(value: str) -> str:
+def _http_endpoint(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000")
     _check_port(parts)
-    return value
 
 
-def _absolute_path(value: str) -> str:
+def _absolute_path(value: str) -> None:
     if not value.startswith("/"):
         raise ValueError("must be a path starting with /")
-    return value
 
 
-NonEmpty = Annotated[str, Field(min_length=1)]
-Secret32 = Annotated[SecretStr, Field(min_length=32)]
-RedisUrl = Annotated[str, Field(min_length=1), AfterValidator(_redis_url)]
-HttpEndpoint = Annotated[str, AfterValidator(_http_endpoint)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+Secret32 = SecretStr  # at least 32 characters: _ServiceEnv.MIN_LENGTH
 
 
-class _ServiceEnv(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+class _ServiceEnv(msgspec.Struct, frozen=True, kw_only=True):
+    """Each variable is converted on its own (so that every problem is reported), then ``CHECKS`` run on the
+    values that are set. Variables that are not fields are ignored."""
+
+    CHECKS: ClassVar[dict[str, Any]] = {}  # variable -> function raising ValueError on a bad value
+    MIN_LENGTH: ClassVar[dict[str, int]] = {}  # secret variable -> its least length
 
 
-class _BackendEnv(_ServiceEnv):
+class _BackendEnv(_ServiceEnv, frozen=True, kw_only=True):
     """What the api and the worker share (they MUST agree on the key, database, Redis and queue)."""
+
+    CHECKS: ClassVar[dict[str, Any]] = {"REDIS_URL": _redis_url, "S3_ENDPOINT": _http_endpoint}
+    MIN_LENGTH: ClassVar[dict[str, int]] = {"API_KEY_ENCRYPTION_KEY": 32}
 
     NODE_ENV: Literal["development", "test", "production"] = "development"
     DATABASE_URL: NonEmpty
     API_KEY_ENCRYPTION_KEY: Secret32
-    REDIS_URL: RedisUrl = "redis://localhost:6379"
+    REDIS_URL: NonEmpty = "redis://localhost:6379"
     AI_QUEUE_NAME: NonEmpty = "ai-jobs"
     # bundled: the S3-compatible store (MinIO in the real stack) for assets and job artifacts
-    S3_ENDPOINT: HttpEndpoint | None = None
+    S3_ENDPOINT: str | None = None
     S3_ACCESS_KEY: NonEmpty | None = None
     S3_SECRET_KEY: SecretStr | None = None
     S3_BUCKET: NonEmpty | None = None
     S3_REGION: NonEmpty = "us-east-1"
 
 
-class ApiEnv(_BackendEnv):
+class ApiEnv(_BackendEnv, frozen=True, kw_only=True):
+    CHECKS: ClassVar[dict[str, Any]] = {**_BackendEnv.CHECKS, "API_SOCKET": _absolute_path}
+    MIN_LENGTH: ClassVar[dict[str, int]] = {**_BackendEnv.MIN_LENGTH, "JWT_SECRET": 32}
+
     PORT: PositiveInt = 3001
     JWT_SECRET: Secret32
     CORS_ORIGIN: str | None = None
@@ -83,18 +91,20 @@ class ApiEnv(_BackendEnv):
     APP_VERSION: NonEmpty = "dev"
     APP_COLOR: Literal["blue", "green"] = "blue"
     HOST: NonEmpty = "0.0.0.0"
-    API_SOCKET: Annotated[str, AfterValidator(_absolute_path)] | None = None
+    API_SOCKET: str | None = None
 
 
-class WorkerEnv(_BackendEnv):
+class WorkerEnv(_BackendEnv, frozen=True, kw_only=True):
     WORKER_CONCURRENCY: PositiveInt = 4
 
 
-class WebEnv(_ServiceEnv):
+class WebEnv(_ServiceEnv, frozen=True, kw_only=True):
     """Build-time variables of the Vite web app."""
 
+    CHECKS: ClassVar[dict[str, Any]] = {"VITE_API_BASE_PATH": _absolute_path}
+
     VITE_DATA_MODE: Literal["api", "local"]
-    VITE_API_BASE_PATH: Annotated[str, AfterValidator(_absolute_path)] = "/api"
+    VITE_API_BASE_PATH: str = "/api"
 
 
 SERVICE_MODELS: dict[str, type[_ServiceEnv]] = {"api": ApiEnv, "worker": WorkerEnv, "web": WebEnv}
@@ -120,18 +130,26 @@ class EnvInvalid(CheckFailed):
         self.service = service
 
 
-def _env_error(error: dict) -> EnvError:
-    variable = str(error["loc"][0]) if error["loc"] else "(environment)"
-    kind, ctx = error["type"], error.get("ctx", {})
-    if kind == "missing":
-        rule = "required"
-    elif kind in ("too_short", "string_too_short"):
-        rule = "must not be empty" if ctx["min_length"] == 1 else f"must be at least {ctx['min_length']} characters"
-    elif kind == "value_error":
-        rule = str(ctx["error"])
-    else:
-        rule = error["msg"]  # pydantic's text without input_value, which could be a secret
-    return EnvError(variable, rule)
+def _rule(model: type[_ServiceEnv], name: str, tp: Any, raw: str) -> tuple[Any, str | None]:
+    """(value, None), or (None, the rule ``raw`` breaks) — never the value itself, which could be a secret."""
+    try:
+        value = convert(raw, tp)
+    except ValidationError as e:
+        msg = located(e, tp, raw)[1]
+        if msg.endswith("length >= 1"):
+            return None, "must not be empty"
+        return None, msg
+    secret = value.get_secret_value() if isinstance(value, SecretStr) else None
+    least = model.MIN_LENGTH.get(name)
+    if least and secret is not None and len(secret) < least:
+        return None, f"must be at least {least} characters"
+    check = model.CHECKS.get(name)
+    if check is not None and value is not None:
+        try:
+            check(value)
+        except ValueError as e:
+            return None, str(e)
+    return value, None
 
 
 def load_service_env(service: str, environ: Mapping[str, str], *, bundled: bool = False) -> _ServiceEnv:
@@ -142,16 +160,24 @@ def load_service_env(service: str, environ: Mapping[str, str], *, bundled: bool 
     model = SERVICE_MODELS.get(service)
     if model is None:
         raise UsageError(f"unknown service {service!r}; expected one of {', '.join(SERVICE_MODELS)}")
-    values = {name: environ[name] for name in model.model_fields if name in environ}
-    env, errors = None, []
-    try:
-        env = model.model_validate(values)
-    except ValidationError as e:
-        errors = [_env_error(err) for err in e.errors(include_input=False, include_url=False)]
+    fields = msgspec.structs.fields(model)
+    required = {f.name for f in fields if f.required}
+    hints = {f.name: f.type for f in fields}
+    values, errors = {}, []
+    for name in model.__struct_fields__:
+        if name not in environ:
+            if name in required:
+                errors.append(EnvError(name, "required"))
+            continue
+        value, rule = _rule(model, name, hints[name], environ[name])
+        if rule is not None:
+            errors.append(EnvError(name, rule))
+        else:
+            values[name] = value
     if bundled:
         named = {e.variable for e in errors}
         errors += [EnvError(n, "required by the bundled services") for n in BUNDLED_REQUIRED
-                   if n in model.model_fields and n not in named and not values.get(n)]
+                   if n in model.__struct_fields__ and n not in named and not environ.get(n)]
     if errors:
         raise EnvInvalid(errors, service)
-    return env
+    return model(**values)

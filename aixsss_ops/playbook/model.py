@@ -1,5 +1,5 @@
-"""The playbook format: YAML read with line numbers, validated by pydantic, then checked against the action
-registry and the expression language. Every error names the file, the line and the field."""
+"""The playbook format: YAML read with line numbers, converted to msgspec models, then checked against the
+action registry and the expression language. Every error names the file, the line and the field."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+import msgspec
+from msgspec import Meta
+from msgspec import field as spec_field
 
 from aixsss_ops.errors import UsageError
 from aixsss_ops.playbook import expr
 from aixsss_ops.playbook.actions import REGISTRY
+from aixsss_ops.validate import ValidationError, convert, located
 
 _ID = r"^[a-z][a-z0-9_]*$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -36,41 +39,58 @@ def parse_duration(v: Any) -> Any:
     return v
 
 
-def _var_spec(v: Any) -> Any:
-    return v if isinstance(v, dict) else {"default": v}
-
-
-def _when(v: Any) -> Any:
-    """``when: true`` is YAML's boolean: the expression ``true``."""
-    return ("true" if v else "false") if isinstance(v, bool) else v
-
-
-class VarSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VarSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default: Any = None
     required: bool = False
     description: str = ""
 
 
-class StepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    id: str = Field(pattern=_ID)
+class StepSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(pattern=_ID)]
     action: str
-    params: dict[str, Any] = Field(default_factory=dict, alias="with")
-    when: Annotated[str | None, BeforeValidator(_when)] = None
-    timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None = None
+    params: dict[str, Any] = spec_field(default_factory=dict, name="with")
+    when: str | None = None
+    timeout: Annotated[float, Meta(gt=0)] | None = None
     on_failure: str = ABORT
     description: str = ""
 
 
-class PlaybookSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+class PlaybookSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
     description: str = ""
-    vars: dict[Annotated[str, Field(pattern=_ID)], Annotated[VarSpec, BeforeValidator(_var_spec)]] = Field(
-        default_factory=dict)
-    steps: list[StepSpec] = Field(min_length=1)
-    rollbacks: dict[Annotated[str, Field(pattern=_ID)], list[StepSpec]] = Field(default_factory=dict)
+    vars: dict[str, VarSpec] = spec_field(default_factory=dict)
+    steps: Annotated[list[StepSpec], Meta(min_length=1)]
+    rollbacks: dict[str, list[StepSpec]] = spec_field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind, names in (("vars", self.vars), ("rollbacks", self.rollbacks)):
+            for n in names:
+                if not re.match(_ID, n):
+                    raise ValueError(f"{kind}.{n}: a name of lowercase letters, digits and _, starting with a letter")
+
+
+def _shorthands(data: dict) -> list[tuple[tuple, str]]:
+    """What the YAML may write shorter, in place: a variable given by its default (``x: 1``), ``when: true``
+    (YAML's boolean: the expression ``true``) and durations (``timeout: 5m``). Returns the durations that are
+    none, located."""
+    errors = []
+    if isinstance(data.get("vars"), dict):
+        data["vars"] = {k: v if isinstance(v, dict) else {"default": v} for k, v in data["vars"].items()}
+    lists = [(("steps",), data.get("steps"))]
+    if isinstance(data.get("rollbacks"), dict):
+        lists += [(("rollbacks", k), v) for k, v in data["rollbacks"].items()]
+    for base, steps in lists:
+        for i, step in enumerate(steps if isinstance(steps, list) else []):
+            if not isinstance(step, dict):
+                continue
+            if isinstance(step.get("when"), bool):
+                step["when"] = "true" if step["when"] else "false"
+            if "timeout" in step:
+                try:
+                    step["timeout"] = parse_duration(step["timeout"])
+                except ValueError as e:
+                    errors.append(((*base, i, "timeout"), str(e)))
+    return errors
 
 
 @dataclass(frozen=True)
@@ -260,20 +280,18 @@ def load(path: Path, display: str | None = None) -> Playbook:
     data, lines = _compose(text, file)
     if not isinstance(data, dict):
         raise PlaybookInvalid([Located(file, 1, "(top level)", "a playbook is a mapping with name and steps")])
+    errs = [Located(file, _line(lines, loc), _field(loc), msg) for loc, msg in _shorthands(data)]
+    if errs:
+        raise PlaybookInvalid(errs)
     try:
-        spec = PlaybookSpec.model_validate(data)
+        spec = convert(data, PlaybookSpec, strict=True)
     except ValidationError as e:
-        errs = []
-        for err in e.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            loc = tuple(p for p in loc if p not in ("[key]",))
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            elif err["type"] == "missing":
-                msg = "required field missing"
-            errs.append(Located(file, _line(lines, loc), _field(loc), msg))
-        raise PlaybookInvalid(errs) from None
+        loc, msg = located(e, PlaybookSpec, data, strict=True)
+        if msg == "unknown key":
+            msg = "unknown field"
+        elif msg == "required":
+            msg = "required field missing"
+        raise PlaybookInvalid([Located(file, _line(lines, loc), _field(loc), msg)]) from None
     book = Playbook(spec, path, hashlib.sha256(raw).hexdigest(), lines)
     problems = check(book, file)
     if problems:
@@ -314,9 +332,10 @@ def check(book: Playbook, file: str) -> list[Located]:
                         err((*at, "with", pname), f"unknown parameter of {step.action} (known: {known})")
                     elif not expr.has_template(value):
                         try:
-                            TypeAdapter(p.type | None).validate_python(value, strict=p.type is not float)
+                            convert(value, p.type | None, strict=True)
                         except ValidationError as e:
-                            err((*at, "with", pname), f"expected {p.type.__name__}: {e.errors()[0]['msg']}")
+                            err((*at, "with", pname),
+                                f"expected {p.type.__name__}: {located(e, p.type | None, value, strict=True)[1]}")
                 for pname, p in act.params.items():
                     if p.required and pname not in step.params:
                         err((*at, "with"), f"{step.action} needs parameter {pname!r}")

@@ -331,7 +331,7 @@ def _reads_steps(value: Any) -> bool:
 
 def _typed(step: StepSpec, params: dict[str, Any]) -> dict[str, Any]:
     """Parameters after interpolation, checked against the action's types; null means "use the default"."""
-    from pydantic import TypeAdapter, ValidationError
+    from aixsss_ops.validate import BOOL_WORDS, ValidationError, convert, located
 
     act = REGISTRY[step.action]
     out = {}
@@ -341,8 +341,10 @@ def _typed(step: StepSpec, params: dict[str, Any]) -> dict[str, Any]:
             if p.required:
                 raise UsageError(f"parameter {k} is empty")
             continue
+        if p.type is bool and isinstance(v, str) and v.strip().lower() in BOOL_WORDS:
+            v = BOOL_WORDS[v.strip().lower()]  # an interpolated "yes", "off", ...
         try:
-            out[k] = TypeAdapter(p.type).validate_python(v)
+            out[k] = convert(v, p.type)  # lax: "5" is 5 for an int, "2.5" is 2.5 for a float
         except ValidationError as e:
-            raise UsageError(f"parameter {k}={v!r}: {e.errors()[0]['msg']}") from None
+            raise UsageError(f"parameter {k}={v!r}: {located(e, p.type, v)[1]}") from None
     return out

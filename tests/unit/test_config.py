@@ -174,3 +174,55 @@ def test_the_shipped_ops_toml_loads():
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "ops.toml")
     assert cfg.host == "127.0.0.1" and cfg.allow_public_host is False
+
+
+@pytest.mark.parametrize("word, value", [("yes", True), ("On", True), ("1", True), ("no", False), ("off", False),
+                                         ("false", False)])
+def test_boolean_words_from_the_environment(tmp_path, monkeypatch, word, value):
+    from aixsss_ops.config import load_config
+
+    monkeypatch.setenv("AIXSSS_OPS_BACKUP__ENCRYPT", word)
+    assert load_config(write(tmp_path, "")).backup.encrypt is value
+
+
+def test_a_section_from_the_environment_is_merged_into_the_file(tmp_path, monkeypatch):
+    from aixsss_ops.config import load_config
+
+    monkeypatch.setenv("AIXSSS_OPS_PORTS", '{"redis": 16390}')
+    monkeypatch.setenv("AIXSSS_OPS_PORTS__S3", "18340")
+    cfg = load_config(write(tmp_path, "[ports]\nproxy = 18001\nredis = 16380\n"))
+    assert (cfg.ports.proxy, cfg.ports.redis, cfg.ports.s3) == (18001, 16390, 18340)
+
+
+def test_an_error_inside_a_process_names_the_process(tmp_path):
+    from aixsss_ops.config import load_config
+    from aixsss_ops.errors import ConfigError
+
+    text = ('[app.processes.api]\ncommand = ["api"]\nport_env = "PORT"\n'
+            '[app.processes.mailer]\ncommand = ["mail"]\nstop_timeout = 0\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert "app.processes.mailer.stop_timeout:" in e.value.message
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text.replace("stop_timeout = 0", 'ready = {http = "/h", log = "up"}')))
+    assert "app.processes.mailer.ready: give one of http, log, redis_client" in e.value.message
+
+
+def test_build_steps_may_be_bare_argument_lists(tmp_path, monkeypatch):
+    from aixsss_ops.config import load_config
+
+    cfg = load_config(write(tmp_path, '[app]\nbuild = [["npm", "ci"], {run = ["npm", "run", "build"], timeout = 60}]\n'))
+    assert [(s.run, s.timeout) for s in cfg.app.build] == [(["npm", "ci"], 900.0), (["npm", "run", "build"], 60.0)]
+    assert cfg.app.build[0].model_dump() == {"run": ["npm", "ci"], "cwd": ".", "timeout": 900.0, "env": {}}
+    monkeypatch.setenv("AIXSSS_OPS_APP__BUILD", '[["make"]]')
+    assert [s.run for s in load_config(write(tmp_path, "")).app.build] == [["make"]]
+
+
+def test_secrets_never_show_in_a_repr_or_a_dump(tmp_path):
+    from aixsss_ops.config import load_config
+
+    cfg = load_config(write(tmp_path, '[s3]\nsecret_key = "s3cr3t-Value"\n'))
+    assert "s3cr3t-Value" not in repr(cfg) and "s3cr3t-Value" not in str(cfg.model_dump())
+    assert cfg.s3.secret_key.get_secret_value() == "s3cr3t-Value"
+    assert cfg.public_dict()["s3"]["secret_key"] == "s3cr3t-Value"  # config show masks it on output
+

@@ -59,14 +59,14 @@ def test_a_valid_playbook_loads(tmp_path):
 
 
 @pytest.mark.parametrize("text, want", [
-    # pydantic errors: the line of the field
+    # schema errors: the line of the field
     ("""
      name: demo
      steps:
        - id: a
          action: deploy.status
          timeout: soon
-     """, "book.yml:5: steps[0].timeout: Value error, not a duration"),
+     """, "book.yml:5: steps[0].timeout: not a duration"),
     ("""
      name: demo
      steps:
@@ -82,7 +82,7 @@ def test_a_valid_playbook_loads(tmp_path):
     ("""
      name: Demo Book
      steps: []
-     """, "book.yml:1: name: String should match pattern"),
+     """, "book.yml:1: name: expected a string matching regex"),
     # semantic errors
     ("""
      name: demo
@@ -208,7 +208,7 @@ def test_the_cli_names_file_line_and_field(tmp_path):
         """)
     r = run_cli("play", str(p), "--dry-run")
     assert r.code == 2, r.output
-    assert f"{p}:5: steps[0].timeout: Input should be greater than 0" in r.stderr
+    assert f"{p}:5: steps[0].timeout: expected a number > 0.0" in r.stderr
     j = run_cli("--json", "play", str(p), "--dry-run")
     assert j.code == 2 and j.json["ok"] is False and ":5: steps[0].timeout" in j.json["error"]
 
@@ -377,3 +377,53 @@ def test_a_null_timeout_means_the_default(tmp_path):
           - {id: b, action: deploy.status, timeout: "90s"}
         """))
     assert [s.timeout for s in book.spec.steps] == [None, 90.0]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("""
+     name: demo
+     vars:
+       Bad: 1
+     steps:
+       - id: a
+         action: deploy.status
+     """, "book.yml:3: vars.Bad: a name of lowercase letters"),
+    ("""
+     name: demo
+     steps:
+       - id: a
+         action: deploy.status
+     rollbacks:
+       undo:
+         - id: x
+           action: rollback
+           retries: 2
+     """, "book.yml:9: rollbacks.undo[0].retries: unknown field"),
+    ("""
+     name: demo
+     vars:
+       who:
+         required: maybe
+     steps:
+       - id: a
+         action: deploy.status
+     """, "book.yml:4: vars.who.required: expected a boolean, got a string"),
+])
+def test_schema_errors_name_mapping_keys_and_list_items(tmp_path, text, want):
+    errs = errors_of(write(tmp_path, text))
+    assert any(e.startswith(f"{tmp_path}/{want}") for e in errs), errs
+
+
+def test_shorthands_of_variables_conditions_and_durations(tmp_path):
+    book = model.load(write(tmp_path, """
+        name: demo
+        vars:
+          version: 1.0.0
+        steps:
+          - id: a
+            action: deploy.status
+            when: true
+            timeout: 5m
+        """))
+    assert book.spec.vars["version"].default == "1.0.0" and book.spec.vars["version"].required is False
+    assert (book.spec.steps[0].when, book.spec.steps[0].timeout) == ("true", 300.0)
