@@ -127,8 +127,20 @@ def list_cmd(ctx: typer.Context) -> None:
     st = state(ctx)
     cat = _uc().catalog(st.deployment)
     rows = [e.summary() for e in cat.entries()]
+    pitr_status = None
+    if st.config.backup.pitr:
+        from aixsss_ops.errors import OpsError
+        from aixsss_ops.usecases import pitr
+
+        try:
+            pitr_status = pitr.status(st.deployment).to_dict()
+        except OpsError as e:  # the logical backups are listed all the same
+            pitr_status = {"error": e.message}
 
     def human(data):
+        if pitr_status is not None:
+            _show_pitr(st, pitr_status)
+            data = data["backups"]
         if not data:
             st.out.info(f"no backups in {cat.location}")
             return
@@ -140,7 +152,23 @@ def list_cmd(ctx: typer.Context) -> None:
              "-" if not r["last_verified"] else f"{r['last_verified']} ({'ok' if r['last_verify_ok'] else 'FAILED'})")
             for r in data], whole=["id"])  # the id is what restore needs: never cut
 
-    st.out.emit(rows, human)
+    # with backup.pitr on: {"backups": [...], "pitr": {...}}; else the list of backups as before
+    st.out.emit(rows if pitr_status is None else {"backups": rows, "pitr": pitr_status}, human)
+
+
+def _show_pitr(st: State, p: dict) -> None:
+    c = st.out.console
+    if "error" in p:
+        st.out.warn(f"point-in-time recovery: {p['error']}")
+        return
+    w = p["window"]
+    c.print(f"point-in-time recovery window: {w['from'] or 'empty (no base backup: `aixsss-ops backup base`)'}"
+            f"{' .. ' + w['to'] if w['from'] and w['to'] else ''}; archived WAL {p['wal_segments']} segment(s), "
+            f"{_size(p['wal_bytes'])}, newest {p['newest_wal_at'] or '-'}", markup=False)
+    if p["base_backups"]:
+        st.out.table(None, ["base backup", "type", "consistent at", "size", "in repo"], [
+            (b["label"], b["type"], b["stopped_at"], _size(b["size"]), _size(b["repo_size"]))
+            for b in p["base_backups"]], whole=["base backup"])
 
 
 @app.command()
@@ -290,7 +318,11 @@ def cleanup(
 
 def restore_command(
     ctx: typer.Context,
-    backup_id: str = typer.Argument(..., metavar="ID", help="Backup id (or 'latest')."),
+    backup_id: str = typer.Argument(None, metavar="[ID]", help="Backup id (or 'latest'); none with --to-time.",
+                                    show_default=False),
+    to_time: str = typer.Option(None, "--to-time", metavar="T",
+                                help="Point-in-time recovery (backup.pitr): the database and the objects as they "
+                                     "were at T (ISO 8601 with a zone, or relative: -15m, -2h).", show_default=False),
     db_only: bool = typer.Option(False, "--db-only", help="Restore the database only."),
     objects_only: bool = typer.Option(False, "--objects-only", help="Restore the objects only."),
     target_db: str = typer.Option(None, "--target-db", metavar="NAME",
@@ -310,8 +342,30 @@ def restore_command(
 ) -> None:
     """Restore a backup: the database (missing roles created, pg_restore into a scratch database with every file's
     SHA-256 checked meanwhile, row counts compared, swap) and the objects (recorded versions made current again).
-    Prints the plan first; --dry-run stops there."""
+    Prints the plan first; --dry-run stops there.
+
+    With --to-time T (backup.pitr on): pgBackRest restores the base backup before T into a new data folder with WAL
+    replay to T and promotion, swapped in for the live one (kept, named in the output), the objects rewound to T,
+    provider keys re-encrypted when needed, the app restarted; prints the recovery point reached (the last commit
+    at or before T). A T outside the window is refused with the window."""
     st = state(ctx)
+    if to_time is not None:
+        from aixsss_ops.errors import UsageError
+
+        if backup_id:
+            raise UsageError("give a backup ID or --to-time, not both")
+        other = [flag for flag, on in (("--db-only", db_only), ("--objects-only", objects_only),
+                                       ("--target-db", target_db), ("--force", force), ("--old-key", old_key),
+                                       ("--no-globals", no_globals), ("--checksums", checksums), ("--jobs", jobs))
+                 if on]
+        if other:
+            raise UsageError(f"{', '.join(other)} belong(s) to the restore of a backup ID, not to --to-time")
+        _restore_to_time(st, to_time, dry_run, database_url)
+        return
+    if not backup_id:
+        from aixsss_ops.errors import UsageError
+
+        raise UsageError("missing the backup ID (or --to-time T)", hint="`aixsss-ops backup list` shows the ids")
     uc = _uc()
     dep = _dep(st, database_url)
     req = uc.RestoreRequest(db_only=db_only, objects_only=objects_only, target_db=target_db, force=force,
@@ -371,5 +425,94 @@ def _show_restore(st: State, res: dict) -> None:
     out.emit(res, human)
 
 
+def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str | None) -> None:
+    from aixsss_ops.usecases import pitr
+
+    dep = _dep(st, database_url)
+    out = st.out
+    if dry_run:
+        res = pitr.restore_to_time(dep, to_time, dry_run=True, say=out.info)
+
+        def plan_human(d):
+            p = d["plan"]
+            out.console.print(f"point-in-time restore to {p['target']} (window {p['window']['from']} .. "
+                              f"{p['window']['to']}):", markup=False)
+            for i, step in enumerate(p["steps"], 1):
+                out.console.print(f"  {i}. {step}", markup=False)
+            for w in p["warnings"]:
+                out.warn(w)
+
+        out.emit(res, plan_human)
+        return
+    confirm(st, f"replace the live database cluster and rewind the objects to {to_time}? (the live data folder "
+                "is kept)")
+    res = pitr.restore_to_time(dep, to_time, say=out.info)
+
+    def human(d):
+        c = out.console
+        c.print(f"database restored from base backup {d['base_backup']}: recovery point {d['recovery_point']} "
+                f"({d['recovery_point_source']}; target {d['target']})", markup=False)
+        c.print(f"the previous data folder is kept as {d['kept_data_dir']}: drop it (rm -rf) once you no longer "
+                "need it", markup=False)
+        if d["objects"]:
+            o = d["objects"]
+            c.print(f"objects: {o['copied']} version(s) made current, {o['delete_markers']} delete marker(s), "
+                    f"{o['unchanged']} unchanged", markup=False)
+        if d["keys"] and d["keys"].get("reencrypted"):
+            c.print(f"provider keys: {d['keys']['reencrypted']} value(s) re-encrypted with the current key",
+                    markup=False)
+        if d["restarted"]:
+            c.print(f"restarted {', '.join(d['restarted'])}", markup=False)
+        for w in d["warnings"]:
+            out.warn(w)
+
+    out.emit(res, human)
+
+
 restore_alias = restore_command
 app.command("restore")(restore_alias)
+
+
+@app.command("base")
+def base_cmd(
+    ctx: typer.Context,
+    kind: str = typer.Option("full", "--type", help="full, incr (changes since the last backup) or diff (since the "
+                                                    "last full)."),
+) -> None:
+    """A physical base backup with pgBackRest (backup.pitr): the start of every point-in-time restore; base backups
+    and WAL older than backup.pitr_retention_days expire afterwards."""
+    from aixsss_ops.usecases import pitr
+
+    st = state(ctx)
+    res = pitr.base(st.deployment, kind, say=st.out.info)
+
+    def human(d):
+        b = d["backup"] or {}
+        st.out.console.print(f"base backup {b.get('label')} ({b.get('type')}) in {d['duration_s']:.1f}s; "
+                             f"point-in-time window {d['window']['from']} .. {d['window']['to']}", markup=False)
+        for w in d["warnings"]:
+            st.out.warn(w)
+
+    st.out.emit(res, human)
+
+
+@app.command("schedule")
+def schedule_cmd(ctx: typer.Context) -> None:
+    """Print the systemd service + timer units (backup.pitr_full_calendar, pitr_incr_calendar) and the cron lines
+    of the default calendars that run `backup base`."""
+    from aixsss_ops.usecases import pitr
+
+    st = state(ctx)
+    res = pitr.schedule(st.deployment)
+
+    def human(d):
+        c = st.out.console
+        for name, text in d["units"].items():
+            c.print(f"# /etc/systemd/system/{name}\n{text}", markup=False)
+        c.print("# enable: systemctl daemon-reload && systemctl enable --now aixsss-ops-backup-full.timer "
+                "aixsss-ops-backup-incr.timer", markup=False)
+        c.print("# or cron (the default calendars):", markup=False)
+        for line in d["cron"]:
+            c.print(line, markup=False)
+
+    st.out.emit(res, human)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aixsss_ops.doctor import checks as c
+from aixsss_ops.doctor import pitr_checks as pitr
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ CHECKS: tuple[Check, ...] = (
     Check("backup.newest", c.backup_newest),
     Check("backup.verified", c.backup_verified),
     Check("backup.scratch", c.backup_scratch, "postgres.reachable"),
+    Check("backup.pitr-archiving", pitr.archiving, "postgres.reachable"),  # the pitr checks: none when it is off
+    Check("backup.pitr-wal", pitr.wal_age),
+    Check("backup.pitr-base", pitr.base_backup),
+    Check("backup.pitr-lifecycle", pitr.lifecycle_and_space, "s3.reachable"),
     Check("deploy.active", c.deploy_proxy),
     Check("deploy.state", c.deploy_state),
     Check("deploy.proxy-config", c.proxy_config),

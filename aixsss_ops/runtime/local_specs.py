@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aixsss_ops import appspec, sysbin
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
+from aixsss_ops.errors import ConfigError
 from aixsss_ops.fsutil import atomic_write
 from aixsss_ops.runtime.base import api_port, unit_name
-from aixsss_ops.runtime.pg_cluster import Cluster
+from aixsss_ops.runtime.pg_cluster import Archiving, Cluster, drop_archive_conf, ensure_traversable, os_account
 from aixsss_ops.runtime.supervisor import Program, envexec_argv
 
 
@@ -34,10 +37,67 @@ def cluster(cfg: OpsConfig, layout: Layout) -> Cluster:
     return Cluster(datadir=layout.pg_data, port=cfg.ports.postgres, host=cfg.host, os_user=cfg.postgres.os_user)
 
 
+def archiving(cfg: OpsConfig, layout: Layout) -> Archiving | None:
+    """pgBackRest's archiving of the cluster when ``backup.pitr`` is on (the stanza is the project's name)."""
+    if not cfg.backup.pitr:
+        return None
+    return Archiving(root=layout.root / "pgbackrest", socket_dir=layout.pg_data.parent / "run", stanza=cfg.project,
+                     timeout_s=max(1, round(cfg.backup.rpo_seconds)))
+
+
+def pgbackrest_repo(cfg: OpsConfig) -> dict[str, str]:
+    """The repo1-* options: ``backup.dir``/.pgbackrest, or (``destination = "s3"``) ``backup.s3_bucket`` of the store,
+    path-style, in ``<backup.s3_prefix>.pgbackrest``. pgBackRest reaches S3 over HTTPS only. (Both beside the logical
+    backups, never among them: their catalogue would take the repository for a backup.)"""
+    b = cfg.backup
+    if b.destination != "s3":
+        return {"repo1-path": str(cfg.backup_dir / ".pgbackrest")}
+    endpoint = b.s3_endpoint or f"http://{cfg.host}:{cfg.ports.s3}"
+    u = urlsplit(endpoint)
+    if u.scheme != "https":
+        raise ConfigError(f"backup.pitr with destination = \"s3\" needs an https endpoint ({endpoint} is not): "
+                          "pgBackRest speaks only HTTPS to S3",
+                          hint="set backup.s3_endpoint to an https:// address of the store, or keep the pgBackRest "
+                               "repository local (destination = \"local\")")
+    same = not b.s3_access_key
+    if b.s3_bucket == cfg.s3.bucket and not b.s3_endpoint:
+        raise ConfigError(f"backup.s3_bucket = '{b.s3_bucket}' is the app's own bucket: backups must go elsewhere")
+    if not b.s3_prefix.strip("/"):
+        raise ConfigError("backup.pitr with destination = \"s3\" needs backup.s3_prefix: the logical backups own "
+                          "the prefix's folders, so pgBackRest's repository goes beside it (<s3_prefix>.pgbackrest)")
+    prefix = "/" + b.s3_prefix.strip("/") + ".pgbackrest"
+    return {"repo1-type": "s3", "repo1-path": prefix, "repo1-s3-bucket": b.s3_bucket,
+            "repo1-s3-endpoint": u.hostname or "", "repo1-storage-port": str(u.port or 443),
+            "repo1-s3-uri-style": "path", "repo1-s3-region": cfg.s3.region,
+            "repo1-s3-key": cfg.s3.access_key if same else b.s3_access_key,
+            "repo1-s3-key-secret": (cfg.s3.secret_key if same else b.s3_secret_key).get_secret_value()}
+
+
+def write_pgbackrest_conf(cfg: OpsConfig, layout: Layout) -> Archiving | None:
+    """pgbackrest.conf under the state directory (0600, the postgres account's) and, for a local repository, its
+    folder in ``backup.dir`` (``backup.dir`` itself made searchable, not readable, by that account)."""
+    arch = archiving(cfg, layout)
+    if arch is None:
+        drop_archive_conf(layout.root / "pgbackrest")
+        return None
+    pg = cluster(cfg, layout)
+    repo = pgbackrest_repo(cfg)
+    if repo.get("repo1-type") != "s3":
+        path = Path(repo["repo1-path"])
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        acct = os_account(pg.os_user)
+        if acct:
+            os.chown(path, acct.pw_uid, acct.pw_gid)
+            ensure_traversable(path.parent)
+    arch.prepare(pg, arch.render(pg, cfg.postgres.superuser, repo, cfg.backup.pitr_retention_days))
+    return arch
+
+
 def postgres(cfg: OpsConfig, layout: Layout) -> ServiceDef:
     prog = Program(
         "postgres",
-        cluster(cfg, layout).server_argv(),
+        cluster(cfg, layout).server_argv(write_pgbackrest_conf(cfg, layout)),
         user=cfg.postgres.os_user,
         stopsignal="INT",
         stopwaitsecs=60,

@@ -39,9 +39,14 @@ class Program:
     environment: dict[str, str] = field(default_factory=dict)
 
     def render(self, logfile: Path) -> str:
+        """The program's section; ``%`` doubled wherever supervisord expands ``%(name)s``."""
+
+        def esc(value: object) -> str:
+            return str(value).replace("%", "%%")
+
         lines = [
             f"[program:{self.name}]",
-            f"command={shlex.join(self.argv)}",
+            f"command={esc(shlex.join(self.argv))}",
             "autostart=false",
             f"autorestart={self.autorestart}",
             f"exitcodes={self.exitcodes}",
@@ -52,17 +57,17 @@ class Program:
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
-            f"stdout_logfile={logfile}",
+            f"stdout_logfile={esc(logfile)}",
             "stdout_logfile_maxbytes=10MB",
             "stdout_logfile_backups=3",
         ]
         if self.directory:
-            lines.append(f"directory={self.directory}")
+            lines.append(f"directory={esc(self.directory)}")
         if self.user and os.geteuid() == 0:
             lines.append(f"user={self.user}")
         if self.environment:
             # values here are never secrets (those come from env files via envexec); quoted for supervisor's parser
-            env = ",".join(f'{k}="{v}"' for k, v in self.environment.items())
+            env = ",".join(f'{k}="{esc(v)}"' for k, v in self.environment.items())
             lines.append(f"environment={env}")
         return "\n".join(lines) + "\n"
 

@@ -52,6 +52,16 @@ class LocalStack(Stack):
         c, lay = self.cfg, self.layout
         return [services.postgres(c, lay), services.redis(c, lay), services.s3(c, lay), services.proxy(c, lay)]
 
+    def _archiving(self) -> list[str]:
+        """With ``backup.pitr``: the pgBackRest stanza, so the cluster's WAL archiving succeeds from the start."""
+        from aixsss_ops.backup import pitr
+
+        eng = pitr.engine_for(self.cfg, self.layout, write_config=False)
+        if eng is None or eng.info().exists:
+            return []
+        eng.stanza_create()
+        return [f"created the pgBackRest stanza {eng.arch.stanza}"]
+
     def app_defs(self, color: str) -> list[services.ServiceDef]:
         spec = self.colors().spec(color)
         return services.app_processes(self.cfg, self.layout, color, spec.path, spec.version)
@@ -93,6 +103,7 @@ class LocalStack(Stack):
         actions += self._start(infra, say)
         self.wait_ready(infra, say)
         actions += self._prepare_data(colors.spec(colors.active), say)
+        actions += self._archiving()
         app = self.app_defs(colors.active)
         actions += self._start(app, say)
         self.wait_ready(app, say)

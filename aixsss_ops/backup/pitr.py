@@ -1,0 +1,280 @@
+"""Point-in-time recovery with pgBackRest: the engine's commands as argument lists, its ``info`` parsed, the
+recovery window, the base backup a target time needs, and the target time itself.
+
+pgBackRest does the work (base backups, WAL archiving, restore with replay to a time); this module only decides
+what to ask it and reads its answers. Every command runs as the account that owns the cluster, with the config
+file the embedded stack wrote (``runtime.pg_cluster.Archiving``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aixsss_ops.config import OpsConfig
+from aixsss_ops.context.embedded import read_secrets
+from aixsss_ops.context.layout import Layout
+from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.output import scrubber
+from aixsss_ops.procutil import die_with_parent
+from aixsss_ops.runtime import local_specs
+from aixsss_ops.runtime.pg_cluster import Archiving, Cluster
+
+_RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_target(text: str, now: datetime | None = None) -> datetime:
+    """``T`` of ``restore --to-time``: ISO 8601 with a zone (``2026-12-06T12:00:00Z``, ``…+01:00``) or relative to
+    now (``-15m``, ``-90s``, ``-2h``, ``-1d``); returned in UTC."""
+    now = now or datetime.now(UTC)
+    s = text.strip()
+    m = _RELATIVE.match(s)
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--to-time {text!r} is neither ISO 8601 nor relative",
+                         hint="e.g. 2026-12-06T12:00:00Z, 2026-12-06T13:00:00+01:00, -15m, -2h") from None
+    if t.tzinfo is None:
+        raise UsageError(f"--to-time {text!r} has no time zone", hint="add Z or an offset such as +01:00")
+    return t.astimezone(UTC)
+
+
+def iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z") if t else None
+
+
+def _epoch(v: Any) -> datetime | None:
+    return datetime.fromtimestamp(v, UTC) if isinstance(v, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    label: str
+    type: str  # full | diff | incr
+    started: datetime
+    stopped: datetime  # the backup is consistent from here: the earliest T it can serve
+    wal_start: str
+    wal_stop: str
+    size: int | None = None  # database size
+    repo_size: int | None = None
+    prior: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "type": self.type, "started_at": iso(self.started), "stopped_at": iso(self.stopped),
+                "wal_start": self.wal_start, "wal_stop": self.wal_stop, "size": self.size,
+                "repo_size": self.repo_size, "prior": self.prior}
+
+
+@dataclass
+class Info:
+    """One stanza of ``pgbackrest info --output=json``."""
+
+    stanza: str
+    status_code: int
+    status: str
+    backups: list[BaseBackup] = field(default_factory=list)  # oldest first
+    archive_id: str | None = None
+    wal_min: str | None = None
+    wal_max: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.status_code not in (1, 3)  # 1: missing stanza path, 3: missing stanza data
+
+
+def parse_info(text: str, stanza: str) -> Info:
+    data = json.loads(text or "[]")
+    one = next((s for s in data if s.get("name") == stanza), None)
+    if one is None:
+        return Info(stanza, 1, "missing stanza")
+    st = one.get("status") or {}
+    archives = one.get("archive") or []
+    current = archives[-1] if archives else {}
+    backups = []
+    for b in one.get("backup") or []:
+        ts, ar, inf = b.get("timestamp") or {}, b.get("archive") or {}, b.get("info") or {}
+        started, stopped = _epoch(ts.get("start")), _epoch(ts.get("stop"))
+        if started is None or stopped is None:
+            continue
+        backups.append(BaseBackup(b.get("label", ""), b.get("type", ""), started, stopped, ar.get("start") or "",
+                                  ar.get("stop") or "", inf.get("size"), (inf.get("repository") or {}).get("delta"),
+                                  b.get("prior")))
+    backups.sort(key=lambda b: b.stopped)
+    return Info(stanza, int(st.get("code", 99)), st.get("message", ""), backups, current.get("id"),
+                current.get("min"), current.get("max"))
+
+
+@dataclass(frozen=True)
+class Window:
+    """The instants a restore can reach: from the end of the oldest base backup to the newest archived WAL."""
+
+    start: datetime | None
+    end: datetime | None  # the newest archived WAL segment's time (archiving runs: "now" minus at most the RPO)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"from": iso(self.start), "to": iso(self.end)}
+
+    def text(self) -> str:
+        if self.start is None:
+            return "empty (no base backup yet: `aixsss-ops backup base`)"
+        return f"{iso(self.start)} .. {iso(self.end) if self.end else 'now'}"
+
+
+def window(info: Info, newest_wal: datetime | None) -> Window:
+    if not info.backups:
+        return Window(None, None)
+    return Window(info.backups[0].stopped, max(newest_wal, info.backups[-1].stopped) if newest_wal else None)
+
+
+def choose_backup(info: Info, target: datetime) -> BaseBackup:
+    """The newest base backup consistent at or before ``target`` (the one that needs the least WAL replayed)."""
+    fit = [b for b in info.backups if b.stopped <= target]
+    if not fit:
+        raise UsageError(f"{iso(target)} is outside the point-in-time recovery window "
+                         f"({window(info, None).text()}): no base backup ends before it",
+                         hint="pick a time inside the window (`aixsss-ops backup list` shows it)")
+    return fit[-1]
+
+
+@dataclass(frozen=True)
+class WalFile:
+    name: str  # 24 hex digits of a segment (timeline, log, seg), possibly followed by -<sha1>.<ext>
+    size: int
+    time: datetime | None
+
+    @property
+    def segment(self) -> str:
+        return self.name[:24]
+
+
+def parse_repo_ls(text: str) -> tuple[list[WalFile], dict[int, datetime]]:
+    """``pgbackrest repo-ls --recurse --output=json`` of an archive id: the WAL segment files (no .backup files),
+    and each timeline's history file with the time it was archived (when that timeline began)."""
+    data = json.loads(text or "{}")
+    out, timelines = [], {}
+    for path, meta in data.items():
+        name = path.rsplit("/", 1)[-1]
+        if meta.get("type") != "file":
+            continue
+        h = re.match(r"^([0-9A-F]{8})\.history$", name)
+        if h and _epoch(meta.get("time")):
+            timelines[int(h.group(1), 16)] = _epoch(meta.get("time"))
+        elif re.match(r"^[0-9A-F]{24}-", name) and ".backup" not in name:
+            out.append(WalFile(name, int(meta.get("size") or 0), _epoch(meta.get("time"))))
+    out.sort(key=lambda w: w.segment)
+    return out, timelines
+
+
+def timeline_at(timelines: dict[int, datetime], target: datetime) -> int | None:
+    """The timeline that was live at ``target``: the newest one begun before it (None: the base backup's own).
+    A restore to an instant before an earlier restore must not follow the timeline that restore began."""
+    begun = [tl for tl, t in timelines.items() if t <= target]
+    return max(begun) if begun else None
+
+
+def wal_after(files: list[WalFile], start_segment: str) -> list[WalFile]:
+    """The archived segments a restore from a backup starting at ``start_segment`` may replay (any timeline)."""
+    return [w for w in files if w.segment[8:] >= start_segment[8:]]
+
+
+class Engine:
+    """pgBackRest's commands against the stack's cluster (as the cluster's account; the superuser's password in
+    ``PGPASSWORD`` for the commands that connect)."""
+
+    def __init__(self, cluster: Cluster, archiving: Archiving, password: str | None):
+        self.cluster, self.arch, self.password = cluster, archiving, password
+
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        argv = self.arch.command(*args)
+        try:  # pgBackRest dies with this process: a killed restore leaves no writer behind in its folder
+            r = self.cluster._run_as(argv, env=env, timeout=timeout, preexec_fn=die_with_parent)
+        except subprocess.TimeoutExpired:
+            raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
+        if check and r.returncode != 0:
+            lines = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]
+            raise OpsError(f"pgbackrest {args[0]} failed (exit {r.returncode}): "
+                           f"{lines[-1] if lines else 'no message'}", details="\n".join(lines[-20:]),
+                           hint=f"its log: {self.arch.root / 'log'}")
+        return r
+
+    def info(self) -> Info:
+        r = self.run("info", "--output=json", timeout=60, check=False)
+        if r.returncode != 0 and not r.stdout.strip():
+            raise OpsError(f"pgbackrest info failed: {(r.stderr or '').strip().splitlines()[-1:] or r.returncode}")
+        return parse_info(r.stdout, self.arch.stanza)
+
+    def stanza_create(self) -> None:
+        self.run("stanza-create", timeout=120)
+
+    def check(self, timeout: float = 120) -> None:
+        """Switches the WAL segment and waits until it is archived: everything written before it is in the repo."""
+        self.run("check", timeout=timeout)
+
+    def backup(self, kind: str) -> None:
+        self.run("backup", f"--type={kind}", timeout=24 * 3600)
+
+    def wal_files(self, archive_id: str | None) -> tuple[list[WalFile], dict[int, datetime]]:
+        if not archive_id:
+            return [], {}
+        r = self.run("repo-ls", "--recurse", "--output=json", f"archive/{self.arch.stanza}/{archive_id}",
+                     timeout=120)
+        return parse_repo_ls(r.stdout)
+
+    def restore(self, into: Path, label: str, target: datetime, timeline: int | None) -> None:
+        """Restore base backup ``label`` into the empty folder ``into`` with replay up to ``target``, then promote.
+        The restore_command points at the stack's own config (pg1-path = the live data folder this one will
+        replace)."""
+        get = " ".join([*self.arch.command(), "archive-get", "%f", '"%p"'])
+        self.run("restore", f"--pg1-path={into}", f"--set={label}", "--type=time",
+                 f"--target={target.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00",
+                 "--target-action=promote", f"--target-timeline={timeline or 'current'}",
+                 f"--recovery-option=restore_command={get}", timeout=24 * 3600)
+
+
+def engine_for(cfg: OpsConfig, layout: Layout, write_config: bool = True) -> Engine | None:
+    """pgBackRest against the embedded stack's cluster; None when ``backup.pitr`` is off. ``write_config``: write
+    pgbackrest.conf first (the same file ``stack up`` writes); doctor only reads it."""
+    arch = local_specs.write_pgbackrest_conf(cfg, layout) if write_config else local_specs.archiving(cfg, layout)
+    if arch is None:
+        return None
+    sec = read_secrets(layout)
+    if sec:
+        scrubber.add(*sec.values())
+    return Engine(local_specs.cluster(cfg, layout), arch, sec["postgres_superuser_password"] if sec else None)
+
+
+def newest_wal(files: list[WalFile]) -> datetime | None:
+    times = [w.time for w in files if w.time]
+    return max(times) if times else None
+
+
+def segment_end_lsn(segment: str, seg_size: int = 16 * 1024 * 1024) -> int:
+    """The LSN just past WAL segment ``segment`` (24 hex digits: timeline, log, seg)."""
+    log, seg = int(segment[8:16], 16), int(segment[16:24], 16)
+    return (log << 32) + (seg + 1) * seg_size
+
+
+def schedule_lines(exe: str, config: Path, full_calendar: str, incr_calendar: str) -> dict[str, str]:
+    """systemd units and timers for the base backups, plus the cron equivalent of the default calendars."""
+    units = {}
+    for kind, cal in (("full", full_calendar), ("incr", incr_calendar)):
+        name = f"aixsss-ops-backup-{kind}"
+        units[f"{name}.service"] = (
+            "[Unit]\nDescription=aixsss-ops physical base backup (" + kind + ")\n\n[Service]\nType=oneshot\n"
+            f"ExecStart={exe} --config {config} --yes backup base --type {kind}\n")
+        units[f"{name}.timer"] = (
+            f"[Unit]\nDescription=aixsss-ops {kind} base backup\n\n[Timer]\nOnCalendar={cal}\nPersistent=true\n\n"
+            "[Install]\nWantedBy=timers.target\n")
+    return units

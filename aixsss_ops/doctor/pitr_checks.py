@@ -1,0 +1,148 @@
+"""Doctor's point-in-time recovery checks (``backup.pitr`` on; none otherwise): archiving works, the newest archived
+WAL against ``backup.rpo_seconds``, the newest base backup, the object store's lifecycle rule against the window,
+the repository's free space."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aixsss_ops.doctor.context import Context
+from aixsss_ops.findings import Finding
+
+BASE_MAX_AGE_S = 2 * 86400  # the default calendars take one every day: two days without one is a missed run
+SPACE_MIN_FREE = 0.10
+
+
+def _engine(ctx: Context):
+    from aixsss_ops.backup.pitr import engine_for
+
+    if not ctx.cfg.backup.pitr or ctx.cfg.runtime != "local":
+        return None
+    return engine_for(ctx.cfg, ctx.dep.layout, write_config=False)
+
+
+def _secs(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else (f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
+
+
+def archiving(ctx: Context) -> list[Finding]:
+    """``pgbackrest check``: a WAL segment switched, archived and found in the repository."""
+    from aixsss_ops.errors import OpsError
+
+    eng = _engine(ctx)
+    if eng is None:
+        return []
+    name = "backup.pitr-archiving"
+    if not eng.arch.config.exists():
+        return [Finding(name, "fail", f"no pgBackRest config at {eng.arch.config}",
+                        "`aixsss-ops stack up` writes it (and restarts Postgres with archiving)")]
+    try:
+        eng.check(timeout=max(1.0, ctx.timeout - 0.3))
+    except OpsError as e:
+        return [Finding(name, "fail", e.message, "`aixsss-ops backup base` creates the stanza; see the pgBackRest log "
+                                                 f"in {eng.arch.root / 'log'} and `aixsss-ops stack logs postgres`")]
+    return [Finding(name, "ok", f"pgbackrest check: WAL archived to stanza {eng.arch.stanza}")]
+
+
+def wal_age(ctx: Context) -> list[Finding]:
+    """The newest archived WAL against the RPO. An idle database closes no segment (archive_timeout switches only
+    after writes), so an old newest segment fails only when more than the current segment is unarchived or the
+    archiver reports failures."""
+    from aixsss_ops.backup.pitr import newest_wal, segment_end_lsn
+    from aixsss_ops.dburl import parse_database_url
+
+    eng = _engine(ctx)
+    if eng is None:
+        return []
+    name = "backup.pitr-wal"
+    rpo = ctx.cfg.backup.rpo_seconds
+    info = eng.info()
+    if not info.exists:
+        return [Finding(name, "fail", "the pgBackRest stanza does not exist: no WAL is archived",
+                        "`aixsss-ops backup base` creates it")]
+    files, _ = eng.wal_files(info.archive_id)
+    newest = newest_wal(files)
+    if newest is None:
+        return [Finding(name, "fail", "no WAL archived yet", "`aixsss-ops doctor --only backup.pitr-archiving`")]
+    age = (datetime.now(UTC) - newest).total_seconds()
+    msg = f"newest archived WAL {files[-1].segment} is {_secs(age)} old (RPO {rpo:g}s)"
+    if age <= rpo:
+        return [Finding(name, "ok", msg)]
+    if not ctx.database_url:
+        return [Finding(name, "warn", msg + "; the database was not asked whether it wrote since")]
+    with parse_database_url(ctx.dep.admin_database.value).connect(timeout=ctx.net_timeout) as c:
+        lsn, failed_after = c.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, "
+            "coalesce(last_failed_time > coalesce(last_archived_time, 'epoch'), false) FROM pg_stat_archiver"
+        ).fetchone()
+        seg_size = int(c.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[0])
+    newest_seg = max(files, key=lambda w: w.segment[8:]).segment
+    behind = lsn - segment_end_lsn(newest_seg, seg_size)
+    if failed_after:
+        return [Finding(name, "fail", msg + "; the archiver's last attempt failed",
+                        f"see the pgBackRest log in {eng.arch.root / 'log'}")]
+    if behind > seg_size:
+        return [Finding(name, "fail", msg + f"; {behind / 2**20:.0f} MB of WAL not archived",
+                        f"archiving is behind: see the pgBackRest log in {eng.arch.root / 'log'}")]
+    return [Finding(name, "ok", msg + "; nothing unarchived beyond the current segment (an idle database)")]
+
+
+def base_backup(ctx: Context) -> list[Finding]:
+    eng = _engine(ctx)
+    if eng is None:
+        return []
+    name = "backup.pitr-base"
+    info = eng.info()
+    if not info.backups:
+        return [Finding(name, "fail", "no pgBackRest base backup: the point-in-time window is empty",
+                        "take one (`aixsss-ops backup base`) and schedule them (`aixsss-ops backup schedule`)")]
+    b = info.backups[-1]
+    age = (datetime.now(UTC) - b.stopped).total_seconds()
+    msg = (f"newest base backup {b.label} ({b.type}) is {_secs(age)} old; window from "
+           f"{info.backups[0].stopped:%Y-%m-%d %H:%M:%S}Z")
+    if age > BASE_MAX_AGE_S:
+        return [Finding(name, "warn", msg, "check the schedule (`aixsss-ops backup schedule`): a restore replays "
+                                           "all WAL since the newest base backup")]
+    return [Finding(name, "ok", msg)]
+
+
+def lifecycle_and_space(ctx: Context) -> list[Finding]:
+    """Noncurrent object versions expire with the window (not before: T inside it needs them; not never: the window
+    is all that is kept); the local repository's file system has room."""
+    from aixsss_ops.backup import objects
+
+    eng = _engine(ctx)
+    if eng is None:
+        return []
+    out = []
+    days = ctx.cfg.backup.pitr_retention_days + 1
+    name = "backup.pitr-lifecycle"
+    s3, bucket = ctx.dep.s3, ctx.dep.bucket
+    warnings, _ = objects.lifecycle_warnings(s3, bucket, days)
+    try:
+        cfg = s3.client(timeout=ctx.net_timeout).get_bucket_lifecycle(bucket)
+        rules = [r for r in (cfg.rules if cfg else []) if r.noncurrent_version_expiration]
+    except Exception:
+        rules = []
+    if warnings:
+        out.append(Finding(name, "fail", warnings[0], "a point-in-time restore inside the window would miss object "
+                                                      "versions: lengthen the rule"))
+    elif not rules:
+        out.append(Finding(name, "warn", f"bucket {bucket} has no rule expiring noncurrent versions: they are kept "
+                                         f"beyond the {ctx.cfg.backup.pitr_retention_days}-day window",
+                           "`aixsss-ops backup base` adds one"))
+    else:
+        out.append(Finding(name, "ok", f"bucket {bucket}: noncurrent versions expire after "
+                                       f"{rules[0].noncurrent_version_expiration.noncurrent_days} day(s), "
+                                       f"window {ctx.cfg.backup.pitr_retention_days} day(s)"))
+    if ctx.cfg.backup.destination != "s3":
+        repo = Path(ctx.cfg.backup_dir)
+        usage = shutil.disk_usage(repo if repo.exists() else repo.parent)
+        free = usage.free / usage.total
+        f = Finding("backup.pitr-space", "ok" if free >= SPACE_MIN_FREE else "warn",
+                    f"repository file system {free:.0%} free ({usage.free / 2**30:.1f} GB)",
+                    None if free >= SPACE_MIN_FREE else "free space or shorten backup.pitr_retention_days")
+        out.append(f)
+    return out

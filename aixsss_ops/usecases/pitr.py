@@ -1,0 +1,379 @@
+"""Point-in-time recovery of a deployment: physical base backups, the recovery window, and ``restore --to-time T``
+(the database replayed to T by pgBackRest into a new data folder swapped in, the objects rewound to T).
+
+Only the embedded stack on the local runtime: its cluster is the one pgBackRest archives (``backup.pitr``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aixsss_ops.backup import objects, rekey
+from aixsss_ops.backup import pitr as engine_mod
+from aixsss_ops.backup.pitr import BaseBackup, Engine, Info, Window, iso
+from aixsss_ops.context.deployment import EMBEDDED_ADMIN, PREVIOUS_KEY, Deployment
+from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+from aixsss_ops.fsutil import atomic_write_json, read_json
+from aixsss_ops.poll import poll_until
+from aixsss_ops.runtime.pg_cluster import os_account
+from aixsss_ops.usecases.backup import api_key, database
+
+Say = Callable[[str], None]
+RECOVERY_TIMEOUT = 3600.0
+
+
+def _require(dep: Deployment) -> None:
+    if not dep.cfg.backup.pitr:
+        raise UsageError("point-in-time recovery is off", hint="set backup.pitr = true in ops.toml, then "
+                         "`aixsss-ops stack up` (restarts Postgres with WAL archiving) and `aixsss-ops backup base`")
+    if dep.admin_database.source != EMBEDDED_ADMIN:
+        raise UsageError(f"point-in-time recovery restores the embedded stack's cluster, but the database comes from "
+                         f"{dep.admin_database.source}", hint="drop --database-url / DATABASE_URL for this command")
+    if dep.cfg.runtime != "local":
+        raise UsageError("point-in-time recovery runs on the local runtime only for now (runtime = \"docker\" "
+                         "has no pgBackRest in its Postgres container yet)")
+
+
+def engine(dep: Deployment) -> Engine:
+    """pgBackRest against the stack's cluster (writes its config: the same file ``stack up`` writes)."""
+    _require(dep)
+    return engine_mod.engine_for(dep.cfg, dep.layout)
+
+
+def _stack(dep: Deployment):
+    from aixsss_ops.stack.engines import open_stack
+
+    return open_stack(dep)
+
+
+@dataclass
+class Status:
+    info: Info
+    window: Window
+    wal_segments: int
+    wal_bytes: int
+    newest_wal: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stanza": self.info.stanza, "status": self.info.status, "window": self.window.to_dict(),
+                "base_backups": [b.to_dict() for b in self.info.backups], "wal_segments": self.wal_segments,
+                "wal_bytes": self.wal_bytes, "newest_wal_at": iso(self.newest_wal)}
+
+
+def status(dep: Deployment, eng: Engine | None = None) -> Status:
+    """Base backups, archived WAL and the window (``backup list``, doctor)."""
+    eng = eng or engine(dep)
+    info = eng.info()
+    files, _tl = eng.wal_files(info.archive_id) if info.exists else ([], {})
+    newest = engine_mod.newest_wal(files)
+    return Status(info, engine_mod.window(info, newest), len(files), sum(w.size for w in files), newest)
+
+
+def ensure_stanza(eng: Engine) -> bool:
+    """The stanza exists (created on first use: archiving of the running cluster starts to succeed then)."""
+    if eng.info().exists:
+        return False
+    eng.stanza_create()
+    return True
+
+
+def lifecycle(dep: Deployment) -> tuple[list[str], bool]:
+    """Noncurrent object versions expire with the window: when the bucket has no such rule, one of
+    pitr_retention_days + 1 days (lifecycle days round up to midnight UTC), or longer when the logical backups'
+    retention (keep_*) or noncurrent_version_days asks for more (their restore points need the versions too)."""
+    from aixsss_ops.backup.prune import Policy
+
+    b = dep.cfg.backup
+    days = b.pitr_retention_days + 1
+    logical = Policy(b.keep_last, b.keep_daily, b.keep_weekly).horizon_days
+    objects.ensure_versioning(dep.s3, dep.bucket)
+    return objects.lifecycle_warnings(dep.s3, dep.bucket, days,
+                                      add_days=max(days, logical, b.noncurrent_version_days))
+
+
+def base(dep: Deployment, kind: str = "full", say: Say = lambda _m: None) -> dict[str, Any]:
+    """A physical base backup (pgBackRest ``backup --type full|incr``); old ones expire by time afterwards."""
+    if kind not in ("full", "incr", "diff"):
+        raise UsageError(f"--type {kind!r}: one of full, incr, diff")
+    eng = engine(dep)
+    if ensure_stanza(eng):
+        say(f"created the pgBackRest stanza {eng.arch.stanza}")
+    try:
+        warnings, added = lifecycle(dep)
+    except OpsError as e:  # the database's base backup does not wait for the object store
+        warnings, added = [f"object store: versioning and the lifecycle rule not checked: {e.message}"], False
+    if added:
+        say(f"added a lifecycle rule expiring noncurrent versions of {dep.bucket}")
+    say(f"pgbackrest backup --type={kind}")
+    started = datetime.now(UTC)
+    eng.backup(kind)
+    st = status(dep, eng)
+    newest = st.info.backups[-1] if st.info.backups else None
+    return {"backup": newest.to_dict() if newest else None, "duration_s": (datetime.now(UTC) - started).total_seconds(),
+            "window": st.window.to_dict(), "warnings": warnings}
+
+
+def schedule(dep: Deployment) -> dict[str, Any]:
+    b = dep.cfg.backup
+    exe = str(Path(sys.executable).parent / "aixsss-ops")
+    cfg_path = dep.cfg.config_path or Path("ops.toml").resolve()
+    units = engine_mod.schedule_lines(exe, cfg_path, b.pitr_full_calendar, b.pitr_incr_calendar)
+    return {"units": units, "cron": [f"0 3 * * 0 {exe} --config {cfg_path} --yes backup base --type full",
+                                     f"0 3 * * 1-6 {exe} --config {cfg_path} --yes backup base --type incr"],
+            "calendars": {"full": b.pitr_full_calendar, "incr": b.pitr_incr_calendar}}
+
+
+# -- restore --to-time --
+
+@dataclass
+class PitrPlan:
+    target: datetime
+    backup: BaseBackup
+    timeline: int | None
+    window: Window
+    wal_segments: int  # archived segments from the base backup's start on: replay reads at most these
+    wal_bytes: int
+    objects: objects.ObjectPlan | None
+    steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": iso(self.target), "base_backup": self.backup.to_dict(), "timeline": self.timeline,
+                "window": self.window.to_dict(), "wal_segments_at_most": self.wal_segments,
+                "wal_bytes_at_most": self.wal_bytes, "objects": self.objects.to_dict() if self.objects else None,
+                "steps": self.steps, "warnings": self.warnings}
+
+
+def _journal(dep: Deployment) -> Path:
+    return dep.layout.pg_data.parent / "pitr-restore.json"
+
+
+def recover_interrupted(dep: Deployment, say: Say = lambda _m: None) -> list[str]:
+    """Undo what a killed ``restore --to-time`` left: a partial data folder goes; a live folder moved aside and not
+    replaced comes back; Postgres and the app units it had stopped are started again."""
+    j = read_json(_journal(dep), None)
+    if not j:
+        return []
+    done = []
+    data = dep.layout.pg_data
+    new, kept = Path(j["new"]), Path(j["kept"])
+    if not data.exists() and kept.exists():
+        kept.rename(data)
+        done.append(f"moved {kept.name} back to {data.name}")
+    elif kept.exists():
+        done.append(f"the data folder live before it is kept as {kept}")
+    if new.exists() and new != data:
+        shutil.rmtree(new)
+        done.append(f"removed the partial restore {new.name}")
+    stack = _stack(dep)
+    if stack.runtime.state("postgres") not in ("RUNNING", "STARTING"):
+        stack.runtime.start("postgres")
+        done.append("started postgres")
+    for service, color in j.get("stopped") or []:
+        stack.runtime.start(service, color)
+    _journal(dep).unlink(missing_ok=True)
+    for d in done:
+        say(f"interrupted restore: {d}")
+    return done
+
+
+def _marker(dep: Deployment) -> bool:
+    """A committed transaction after T and a switched, archived WAL segment: replay to any T <= now then finds a
+    commit past T and stops there instead of running out of WAL before reaching it."""
+    from aixsss_ops.backup.postgres import admin_target
+
+    try:
+        with admin_target(database(dep)).connect(timeout=5) as c:
+            c.execute("SELECT pg_catalog.txid_current()")
+        return True
+    except OpsError:
+        return False
+
+
+def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: datetime | None = None) -> PitrPlan:
+    eng = eng or engine(dep)
+    now = now or datetime.now(UTC)
+    target = engine_mod.parse_target(target_text, now)
+    info = eng.info()
+    if not info.exists or not info.backups:
+        raise UsageError(f"{iso(target)} is outside the point-in-time recovery window (empty: no base backup yet)",
+                         hint="take one: `aixsss-ops backup base`")
+    warnings = []
+    if target > now:
+        raise UsageError(f"{iso(target)} is in the future; the window is "
+                         f"{engine_mod.window(info, now).text()}")
+    chosen = engine_mod.choose_backup(info, target)  # refuses T before the oldest base backup, window in the message
+    if _marker(dep):
+        eng.check()  # WAL switched and archived: everything committed up to now is in the repository
+    else:
+        warnings.append("the live database does not answer: WAL not yet archived cannot be replayed")
+    files, timelines = eng.wal_files(info.archive_id)
+    newest = engine_mod.newest_wal(files)
+    win = engine_mod.window(info, newest)
+    if win.end is not None and target > win.end + timedelta(seconds=1):  # repository times are whole seconds
+        raise UsageError(f"{iso(target)} is outside the point-in-time recovery window ({win.text()})")
+    replay = engine_mod.wal_after(files, chosen.wal_start)
+    obj_plan = None
+    has_store = True
+    try:
+        snap = objects.take_snapshot(dep.s3, dep.bucket, target)
+        obj_plan = objects.plan_restore(dep.s3, asdict(snap))
+    except OpsError as e:
+        has_store = False
+        warnings.append(f"objects not rewound: {e.message}")
+    if obj_plan is not None and obj_plan.missing:  # before anything changes, not after the database is replaced
+        raise CheckFailed(f"{len(obj_plan.missing)} object version(s) of {iso(target)} no longer exist in "
+                          f"{obj_plan.bucket} (expired?), e.g. "
+                          + ", ".join(f"{m['key']}@{m['version_id']}" for m in obj_plan.missing[:3]),
+                          hint="check the bucket's lifecycle rule against backup.pitr_retention_days (doctor)")
+    tl = engine_mod.timeline_at(timelines, target)
+    p = PitrPlan(target, chosen, tl, win, len(replay), sum(w.size for w in replay), obj_plan, warnings=warnings)
+    p.steps = [
+        f"restore base backup {chosen.label} ({chosen.type}, consistent at {iso(chosen.stopped)}) into a new data "
+        f"folder, replaying at most {len(replay)} archived WAL segment(s) to {iso(target)}"
+        + (f" on timeline {tl}" if tl else ""),
+        "stop the app and Postgres, move the live data folder aside (kept), the restored one into place, start "
+        "Postgres: it replays to the target and promotes",
+    ]
+    if obj_plan is not None:
+        p.steps.append(f"rewind bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made "
+                       f"current, {len(obj_plan.hide)} delete marker(s), {obj_plan.unchanged} unchanged")
+    elif not has_store:
+        p.steps.append("objects: skipped (the store does not answer)")
+    p.steps.append("re-encrypt provider keys the current key cannot read (with API_KEY_ENCRYPTION_KEY_PREVIOUS), "
+                   "start the app again")
+    return p
+
+
+def _chown_dir(path: Path, os_user: str) -> None:
+    path.mkdir(mode=0o700)
+    acct = os_account(os_user)
+    if acct:
+        os.chown(path, acct.pw_uid, acct.pw_gid)
+
+
+def _recovery_point(dep: Deployment) -> tuple[datetime | None, bool]:
+    """Wait until the restored cluster has promoted; the last replayed commit's time (None: none replayed)."""
+    from aixsss_ops.backup.postgres import admin_target
+
+    target = admin_target(database(dep))
+
+    def promoted():
+        try:
+            with target.connect(timeout=3) as c:
+                if c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return None
+                return (c.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()[0],)
+        except OpsError:
+            return None
+
+    got = poll_until(promoted, RECOVERY_TIMEOUT, interval=0.2)
+    if got is None:
+        raise OpsError("the restored cluster did not finish recovery",
+                       hint=f"see `aixsss-ops stack logs postgres`; the previous data folder is kept in "
+                            f"{dep.layout.pg_data.parent}")
+    return got[0], True
+
+
+def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
+                    say: Say = lambda _m: None) -> dict[str, Any]:
+    """``restore --to-time T``: the database and the objects as they were at T."""
+    eng = engine(dep)
+    recover_interrupted(dep, say)
+    p = plan(dep, target_text, eng)
+    if dry_run:
+        return {"dry_run": True, "plan": p.to_dict()}
+    lay, cfg = dep.layout, dep.cfg
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    new = lay.pg_data.parent / f"data.pitr-{stamp}.partial"
+    kept = lay.pg_data.parent / f"data.pre_pitr_{stamp}"
+    journal = {"target": iso(p.target), "new": str(new), "kept": str(kept), "stopped": []}
+    atomic_write_json(_journal(dep), journal, mode=0o600)
+    _chown_dir(new, cfg.postgres.os_user)
+    say(f"pgbackrest restore of {p.backup.label} into {new.name} (target {iso(p.target)})")
+    started = datetime.now(UTC)
+    eng.restore(new, p.backup.label, p.target, p.timeline)
+
+    from aixsss_ops.runtime.base import is_app
+
+    stack = _stack(dep)
+    units = [(u.service, u.color) for u in stack.runtime.status()
+             if is_app(u.service) and u.state in ("RUNNING", "STARTING")]
+    journal["stopped"] = units
+    atomic_write_json(_journal(dep), journal, mode=0o600)
+    for service, color in units:
+        say(f"stopping {service}-{color}")
+        stack.runtime.stop(service, color)
+    say("stopping postgres")
+    stack.runtime.stop("postgres")
+    lay.pg_data.rename(kept)
+    new.rename(lay.pg_data)
+    journal["phase"] = "swapped"
+    atomic_write_json(_journal(dep), journal, mode=0o600)
+    say(f"the live data folder is kept as {kept}; starting postgres on the restored one")
+    try:
+        stack.runtime.start("postgres")
+        reached, _ = _recovery_point(dep)
+    except Exception:
+        _roll_back(dep, stack, kept, stamp, units, say)
+        raise
+    _journal(dep).unlink(missing_ok=True)
+    db_s = (datetime.now(UTC) - started).total_seconds()
+    result: dict[str, Any] = {"target": iso(p.target), "base_backup": p.backup.label, "timeline": p.timeline,
+                              "recovery_point": iso(reached) if reached else iso(p.backup.stopped),
+                              "recovery_point_source": "last replayed commit" if reached else
+                              "base backup end (no commit replayed after it)",
+                              "kept_data_dir": str(kept), "database_s": db_s, "objects": None, "keys": None,
+                              "warnings": list(p.warnings)}
+    if p.objects is not None:
+        say(f"rewinding bucket {p.objects.bucket}")
+        result["objects"] = objects.apply_restore(dep.s3, p.objects)
+    result["keys"] = _rekey(dep, result["warnings"])
+    if units:
+        for service, color in units:
+            stack.runtime.start(service, color)
+        defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in set(units)]
+        stack.wait_ready(defs, say)
+    result["restarted"] = [f"{s}-{c}" for s, c in units]
+    return result
+
+
+def _roll_back(dep: Deployment, stack, kept: Path, stamp: str, units, say: Say) -> None:
+    """The restored cluster did not come up: it goes aside (for a look), the previous one back, and runs again."""
+    data = dep.layout.pg_data
+    failed = data.parent / f"data.failed_pitr_{stamp}"
+    say(f"the restored cluster did not come up: moving it to {failed.name} and the previous one back")
+    with suppress(OpsError):
+        stack.runtime.stop("postgres")
+    data.rename(failed)
+    kept.rename(data)
+    _journal(dep).unlink(missing_ok=True)
+    stack.runtime.start("postgres")
+    for service, color in units:
+        stack.runtime.start(service, color)
+
+
+def _rekey(dep: Deployment, warnings: list[str]) -> dict[str, int] | None:
+    """Provider keys stored at T under a key rotated away since: re-encrypted with the current key (given the
+    previous one)."""
+    current, _src = api_key(dep)
+    if current is None:
+        return None
+    pg = database(dep)
+    if rekey.undecryptable(pg, current) == 0:
+        return {"reencrypted": 0}
+    old, _ = api_key(dep, PREVIOUS_KEY)
+    if old is None:
+        warnings.append("some provider keys were stored under an earlier API_KEY_ENCRYPTION_KEY and no "
+                        f"{PREVIOUS_KEY} is set: re-encrypt them with `aixsss-ops keys rotate`")
+        return None
+    counts = rekey.rekey_profiles(pg, old, current)
+    return {"reencrypted": counts["reencrypted"]}

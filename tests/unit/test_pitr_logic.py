@@ -1,0 +1,111 @@
+"""Point-in-time recovery's pure logic: target times, pgBackRest's info and repo listings, the window, the base
+backup and timeline a target needs, the config and archive settings the stack writes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aixsss_ops.backup import pitr
+from aixsss_ops.errors import UsageError
+from aixsss_ops.runtime.pg_cluster import Archiving, Cluster
+
+NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("-15m", NOW - timedelta(minutes=15)),
+    ("-90s", NOW - timedelta(seconds=90)),
+    ("- 2h", NOW - timedelta(hours=2)),
+    ("-1d", NOW - timedelta(days=1)),
+    ("2026-12-06T11:00:00Z", datetime(2026, 12, 6, 11, tzinfo=UTC)),
+    ("2026-12-06T12:30:00+01:00", datetime(2026, 12, 6, 11, 30, tzinfo=UTC)),
+    ("2026-12-06 11:00:00.250+00:00", datetime(2026, 12, 6, 11, 0, 0, 250000, tzinfo=UTC)),
+])
+def test_target_times(text, expected):
+    assert pitr.parse_target(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["2026-12-06T11:00:00", "yesterday", "-15", "15m", ""])
+def test_bad_target_times_are_usage_errors(text):
+    with pytest.raises(UsageError):
+        pitr.parse_target(text, NOW)
+
+
+def _epoch(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+INFO = [{
+    "name": "aixsss", "status": {"code": 0, "message": "ok"},
+    "archive": [{"id": "15-1", "min": "000000010000000000000003", "max": "00000002000000000000000A"}],
+    "backup": [
+        {"label": "20261206-100000F_20261206-110000I", "type": "incr", "prior": "20261206-100000F",
+         "timestamp": {"start": _epoch(NOW - timedelta(hours=1)), "stop": _epoch(NOW - timedelta(minutes=59))},
+         "archive": {"start": "000000010000000000000007", "stop": "000000010000000000000007"},
+         "info": {"size": 1000, "repository": {"delta": 10}}},
+        {"label": "20261206-100000F", "type": "full",
+         "timestamp": {"start": _epoch(NOW - timedelta(hours=2)), "stop": _epoch(NOW - timedelta(minutes=119))},
+         "archive": {"start": "000000010000000000000003", "stop": "000000010000000000000003"},
+         "info": {"size": 1000, "repository": {"delta": 300}}},
+    ],
+}]
+
+
+def test_info_window_and_the_base_backup_a_target_needs():
+    info = pitr.parse_info(json.dumps(INFO), "aixsss")
+    assert info.exists and info.archive_id == "15-1"
+    assert [b.type for b in info.backups] == ["full", "incr"]  # oldest first
+    win = pitr.window(info, NOW)
+    assert win.start == NOW - timedelta(minutes=119) and win.end == NOW
+    assert pitr.choose_backup(info, NOW - timedelta(minutes=90)).type == "full"
+    assert pitr.choose_backup(info, NOW - timedelta(minutes=30)).type == "incr"
+    with pytest.raises(UsageError, match="outside the point-in-time recovery window"):
+        pitr.choose_backup(info, NOW - timedelta(hours=3))
+    assert not pitr.parse_info("[]", "aixsss").exists
+    missing = [{"name": "aixsss", "status": {"code": 1, "message": "missing stanza path"}}]
+    assert not pitr.parse_info(json.dumps(missing), "aixsss").exists
+
+
+def test_repo_listing_segments_and_timelines():
+    listing = {
+        ".": {"type": "path"},
+        "0000000100000000": {"type": "path"},
+        "0000000100000000/000000010000000000000003-aa.lz4": {"type": "file", "size": 100, "time": _epoch(NOW)},
+        "0000000100000000/000000010000000000000003.00000028.backup": {"type": "file", "size": 1, "time": 1},
+        "0000000100000000/000000010000000000000004-bb.lz4": {"type": "file", "size": 200, "time": _epoch(NOW)},
+        "00000002.history": {"type": "file", "size": 42, "time": _epoch(NOW - timedelta(minutes=10))},
+        "0000000200000000/000000020000000000000005-cc.lz4": {"type": "file", "size": 300, "time": _epoch(NOW)},
+    }
+    files, timelines = pitr.parse_repo_ls(json.dumps(listing))
+    assert [f.segment for f in files] == ["000000010000000000000003", "000000010000000000000004",
+                                          "000000020000000000000005"]
+    assert timelines == {2: NOW - timedelta(minutes=10)}
+    assert [f.size for f in pitr.wal_after(files, "000000010000000000000004")] == [200, 300]
+    assert pitr.timeline_at(timelines, NOW - timedelta(minutes=20)) is None  # before the restore that began TL 2
+    assert pitr.timeline_at(timelines, NOW) == 2
+    assert pitr.segment_end_lsn("000000010000000100000002") == (1 << 32) + 3 * 16 * 2**20
+
+
+def test_the_archive_command_lives_in_an_included_file_and_the_config_names_every_path(tmp_path: Path):
+    arch = Archiving(root=tmp_path / "pgbackrest", socket_dir=tmp_path / "run", stanza="aixsss", timeout_s=5)
+    settings = arch.settings()
+    assert "%" not in " ".join(settings)  # supervisord formats % in its command lines
+    assert "archive_timeout=5" in settings and "archive_mode=on" in settings
+    inc = arch.include_text()
+    assert inc.rstrip().endswith("archive-push %p'") and f"--config={arch.config}" in inc
+    cl = Cluster(datadir=tmp_path / "data", port=5999, host="127.0.0.1", os_user="postgres")
+    conf = arch.render(cl, "aixsss_admin", {"repo1-path": "/r"}, 7)
+    lines = set(conf.splitlines())
+    assert {"repo1-path=/r", "repo1-retention-full-type=time", "repo1-retention-full=7", "archive-async=y",
+            "[aixsss]", f"pg1-path={tmp_path / 'data'}", "pg1-port=5999", f"pg1-socket-path={tmp_path / 'run'}",
+            "pg1-user=aixsss_admin"} <= lines
+
+
+def test_schedule_units_run_backup_base_on_the_calendars():
+    units = pitr.schedule_lines("/x/aixsss-ops", Path("/etc/ops.toml"), "Sun *-*-* 03:00:00", "Mon..Sat *-*-* 03:00:00")
+    assert "OnCalendar=Sun *-*-* 03:00:00" in units["aixsss-ops-backup-full.timer"]
+    assert "backup base --type incr" in units["aixsss-ops-backup-incr.service"]
