@@ -26,7 +26,8 @@ from aixsss_ops.crypto import fingerprint
 from aixsss_ops.dburl import PgTarget
 from aixsss_ops.errors import CheckFailed, OpsError
 from aixsss_ops.fsutil import atomic_write_json, read_json
-from aixsss_ops.keys.engine import LOCK_KEY, BadValues, Engine, PassResult, ScanResult
+from aixsss_ops.keys.engine import LOCK_KEY, Engine
+from aixsss_ops.keys.model import BadValues, PassResult, ScanResult
 
 Say = Callable[[str], None]
 

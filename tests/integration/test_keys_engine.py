@@ -1,0 +1,70 @@
+"""The key engine's modules against real PostgreSQL: the id-range readers and the verification after a pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from aixsss_ops import crypto
+from aixsss_ops.dburl import parse_database_url
+from tests.integration.keys_helpers import insert_profiles, make_deployment
+
+OLD = crypto.generate_key()
+
+
+@pytest.fixture
+def dep(pg_server, redis_server, queue_name):
+    return make_deployment(pg_server, redis_server, queue_name)
+
+
+def test_the_id_ranges_cover_every_row_once_in_id_order_with_its_version(dep):
+    """``read_bounds`` starts a range every ``batch`` rows; reading the ranges with ``copy_out`` gives every row once,
+    in id order, as COPY text (escapes and NULLs included) with the xmin of its version."""
+    from aixsss_ops.keys import copy_codec, ranges
+
+    insert_profiles(dep, OLD, 23)
+    with dep.connect() as c:  # an id COPY has to escape, and one NULL column
+        c.execute("""INSERT INTO "AIProfile" ("id", "teamId", "name", "provider", "model", "apiKeyEncrypted",
+                     "updatedAt") VALUES (%s, 't', 'x', 'openai_compatible', 'm', %s, now())""",
+                  ("p000010\ttab\\slash", crypto.encrypt("v", crypto.derive_key(OLD))))
+        expected = c.execute('SELECT "id", xmin::text, "apiKeyEncrypted", "imageApiKeyEncrypted", '
+                             '"videoApiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall()
+    target = parse_database_url(dep.database_url)
+    with target.connect(autocommit=False) as conn:
+        bounds = list(ranges.read_bounds(conn, 5))
+        assert bounds == [r[0] for r in expected[5::5]]
+        read = []
+        for lo, hi in zip([None, *bounds], [*bounds, None], strict=True):
+            lines = b"".join(ranges.copy_out(conn, lo=lo, hi=hi, xmin=True)).decode().split("\n")[:-1]
+            assert 0 < len(lines) <= 5
+            read += [tuple(copy_codec.decode_field(f) for f in ln.split("\t")) for ln in lines]
+    assert read == expected
+
+
+def test_the_verification_after_a_pass_counts_what_it_wrote_and_decrypts_the_rest(dep, monkeypatch):
+    """After a pass the server counts the row versions its batches wrote and only the other rows are decrypted; with
+    more unwritten rows than STRAY_ROWS the ranges are read one by one instead. Both give the same answer, and
+    neither trusts a row changed after its batch wrote it."""
+    from aixsss_ops.keys import engine
+
+    insert_profiles(dep, OLD, 450)
+    new_raw, third = crypto.generate_key(), crypto.generate_key()
+    old, new = crypto.derive_key(OLD), crypto.derive_key(new_raw)
+    with engine.Engine(parse_database_url(dep.database_url), [old, new], batch=100) as eng:
+        assert eng.scan((0, 1), reseal=(0, 1)).bad == 0
+        eng.reencrypt(0, 1)
+        assert len(set(eng.written.values())) == 5
+        clean = eng.scan((1, 0))
+        assert (clean.rows, clean.by_key, clean.bad, clean.straggler_ids) == (450, [0, clean.values], 0, [])
+        with dep.connect() as c:  # written after the pass: one value in the old key, one in a key of neither
+            c.execute('UPDATE "AIProfile" SET "apiKeyEncrypted" = %s WHERE "id" = %s',
+                      (crypto.encrypt("late", old), "p000007"))
+            c.execute('UPDATE "AIProfile" SET "videoApiKeyEncrypted" = %s WHERE "id" = %s',
+                      (crypto.encrypt("x", crypto.derive_key(third)), "p000301"))
+        counted = eng.scan((1, 0))
+        monkeypatch.setattr(engine, "STRAY_ROWS", 0)
+        by_ranges = eng.scan((1, 0))
+    for res in (counted, by_ranges):
+        assert (res.rows, res.values, res.nulls) == (clean.rows, clean.values, clean.nulls)
+        assert res.by_key == [1, clean.values - 2] and res.neither == 1 and res.malformed == 0
+        assert sorted(res.straggler_ids) == ["p000007", "p000301"]
+        assert [(e.row_id, e.column) for e in res.errors] == [("p000301", "videoApiKeyEncrypted")]
