@@ -6,7 +6,9 @@ from pathlib import Path
 
 from aixsss_ops.errors import UsageError
 
-BUNDLED = Path(__file__).resolve().parents[2] / "playbooks"
+# the bundled playbooks: inside the package when installed from a wheel, else the checkout's playbooks/
+_PACKAGED = Path(__file__).resolve().parent / "bundled"
+BUNDLED = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[2] / "playbooks"
 
 
 def search_dirs(config_path: Path | None) -> list[Path]:
