@@ -16,7 +16,7 @@ import json
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -151,30 +151,143 @@ def _listing(client, bucket: str, prefix: str) -> list[Version]:
     return found
 
 
-def _by_character(client, bucket: str, prefix: str, limit: int) -> tuple[list[Version], list[str]] | None:
-    """A prefix whose listing takes more than one page, split by the character that follows it: one probe
-    (``max-keys=1``) finds the next key, the next probe starts after every key beginning with its character.
+MAX_CHAR = "\U0010ffff"  # no character sorts higher: prefix + MAX_CHAR is a marker after every key under prefix
+GAP_PROBES = 3  # a gap of at most this many characters between two known ones is probed one prefix per character
 
-    None beyond ``limit`` sub-prefixes, and when a key continues the prefix with "/": SeaweedFS sorts the folder
-    "d/" before its siblings "d-x", "d.x" (by name) while keys sort it after them, and its probes then skip one
-    or the other; such a prefix is listed in one piece."""
-    own: list[Version] = []
-    subs: list[str] = []
-    marker = None
+
+def _current_keys(client, bucket: str, prefix: str) -> Iterator[str]:
+    """The current keys under ``prefix`` (ListObjectsV2, page after page), in key order. It costs the store a
+    fraction of a version listing (no versions are read), but it omits keys whose newest version is a delete
+    marker, so it only proposes where a prefix splits; probes confirm it."""
+    token = None
     while True:
-        q = {"versions": "", "max-keys": "1", "prefix": prefix}
-        if marker is not None:
-            q["key-marker"] = marker
-        first = next(_versions(ET.fromstring(client._execute("GET", bucket, query_params=q).data)), None)
-        if first is None:
-            return own, subs
-        if first.key == prefix:  # an object named like the prefix: its versions come first
-            own, marker = _exact(client, bucket, prefix), prefix
-            continue
-        subs.append(first.key[: len(prefix) + 1])
-        if subs[-1].endswith("/") or len(subs) > limit:
-            return None
-        marker = subs[-1] + "\U0010ffff"  # after every key that begins with subs[-1]: no character sorts higher
+        q = {"list-type": "2", "max-keys": str(PAGE), "prefix": prefix}
+        if token is not None:
+            q["continuation-token"] = token
+        root = ET.fromstring(client._execute("GET", bucket, query_params=q).data)
+        for el in root.iterfind(f"{_NS}Contents/{_NS}Key"):
+            yield el.text or ""
+        if root.findtext(f"{_NS}IsTruncated") != "true":
+            return
+        token = root.findtext(f"{_NS}NextContinuationToken")
+        if not token:
+            raise OpsError(f"s3: truncated listing of {bucket} without a NextContinuationToken")
+
+
+def _probe(client, bucket: str, prefix: str, marker: str | None = None) -> Version | None:
+    """The first entry of a version listing of ``prefix`` after ``marker`` (``max-keys=1``). The store reads
+    up to about a thousand directory entries for it, fewer when the prefix or the marker leaves fewer."""
+    q = {"versions": "", "max-keys": "1", "prefix": prefix}
+    if marker is not None:
+        q["key-marker"] = marker
+    return next(_versions(ET.fromstring(client._execute("GET", bucket, query_params=q).data)), None)
+
+
+def _next_characters(client, bucket: str, prefix: str, seen: list[str]) -> tuple[list[Version], list[str]] | None:
+    """Every character that follows ``prefix`` in some key, and the versions of the key named ``prefix``.
+
+    ``seen`` (sorted) comes from the current keys, which lack keys whose newest version is a delete marker, so
+    every gap is probed: between two characters one prefix probe per character when the gap is narrow (a few
+    milliseconds each), else, and before the first character and after the last, marker probes (the first key
+    after the last character found). None when a key continues the prefix with "/": SeaweedFS sorts the folder
+    "d/" before its siblings "d-x", "d.x" (by name) while keys sort it after them, and its marker probes then
+    skip one or the other. A gap holding "/" gets a marker probe, which finds such a folder: a prefix probe of a
+    missing "d/" costs SeaweedFS at least as much (it reads the parent folder's entries that begin with "d", all
+    of them when "d" is empty)."""
+    if "/" in seen:
+        return None
+
+    def gap(bounds: tuple[str | None, str | None]) -> tuple[list[str], bool]:
+        lo, hi = bounds
+        if lo is not None and hi is not None and ord(hi) - ord(lo) - 1 <= GAP_PROBES and not lo < "/" < hi:
+            return [chr(c) for c in range(ord(lo) + 1, ord(hi)) if _probe(client, bucket, prefix + chr(c))], False
+        found, own_key = [], False
+        marker = None if lo is None else prefix + lo + MAX_CHAR
+        while (first := _probe(client, bucket, prefix, marker)) is not None:
+            if first.key == prefix:  # an object named like the prefix: its versions come first
+                own_key, marker = True, prefix
+                continue
+            c = first.key[len(prefix)]
+            if c == hi:
+                break
+            found.append(c)
+            marker = prefix + c + MAX_CHAR
+        return found, own_key
+
+    gaps = [(lo, hi) for lo, hi in zip([None, *seen], [*seen, None], strict=True)
+            if lo is None or hi is None or ord(hi) - ord(lo) > 1]
+    with ThreadPoolExecutor(min(len(gaps), LIST_JOBS)) as pool:
+        probed = list(pool.map(gap, gaps))
+    chars = sorted({*seen, *(c for found, _ in probed for c in found)})
+    if "/" in chars:
+        return None
+    return (_exact(client, bucket, prefix) if any(own for _, own in probed) else []), chars
+
+
+def _by_character(client, bucket: str, prefix: str, limit: int) -> tuple[list[Version], list[str]] | None:
+    """A prefix whose listing takes more than one page, split by the characters that follow it, and the
+    sub-prefixes that still hold more than half a page of keys split again, so that each listing fits in one page.
+
+    The current keys (one ListObjectsV2 pass) propose the characters and the key counts; probes of the version
+    listing confirm that no other character exists (see ``_next_characters``). They come in key order, so the
+    keys after one character are all in once a key with another one follows: a sub-prefix to split again is
+    probed while the pass goes on. None beyond ``limit`` sub-prefixes and when a key continues the prefix with
+    "/"; a deeper sub-prefix that cannot be split is listed in one piece."""
+    pool = ThreadPoolExecutor(LIST_JOBS)
+    try:
+        def examine(node: str, under: list[str]) -> Future:
+            seen = sorted({k[len(node)] for k in under if len(k) > len(node)})
+            return pool.submit(_next_characters, client, bucket, node, seen)
+
+        cut = len(prefix)
+        groups: dict[str, list[str]] = {}
+        early: dict[str, Future] = {}
+        last = None
+        for k in _current_keys(client, bucket, prefix):
+            if len(k) <= cut:
+                continue
+            c = k[cut]
+            if c == "/":  # listed in one piece, see _next_characters
+                return None
+            if c != last:
+                if last is not None and len(groups[last]) > PAGE // 2:
+                    early[prefix + last] = examine(prefix + last, groups[last])
+                early.pop(prefix + c, None)  # a character seen again (out of key order): examined with all its keys
+                last = c
+            groups.setdefault(c, []).append(k)
+        own: list[Version] = []
+        leaves: list[str] = []
+        keys = [k for ks in groups.values() for k in ks]
+        level = [(prefix, keys, examine(prefix, keys))]
+        while level:
+            deeper = []
+            for i, (node, under, job) in enumerate(level):
+                split = job.result()
+                if split is None:
+                    if node == prefix:
+                        return None
+                    leaves.append(node)
+                    continue
+                direct, chars = split
+                subs: dict[str, list[str]] = {c: [] for c in chars}
+                for k in under:
+                    if len(k) > len(node):
+                        subs[k[len(node)]].append(k)
+                if len(leaves) + len(deeper) + len(subs) + len(level) - i - 1 > limit:
+                    if node == prefix:
+                        return None
+                    leaves.append(node)  # its listing includes the key named like it
+                    continue
+                own += direct
+                for c, sub in subs.items():
+                    if len(sub) > PAGE // 2:
+                        deeper.append((node + c, sub, early.pop(node + c, None) or examine(node + c, sub)))
+                    else:
+                        leaves.append(node + c)
+            level = deeper
+        return own, sorted(leaves)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _children(client, bucket: str, prefix: str, limit: int) -> tuple[list[Version], list[str]] | None:

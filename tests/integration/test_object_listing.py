@@ -58,8 +58,9 @@ class Spy:
 
 
 def _whole_listings(spy: Spy) -> set[str]:
-    """Prefixes listed in one piece (no delimiter, not a one-key probe)."""
-    return {q.get("prefix", "") for q in spy.queries if "delimiter" not in q and q.get("max-keys") != "1"}
+    """Prefixes whose versions are listed in one piece (no delimiter, not a one-key probe)."""
+    return {q.get("prefix", "") for q in spy.queries
+            if "versions" in q and "delimiter" not in q and q.get("max-keys") != "1"}
 
 
 def test_prefix_listings_give_every_version_in_the_servers_order(s3_server, bucket):
@@ -80,8 +81,8 @@ def test_prefixes_too_big_for_a_page_are_split_by_their_next_character(s3_server
     spy = Spy(client)
     split = objects.all_versions(spy, bucket, jobs=4)
     assert _as_listed(split) == _as_listed(whole) and len(split) == len(whole)
-    probes = {q.get("key-marker") for q in spy.queries if q.get("max-keys") == "1"}
-    assert "many/p0\U0010ffff" in probes and "many/p1\U0010ffff" in probes
+    # "many/p00/k" … "many/p39/k": split at "many/p", then at the next character again
+    assert {"many/p00", "many/p17", "many/p39"} <= _whole_listings(spy)
     assert "" not in _whole_listings(spy)
 
 
@@ -116,4 +117,26 @@ def test_snapshot_records_every_current_version_and_the_restore_plan_finds_nothi
     assert plan.unchanged == len(current) and not plan.copy and not plan.hide and not plan.missing
 
 
-
+def test_a_split_finds_the_keys_the_current_listing_omits(s3_server, monkeypatch):
+    """The characters a prefix splits at come from the current keys, which omit keys whose newest version is a
+    delete marker (deleted after the snapshot instant, they still belong in it): probes find them before the
+    first character, after the last, in narrow gaps (one prefix per character) and in wide ones."""
+    name = s3_server.new_bucket(versioned=True)
+    c = s3_server.target().client()
+    live = [f"flat/{a}{i}.png" for a in "acq" for i in range(10)]
+    gone = ["flat/!0.png", "flat/b1.png", "flat/m5.png", "flat/zz.png", "flat/a", "flat/c5-old.png"]
+    for k in live + gone:
+        _put(c, name, k, k.encode())
+    for k in gone:
+        c.remove_object(name, k)
+    whole = _one_listing(c, name)
+    assert sum(v.delete_marker for v in whole) == len(gone)
+    monkeypatch.setattr(objects, "PAGE", 8)
+    spy = Spy(c)
+    split = objects.all_versions(spy, name, jobs=4)
+    assert _as_listed(split) == _as_listed(whole) and len(split) == len(whole)
+    probes = [q for q in spy.queries if q.get("max-keys") == "1"]
+    # "flat/b" is probed alone (a one-character gap); nothing is probed between adjacent characters
+    assert any(q["prefix"] == "flat/b" and "key-marker" not in q for q in probes)
+    assert not any(q.get("key-marker", "").startswith(("flat/a0", "flat/c3")) for q in probes)
+    assert {"flat/a0", "flat/c5", "flat/m", "flat/z"} <= _whole_listings(spy)
