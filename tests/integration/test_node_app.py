@@ -72,24 +72,26 @@ def test_smoke_checks_what_the_app_offers_and_says_what_it_could_not(node):
     assert any("/api/ready" in n for n in r.json["notes"])
 
 
+def keep_loading(url: str, failures: list, ok: list, stop: threading.Event) -> None:
+    """GET /api/health over one keep-alive connection until ``stop``: ``ok[0]`` counts the 200s, ``failures``
+    gets every other status and every error."""
+    with httpx.Client(base_url=url, timeout=5) as c:
+        while not stop.is_set():
+            try:
+                r = c.get("/api/health")
+                if r.status_code == 200:
+                    ok[0] += 1
+                else:
+                    failures.append(r.status_code)
+            except httpx.HTTPError as e:
+                failures.append(repr(e))
+
+
 def test_deploy_under_load_then_the_same_content_builds_nothing(node):
     cfg, url = node["cfg"], node["url"]
     failures, ok = [], [0]
     stop = threading.Event()
-
-    def load():
-        with httpx.Client(base_url=url, timeout=5) as c:  # one keep-alive connection throughout
-            while not stop.is_set():
-                try:
-                    r = c.get("/api/health")
-                    if r.status_code == 200:
-                        ok[0] += 1
-                    else:
-                        failures.append(r.status_code)
-                except httpx.HTTPError as e:
-                    failures.append(repr(e))
-
-    t = threading.Thread(target=load)
+    t = threading.Thread(target=keep_loading, args=(url, failures, ok, stop))
     t.start()
     try:
         r = run_cli("--json", "deploy", "--version", "2.0.0", config=cfg, timeout=600)

@@ -2,7 +2,7 @@
 (npm from the runtime image, the package cache in a volume), the release's image is that container committed,
 the api listens on TCP inside its container and the proxy reaches it by the container's name; stack up, deploy
 under load, the same release again (no build), a failing build, an api that crashes, a worker that never gets
-ready, rollback and key rotation's blue/green restart."""
+ready, rollback, the release playbook and key rotation's blue/green restart."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.cli import run_cli
 from tests.conftest import node_app_copy, node_app_toml, stack_config, state_tmpdir
 from tests.integration.docker.conftest import SOCK, purge
 from tests.integration.docker.test_docker_stack import containers
+from tests.integration.test_node_app import keep_loading
 
 pytestmark = pytest.mark.slow
 
@@ -94,23 +95,10 @@ def test_stack_up_builds_in_a_container_and_runs_the_described_app(node):
     assert out == "/run/aixsss/proxy-blue.sock"
 
 
-def _load(url: str, failures: list, ok: list, stop: threading.Event) -> None:
-    with httpx.Client(base_url=url, timeout=5) as c:  # one keep-alive connection throughout
-        while not stop.is_set():
-            try:
-                r = c.get("/api/health")
-                if r.status_code == 200:
-                    ok[0] += 1
-                else:
-                    failures.append(r.status_code)
-            except httpx.HTTPError as e:
-                failures.append(repr(e))
-
-
 def test_deploy_under_load_then_the_same_release_builds_nothing(node):
     cfg, url = node["cfg"], node["url"]
     failures, ok, stop = [], [0], threading.Event()
-    threads = [threading.Thread(target=_load, args=(url, failures, ok, stop)) for _ in range(4)]
+    threads = [threading.Thread(target=keep_loading, args=(url, failures, ok, stop)) for _ in range(4)]
     for t in threads:
         t.start()
     try:
@@ -165,6 +153,12 @@ def test_an_api_that_crashes_and_a_worker_never_ready_fail_the_deploy_with_their
     assert r.code == 1, r.output
     assert "was not ready within" in r.stderr and "last lines of worker-" in r.stderr
     assert version(url) == before
+
+
+def test_the_release_playbook_releases_the_node_app(node):
+    r = run_cli("--json", "--yes", "play", "release", "--var", "version=3.0.0", config=node["cfg"], timeout=900)
+    assert r.code == 0, r.output
+    assert r.json["status"] == "succeeded" and version(node["url"])["version"] == "3.0.0"
 
 
 def test_key_rotation_restarts_the_node_app_blue_green(node):
