@@ -11,17 +11,35 @@ API = "api"  # the role the proxy routes /api to; it takes the color's port
 
 
 def roles(cfg: OpsConfig) -> tuple[str, ...]:
-    """Every process role, the api first."""
-    return (API, *(r for r in cfg.app.processes if r != API))
+    """Every process a color runs, the api first. A role of ``count`` N is N processes: ``<role>``, ``<role>.2``
+    … ``<role>.N`` (role names are letters and digits, so the dot is never part of one)."""
+    return (API, *others(cfg))
 
 
 def others(cfg: OpsConfig) -> tuple[str, ...]:
-    """The roles besides the api (workers): started once the api passed its gate, drained first."""
-    return tuple(r for r in cfg.app.processes if r != API)
+    """The processes besides the api (workers): started once the api passed its gate, drained first."""
+    return tuple(p for r, spec in cfg.app.processes.items() if r != API
+                 for p in (r, *(f"{r}.{n}" for n in range(2, spec.count + 1))))
+
+
+def role_of(process: str) -> str:
+    """The role a process runs (``worker.2`` -> ``worker``)."""
+    return process.partition(".")[0]
+
+
+def spec_of(cfg: OpsConfig, process: str) -> ProcessSpec | None:
+    """The description of the role ``process`` runs; None for a name the description does not know."""
+    role, _, n = process.partition(".")
+    spec = cfg.app.processes.get(role)
+    if spec is None or (n and not (n.isdigit() and 2 <= int(n) <= spec.count)):
+        return None
+    return spec
 
 
 def env_file_of(role: str, spec: ProcessSpec) -> str | None:
-    """The services' env file a process reads: its own setting, else the one named like it (api, worker)."""
+    """The services' env file a process of ``role`` reads: its own setting, else the one named like the role (api,
+    worker)."""
+    role = role_of(role)
     return spec.env_file or (role if role in ("api", "worker") else None)
 
 

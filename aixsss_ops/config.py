@@ -147,7 +147,7 @@ class ProcessSpec(_Section):
     ready: Readiness = field(default_factory=Readiness)
     stop_signal: Signal = "TERM"
     stop_timeout: Positive = 30.0  # seconds between the stop signal and SIGKILL
-    count: Annotated[int, Meta(ge=1, le=1)] = 1  # processes per color (one, on the local and docker runtimes)
+    count: Annotated[int, Meta(ge=1, le=16)] = 1  # processes per color: <role>, <role>.2 … <role>.<count>
 
 
 def bundled_processes() -> dict[str, ProcessSpec]:
@@ -185,6 +185,9 @@ class AppSection(_Section):
         ported = [n for n, p in self.processes.items() if p.port_env]
         if ported != ["api"]:
             raise ValueError("processes: exactly one process, 'api', takes the color's port (port_env)")
+        many = [n for n, p in self.processes.items() if p.count > 1 and (p.port_env or p.socket_env)]
+        if many:
+            raise ValueError(f"processes: {', '.join(many)} listens on the color's port or socket: count must be 1")
 
 
 class SupervisorSection(_Section):
@@ -390,8 +393,9 @@ def _lay_env(data: dict, env: dict[str, str]) -> dict:
                     where[key] = value  # an unknown key: the conversion names it
                     break
                 tp = typing.get_type_hints(tp)[fields[key]]
-            else:  # a mapping: the segment is a key of it, as written
-                key = raw
+            else:  # a mapping: the segment is a key of it (the file's key it names whatever the case, else as written)
+                key = next((k for k in where if isinstance(k, str) and k.lower() == raw.lower()), raw) \
+                    if raw not in where else raw
                 args = typing.get_args(tp)
                 tp = args[1] if typing.get_origin(tp) is dict and len(args) == 2 else Any
             path.append(key)

@@ -100,18 +100,19 @@ def status(ctx: typer.Context) -> None:
     def human(d):
         rows = []
         for color, spec in d["colors"].items():
-            api, worker = spec["services"]["api"], spec["services"]["worker"]
+            api = spec["services"]["api"]
+            others = ", ".join(f"{name} {s['state']}" for name, s in spec["services"].items() if name != "api")
             rows.append(
                 (
                     color + (" (live)" if color == d["active"] else ""),
                     spec.get("release"),
                     spec.get("status", ""),
                     f"{api['state']}{' healthy' if api.get('healthy') else ''}",
-                    worker["state"],
+                    others,
                     spec.get("warm_until", "") if color != d["active"] else "",
                 )
             )
-        st.out.table("deploy", ["color", "release", "status", "api", "worker", "warm until"], rows)
+        st.out.table("deploy", ["color", "release", "status", "api", "other processes", "warm until"], rows)
         st.out.console.print(f"proxy {d['proxy_url']} -> {d['proxy_target']}")
         if not d["consistent"]:
             st.out.warn(f"colors.json says {d['intended_active']} but the proxy serves {d['proxy_target']}")

@@ -21,7 +21,7 @@ from aixsss_ops.deploy.health import gate
 from aixsss_ops.deploy.lock import DeployLock, LockBusy
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
 from aixsss_ops.poll import poll_until
-from aixsss_ops.runtime.base import FAILED_STATES, api_port, wait_stopped
+from aixsss_ops.runtime.base import FAILED_STATES, api_port, is_app, wait_stopped
 from aixsss_ops.stack.manager import Stack, color_spec
 
 Progress = Callable[[str], None]
@@ -76,8 +76,16 @@ class Deployer:
         """The processes besides the api (ops.toml ``app.processes``): started after its gate, drained first."""
         return appspec.others(self.cfg)
 
+    def _others_of(self, color: str) -> tuple[str, ...]:
+        """The processes of ``color`` besides the api: those the description names, and any that runs there from
+        an earlier description (a role removed, a count lowered since that color was booted)."""
+        names = list(self._workers)
+        names += sorted({u.service for u in self.rt.status()
+                         if u.color == color and is_app(u.service) and u.service != API and u.service not in names})
+        return tuple(names)
+
     def _stop_color(self, color: str) -> None:
-        units = [(role, color) for role in (*self._workers, API)]
+        units = [(role, color) for role in (*self._others_of(color), API)]
         for svc, c in units:
             self.rt.stop(svc, c, wait=False)
         longest = max(p.stop_timeout for p in self.cfg.app.processes.values())
@@ -338,7 +346,7 @@ class Deployer:
             if live in state.colors:
                 state.colors[live] = state.colors[live].with_status("warm", _later(self.cfg.deploy.warm_minutes))
             self.stack.deploy_state.save(state)
-            for role in self._workers:
+            for role in self._others_of(live):
                 self.say(f"draining {live}: stopping {role}-{live} (active jobs finish)")
                 self.rt.stop(role, live)
             if self.cfg.deploy.warm_minutes <= 0:
@@ -458,9 +466,6 @@ class Deployer:
             warm = idle_spec and idle_spec.release == release.id and self.rt.state("api", idle) == "RUNNING"
             if warm:
                 res.health_checks = self._quick_gate(idle)
-                for role in self._workers:  # started beside the switch: they do not delay it
-                    self.say(f"{idle} is warm with {release.id}: starting {role}-{idle}")
-                    self.rt.start(role, idle)
             else:
                 self.say(f"{idle} is cold: booting {release.id} on it")
                 try:
@@ -470,6 +475,11 @@ class Deployer:
                     self._stop_color(idle)
                     raise
             res.switch_seconds = self._switch(idle)
+            if warm:  # after the switch, which they must not delay: the processes the warm color was booted with
+                defined = {u.service for u in self.rt.status() if u.color == idle}
+                for role in (r for r in self._workers if r in defined):
+                    self.say(f"{idle} is warm with {release.id}: starting {role}-{idle}")
+                    self.rt.start(role, idle)
             self._after_switch(state, idle, live, drain_wait=bool(restore_db))
             if restore_db:
                 if self.restore_db is None:
@@ -516,9 +526,10 @@ class Deployer:
         state.colors[target] = state.colors[target].with_status("live")
         state.colors[old] = state.colors[old].with_status("warm", _later(self.cfg.deploy.warm_minutes))
         self.stack.deploy_state.save(state)
-        for role in self._workers:
+        for role in self._others_of(old):
             if not drain_wait:
-                limit = self.cfg.app.processes[role].stop_timeout
+                spec = appspec.spec_of(self.cfg, role)
+                limit = spec.stop_timeout if spec else self.cfg.supervisor.stop_timeout
                 self.say(f"draining {role}-{old} (its active jobs finish; stopped within {limit:g}s)")
             self.rt.stop(role, old, wait=drain_wait)
 

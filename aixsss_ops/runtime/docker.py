@@ -29,6 +29,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aixsss_ops import appspec
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.errors import OpsError, UsageError
@@ -335,9 +336,16 @@ class DockerRuntime:
 
     # -- the protocol --
     def define_app(self, color: str, source: Path, version: str) -> None:
+        """The containers of ``color``'s processes; a container of the color the description no longer has (a role
+        removed, a count lowered) is removed."""
         self.ensure_app_image(source, version)
-        for spec in self.app_specs(color, source.name, version):
+        wanted = self.app_specs(color, source.name, version)
+        for spec in wanted:
             self.ensure(spec)
+        names = {s.service for s in wanted}
+        for c in self.containers(color=color):
+            if c.labels.get(L_SERVICE) not in names:
+                self._remove(c, self.cfg.docker.stop_timeout)
 
     def start(self, service: str, color: str | None = None) -> None:
         """Start without waiting (the protocol's contract): the engine's start call (~0.2 s of network and cgroup
@@ -395,7 +403,7 @@ class DockerRuntime:
             if wait:
                 self._settle()
             return
-        spec = self.cfg.app.processes.get(service) if is_app(service) else None
+        spec = appspec.spec_of(self.cfg, service) if is_app(service) else None
         timeout = int(spec.stop_timeout) if spec else self.cfg.docker.stop_timeout
         if not wait:
             self._stop_unanswered(c, timeout)

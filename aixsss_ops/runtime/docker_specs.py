@@ -252,7 +252,7 @@ def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: st
     """One process of the app description as a container of the release's image. Inside it the release is at
     APP_ROOT, the process's port (its ``port_env``) is PORTS["api"], published on the color's host port, and it
     binds every address of its container (``{host}`` is 0.0.0.0)."""
-    spec = cfg.app.processes[role]
+    spec = appspec.spec_of(cfg, role)
 
     def fill(text: str) -> str:
         return appspec.fill(text, release=Path(APP_ROOT), color=color, version=version, host="0.0.0.0",

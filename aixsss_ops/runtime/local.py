@@ -27,8 +27,15 @@ class LocalRuntime:
         self.users = {"postgres": cfg.postgres.os_user}
 
     def define_app(self, color: str, source: Path, version: str) -> None:
-        for d in services.app_processes(self.cfg, self.layout, color, source, version):
+        """The programs of ``color``'s processes; a program of the color the description no longer has (a role
+        removed, a count lowered) is removed (supervisord stops it)."""
+        defs = services.app_processes(self.cfg, self.layout, color, source, version)
+        for d in defs:
             self.sup.write_program(d.program)
+        current = {d.program.name for d in defs}
+        for f in self.sup.include_dir.glob(f"*-{color}.conf"):
+            if f.stem not in current and is_app(f.stem.rpartition("-")[0]):
+                f.unlink()
         self.sup.apply()
 
     def build_release(self, release: Path, version: str, say) -> None:

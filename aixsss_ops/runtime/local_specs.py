@@ -207,7 +207,7 @@ def app_processes(cfg: OpsConfig, layout: Layout, color: str, source: Path, vers
 
 
 def app_process(cfg: OpsConfig, layout: Layout, role: str, color: str, source: Path, version: str) -> ServiceDef:
-    spec = cfg.app.processes[role]
+    spec = appspec.spec_of(cfg, role)
 
     def fill(text: str) -> str:
         return appspec.fill(text, release=source, color=color, version=version, host=cfg.host)

@@ -224,7 +224,7 @@ class Stack:
         ``app.processes.<role>.ready``): an HTTP answer on its port, a log line since its start, a Redis client
         name, or else running for a few seconds."""
         c = self.cfg
-        spec = c.app.processes.get(role)
+        spec = appspec.spec_of(c, role)
         state = self.runtime.state(role, color)
         if spec is None or state != "RUNNING":
             return False, state.lower() if spec else f"{role} is not a process of the app description"

@@ -218,3 +218,28 @@ def test_rollback_and_key_rotation_restart(node):
                 break
             time.sleep(0.2)
     assert row["status"] == "succeeded", row  # the restarted worker decrypts with the new key
+
+
+def test_a_worker_role_of_count_two_runs_two_processes_then_one_again(node):
+    """count = 2 (here laid over ops.toml by its env variable): the new color runs worker and worker.2, each through
+    its own readiness; back to count = 1, the color that ran two is drained of both, and booted again it has no
+    worker.2 left."""
+    cfg, url = node["cfg"], node["url"]
+    stack = open_stack(load_config(cfg))
+    two = run_cli("--json", "--yes", "deploy", "--force", config=cfg, timeout=600,
+                  env={"AIXSSS_OPS_APP__PROCESSES__WORKER__COUNT": "2"})
+    assert two.code == 0, two.output
+    c2 = two.json["color"]
+    assert f"worker-{c2} is ready" in two.stderr and f"worker.2-{c2} is ready" in two.stderr
+    assert stack.unit_state(f"worker-{c2}") == stack.unit_state(f"worker.2-{c2}") == "RUNNING"
+    log = (load_config(cfg).state / "logs" / f"worker.2-{c2}.log").read_text()
+    assert "[worker] ready" in log  # a process of its own, with its own log
+    one = run_cli("--json", "--yes", "deploy", "--force", config=cfg, timeout=600)
+    assert one.code == 0, one.output
+    c1 = one.json["color"]
+    assert c1 != c2 and version(url)["color"] == c1
+    assert stack.unit_state(f"worker-{c2}") == stack.unit_state(f"worker.2-{c2}") == "STOPPED"  # both drained
+    assert stack.unit_state(f"worker.2-{c1}") == "ABSENT"
+    again = run_cli("--json", "--yes", "deploy", "--force", config=cfg, timeout=600)  # c2 booted with count 1
+    assert again.code == 0 and again.json["color"] == c2, again.output
+    assert stack.unit_state(f"worker.2-{c2}") == "ABSENT" and stack.unit_state(f"worker-{c2}") == "RUNNING"

@@ -84,3 +84,17 @@ def test_a_described_node_app_renders_from_its_process_table(tmp_path, monkeypat
     conf = yaml.safe_load(files["proxy.yml"])["services"]["proxy"]["environment"]["NGINX_CONF"]
     assert "resolver 127.0.0.11" in conf and "http://api-blue:3001" in conf and "http://api-green:3001" in conf
     assert "listen unix:/run/aixsss/proxy-blue.sock" in conf
+
+
+def test_a_role_of_count_two_is_two_services(tmp_path, monkeypatch):
+    from tests.conftest import node_app_toml, stack_config
+
+    monkeypatch.delenv("AIXSSS_OPS_CONFIG", raising=False)
+    toml = node_app_toml(tmp_path / "src").replace('cwd = "apps/worker"\n', 'cwd = "apps/worker"\ncount = 2\n')
+    cfg = load_config(stack_config(tmp_path, app_toml=toml))
+    app = yaml.safe_load(render_files(cfg, tmp_path / "compose")["app.yml"])["services"]
+    assert set(app) == {"api", "worker", "worker.2"}
+    assert app["worker.2"]["command"] == app["worker"]["command"]
+    assert app["worker.2"]["working_dir"] == "/srv/app/apps/worker"
+    assert app["worker.2"]["container_name"].endswith("-worker.2-${COLOR:?}")
+    assert app["worker.2"]["secrets"] == app["worker"]["secrets"]  # the worker role's env file

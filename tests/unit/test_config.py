@@ -226,3 +226,30 @@ def test_secrets_never_show_in_a_repr_or_a_dump(tmp_path):
     assert cfg.s3.secret_key.get_secret_value() == "s3cr3t-Value"
     assert cfg.public_dict()["s3"]["secret_key"] == "s3cr3t-Value"  # config show masks it on output
 
+
+
+def test_a_role_of_count_n_is_n_processes_of_one_description(tmp_path, monkeypatch):
+    from aixsss_ops import appspec
+    from aixsss_ops.config import load_config
+    from aixsss_ops.errors import ConfigError
+
+    monkeypatch.delenv("AIXSSS_OPS_CONFIG", raising=False)
+    text = ('[app.processes.api]\ncommand = ["api"]\nport_env = "PORT"\n'
+            '[app.processes.worker]\ncommand = ["w"]\ncount = 3\nstop_timeout = 90\n'
+            '[app.processes.mailer]\ncommand = ["m"]\nenv_file = "worker"\n')
+    cfg = load_config(write(tmp_path, text))
+    assert appspec.roles(cfg) == ("api", "worker", "worker.2", "worker.3", "mailer")
+    assert appspec.others(cfg) == ("worker", "worker.2", "worker.3", "mailer")
+    assert appspec.spec_of(cfg, "worker.3").stop_timeout == 90 and appspec.spec_of(cfg, "worker.3").command == ["w"]
+    assert appspec.spec_of(cfg, "worker.4") is None and appspec.spec_of(cfg, "mailer.2") is None
+    assert appspec.spec_of(cfg, "nope") is None and appspec.role_of("worker.2") == "worker"
+    assert appspec.env_file_of("worker.2", appspec.spec_of(cfg, "worker.2")) == "worker"  # the role's env file
+    with pytest.raises(ConfigError) as e:  # the api takes the color's port: one process
+        load_config(write(tmp_path, text.replace('port_env = "PORT"\n', 'port_env = "PORT"\ncount = 2\n')))
+    assert "api listens on the color's port or socket: count must be 1" in e.value.message
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text.replace("count = 3", "count = 17")))
+    assert "app.processes.worker.count" in e.value.message
+    # an env variable names the file's process whatever its case (variables are written upper-case)
+    monkeypatch.setenv("AIXSSS_OPS_APP__PROCESSES__WORKER__COUNT", "2")
+    assert appspec.others(load_config(write(tmp_path, text))) == ("worker", "worker.2", "mailer")

@@ -161,6 +161,22 @@ def test_the_release_playbook_releases_the_node_app(node):
     assert r.json["status"] == "succeeded" and version(node["url"])["version"] == "3.0.0"
 
 
+def test_a_worker_role_of_count_two_is_two_containers(node):
+    cfg = node["cfg"]
+    two = run_cli("--json", "--yes", "deploy", "--force", config=cfg, timeout=900,
+                  env={"AIXSSS_OPS_APP__PROCESSES__WORKER__COUNT": "2"})
+    assert two.code == 0, two.output
+    c2 = two.json["color"]
+    found = containers(node["project"])
+    assert found[f"worker-{c2}"].status == found[f"worker.2-{c2}"].status == "running"
+    assert found[f"worker.2-{c2}"].attrs["Config"]["WorkingDir"] == "/srv/app/apps/worker"
+    assert f"worker.2-{c2} is ready" in two.stderr
+    one = run_cli("--json", "--yes", "deploy", "--force", config=cfg, timeout=900)
+    assert one.code == 0 and one.json["color"] != c2, one.output
+    found = containers(node["project"])
+    assert found[f"worker-{c2}"].status == found[f"worker.2-{c2}"].status == "exited"  # both drained
+
+
 def test_key_rotation_restarts_the_node_app_blue_green(node):
     cfg, url = node["cfg"], node["url"]
     state = load_config(cfg).state
