@@ -87,6 +87,19 @@ def keep_loading(url: str, failures: list, ok: list, stop: threading.Event) -> N
                 failures.append(repr(e))
 
 
+def run_job(url: str, profile_id: str, timeout: float = 30) -> dict:
+    """Enqueue an llm_chat job through the api and return its row once it finished (or when ``timeout`` ran out)."""
+    with httpx.Client(base_url=url, timeout=10) as c:
+        j = c.post("/api/ai-jobs", json={"type": "llm_chat", "profileId": profile_id, "input": {}})
+        assert j.status_code in (200, 201), j.text
+        deadline = time.monotonic() + timeout
+        while True:
+            row = c.get(f"/api/ai-jobs/{j.json()['id']}").json()
+            if row["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+                return row
+            time.sleep(0.2)
+
+
 def test_deploy_under_load_then_the_same_content_builds_nothing(node):
     cfg, url = node["cfg"], node["url"]
     failures, ok = [], [0]
@@ -208,15 +221,7 @@ def test_rollback_and_key_rotation_restart(node):
     assert envfile.read(state / "env" / "api.env")["API_KEY_ENCRYPTION_KEY"] != old
     check = run_cli("--json", "keys", "check", config=cfg, timeout=120)
     assert check.code == 0 and check.json["values"] >= 1, check.output
-    with httpx.Client(base_url=url, timeout=10) as c:
-        j = c.post("/api/ai-jobs", json={"type": "llm_chat", "profileId": p.json()["id"], "input": {}})
-        assert j.status_code in (200, 201), j.text
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            row = c.get(f"/api/ai-jobs/{j.json()['id']}").json()
-            if row["status"] in ("succeeded", "failed"):
-                break
-            time.sleep(0.2)
+    row = run_job(url, p.json()["id"])
     assert row["status"] == "succeeded", row  # the restarted worker decrypts with the new key
 
 

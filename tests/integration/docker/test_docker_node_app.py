@@ -20,7 +20,7 @@ from tests.cli import run_cli
 from tests.conftest import node_app_copy, node_app_toml, stack_config, state_tmpdir
 from tests.integration.docker.conftest import SOCK, purge
 from tests.integration.docker.test_docker_stack import containers
-from tests.integration.test_node_app import keep_loading
+from tests.integration.test_node_app import keep_loading, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -189,13 +189,5 @@ def test_key_rotation_restarts_the_node_app_blue_green(node):
     assert rot.code == 0, rot.output
     assert envfile.read(state / "env" / "api.env")["API_KEY_ENCRYPTION_KEY"] != old
     assert version(url)["color"] != live["color"]  # restarted on the other color
-    with httpx.Client(base_url=url, timeout=10) as c:
-        j = c.post("/api/ai-jobs", json={"type": "llm_chat", "profileId": p.json()["id"], "input": {}})
-        assert j.status_code in (200, 201), j.text
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            row = c.get(f"/api/ai-jobs/{j.json()['id']}").json()
-            if row["status"] in ("succeeded", "failed"):
-                break
-            time.sleep(0.2)
+    row = run_job(url, p.json()["id"])
     assert row["status"] == "succeeded", row  # the restarted worker decrypts with the new key
