@@ -177,8 +177,11 @@ def test_stats_watch_refreshes_until_interrupted(redis_server, queue_name):
 
     from tests.cli import EXE
 
+    # Ctrl-C as a terminal delivers it: SIGINT at its default disposition in the child, whatever this process has
+    # (a run started in the background by a non-interactive shell ignores SIGINT, and a child inherits that)
     p = subprocess.Popen([EXE, "queue", "stats", "--redis-url", redis_server.url, "--queue", queue_name, "--watch", "0.2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = 0
         for line in p.stdout:
