@@ -76,11 +76,12 @@ class Deployer:
         """The processes besides the api (ops.toml ``app.processes``): started after its gate, drained first."""
         return appspec.others(self.cfg)
 
-    def _others_of(self, color: str) -> tuple[str, ...]:
+    def _others_of(self, color: str, units: list | None = None) -> tuple[str, ...]:
         """The processes of ``color`` besides the api: those the description names, and any that runs there from
-        an earlier description (a role removed, a count lowered since that color was booted)."""
+        an earlier description (a role removed, a count lowered since that color was booted). ``units``: the
+        runtime's status when the caller has it already (on docker each status lists every container)."""
         names = list(self._workers)
-        names += sorted({u.service for u in self.rt.status()
+        names += sorted({u.service for u in (self.rt.status() if units is None else units)
                          if u.color == color and is_app(u.service) and u.service != API and u.service not in names})
         return tuple(names)
 
@@ -475,12 +476,13 @@ class Deployer:
                     self._stop_color(idle)
                     raise
             res.switch_seconds = self._switch(idle)
+            units = self.rt.status()  # one listing for both colors' processes below
             if warm:  # after the switch, which they must not delay: the processes the warm color was booted with
-                defined = {u.service for u in self.rt.status() if u.color == idle}
+                defined = {u.service for u in units if u.color == idle}
                 for role in (r for r in self._workers if r in defined):
                     self.say(f"{idle} is warm with {release.id}: starting {role}-{idle}")
                     self.rt.start(role, idle)
-            self._after_switch(state, idle, live, drain_wait=bool(restore_db))
+            self._after_switch(state, idle, live, drain_wait=bool(restore_db), units=units)
             if restore_db:
                 if self.restore_db is None:
                     raise UsageError("this deployer cannot restore a database")
@@ -518,7 +520,8 @@ class Deployer:
         if self.rt.state("api", color) != "RUNNING":
             self.rt.start("api", color)
 
-    def _after_switch(self, state: Colors, target: str, old: str, drain_wait: bool = True) -> None:
+    def _after_switch(self, state: Colors, target: str, old: str, drain_wait: bool = True,
+                      units: list | None = None) -> None:
         """Record ``target`` live and ``old`` warm, and drain ``old``'s workers (their active jobs finish). Without
         ``drain_wait`` (a rollback) the runtime stops them on its own, SIGKILL after their stop timeout, and the
         command does not wait for it."""
@@ -526,7 +529,7 @@ class Deployer:
         state.colors[target] = state.colors[target].with_status("live")
         state.colors[old] = state.colors[old].with_status("warm", _later(self.cfg.deploy.warm_minutes))
         self.stack.deploy_state.save(state)
-        for role in self._others_of(old):
+        for role in self._others_of(old, units):
             if not drain_wait:
                 spec = appspec.spec_of(self.cfg, role)
                 limit = spec.stop_timeout if spec else self.cfg.supervisor.stop_timeout
