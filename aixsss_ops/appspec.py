@@ -17,7 +17,10 @@ def roles(cfg: OpsConfig) -> tuple[str, ...]:
 
 
 def others(cfg: OpsConfig) -> tuple[str, ...]:
-    """The processes besides the api (workers): started once the api passed its gate, drained first."""
+    """The processes besides the api (workers): started once the api passed its gate, drained first. On the
+    swarm runtime a role is one service whatever its count (its replicas: runtime/swarm_specs.py)."""
+    if cfg.runtime == "swarm":
+        return tuple(r for r in cfg.app.processes if r != API)
     return tuple(p for r, spec in cfg.app.processes.items() if r != API
                  for p in (r, *(f"{r}.{n}" for n in range(2, spec.count + 1))))
 

@@ -269,13 +269,40 @@ class DockerSection(_Section):
     stop_timeout: Annotated[int, Meta(ge=1)] = 30  # seconds a container gets after SIGTERM before SIGKILL
 
 
+Constraint = Annotated[str, Meta(pattern=r"^\S+\s*(==|!=)\s*\S+$")]
+
+
+class SwarmSection(_Section):
+    """The swarm runtime (``runtime = "swarm"``): the manager is the engine ``[docker] host`` names; images and
+    limits come from ``[docker]``. Every process of the app is one service per color."""
+
+    infra_node: str = ""  # hostname of the node that carries postgres, redis and s3 (and their volumes); empty =
+    # the node of the manager aixsss-ops talks to
+    replicas: dict[str, Annotated[int, Meta(ge=0, le=64)]] = field(default_factory=dict)  # role -> replicas per
+    # color; default: the process's count (1 for the api)
+    api_constraints: list[Constraint] = field(default_factory=list)  # placement of the api's replicas
+    worker_constraints: list[Constraint] = field(default_factory=list)  # placement of every other process, e.g.
+    # "node.labels.aixsss.worker==true"
+    proxy_constraints: list[Constraint] = field(default_factory=list)  # the nodes that carry the proxy (one per
+    # node, its port published on the node itself); empty = every node
+    registry: str = "embedded"  # where the nodes pull app images: "embedded" (the project's registry service),
+    # "none" (images stay on the manager's engine: a one-node swarm), or host:port of the operator's registry
+    registry_port: Port = 5000  # the embedded registry, published on 127.0.0.1 of every node
+    switch_timeout: Positive = 30.0  # seconds every proxy node gets to switch colors
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.replicas if not re.fullmatch(r"[a-z][a-z0-9]*", n)]
+        if bad:
+            raise ValueError(f"replicas: not a process name: {', '.join(bad)}")
+
+
 class OpsConfig(_Section):
     """The effective configuration. Relative paths are resolved against the config file's folder;
     ``config_path`` is the file it was read from (set by ``load_config``, never read from the file)."""
 
     project: str = "aixsss"
     state_dir: FsPath = Path(".aixsss")
-    runtime: Literal["local", "docker"] = "local"
+    runtime: Literal["local", "docker", "swarm"] = "local"
     allow_public_host: bool = False  # accept a host other than a loopback address: the stack's services (Redis
     # without a password among them) then listen on it
     host: str = "127.0.0.1"
@@ -288,6 +315,7 @@ class OpsConfig(_Section):
     deploy: DeploySection = field(default_factory=DeploySection)
     backup: BackupSection = field(default_factory=BackupSection)
     docker: DockerSection = field(default_factory=DockerSection)
+    swarm: SwarmSection = field(default_factory=SwarmSection)
     ci: CiSection = field(default_factory=CiSection)
 
     config_path: Path | None = None

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from aixsss_ops.config import OpsConfig
 
 Progress = Callable[[str], None]
-BASE_PACKAGES = ("python3", "python3-venv", "postgresql-15", "redis-server", "nginx-light", "ca-certificates")
+BASE_PACKAGES = ("python3", "python3-venv", "postgresql-15", "pgbackrest", "redis-server", "nginx-light",
+                 "docker-registry", "ca-certificates")
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PATH = f"/opt/aixsss/bin:{PG_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 L_WHEELS = f"{LABEL}.wheels"

@@ -180,11 +180,13 @@ exec {shlex.join(weed)}
     )
 
 
-def nginx_conf(cfg: OpsConfig) -> str:
-    """The proxy's config. An api that listens on TCP only is reached by its container's name on the project
-    network (``api-<color>``, resolved by the engine's DNS at request time: the color's container is created
-    after the proxy and again on every deploy)."""
-    tcp = {} if cfg.app.processes["api"].socket_env else {c: (unit_name("api", c), PORTS["api"]) for c in COLORS}
+def nginx_conf(cfg: OpsConfig, network_api: bool = False) -> str:
+    """The proxy's config. An api that listens on TCP only (or any api, with ``network_api``) is reached by its
+    name on the project network (``api-<color>``, resolved by the engine's DNS at request time: the color's
+    container is created after the proxy and again on every deploy)."""
+    tcp = {c: (unit_name("api", c), PORTS["api"]) for c in COLORS}
+    if cfg.app.processes["api"].socket_env and not network_api:
+        tcp = {}
     text = nginx.render(listen_host="0.0.0.0", listen_port=PORTS["proxy"], prefix=RUN, logs=Path("/var/log/nginx"),
                         run_dir=RUN, tcp=tcp, resolver=DOCKER_DNS if tcp else None)
     # the master runs as root in the container whoever renders: workers always run as www-data
@@ -193,7 +195,7 @@ def nginx_conf(cfg: OpsConfig) -> str:
     return f"{head}\nuser www-data;\n{rest}" if second.startswith("user ") or not second.strip() else text
 
 
-def proxy(cfg: OpsConfig) -> ContainerSpec:
+def proxy(cfg: OpsConfig, network_api: bool = False) -> ContainerSpec:
     temp = " ".join(str(RUN / "tmp" / d) for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     script = f"""
 mkdir -p {temp} {RUN}/sock {RUN}/web {RUN}/colors
@@ -208,7 +210,7 @@ exec nginx -c {PROXY_CONF} -p {RUN}/ -g 'daemon off;'
         None,
         cfg.docker.proxy_image,
         _sh(script),
-        environment={"NGINX_CONF": nginx_conf(cfg)},
+        environment={"NGINX_CONF": nginx_conf(cfg, network_api)},
         ports=[(cfg.host, cfg.ports.proxy, PORTS["proxy"])],
         volumes={"run": str(RUN)},
         memory=cfg.docker.infra_memory,
@@ -248,10 +250,12 @@ def app_processes(cfg: OpsConfig, color: str, release: str, version: str, image:
     return [app_process(cfg, role, color, release, version, image) for role in appspec.roles(cfg)]
 
 
-def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: str, image: str) -> ContainerSpec:
+def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: str, image: str,
+                network_only: bool = False) -> ContainerSpec:
     """One process of the app description as a container of the release's image. Inside it the release is at
     APP_ROOT, the process's port (its ``port_env``) is PORTS["api"], published on the color's host port, and it
-    binds every address of its container (``{host}`` is 0.0.0.0)."""
+    binds every address of its container (``{host}`` is 0.0.0.0). ``network_only``: reached on the project
+    network only (no published port, no unix socket)."""
     spec = appspec.spec_of(cfg, role)
 
     def fill(text: str) -> str:
@@ -263,10 +267,10 @@ def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: st
     ports, volumes, healthcheck = [], {}, None
     if spec.port_env:
         overrides[spec.port_env] = str(PORTS["api"])
-        ports = [(cfg.host, api_port(cfg, color), PORTS["api"])]
+        ports = [] if network_only else [(cfg.host, api_port(cfg, color), PORTS["api"])]
         if spec.ready.http:
             healthcheck = ["CMD", "python3", "-c", _http_check(f"http://127.0.0.1:{PORTS['api']}{spec.ready.http}")]
-    if spec.socket_env:
+    if spec.socket_env and not network_only:
         overrides[spec.socket_env] = str(api_socket(color))
         volumes = {"run": str(RUN)}
     env_file = appspec.env_file_of(role, spec)

@@ -1,4 +1,4 @@
-"""``open_stack``: the embedded stack on the engine ops.toml names (``runtime = "local" | "docker"``)."""
+"""``open_stack``: the embedded stack on the engine ops.toml names (``runtime = "local" | "docker" | "swarm"``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from aixsss_ops.stack.manager import Stack
 
 def open_stack(where: Deployment | OpsConfig) -> Stack:
     dep = where if isinstance(where, Deployment) else Deployment(where)
+    if dep.cfg.runtime == "swarm":
+        from aixsss_ops.stack.swarm_stack import SwarmStack
+
+        return SwarmStack(dep)
     if dep.cfg.runtime == "docker":
         from aixsss_ops.stack.docker_stack import DockerStack
 
