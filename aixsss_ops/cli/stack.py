@@ -34,6 +34,10 @@ def _render(st, report) -> None:
         st.out.table(
             f"stack ({report.state_dir})", ["service", "state", "healthy", "ports", "pid", "uptime", "detail"], rows
         )
+    if report.nodes:
+        st.out.table("nodes", ["node", "role", "state", "availability", "address", "tasks", "services"], [
+            (n["hostname"] + (" (leader)" if n["leader"] else ""), n["role"], n["state"], n["availability"],
+             n["address"], n["tasks"], ", ".join(n["services"])) for n in report.nodes])
     if report.services and report.healthy:
         st.out.console.print(f"AIXSSS is up: {report.url}  (active color: {report.active_color})")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aixsss_ops.doctor import checks as c
 from aixsss_ops.doctor import pitr_checks as pitr
+from aixsss_ops.doctor import swarm_checks as swarm
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ CHECKS: tuple[Check, ...] = (
     Check("deploy.state", c.deploy_state),
     Check("deploy.proxy-config", c.proxy_config),
     Check("deploy.api-bind", c.api_bind),
+    Check("swarm.engine", swarm.engine),  # the swarm checks: none unless runtime = "swarm"
+    Check("swarm.nodes", swarm.nodes, "swarm.engine"),
+    Check("swarm.quorum", swarm.quorum, "swarm.engine"),
+    Check("swarm.replicas", swarm.replicas, "swarm.engine"),
     Check("host.disk", c.host_disk),
 )
 

@@ -63,6 +63,7 @@ _MODULES = {
     "keys": ("psycopg", "aixsss_ops.crypto"),
     "env": ("aixsss_ops.envcheck.rules", "aixsss_ops.contracts.env", "aixsss_ops.crypto"),
     "redis": ("redis", "aixsss_ops.queue.conn", "aixsss_ops.queue.checks"),
+    "swarm": ("docker", "aixsss_ops.runtime.docker_engine", "aixsss_ops.runtime.swarm_nodes"),
     "queue": ("redis", "aixsss_ops.queue.inspect", "aixsss_ops.queue.workers", "aixsss_ops.queue.checks"),
     "s3": ("urllib3", "minio", "minio.commonconfig", "minio.versioningconfig", "minio.lifecycleconfig", "minio.error",
            "aixsss_ops.backup.objects", "aixsss_ops.backup.prune"),

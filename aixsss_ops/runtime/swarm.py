@@ -34,6 +34,7 @@ from aixsss_ops.runtime import swarm_specs as sw
 from aixsss_ops.runtime.base import COLORS, UnitStatus, is_app, unit_name
 from aixsss_ops.runtime.docker import DockerRuntime
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_SERVICE, L_SPEC
+from aixsss_ops.runtime.swarm_nodes import L_LIVE
 
 TERMINAL = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
 FAILED = ("failed", "rejected")
@@ -416,7 +417,7 @@ class SwarmRuntime(DockerRuntime):
         name = f"{self.cfg.project}-{what}-{time.time_ns() % 10**12}"
         svc = self.client.services.create(
             image, ["sh", "-ec", script], name=name, user="0:0",
-            labels={L_PROJECT: self.cfg.project, L_SERVICE: "job"},
+            labels={L_PROJECT: self.cfg.project, L_SERVICE: "job"}, container_labels={L_PROJECT: self.cfg.project},
             mounts=[sw.volume(self.cfg, "run", str(specs.RUN))],
             mode=types.ServiceMode("global-job"), constraints=list(self.cfg.swarm.proxy_constraints),
             restart_policy=types.RestartPolicy(condition="none"))
@@ -479,7 +480,7 @@ ln -sfn {run}/web/{release} {run}/colors/{color}/web
             attrs = self.service_attrs("proxy")
             if attrs is None:
                 return
-            labels = {**(attrs["Spec"].get("Labels") or {}), sw.L_LIVE: color}
+            labels = {**(attrs["Spec"].get("Labels") or {}), L_LIVE: color}
             try:
                 self.client.api.update_service(attrs["ID"], attrs["Version"]["Index"], labels=labels,
                                                fetch_current_spec=True)
@@ -491,5 +492,5 @@ ln -sfn {run}/web/{release} {run}/colors/{color}/web
 
     def routed_color(self) -> str | None:
         attrs = self.service_attrs("proxy")
-        color = ((attrs or {}).get("Spec", {}).get("Labels") or {}).get(sw.L_LIVE)
+        color = ((attrs or {}).get("Spec", {}).get("Labels") or {}).get(L_LIVE)
         return color if color in COLORS else None

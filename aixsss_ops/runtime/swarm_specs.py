@@ -16,7 +16,6 @@ from aixsss_ops.config import OpsConfig
 from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_RELEASE, L_SERVICE, L_SPEC, L_VERSION
 
-L_LIVE = "io.aixsss.live"  # on the proxy service: the color every proxy node was last switched to
 SECOND = 1_000_000_000  # the Engine API counts durations in nanoseconds
 APP_HEALTH_INTERVAL_S = 1  # how often a replica's readiness is asked (its task is "starting" until it passes)
 

@@ -66,6 +66,7 @@ class StackReport:
     active_color: str | None
     services: list[ServiceReport]
     actions: list[str] = field(default_factory=list)
+    nodes: list[dict] = field(default_factory=list)  # a cluster's nodes and what runs on each (swarm)
 
     @property
     def healthy(self) -> bool:

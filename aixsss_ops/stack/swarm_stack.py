@@ -128,9 +128,12 @@ class SwarmStack(DockerStack):
         return super().ready(role, color)
 
     def status(self, actions: list[str] | None = None) -> StackReport:
+        from aixsss_ops.runtime.swarm_nodes import node_table
+
         report = super().status(actions)
         where = {u.unit: u.description for u in self.runtime.status()}
         for s in report.services:
             if s.state == "RUNNING" and where.get(s.unit):
                 s.detail = f"{s.detail} [{where[s.unit]}]"
+        report.nodes = node_table(self.runtime.client, self.cfg)
         return report

@@ -3,6 +3,8 @@ started here. Images are built once per session (reused when present). If the en
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -100,3 +102,71 @@ def purge(project: str) -> None:
         v.remove(force=True)
     for n in client.networks.list(filters={"label": label}):
         n.remove()
+
+
+@pytest.fixture(scope="session")
+def swarm_manager(docker_engine):
+    """The test engine as a one-node swarm manager (``docker swarm init`` when it is none; it stays one: leaving
+    would remove services other tests of the session still use, and the engine goes with the session)."""
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=120)
+    state = client.info().get("Swarm", {})
+    if state.get("LocalNodeState") != "active":
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+    assert client.info()["Swarm"].get("ControlAvailable"), "the test engine is a swarm worker, not a manager"
+    return SOCK
+
+
+def swarm_config(prefix: str, swarm: dict | None = None, **sections) -> tuple[Path, str]:
+    """An ops.toml for a swarm stack of its own (a unique project, free ports): docker_config's, on the swarm."""
+    cfg, project = docker_config(prefix, **sections)
+    text = cfg.read_text().replace('runtime = "docker"', 'runtime = "swarm"', 1)
+    lines = [f"{k} = {json.dumps(v) if not isinstance(v, dict) else _inline(v)}" for k, v in (swarm or {}).items()]
+    cfg.write_text(text + "\n[swarm]\n" + "\n".join(lines) + "\n")
+    return cfg, project
+
+
+def _inline(d: dict) -> str:
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + "}"
+
+
+def purge_swarm(project: str) -> None:
+    """Remove the services and secrets of a test project, then its containers, volumes and network."""
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=120)
+    label = f"io.aixsss.project={project}"
+    for s in client.services.list(filters={"label": label}):
+        s.remove()
+    deadline = time.monotonic() + 60
+    while client.containers.list(all=True, filters={"label": label}) and time.monotonic() < deadline:
+        for c in client.containers.list(all=True, filters={"label": label}):
+            with contextlib.suppress(docker.errors.APIError):
+                c.remove(force=True)
+        time.sleep(0.5)
+    for s in client.secrets.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.APIError):
+            s.remove()
+    for n in client.networks.list(filters={"label": label}):
+        while True:  # an overlay network is busy until the last task's endpoint left it
+            try:
+                n.remove()
+                break
+            except docker.errors.APIError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    for v in client.volumes.list(filters={"label": label}):
+        while True:  # a removed task's container lets go of its volume a moment later
+            try:
+                v.remove(force=True)
+                break
+            except docker.errors.APIError:
+                if time.monotonic() > deadline:
+                    raise
+                for c in client.containers.list(all=True, filters={"volume": v.name}):
+                    with contextlib.suppress(docker.errors.APIError):
+                        c.remove(force=True)
+                time.sleep(0.5)
+    purge(project)

@@ -1,0 +1,111 @@
+"""The swarm runtime on a one-node swarm (the test engine): the stack as services, secrets as Swarm secrets,
+blue/green deploy and rollback with replicas under load, a release that cannot start. Several nodes:
+tests/integration/docker/swarm/."""
+
+from __future__ import annotations
+
+import json
+
+import docker
+import pytest
+
+from aixsss_ops import envfile
+from aixsss_ops.config import load_config
+from aixsss_ops.stack.engines import open_stack
+from tests.cli import run_cli
+from tests.integration.docker.conftest import SOCK, purge_swarm, swarm_config
+from tests.integration.test_deploy import Watcher, broken_copy, health
+
+DEPLOY = {"health_interval": 0.2, "health_threshold": 3, "health_timeout": 60.0, "lock_timeout": 60.0, "backup": False}
+
+
+@pytest.fixture(scope="module")
+def env(swarm_manager, docker_images):
+    cfg, project = swarm_config("aixsss-swarm-", swarm={"registry": "none", "replicas": {"api": 2}}, deploy=DEPLOY)
+    r = run_cli("stack", "up", config=cfg, timeout=600)
+    assert r.code == 0, r.output
+    yield {"cfg": cfg, "project": project, "root": cfg.parent, "url": open_stack(load_config(cfg)).url}
+    run_cli("stack", "down", config=cfg, timeout=240)
+    purge_swarm(project)
+
+
+def services(project: str) -> dict:
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=60)
+    return {s.attrs["Spec"]["Name"].removeprefix(f"{project}-"): s
+            for s in client.services.list(filters={"label": f"io.aixsss.project={project}"})}
+
+
+def running_tasks(service) -> list[dict]:
+    return [t for t in service.tasks(filters={"desired-state": "running"}) if t["Status"]["State"] == "running"]
+
+
+def test_the_stack_is_services_with_replicas_and_no_secret_in_any_spec(env):
+    found = services(env["project"])
+    assert {"postgres", "redis", "s3", "proxy", "api-blue", "worker-blue"} <= set(found)
+    api = found["api-blue"].attrs["Spec"]
+    assert api["Mode"] == {"Replicated": {"Replicas": 2}} and len(running_tasks(found["api-blue"])) == 2
+    assert api["EndpointSpec"]["Mode"] == "dnsrr"
+    assert found["proxy"].attrs["Spec"]["Mode"] == {"Global": {}}
+    assert found["proxy"].attrs["Spec"]["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+    assert found["postgres"].attrs["Spec"]["TaskTemplate"]["Placement"]["Constraints"][0].startswith("node.hostname==")
+    refs = api["TaskTemplate"]["ContainerSpec"]["Secrets"]
+    assert [(r["File"]["Name"], r["File"]["UID"], r["File"]["Mode"]) for r in refs] == [("api.env", "10001", 0o400)]
+
+    # nothing secret anywhere in what the swarm shows of the project
+    state = env["root"] / "state"
+    values = set(json.loads((state / "secrets" / "stack.json").read_text()).values())
+    api_env = envfile.read(state / "env" / "api.env")
+    values |= {api_env["API_KEY_ENCRYPTION_KEY"], api_env["JWT_SECRET"], load_config(env["cfg"]).s3.secret_key
+               .get_secret_value()}
+    dump = json.dumps([s.attrs for s in found.values()])
+    leaked = [v for v in values if len(v) >= 8 and v in dump]
+    assert not leaked, "a secret is part of a service's spec"
+
+    st = run_cli("--json", "stack", "status", config=env["cfg"])
+    assert st.code == 0, st.output
+    by_unit = {s["unit"]: s for s in st.json["services"]}
+    assert by_unit["api-blue"]["healthy"] and "2/2 running" in by_unit["api-blue"]["detail"]
+    [node] = st.json["nodes"]  # one node: it runs every task of the project
+    assert node["role"] == "manager" and node["leader"] and node["state"] == "ready"
+    assert node["tasks"] >= 7 and {f"{env['project']}-api-blue", f"{env['project']}-proxy"} <= set(node["services"])
+
+
+def test_deploy_then_rollback_under_load_with_every_replica_gated(env):
+    cfg, url = env["cfg"], env["url"]
+    before = health(url)
+    assert before["color"] == "blue"
+    with Watcher(url) as w:
+        r = run_cli("--json", "deploy", "--version", "2.0.0", config=cfg, timeout=600)
+    assert r.code == 0, r.output
+    assert r.json["color"] == "green" and (health(url)["color"], health(url)["version"]) == ("green", "2.0.0")
+    assert w.seen and not w.errors and all(s == 200 for s, _v, _c in w.seen), w.errors[:3]
+    found = services(env["project"])
+    assert len(running_tasks(found["api-green"])) == 2
+    assert found["api-green"].attrs["Spec"]["Labels"]["io.aixsss.release"] == r.json["release"]
+    assert found["proxy"].attrs["Spec"]["Labels"]["io.aixsss.live"] == "green"
+    st = run_cli("--json", "deploy", "status", config=cfg).json
+    assert st["active"] == st["proxy_target"] == "green" and st["consistent"]
+    assert st["colors"]["blue"]["services"]["api"]["state"] == "RUNNING"  # warm for rollback
+    assert st["colors"]["blue"]["services"]["worker"]["state"] in ("STOPPED", "STOPPING")  # draining or drained
+
+    with Watcher(url) as w:
+        rb = run_cli("--json", "rollback", config=cfg, timeout=300)
+    assert rb.code == 0, rb.output
+    assert rb.json["color"] == "blue" and rb.json["health_checks"] == 1  # the warm replicas, no new boot
+    assert (health(url)["color"], health(url)["version"]) == ("blue", before["version"])
+    assert w.seen and not w.errors, w.errors[:3]
+    assert services(env["project"])["proxy"].attrs["Spec"]["Labels"]["io.aixsss.live"] == "blue"
+
+
+def test_a_release_that_cannot_start_leaves_the_live_color_serving(env):
+    cfg, url = env["cfg"], env["url"]
+    live = health(url)
+    src = broken_copy(env["root"], "crashing", "raise SystemExit('api crashed on purpose')")
+    with Watcher(url) as w:
+        r = run_cli("--json", "deploy", "--version", "9.9.9-crashing", "--source", str(src), config=cfg, timeout=600)
+    assert r.code != 0
+    assert "api crashed on purpose" in r.output  # its replicas' logs come with the failure
+    assert (health(url)["color"], health(url)["version"]) == (live["color"], live["version"])
+    assert not w.errors, w.errors[:3]
+    idle = "green" if live["color"] == "blue" else "blue"
+    assert services(env["project"])[f"api-{idle}"].attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
