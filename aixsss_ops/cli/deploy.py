@@ -101,13 +101,17 @@ def status(ctx: typer.Context) -> None:
         rows = []
         for color, spec in d["colors"].items():
             api = spec["services"]["api"]
-            others = ", ".join(f"{name} {s['state']}" for name, s in spec["services"].items() if name != "api")
+            def where(s: dict) -> str:
+                return f" ({s['replicas']})" if s.get("replicas") else ""
+
+            others = ", ".join(f"{name} {s['state']}{where(s)}" for name, s in spec["services"].items()
+                               if name != "api")
             rows.append(
                 (
                     color + (" (live)" if color == d["active"] else ""),
                     spec.get("release"),
                     spec.get("status", ""),
-                    f"{api['state']}{' healthy' if api.get('healthy') else ''}",
+                    f"{api['state']}{' healthy' if api.get('healthy') else ''}{where(api)}",
                     others,
                     spec.get("warm_until", "") if color != d["active"] else "",
                 )

@@ -1,4 +1,5 @@
-"""`aixsss-ops images`: container images for the docker runtime, built without a registry."""
+"""`aixsss-ops images`: container images for the docker runtime (built without a registry), and `images push` into
+the registry the swarm's nodes pull from."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import typer
 
 from aixsss_ops.cli.common import state
 
-app = typer.Typer(help="Build the docker runtime's images: the Debian base (debootstrap) and the app per release.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Build the docker runtime's images: the Debian base (debootstrap) and the app per release; "
+                       "push one into the swarm's registry.", no_args_is_help=True)
 
 
 @app.command("base")
@@ -54,3 +55,18 @@ def app_image(
     res = {"release": release.id, **docker_images.build_app(client, cfg, release.path, release.version, st.out.info,
                                                             force=force)}
     st.out.emit(res, lambda d: st.out.console.print(f"{d['image']} ({'built' if d['built'] else 'kept'})"))
+
+
+@app.command("push")
+def push(
+    ctx: typer.Context,
+    target: str = typer.Argument(None, metavar="[RELEASE|IMAGE]",
+                                 help="A release id (its app image) or an image; default: the live release."),
+) -> None:
+    """Push an app image into the registry the swarm's nodes pull from ([swarm] registry; the embedded one is
+    started first) and print the reference services name (with its digest)."""
+    from aixsss_ops.usecases import registry
+
+    st = state(ctx)
+    res = registry.push(st.deployment, target, st.out.info)
+    st.out.emit(res, lambda d: st.out.console.print(d["reference"], highlight=False, soft_wrap=True))

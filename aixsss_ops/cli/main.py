@@ -93,7 +93,7 @@ LazyGroup.entries = {
                                         "backups, deploy, host.", group=False),
     "ci": Entry("ci", "app", "Print a CI pipeline that builds, tests, gates on migrations, deploys and rolls back."),
     "images": Entry("images", "app", "Build the docker runtime's images: the Debian base (debootstrap) and the app "
-                                     "per release."),
+                                     "per release; push one into the swarm's registry."),
     "compose": Entry("compose", "app", "Docker compose files for users who run the stack with compose."),
     "app": Entry("app_cmd", "app", "The app ops.toml describes: write its description from a monorepo's checkout."),
 }

@@ -46,6 +46,7 @@ class DeployResult:
     backup_id: str | None = None
     health_checks: int = 0
     switch_seconds: float | None = None
+    gate_seconds: float | None = None  # from booting the new color to every process of it ready
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -331,8 +332,10 @@ class Deployer:
             res.migrations_applied = self._migrate(release, allow_destructive)
             self.say(f"booting {target} from {release.id}")
             try:
+                booted = time.monotonic()
                 self._boot(target, release, state)
                 res.health_checks = self._gate(target)
+                res.gate_seconds = round(time.monotonic() - booted, 3)
             except BaseException:
                 self.say(f"tearing {target} down; {live} keeps serving")
                 self._stop_color(target)
@@ -572,6 +575,7 @@ class Deployer:
                     "state": u.state if u else "ABSENT",
                     "pid": u.pid if u else None,
                     "uptime_s": u.uptime_s if u else None,
+                    **({"replicas": u.replicas} if u and u.replicas else {}),
                 }
             if svc[API]["state"] == "RUNNING":
                 svc[API]["healthy"] = self.stack.ready(API, color)[0]

@@ -82,7 +82,8 @@ def _color_servers(run_dir: Path, tcp: dict[str, tuple[str, int]], resolver: str
     upstream keeps connections alive; with ``resolver`` the host is a name looked up at request time (a container
     that is created again on every deploy)."""
     out = []
-    if resolver:
+    if resolver:  # a name may also stand for several replicas, one of them on a node that just died: the next
+        # replica is tried after a 1 s connect timeout
         out.append(f"""
     resolver {resolver} valid=2s ipv6=off;""")
     for color, (host, port) in sorted(tcp.items()):
@@ -109,7 +110,7 @@ def _color_servers(run_dir: Path, tcp: dict[str, tuple[str, int]], resolver: str
             proxy_set_header X-Forwarded-Proto $http_x_forwarded_proto;
             proxy_set_header X-Request-Id $http_x_request_id;
             proxy_buffering off;
-            proxy_connect_timeout 5s;
+            proxy_connect_timeout {"1s" if resolver else "5s"};
             proxy_read_timeout 3600s;
         }}
     }}""")

@@ -45,6 +45,7 @@ class UnitStatus:
     pid: int | None = None
     uptime_s: int | None = None
     description: str = ""
+    replicas: str = ""  # a cluster engine's replicas of it and their nodes ("2/3 running on node1, node2")
 
     @property
     def running(self) -> bool:

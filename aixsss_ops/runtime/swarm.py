@@ -72,20 +72,20 @@ class SwarmRuntime(DockerRuntime):
     def node_names(self) -> dict[str, str]:
         return {n["ID"]: n["Description"]["Hostname"] for n in self.client.api.nodes()}
 
+    def nodes_up(self) -> tuple[dict[str, str], set[str]]:
+        """Hostnames by node id, and the ids of the nodes that are ready (a task on any other one is not running,
+        whatever its last report said)."""
+        nodes = self.client.api.nodes()
+        return ({n["ID"]: n["Description"]["Hostname"] for n in nodes},
+                {n["ID"] for n in nodes if n.get("Status", {}).get("State") == "ready"})
+
     def ensure_network(self) -> str | None:
         """The project's overlay network (attachable: jobs and one-off containers join it); what was done."""
-        import docker
+        from aixsss_ops.runtime.swarm_registry import ensure_network
 
-        name = specs.network_name(self.cfg)
-        try:
-            net = self.client.networks.get(name)
-        except docker.errors.NotFound:
-            self.client.networks.create(name, driver="overlay", attachable=True, labels={L_PROJECT: self.cfg.project})
-            return f"created overlay network {name}"
-        if net.attrs.get("Driver") != "overlay":
-            raise UsageError(f"network {name} exists with driver {net.attrs.get('Driver')}, not overlay",
-                             hint="remove it (a docker runtime stack of this project made it), or set docker.network")
-        return None
+        done: list[str] = []
+        ensure_network(self.client, self.cfg, done.append)
+        return "; ".join(done) or None
 
     # -- services and their tasks --
     def service_attrs(self, service: str, color: str | None = None) -> dict | None:
@@ -111,7 +111,8 @@ class SwarmRuntime(DockerRuntime):
     def _judge(self, attrs: dict, tasks: list[dict]) -> tuple[str, str, list[dict]]:
         """(state, description, running tasks) of a service from its tasks."""
         want = self.desired(attrs)
-        live = [t for t in tasks if t.get("DesiredState") == "running"]
+        names, up = self.nodes_up() if tasks else ({}, set())
+        live = [t for t in tasks if t.get("DesiredState") == "running" and t.get("NodeID") in up | {None, ""}]
         running = [t for t in live if t["Status"]["State"] == "running"]
         if want is None:  # global: one task per eligible node
             want = len(live)
@@ -120,7 +121,6 @@ class SwarmRuntime(DockerRuntime):
             return ("STOPPING" if busy else "STOPPED"), f"0 replicas{f', {len(busy)} stopping' if busy else ''}", []
         changed = _ts(attrs.get("UpdatedAt")) or 0
         failed = [t for t in tasks if t["Status"]["State"] in FAILED and (_ts(t.get("CreatedAt")) or 0) >= changed]
-        names = self.node_names() if tasks else {}
         where = ", ".join(sorted(names.get(t.get("NodeID"), "?") for t in running))
         desc = f"{len(running)}/{want} running" + (f" on {where}" if where else "")
         if len(running) >= want:
@@ -156,7 +156,7 @@ class SwarmRuntime(DockerRuntime):
             out.append(UnitStatus(unit=unit_name(service, color) if is_app(service) and color else service,
                                   service=service, color=color, state=state, pid=None,
                                   uptime_s=int(now - oldest) if state == "RUNNING" and oldest else None,
-                                  description=desc))
+                                  description=desc, replicas=desc.partition(";")[0]))
         return sorted(out, key=lambda u: u.unit)
 
     def replica_table(self) -> list[dict]:

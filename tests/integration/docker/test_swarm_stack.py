@@ -86,6 +86,7 @@ def test_deploy_then_rollback_under_load_with_every_replica_gated(env):
     st = run_cli("--json", "deploy", "status", config=cfg).json
     assert st["active"] == st["proxy_target"] == "green" and st["consistent"]
     assert st["colors"]["blue"]["services"]["api"]["state"] == "RUNNING"  # warm for rollback
+    assert st["colors"]["green"]["services"]["api"]["replicas"].startswith("2/2 running on ")
     assert st["colors"]["blue"]["services"]["worker"]["state"] in ("STOPPED", "STOPPING")  # draining or drained
 
     with Watcher(url) as w:
