@@ -114,8 +114,11 @@ class SwarmRuntime(DockerRuntime):
         names, up = self.nodes_up() if tasks else ({}, set())
         live = [t for t in tasks if t.get("DesiredState") == "running" and t.get("NodeID") in up | {None, ""}]
         running = [t for t in live if t["Status"]["State"] == "running"]
-        if want is None:  # global: one task per eligible node
+        if want is None:  # global: one task per eligible node (stopping it removes the service)
             want = len(live)
+            if want == 0:
+                busy = [t for t in tasks if t["Status"]["State"] not in TERMINAL]
+                return ("STARTING", "tasks being replaced", []) if busy else ("STOPPED", "no eligible node", [])
         if want == 0:
             busy = [t for t in tasks if t["Status"]["State"] not in TERMINAL]
             return ("STOPPING" if busy else "STOPPED"), f"0 replicas{f', {len(busy)} stopping' if busy else ''}", []
@@ -280,24 +283,38 @@ class SwarmRuntime(DockerRuntime):
         self._remove_service(attrs["ID"])
         return True
 
-    def scale(self, service: str, color: str | None, count: int) -> None:
+    def _update(self, service: str, color: str | None, what: str, change) -> None:
+        """Apply ``change`` to the service's stored spec and send that spec back as it is: the SDK's update
+        rebuilds the task template with its defaults filled in, which Swarm takes for a new template and so
+        replaces every task. Retried when someone else changed the service meanwhile."""
         import docker
 
-        attrs = self.service_attrs(service, color)
-        if attrs is None:
-            raise OpsError(f"the service {sw.service_name(self.cfg, unit_name(service, color))} does not exist",
-                           hint="run 'aixsss-ops stack up' to create it")
-        if self.desired(attrs) in (None, count):
-            return
+        api = self.client.api
         for attempt in range(5):
+            attrs = self.service_attrs(service, color)
+            if attrs is None:
+                raise OpsError(f"the service {sw.service_name(self.cfg, unit_name(service, color))} does not exist",
+                               hint="run 'aixsss-ops stack up' to create it")
+            spec = attrs["Spec"]
+            if not change(spec):
+                return
             try:
-                self.client.api.update_service(attrs["ID"], attrs["Version"]["Index"],
-                                               mode={"Replicated": {"Replicas": count}}, fetch_current_spec=True)
+                r = api._post_json(api._url("/services/{0}/update", attrs["ID"]), data=spec,
+                                   params={"version": attrs["Version"]["Index"]})
+                api._raise_for_status(r)
                 return
             except docker.errors.APIError as e:  # "update out of sequence": someone changed it meanwhile
                 if attempt == 4 or "out of sequence" not in str(e):
-                    raise OpsError(f"scaling {attrs['Spec']['Name']} to {count} failed: {e.explanation or e}") from None
-                attrs = self.service_attrs(service, color) or attrs
+                    raise OpsError(f"{what} of {spec['Name']} failed: {e.explanation or e}") from None
+
+    def scale(self, service: str, color: str | None, count: int) -> None:
+        def change(spec: dict) -> bool:
+            if "Replicated" not in spec.get("Mode", {}) or spec["Mode"]["Replicated"].get("Replicas", 0) == count:
+                return False
+            spec["Mode"] = {"Replicated": {"Replicas": count}}
+            return True
+
+        self._update(service, color, f"scaling to {count}", change)
 
     # -- the protocol --
     def app_specs(self, color: str, release: str, version: str) -> list[specs.ContainerSpec]:
@@ -474,21 +491,14 @@ ln -sfn {run}/web/{release} {run}/colors/{color}/web
 
     def _label_proxy(self, color: str) -> None:
         """Record ``color`` on the proxy service (a service label: its tasks are not touched)."""
-        import docker
+        def change(spec: dict) -> bool:
+            if (spec.get("Labels") or {}).get(L_LIVE) == color:
+                return False
+            spec["Labels"] = {**(spec.get("Labels") or {}), L_LIVE: color}
+            return True
 
-        for attempt in range(5):
-            attrs = self.service_attrs("proxy")
-            if attrs is None:
-                return
-            labels = {**(attrs["Spec"].get("Labels") or {}), L_LIVE: color}
-            try:
-                self.client.api.update_service(attrs["ID"], attrs["Version"]["Index"], labels=labels,
-                                               fetch_current_spec=True)
-                return
-            except docker.errors.APIError as e:
-                if attempt == 4 or "out of sequence" not in str(e):
-                    raise OpsError(f"recording the live color on the proxy service failed: {e.explanation or e}") \
-                        from None
+        if self.service_attrs("proxy") is not None:
+            self._update("proxy", None, "recording the live color", change)
 
     def routed_color(self) -> str | None:
         attrs = self.service_attrs("proxy")

@@ -339,25 +339,6 @@ def test_a_bridge_network_of_the_project_name_is_refused(swarm):
 
 
 @pytest.mark.slow
-def test_push_time_of_app_images_sharing_the_runtime_layers(env, swarm):
-    """Two app images (the runtime image + a small release layer each, ~1 GB): the first push uploads every layer,
-    the second only its own."""
-    cfg, project = env["cfg"], env["project"]
-    times = []
-    for i in (1, 2):
-        image = f"{project}/app:bench{i}"
-        build_image(swarm, image, base=cfg.docker.runtime_image, size=1000)
-        size = swarm.images.get(image).attrs["Size"]
-        t0 = time.monotonic()
-        sr.push(swarm, cfg, image, lambda _m: None)
-        times.append(time.monotonic() - t0)
-    ratio = times[1] / times[0]
-    print(f"\npush of a {size / 1e9:.2f} GB app image: first {times[0]:.1f} s, second (shared layers) "
-          f"{times[1]:.2f} s, ratio {ratio:.3f}")
-    assert times[1] < times[0] / 5
-
-
-@pytest.mark.slow
 def test_two_node_swarm_pushed_through_one_node_pulled_on_the_other(swarm):
     """A real two-node swarm (tests/integration/docker/swarm/cluster.py: dockerd in containers): a replica on each
     node, an image pushed through node 1's replica and pulled by node 2's engine from its own replica. The object
