@@ -5,12 +5,16 @@ tests/integration/docker/swarm/."""
 from __future__ import annotations
 
 import json
+import secrets
+import time
 
 import docker
+import httpx
 import pytest
 
 from aixsss_ops import envfile
 from aixsss_ops.config import load_config
+from aixsss_ops.dburl import parse_database_url
 from aixsss_ops.stack.engines import open_stack
 from tests.cli import run_cli
 from tests.integration.docker.conftest import SOCK, purge_swarm, swarm_config
@@ -110,3 +114,51 @@ def test_a_release_that_cannot_start_leaves_the_live_color_serving(env):
     assert not w.errors, w.errors[:3]
     idle = "green" if live["color"] == "blue" else "blue"
     assert services(env["project"])[f"api-{idle}"].attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+
+
+def test_smoke_backup_and_restore_round_trip(env):
+    cfg = env["cfg"]
+    smoke = run_cli("--json", "stack", "smoke", config=cfg, timeout=180)
+    assert smoke.code == 0, smoke.output
+    job_id = smoke.json["job_id"]
+    b = run_cli("--json", "backup", "create", config=cfg, timeout=300)
+    assert b.code == 0, b.output
+    stack = open_stack(load_config(cfg))
+    url = envfile.read(stack.layout.env_file("api"))["DATABASE_URL"]
+    with parse_database_url(url).connect() as conn:
+        conn.execute('DELETE FROM "AIJob" WHERE id = %s', (job_id,))
+        conn.commit()
+    r = run_cli("--json", "--yes", "restore", b.json["id"], config=cfg, timeout=300)
+    assert r.code == 0, r.output
+    with parse_database_url(url).connect() as conn:
+        assert conn.execute('SELECT status::text FROM "AIJob" WHERE id = %s', (job_id,)).fetchone()[0] == "succeeded"
+    deadline = time.monotonic() + 120  # the restore stopped the app's services and started them again
+    while (st := run_cli("--json", "stack", "status", config=cfg)).code != 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert st.code == 0, [s for s in st.json["services"] if not s["healthy"]]
+
+
+def test_keys_rotate_restarts_the_replicas_with_the_new_key_as_a_new_secret(env):
+    cfg, url = env["cfg"], env["url"]
+    stack = open_stack(load_config(cfg))
+    old_raw = envfile.read(stack.layout.env_file("api"))["API_KEY_ENCRYPTION_KEY"]
+    plain = f"sk-swarm-{secrets.token_hex(12)}"
+    with httpx.Client(base_url=url + "/api", timeout=10) as c:
+        r = c.post("/ai-profiles", json={"name": "before", "provider": "deepseek", "apiKey": plain})
+        assert r.status_code == 201, r.text
+    live_before = stack.live_color()
+    rot = run_cli("--json", "--yes", "keys", "rotate", "--generate", config=cfg, timeout=600)
+    assert rot.code == 0, rot.output
+    assert rot.json["phase"] == "done" and rot.json["restart"]["restarted"]
+    live = stack.live_color()
+    assert live != live_before and health(url)["color"] == live
+    new_raw = envfile.read(stack.layout.env_file("api"))["API_KEY_ENCRYPTION_KEY"]
+    assert new_raw != old_raw and old_raw not in rot.output and new_raw not in rot.output
+    found = services(env["project"])
+    names = [r["SecretName"] for r in found[f"api-{live}"].attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]]
+    old_names = [r["SecretName"] for r in
+                 found[f"api-{live_before}"].attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]]
+    assert names != old_names  # a new env file is a new (immutable) secret
+    assert new_raw not in json.dumps([s.attrs for s in found.values()])
+    chk = run_cli("--json", "keys", "check", config=cfg)
+    assert chk.code == 0 and chk.json["decrypt_ok"] == chk.json["values"], chk.output
