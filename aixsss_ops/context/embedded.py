@@ -34,6 +34,21 @@ def ensure_secrets(layout: Layout) -> dict[str, str]:
     return data
 
 
+def label_key(layout: Layout) -> bytes:
+    """A random key, 0600 beside the stack's other secrets, for keyed digests that name or label something secret
+    without revealing it (a container's spec label, a Swarm secret's name)."""
+    from aixsss_ops.fsutil import atomic_write
+
+    path = layout.secrets_file.parent / "docker-label.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        atomic_write(path, secrets.token_bytes(32), mode=0o600)
+        return path.read_bytes()
+
+
 def database_url(cfg: OpsConfig, user: str, password: str, database: str | None = None) -> str:
     db = database or cfg.postgres.database
     return f"postgresql://{user}:{password}@{cfg.host}:{cfg.ports.postgres}/{db}?schema=public"

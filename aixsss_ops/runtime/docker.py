@@ -20,8 +20,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
-import secrets
 import subprocess
 import tarfile
 import threading
@@ -153,17 +151,10 @@ class DockerRuntime:
         return out
 
     def _label_key(self) -> bytes:
-        """The key of the secrets' part of the spec label: random, 0600 beside the stack's other secrets."""
-        path = self.layout.secrets_file.parent / "docker-label.key"
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            from aixsss_ops.fsutil import atomic_write
+        """The key of the secrets' part of the spec label (context/embedded.py)."""
+        from aixsss_ops.context.embedded import label_key
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o700)
-            atomic_write(path, secrets.token_bytes(32), mode=0o600)
-            return path.read_bytes()
+        return label_key(self.layout)
 
     def spec_digest(self, spec: specs.ContainerSpec, files: dict[str, bytes] | None = None) -> str:
         files = self.secret_files(spec) if files is None else files

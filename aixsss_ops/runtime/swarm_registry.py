@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -146,19 +144,11 @@ health:
 
 
 def _label_key(cfg: OpsConfig) -> bytes:
-    """The key of the secret's name digest (so the name reveals nothing of the credentials): the docker runtime's
-    random label key, 0600 beside the stack's other secrets."""
+    """The key of the secret's name digest (so the name reveals nothing of the credentials)."""
+    from aixsss_ops.context.embedded import label_key
     from aixsss_ops.context.layout import Layout
-    from aixsss_ops.fsutil import atomic_write
 
-    path = Layout(cfg.state).secrets_file.parent / "docker-label.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        atomic_write(path, secrets.token_bytes(32), mode=0o600)
-        return path.read_bytes()
+    return label_key(Layout(cfg.state))
 
 
 def secret_name(cfg: OpsConfig, config_text: str) -> str:
