@@ -67,6 +67,7 @@ class Ports(_Section):
     redis: Port = 16379
     s3: Port = 18333
     s3_grpc: Port = 28333
+    s3_tls: Port = 18443  # HTTPS of the embedded store, open only for a pgBackRest repository in a bucket of it
     weed_master: Port = 19333
     weed_master_grpc: Port = 29333
     weed_volume: Port = 18080

@@ -170,7 +170,7 @@ def queue_name() -> str:
 
 
 PORT_KEYS = (
-    "postgres", "redis", "s3", "s3_grpc", "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
+    "postgres", "redis", "s3", "s3_grpc", "s3_tls", "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
     "weed_filer", "weed_filer_grpc", "proxy", "api_blue", "api_green",
 )
 

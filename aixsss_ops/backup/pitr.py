@@ -3,7 +3,8 @@ recovery window, the base backup a target time needs, and the target time itself
 
 pgBackRest does the work (base backups, WAL archiving, restore with replay to a time); this module only decides
 what to ask it and reads its answers. Every command runs as the account that owns the cluster, with the config
-file the embedded stack wrote (``runtime.pg_cluster.Archiving``).
+file the embedded stack wrote, where the cluster is: one engine, two sites (``HostSite``: a subprocess of this
+machine for the local runtime; ``ContainerSite``: an exec in the Postgres container for docker).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from aixsss_ops.config import OpsConfig
@@ -24,7 +26,7 @@ from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.output import scrubber
 from aixsss_ops.procutil import die_with_parent
 from aixsss_ops.runtime import local_specs
-from aixsss_ops.runtime.pg_cluster import Archiving, Cluster
+from aixsss_ops.runtime.pg_cluster import Archiving, Cluster, os_account
 
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -88,7 +90,8 @@ class Info:
 
     @property
     def exists(self) -> bool:
-        return self.status_code not in (1, 3)  # 1: missing stanza path, 3: missing stanza data
+        # 1: missing stanza path, 3: missing stanza data, 99: other (e.g. the repository's bucket does not exist)
+        return self.status_code not in (1, 3, 99)
 
 
 def parse_info(text: str, stanza: str) -> Info:
@@ -186,36 +189,229 @@ def wal_after(files: list[WalFile], start_segment: str) -> list[WalFile]:
     return [w for w in files if w.segment[8:] >= start_segment[8:]]
 
 
-class Engine:
-    """pgBackRest's commands against the stack's cluster (as the cluster's account; the superuser's password in
-    ``PGPASSWORD`` for the commands that connect)."""
+def _stop_postgres(runtime, strict: bool) -> None:
+    try:
+        runtime.stop("postgres")
+    except OpsError:
+        if strict:
+            raise
 
-    def __init__(self, cluster: Cluster, archiving: Archiving, password: str | None):
+
+class HostSite:
+    """Where pgBackRest runs for the local runtime: a subprocess on this machine, as the account that owns the
+    cluster, with the config file the embedded stack wrote (``runtime.pg_cluster.Archiving``); the superuser's
+    password in ``PGPASSWORD`` for the commands that connect. Folders are paths of this machine."""
+
+    def __init__(self, cluster: Cluster, archiving: Archiving, password: str | None, repo: Path | None = None,
+                 bucket: tuple[Any, str] | None = None):
         self.cluster, self.arch, self.password = cluster, archiving, password
+        self.repo = repo  # a local repository's folder (None: a bucket)
+        self.bucket = bucket  # (S3Target, name) of a repository in a bucket
+        self.stanza = archiving.stanza
+        self.data = cluster.datadir
+        self.log_hint = str(archiving.root / "log")  # where pgBackRest's log is
+        self.spool = archiving.root / "spool"
 
-    def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    def command(self, *args: str) -> list[str]:
+        return self.arch.command(*args)
+
+    def run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         if self.password:
             env["PGPASSWORD"] = self.password
-        argv = self.arch.command(*args)
         try:  # pgBackRest dies with this process: a killed restore leaves no writer behind in its folder
-            r = self.cluster._run_as(argv, env=env, timeout=timeout, preexec_fn=die_with_parent)
+            return self.cluster._run_as(self.arch.command(*args), env=env, timeout=timeout,
+                                        preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired:
             raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
+
+    def config_problem(self) -> str | None:
+        return None if self.arch.config.exists() else f"no pgBackRest config at {self.arch.config}"
+
+    def prepare_repo(self) -> None:
+        """A repository's bucket exists before the stanza is created in it (pgBackRest creates none)."""
+        if self.bucket is not None:
+            from aixsss_ops.s3 import ensure_bucket
+
+            ensure_bucket(*self.bucket)
+
+    def mkdir(self, path: Path) -> None:
+        path.mkdir(mode=0o700)
+        acct = os_account(self.cluster.os_user)
+        if acct:
+            os.chown(path, acct.pw_uid, acct.pw_gid)
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+    def rmtree(self, path: Path) -> None:
+        shutil.rmtree(path)
+
+    def switch(self, runtime, moves: list[tuple[Path, Path]], strict: bool = True) -> None:
+        """Postgres stopped, the folders moved (each ``from -> to``), Postgres started. ``strict``: a failing stop
+        is an error (else it is ignored: a cluster that did not come up)."""
+        _stop_postgres(runtime, strict)
+        shutil.rmtree(self.spool / "archive", ignore_errors=True)  # the acknowledgements of the cluster replaced
+        for a, b in moves:
+            a.rename(b)
+        runtime.start("postgres")
+
+    def settle(self, runtime, kept: Path) -> list[str]:
+        """What a killed restore left before Postgres can start again: the live folder moved aside and not
+        replaced comes back. (pgBackRest died with the command.)"""
+        if not self.data.exists() and kept.exists():
+            kept.rename(self.data)
+            return [f"moved {kept.name} back to {self.data.name}"]
+        return []
+
+    def repo_usage(self) -> tuple[str, int, int] | None:
+        """(where, free bytes, total bytes) of a local repository's file system; None for a bucket."""
+        repo = self.repo
+        if repo is None:
+            return None
+        usage = shutil.disk_usage(repo if repo.exists() else repo.parent)
+        return str(repo), usage.free, usage.total
+
+
+class ContainerSite:
+    """Where pgBackRest runs for the docker runtime: inside the Postgres container, through the runtime's exec (as
+    the postgres account), with the config the container writes at start (docker_specs.postgres). Folders are
+    paths inside the container; the live data folder is swapped by the container itself before Postgres starts
+    (``docker_specs.PITR_SWAP``): the file with the moves is written into the container whatever its state."""
+
+    PIDFILE = "pitr-restore.pid"
+
+    def __init__(self, cfg: OpsConfig, runtime):
+        from aixsss_ops.runtime import docker_specs as specs
+
+        self.cfg, self.runtime, self.specs = cfg, runtime, specs
+        self.stanza = cfg.project
+        self.data = PurePosixPath(specs.PG_DATA)
+        self.spool = PurePosixPath(specs.PGBACKREST) / "spool"
+        self.log_hint = (f"{specs.PGBACKREST}/log in the {specs.container_name(cfg, 'postgres')} container "
+                         f"(volume {specs.volume_name(cfg, 'pgbackrest')})")
+
+    def command(self, *args: str) -> list[str]:
+        return self.specs.pgbackrest_command(self.cfg, *args)
+
+    def _exec(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+        r = self.runtime.exec("postgres", argv, timeout=timeout)
+        return subprocess.CompletedProcess(argv, r.returncode, (r.stdout or b"").decode("utf-8", "replace"),
+                                           (r.stderr or b"").decode("utf-8", "replace"))
+
+    def run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        argv = self.command(*args)
+        if not args or args[0] != "restore":
+            return self._exec(argv, timeout)
+        # its pid, so a restore whose command was killed (the exec'd process lives on) can be stopped
+        pid = f"{self.specs.PG_HOME}/{self.PIDFILE}"
+        try:
+            return self._exec(["sh", "-c", f'echo $$ > {pid}; exec "$@"', "sh", *argv], timeout)
+        finally:
+            self._exec(["rm", "-f", pid])
+
+    def prepare_repo(self) -> None:
+        """The repository is a volume the container's start made ready."""
+
+    def config_problem(self) -> str | None:
+        state = self.runtime.state("postgres")
+        if state != "RUNNING":
+            return f"the Postgres container is {state}"
+        if self._exec(["test", "-s", self.specs.PGBACKREST_CONF], 20).returncode != 0:
+            return (f"no pgBackRest config at {self.specs.PGBACKREST_CONF} in the Postgres container "
+                    "(created before backup.pitr was on?)")
+        return None
+
+    def mkdir(self, path: PurePosixPath) -> None:
+        r = self._exec(["mkdir", "-m", "0700", "--", str(path)])
+        if r.returncode != 0:
+            raise OpsError(f"mkdir {path} in the Postgres container failed: {r.stderr.strip()}")
+
+    def exists(self, path: PurePosixPath) -> bool:
+        return self._exec(["test", "-e", str(path)]).returncode == 0
+
+    def rmtree(self, path: PurePosixPath) -> None:
+        r = self._exec(["rm", "-rf", "--", str(path)], timeout=600)
+        if r.returncode != 0:
+            raise OpsError(f"removing {path} in the Postgres container failed: {r.stderr.strip()}")
+
+    def _write_swap(self, moves: list[tuple[PurePosixPath, PurePosixPath]]) -> None:
+        import io
+        import tarfile
+        import time
+
+        c = self.runtime.find("postgres")
+        if c is None:
+            raise OpsError("the postgres container does not exist", hint="`aixsss-ops stack up`")
+        data = "".join(f"{a} {b}\n" for a, b in moves).encode()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(PurePosixPath(self.specs.PITR_SWAP).name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        if not c.put_archive(str(PurePosixPath(self.specs.PITR_SWAP).parent), buf.getvalue()):
+            raise OpsError("writing the folder moves into the Postgres container failed")
+
+    def switch(self, runtime, moves: list[tuple[PurePosixPath, PurePosixPath]], strict: bool = True) -> None:
+        """The moves written into the container, which makes them when it starts, before Postgres."""
+        self._write_swap(moves)
+        _stop_postgres(runtime, strict)
+        runtime.start("postgres")
+
+    def settle(self, runtime, kept: PurePosixPath) -> list[str]:
+        """What a killed restore left: a container stopped in the middle starts (making the moves it was given);
+        a pgBackRest restore still running in it (exec'd processes outlive the command) is stopped."""
+        from aixsss_ops.poll import poll_until
+
+        done = []
+        if runtime.state("postgres") not in ("RUNNING", "STARTING"):
+            runtime.start("postgres")
+            done.append("started postgres")
+        if not poll_until(lambda: self.runtime.state("postgres") == "RUNNING", 60, interval=0.2):
+            raise OpsError("the Postgres container does not run", hint="`aixsss-ops stack logs postgres`")
+        pid = f"{self.specs.PG_HOME}/{self.PIDFILE}"
+        r = self._exec(["sh", "-c", f'[ -s {pid} ] || exit 0; p=$(cat {pid}); '  # still that restore (not a reused pid)
+                        f'if tr "\\0" " " < /proc/$p/cmdline 2>/dev/null | grep -q " restore " && kill "$p"; then '
+                        'i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; '
+                        f'echo stopped; fi; rm -f {pid}'], timeout=60)
+        if "stopped" in r.stdout:
+            done.append("stopped the pgBackRest restore still running in the container")
+        return done
+
+    def repo_usage(self) -> tuple[str, int, int] | None:
+        r = self._exec(["df", "-Pk", self.specs.PGBACKREST], 20)
+        rows = r.stdout.strip().splitlines()
+        if r.returncode != 0 or len(rows) < 2:
+            return None
+        f = rows[-1].split()
+        return (f"volume {self.specs.volume_name(self.cfg, 'pgbackrest')}", int(f[3]) * 1024, int(f[1]) * 1024)
+
+
+class Engine:
+    """pgBackRest's commands against the stack's cluster, wherever pgBackRest runs (``site``: a ``HostSite`` for
+    the local runtime, a ``ContainerSite`` for docker)."""
+
+    def __init__(self, site: HostSite | ContainerSite):
+        self.site = site
+        self.stanza = site.stanza
+
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        r = self.site.run(args, timeout)
         if check and r.returncode != 0:
             lines = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]
             raise OpsError(f"pgbackrest {args[0]} failed (exit {r.returncode}): "
                            f"{lines[-1] if lines else 'no message'}", details="\n".join(lines[-20:]),
-                           hint=f"its log: {self.arch.root / 'log'}")
+                           hint=f"its log: {self.site.log_hint}")
         return r
 
     def info(self) -> Info:
         r = self.run("info", "--output=json", timeout=60, check=False)
         if r.returncode != 0 and not r.stdout.strip():
             raise OpsError(f"pgbackrest info failed: {(r.stderr or '').strip().splitlines()[-1:] or r.returncode}")
-        return parse_info(r.stdout, self.arch.stanza)
+        return parse_info(r.stdout, self.stanza)
 
     def stanza_create(self) -> None:
+        self.site.prepare_repo()
         self.run("stanza-create", timeout=120)
 
     def check(self, timeout: float = 120) -> None:
@@ -228,31 +424,54 @@ class Engine:
     def wal_files(self, archive_id: str | None) -> tuple[list[WalFile], dict[int, datetime]]:
         if not archive_id:
             return [], {}
-        r = self.run("repo-ls", "--recurse", "--output=json", f"archive/{self.arch.stanza}/{archive_id}",
-                     timeout=120)
+        r = self.run("repo-ls", "--recurse", "--output=json", f"archive/{self.stanza}/{archive_id}", timeout=120)
         return parse_repo_ls(r.stdout)
 
-    def restore(self, into: Path, label: str, target: datetime, timeline: int | None) -> None:
+    def restore(self, into: PurePath, label: str, target: datetime, timeline: int | None) -> None:
         """Restore base backup ``label`` into the empty folder ``into`` with replay up to ``target``, then promote.
         The restore_command points at the stack's own config (pg1-path = the live data folder this one will
         replace)."""
-        get = " ".join([*self.arch.command(), "archive-get", "%f", '"%p"'])
-        self.run("restore", f"--pg1-path={into}", f"--set={label}", "--type=time",
+        get = " ".join([*self.site.command(), "archive-get", "%f", '"%p"'])
+        # pgBackRest's restore empties the stanza's archive spool (old acknowledgements must not make a new cluster
+        # skip archiving): the live cluster's, whose archive-push then waits out archive-timeout (60 s) for an
+        # acknowledgement gone, holding up its shutdown. So the restore is given a spool folder of its own, and the
+        # live spool is emptied by the site's ``switch``, with the replaced cluster stopped.
+        self.run("restore", f"--pg1-path={into}", f"--spool-path={self.site.spool}-restore", f"--set={label}",
+                 "--type=time",
                  f"--target={target.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00",
                  "--target-action=promote", f"--target-timeline={timeline or 'current'}",
                  f"--recovery-option=restore_command={get}", timeout=24 * 3600)
 
 
 def engine_for(cfg: OpsConfig, layout: Layout, write_config: bool = True) -> Engine | None:
-    """pgBackRest against the embedded stack's cluster; None when ``backup.pitr`` is off. ``write_config``: write
-    pgbackrest.conf first (the same file ``stack up`` writes); doctor only reads it."""
+    """pgBackRest against the embedded stack's cluster; None when ``backup.pitr`` is off. Local runtime:
+    ``write_config`` writes pgbackrest.conf first (the same file ``stack up`` writes; doctor only reads it).
+    Docker: pgBackRest in the Postgres container, whose config the container writes itself at start."""
+    if not cfg.backup.pitr:
+        return None
+    if cfg.runtime == "docker":
+        from aixsss_ops.runtime.docker import DockerRuntime
+
+        return Engine(ContainerSite(cfg, DockerRuntime(cfg, layout)))
     arch = local_specs.write_pgbackrest_conf(cfg, layout) if write_config else local_specs.archiving(cfg, layout)
     if arch is None:
         return None
     sec = read_secrets(layout)
     if sec:
         scrubber.add(*sec.values())
-    return Engine(local_specs.cluster(cfg, layout), arch, sec["postgres_superuser_password"] if sec else None)
+    b = cfg.backup
+    repo = Path(local_specs.pgbackrest_repo(cfg)["repo1-path"]) if b.destination != "s3" else None
+    bucket = None
+    if b.destination == "s3":
+        from aixsss_ops.s3 import S3Target
+
+        same = not b.s3_access_key
+        bucket = (S3Target(b.s3_endpoint or f"http://{cfg.host}:{cfg.ports.s3}",
+                           cfg.s3.access_key if same else b.s3_access_key,
+                           (cfg.s3.secret_key if same else b.s3_secret_key).get_secret_value(), cfg.s3.region),
+                  b.s3_bucket)
+    return Engine(HostSite(local_specs.cluster(cfg, layout), arch, sec["postgres_superuser_password"] if sec else None,
+                           repo, bucket))
 
 
 def newest_wal(files: list[WalFile]) -> datetime | None:

@@ -162,7 +162,7 @@ def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, s
     doc = {
         "name": cfg.project,
         "services": {s.service: service(cfg, s, compose_dir) for s in backing},
-        **_shared(cfg, ["pgdata", "redis", "s3", "run"], external=False),
+        **_shared(cfg, [*dict.fromkeys(k for s in backing for k in s.volumes), "run"], external=False),
         **secrets_section(cfg, backing, compose_dir),
     }
     files["infra.yml"] = head + "# up first: docker compose -f compose/infra.yml up -d\n" + _dump(doc)

@@ -4,9 +4,7 @@ the repository's free space."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
-from pathlib import Path
 
 from aixsss_ops.doctor.context import Context
 from aixsss_ops.findings import Finding
@@ -18,7 +16,7 @@ SPACE_MIN_FREE = 0.10
 def _engine(ctx: Context):
     from aixsss_ops.backup.pitr import engine_for
 
-    if not ctx.cfg.backup.pitr or ctx.cfg.runtime != "local":
+    if not ctx.cfg.backup.pitr or ctx.cfg.runtime not in ("local", "docker"):
         return None
     return engine_for(ctx.cfg, ctx.dep.layout, write_config=False)
 
@@ -35,15 +33,15 @@ def archiving(ctx: Context) -> list[Finding]:
     if eng is None:
         return []
     name = "backup.pitr-archiving"
-    if not eng.arch.config.exists():
-        return [Finding(name, "fail", f"no pgBackRest config at {eng.arch.config}",
-                        "`aixsss-ops stack up` writes it (and restarts Postgres with archiving)")]
+    problem = eng.site.config_problem()
+    if problem:
+        return [Finding(name, "fail", problem, "`aixsss-ops stack up` writes it (and restarts Postgres with archiving)")]
     try:
         eng.check(timeout=max(1.0, ctx.timeout - 0.3))
     except OpsError as e:
-        return [Finding(name, "fail", e.message, "`aixsss-ops backup base` creates the stanza; see the pgBackRest log "
-                                                 f"in {eng.arch.root / 'log'} and `aixsss-ops stack logs postgres`")]
-    return [Finding(name, "ok", f"pgbackrest check: WAL archived to stanza {eng.arch.stanza}")]
+        return [Finding(name, "fail", e.message, "`aixsss-ops backup base` creates the stanza; see pgBackRest's log "
+                                                 f"in {eng.site.log_hint} and `aixsss-ops stack logs postgres`")]
+    return [Finding(name, "ok", f"pgbackrest check: WAL archived to stanza {eng.stanza}")]
 
 
 def wal_age(ctx: Context) -> list[Finding]:
@@ -80,12 +78,16 @@ def wal_age(ctx: Context) -> list[Finding]:
         seg_size = int(c.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[0])
     newest_seg = max(files, key=lambda w: w.segment[8:]).segment
     behind = lsn - segment_end_lsn(newest_seg, seg_size)
+    if behind > seg_size and not failed_after:  # listed before the LSN was read: a segment switched in between (by
+        files, _ = eng.wal_files(info.archive_id)  # backup.pitr-archiving's `pgbackrest check`, running beside this
+        newest_seg = max(files, key=lambda w: w.segment[8:]).segment  # one) may be archived by now: list again
+        behind = lsn - segment_end_lsn(newest_seg, seg_size)
     if failed_after:
         return [Finding(name, "fail", msg + "; the archiver's last attempt failed",
-                        f"see the pgBackRest log in {eng.arch.root / 'log'}")]
+                        f"see pgBackRest's log in {eng.site.log_hint}")]
     if behind > seg_size:
         return [Finding(name, "fail", msg + f"; {behind / 2**20:.0f} MB of WAL not archived",
-                        f"archiving is behind: see the pgBackRest log in {eng.arch.root / 'log'}")]
+                        f"archiving is behind: see pgBackRest's log in {eng.site.log_hint}")]
     return [Finding(name, "ok", msg + "; nothing unarchived beyond the current segment (an idle database)")]
 
 
@@ -137,12 +139,12 @@ def lifecycle_and_space(ctx: Context) -> list[Finding]:
         out.append(Finding(name, "ok", f"bucket {bucket}: noncurrent versions expire after "
                                        f"{rules[0].noncurrent_version_expiration.noncurrent_days} day(s), "
                                        f"window {ctx.cfg.backup.pitr_retention_days} day(s)"))
-    if ctx.cfg.backup.destination != "s3":
-        repo = Path(ctx.cfg.backup_dir)
-        usage = shutil.disk_usage(repo if repo.exists() else repo.parent)
-        free = usage.free / usage.total
+    usage = eng.site.repo_usage()  # None: a bucket
+    if usage is not None:
+        where, free_b, total = usage
+        free = free_b / total if total else 0.0
         f = Finding("backup.pitr-space", "ok" if free >= SPACE_MIN_FREE else "warn",
-                    f"repository file system {free:.0%} free ({usage.free / 2**30:.1f} GB)",
+                    f"repository file system ({where}) {free:.0%} free ({free_b / 2**30:.1f} GB)",
                     None if free >= SPACE_MIN_FREE else "free space or shorten backup.pitr_retention_days")
         out.append(f)
     return out

@@ -91,25 +91,93 @@ def _sh(script: str) -> list[str]:
     return ["sh", "-ec", script.strip()]
 
 
+# point-in-time recovery (backup.pitr) in the Postgres container: pgBackRest runs there, its repository in a volume
+PG_HOME = str(Path(PG_DATA).parent)  # the pgdata volume: the live data folder, restored and kept ones beside it
+PG_SOCKETS = "/var/run/postgresql"  # the server's unix socket (pgBackRest reaches a local cluster through it only)
+PGBACKREST = "/var/lib/pgbackrest"  # the pgbackrest volume: config, repository, spool, log, lock (postgres's)
+PGBACKREST_CONF = f"{PGBACKREST}/pgbackrest.conf"
+PITR_SWAP = f"{PG_HOME}/pitr-swap"  # folder moves ("from to" lines) the container makes before Postgres starts
+
+
+def pgbackrest_archiving(cfg: OpsConfig):
+    """pgBackRest's archiving of the container's cluster (``backup.pitr``; None when off): the stanza is the
+    project's name; the repository is always the ``<project>-pgbackrest`` volume (local to the engine)."""
+    from aixsss_ops.runtime.pg_cluster import Archiving, Cluster
+
+    if not cfg.backup.pitr:
+        return None
+    arch = Archiving(root=Path(PGBACKREST), socket_dir=Path(PG_SOCKETS), stanza=cfg.project,
+                     timeout_s=max(1, round(cfg.backup.rpo_seconds)))
+    cluster = Cluster(datadir=Path(PG_DATA), port=PORTS["postgres"], host="", os_user="postgres")
+    return arch, cluster
+
+
+def pgbackrest_conf(cfg: OpsConfig) -> str:
+    """pgbackrest.conf of the container (no secret: the repository is a volume, the superuser connects through the
+    unix socket, trusted inside the container)."""
+    arch, cluster = pgbackrest_archiving(cfg)
+    return arch.render(cluster, cfg.postgres.superuser, {"repo1-path": f"{PGBACKREST}/repo"},
+                       cfg.backup.pitr_retention_days)
+
+
+def pgbackrest_command(cfg: OpsConfig, *args: str) -> list[str]:
+    """pgBackRest with the container's config and the stanza (run inside the Postgres container)."""
+    return ["pgbackrest", f"--config={PGBACKREST_CONF}", f"--stanza={cfg.project}", *args]
+
+
+def _pitr_script(cfg: OpsConfig) -> tuple[str, str]:
+    """(what runs before Postgres, its extra arguments) with ``backup.pitr``: the folder moves a point-in-time
+    restore asked for (each ``from to`` made once, whatever was already done: a start killed halfway repeats
+    it) and then the archive spool emptied (the replaced cluster's acknowledgements), pgBackRest's folders and
+    config, and WAL archiving through it."""
+    pitr = cfg.backup.pitr and pgbackrest_archiving(cfg)
+    if not pitr:
+        return "", ""
+    arch, _cluster = pitr
+    folders = " ".join(f"{PGBACKREST}/{d}" for d in ("repo", "spool", "log", "lock"))
+    push = shlex.join(pgbackrest_command(cfg, "archive-push")) + " %p"
+    before = f"""
+if [ -f {PITR_SWAP} ]; then
+  while read -r from to; do
+    if [ -e "$from" ] && [ ! -e "$to" ]; then mv -T -- "$from" "$to"; fi
+  done < {PITR_SWAP}
+  rm -rf {PGBACKREST}/spool/archive
+  rm -f {PITR_SWAP}
+fi
+umask 077
+mkdir -p {folders}
+printf '%s' "$AIXSSS_PGBACKREST_CONF" > {PGBACKREST_CONF}.tmp && mv {PGBACKREST_CONF}.tmp {PGBACKREST_CONF}
+umask 022
+"""
+    args = " ".join(shlex.quote(a) for a in arch.settings()) + " -c " + shlex.quote(f"archive_command={push}")
+    return before, " " + args
+
+
 def postgres(cfg: OpsConfig) -> ContainerSpec:
-    script = f"""
+    before, archive_args = _pitr_script(cfg)
+    script = f"""{before}
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile={SECRETS / "postgres_password"} --auth-host=scram-sha-256 \\
     --auth-local=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   echo 'host all all all scram-sha-256' >> "$PGDATA/pg_hba.conf"
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -c max_connections=200
+exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -c max_connections=200{archive_args}
 """
+    environment = {"PGDATA": PG_DATA, "POSTGRES_USER": cfg.postgres.superuser}
+    volumes = {"pgdata": PG_HOME}
+    if before:
+        environment["AIXSSS_PGBACKREST_CONF"] = pgbackrest_conf(cfg)
+        volumes["pgbackrest"] = PGBACKREST
     return ContainerSpec(
         "postgres",
         None,
         cfg.docker.postgres_image,
         _sh(script),
         user="postgres",
-        environment={"PGDATA": PG_DATA, "POSTGRES_USER": cfg.postgres.superuser},
+        environment=environment,
         secrets={"postgres_password": ("var", "POSTGRES_SUPERUSER_PASSWORD")},
         ports=[(cfg.host, cfg.ports.postgres, PORTS["postgres"])],
-        volumes={"pgdata": str(Path(PG_DATA).parent)},
+        volumes=volumes,
         healthcheck=["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(PORTS["postgres"])],
         memory=cfg.docker.infra_memory,
         cpus=cfg.docker.infra_cpus,

@@ -1,11 +1,11 @@
 """``stack up | down | status | logs`` on a Docker engine (``runtime = "docker"``).
 
 One user-defined network per project, named volumes for Postgres, Redis, object data and the proxy's run
-folder, infra containers (postgres, redis, s3, proxy) and the api/worker containers of each color, all from
-docker_specs (the same specs ``compose render`` writes). Every infra port is published on ``host`` with the
-port of ops.toml, so migrations, backups, probes and the smoke test reach the services exactly as on the local
-engine. ``up`` creates what is missing, recreates what differs from its spec, starts what is stopped; everything else is
-the engine-independent ``Stack``.
+folder (and pgBackRest's repository with ``backup.pitr``), infra containers (postgres, redis, s3, proxy) and the
+api/worker containers of each color, all from docker_specs (the same specs ``compose render`` writes). Every infra
+port is published on ``host`` with the port of ops.toml, so migrations, backups, probes and the smoke test reach the
+services exactly as on the local engine. ``up`` creates what is missing, recreates what differs from its spec,
+starts what is stopped; everything else is the engine-independent ``Stack``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class DockerStack(Stack):
             actions += self._ensure_running(spec, say)
         self.wait_ready(backing, say)
         actions += self._prepare_data(live, say)
+        actions += self._archiving()
 
         for spec in app:
             actions += self._ensure_running(spec, say)
@@ -89,7 +90,8 @@ class DockerStack(Stack):
         except docker.errors.NotFound:
             client.networks.create(net, driver="bridge", labels=labels)
             out.append(f"created network {net}")
-        for key in specs.VOLUMES:
+        keys = list(specs.VOLUMES) + sorted({k for s in self.infra_defs() for k in s.volumes} - set(specs.VOLUMES))
+        for key in keys:  # the pgbackrest volume too with backup.pitr (the postgres spec mounts it)
             name = specs.volume_name(self.cfg, key)
             try:
                 client.volumes.get(name)
@@ -97,6 +99,17 @@ class DockerStack(Stack):
                 client.volumes.create(name, labels=labels)
                 out.append(f"created volume {name}")
         return out
+
+    def _archiving(self) -> list[str]:
+        """With ``backup.pitr``: the pgBackRest stanza (pgBackRest in the Postgres container, its repository the
+        ``<project>-pgbackrest`` volume), so the cluster's WAL archiving succeeds from the start."""
+        from aixsss_ops.backup import pitr
+
+        eng = pitr.engine_for(self.cfg, self.layout)
+        if eng is None or eng.info().exists:
+            return []
+        eng.stanza_create()
+        return [f"created the pgBackRest stanza {eng.stanza}"]
 
     def _ensure_running(self, spec: specs.ContainerSpec, say: Progress) -> list[str]:
         out = []

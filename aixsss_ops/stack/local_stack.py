@@ -60,7 +60,7 @@ class LocalStack(Stack):
         if eng is None or eng.info().exists:
             return []
         eng.stanza_create()
-        return [f"created the pgBackRest stanza {eng.arch.stanza}"]
+        return [f"created the pgBackRest stanza {eng.stanza}"]
 
     def app_defs(self, color: str) -> list[services.ServiceDef]:
         spec = self.colors().spec(color)

@@ -32,7 +32,8 @@ from aixsss_ops.s3 import S3Target, ensure_bucket
 from aixsss_ops.stack.postgres import ensure_role_and_database
 
 Progress = Callable[[str], None]
-INFRA_STOP_ORDER = (("proxy",), ("s3", "redis"), ("postgres",))  # after the app; Postgres last
+# after the app; Postgres before the store and Redis (its WAL archiving may write to a bucket of the store)
+INFRA_STOP_ORDER = (("proxy",), ("postgres",), ("s3", "redis"))
 
 
 class Unit(Protocol):

@@ -1,16 +1,15 @@
 """Point-in-time recovery of a deployment: physical base backups, the recovery window, and ``restore --to-time T``
 (the database replayed to T by pgBackRest into a new data folder swapped in, the objects rewound to T).
 
-Only the embedded stack on the local runtime: its cluster is the one pgBackRest archives (``backup.pitr``).
+Only the embedded stack's cluster (``backup.pitr``), local runtime (pgBackRest a process of this machine) or docker
+(pgBackRest in the Postgres container, its repository a volume): the engine's ``site`` says where it runs and where
+the data folders are; everything here is the same for both.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,6 @@ from aixsss_ops.context.deployment import EMBEDDED_ADMIN, PREVIOUS_KEY, Deployme
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
 from aixsss_ops.fsutil import atomic_write_json, read_json
 from aixsss_ops.poll import poll_until
-from aixsss_ops.runtime.pg_cluster import os_account
 from aixsss_ops.usecases.backup import api_key, database
 
 Say = Callable[[str], None]
@@ -37,9 +35,8 @@ def _require(dep: Deployment) -> None:
     if dep.admin_database.source != EMBEDDED_ADMIN:
         raise UsageError(f"point-in-time recovery restores the embedded stack's cluster, but the database comes from "
                          f"{dep.admin_database.source}", hint="drop --database-url / DATABASE_URL for this command")
-    if dep.cfg.runtime != "local":
-        raise UsageError("point-in-time recovery runs on the local runtime only for now (runtime = \"docker\" "
-                         "has no pgBackRest in its Postgres container yet)")
+    if dep.cfg.runtime not in ("local", "docker"):
+        raise UsageError(f"point-in-time recovery runs on the local and docker runtimes, not {dep.cfg.runtime!r}")
 
 
 def engine(dep: Deployment) -> Engine:
@@ -105,13 +102,19 @@ def base(dep: Deployment, kind: str = "full", say: Say = lambda _m: None) -> dic
         raise UsageError(f"--type {kind!r}: one of full, incr, diff")
     eng = engine(dep)
     if ensure_stanza(eng):
-        say(f"created the pgBackRest stanza {eng.arch.stanza}")
+        say(f"created the pgBackRest stanza {eng.stanza}")
     try:
         warnings, added = lifecycle(dep)
     except OpsError as e:  # the database's base backup does not wait for the object store
         warnings, added = [f"object store: versioning and the lifecycle rule not checked: {e.message}"], False
     if added:
         say(f"added a lifecycle rule expiring noncurrent versions of {dep.bucket}")
+    if dep.cfg.runtime == "docker" and dep.cfg.backup.destination == "s3":
+        from aixsss_ops.runtime.docker_specs import volume_name
+
+        warnings.append(f"on the docker runtime the pgBackRest repository is the volume "
+                        f"{volume_name(dep.cfg, 'pgbackrest')}, not backup.s3_bucket (only the logical backups go "
+                        "there)")
     say(f"pgbackrest backup --type={kind}")
     started = datetime.now(UTC)
     eng.backup(kind)
@@ -156,24 +159,22 @@ def _journal(dep: Deployment) -> Path:
     return dep.layout.pg_data.parent / "pitr-restore.json"
 
 
-def recover_interrupted(dep: Deployment, say: Say = lambda _m: None) -> list[str]:
+def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = lambda _m: None) -> list[str]:
     """Undo what a killed ``restore --to-time`` left: a partial data folder goes; a live folder moved aside and not
     replaced comes back; Postgres and the app units it had stopped are started again."""
     j = read_json(_journal(dep), None)
     if not j:
         return []
-    done = []
-    data = dep.layout.pg_data
-    new, kept = Path(j["new"]), Path(j["kept"])
-    if not data.exists() and kept.exists():
-        kept.rename(data)
-        done.append(f"moved {kept.name} back to {data.name}")
-    elif kept.exists():
-        done.append(f"the data folder live before it is kept as {kept}")
-    if new.exists() and new != data:
-        shutil.rmtree(new)
-        done.append(f"removed the partial restore {new.name}")
+    site = (eng or engine(dep)).site
+    path = type(site.data)
+    new, kept = path(j["new"]), path(j["kept"])
     stack = _stack(dep)
+    done = site.settle(stack.runtime, kept)
+    if site.exists(kept):
+        done.append(f"the data folder live before it is kept as {kept}")
+    if new != site.data and site.exists(new):
+        site.rmtree(new)
+        done.append(f"removed the partial restore {new.name}")
     if stack.runtime.state("postgres") not in ("RUNNING", "STARTING"):
         stack.runtime.start("postgres")
         done.append("started postgres")
@@ -253,13 +254,6 @@ def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: date
     return p
 
 
-def _chown_dir(path: Path, os_user: str) -> None:
-    path.mkdir(mode=0o700)
-    acct = os_account(os_user)
-    if acct:
-        os.chown(path, acct.pw_uid, acct.pw_gid)
-
-
 def _recovery_point(dep: Deployment) -> tuple[datetime | None, bool]:
     """Wait until the restored cluster has promoted; the last replayed commit's time (None: none replayed)."""
     from aixsss_ops.backup.postgres import admin_target
@@ -287,43 +281,45 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
                     say: Say = lambda _m: None) -> dict[str, Any]:
     """``restore --to-time T``: the database and the objects as they were at T."""
     eng = engine(dep)
-    recover_interrupted(dep, say)
+    recover_interrupted(dep, eng, say)
     p = plan(dep, target_text, eng)
     if dry_run:
         return {"dry_run": True, "plan": p.to_dict()}
-    lay, cfg = dep.layout, dep.cfg
+    site = eng.site
+    data = site.data
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    new = lay.pg_data.parent / f"data.pitr-{stamp}.partial"
-    kept = lay.pg_data.parent / f"data.pre_pitr_{stamp}"
+    new = data.parent / f"data.pitr-{stamp}.partial"
+    kept = data.parent / f"data.pre_pitr_{stamp}"
     journal = {"target": iso(p.target), "new": str(new), "kept": str(kept), "stopped": []}
+    _journal(dep).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(_journal(dep), journal, mode=0o600)
-    _chown_dir(new, cfg.postgres.os_user)
+    site.mkdir(new)
     say(f"pgbackrest restore of {p.backup.label} into {new.name} (target {iso(p.target)})")
     started = datetime.now(UTC)
     eng.restore(new, p.backup.label, p.target, p.timeline)
 
-    from aixsss_ops.runtime.base import is_app
+    from aixsss_ops.runtime.base import is_app, wait_stopped
 
     stack = _stack(dep)
     units = [(u.service, u.color) for u in stack.runtime.status()
              if is_app(u.service) and u.state in ("RUNNING", "STARTING")]
     journal["stopped"] = units
     atomic_write_json(_journal(dep), journal, mode=0o600)
-    for service, color in units:
+    for service, color in units:  # all at once: each drains on its own, the slowest bounds the wait
         say(f"stopping {service}-{color}")
-        stack.runtime.stop(service, color)
-    say("stopping postgres")
-    stack.runtime.stop("postgres")
-    lay.pg_data.rename(kept)
-    new.rename(lay.pg_data)
-    journal["phase"] = "swapped"
+        stack.runtime.stop(service, color, wait=False)
+    if not wait_stopped(stack.runtime, units, dep.cfg.supervisor.stop_timeout + 30):
+        raise OpsError(f"the app did not stop: {', '.join(f'{s}-{c}' for s, c in units)}",
+                       hint="`aixsss-ops stack status`; the live cluster was not touched (the restored folder is "
+                            "removed by the next `restore --to-time`)")
+    journal["phase"] = "swapping"
     atomic_write_json(_journal(dep), journal, mode=0o600)
-    say(f"the live data folder is kept as {kept}; starting postgres on the restored one")
+    say(f"restarting postgres on the restored data folder; the live one is kept as {kept}")
     try:
-        stack.runtime.start("postgres")
+        site.switch(stack.runtime, [(data, kept), (new, data)])
         reached, _ = _recovery_point(dep)
     except Exception:
-        _roll_back(dep, stack, kept, stamp, units, say)
+        _roll_back(dep, site, stack, kept, stamp, units, say)
         raise
     _journal(dep).unlink(missing_ok=True)
     db_s = (datetime.now(UTC) - started).total_seconds()
@@ -346,17 +342,13 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     return result
 
 
-def _roll_back(dep: Deployment, stack, kept: Path, stamp: str, units, say: Say) -> None:
+def _roll_back(dep: Deployment, site, stack, kept, stamp: str, units, say: Say) -> None:
     """The restored cluster did not come up: it goes aside (for a look), the previous one back, and runs again."""
-    data = dep.layout.pg_data
+    data = site.data
     failed = data.parent / f"data.failed_pitr_{stamp}"
     say(f"the restored cluster did not come up: moving it to {failed.name} and the previous one back")
-    with suppress(OpsError):
-        stack.runtime.stop("postgres")
-    data.rename(failed)
-    kept.rename(data)
+    site.switch(stack.runtime, [(data, failed), (kept, data)], strict=False)
     _journal(dep).unlink(missing_ok=True)
-    stack.runtime.start("postgres")
     for service, color in units:
         stack.runtime.start(service, color)
 

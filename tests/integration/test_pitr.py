@@ -201,3 +201,56 @@ def test_a_sigkilled_restore_leaves_the_live_cluster_usable_and_a_rerun_finishes
     assert not list(pgdir.glob("data.pitr-*.partial"))
     with stack.pg() as c:
         assert c.execute("SELECT count(*) FROM killed").fetchone()[0] == 1
+
+
+def test_a_repository_in_a_bucket_of_the_embedded_store_over_its_tls_port():
+    """destination = "s3": pgBackRest 2.45 speaks only HTTPS to S3, so the embedded SeaweedFS serves TLS on a port of
+    its own (a CA made in the state folder, trusted by pgBackRest) beside the plain one the app keeps; the
+    repository is in backup.s3_bucket, beside the logical backups' prefix; a restore to T1 reads it back."""
+    root = state_tmpdir("aixsss-pitr-s3-")
+    cfg_path = stack_config(root, backup={"pitr": True, "rpo_seconds": 5, "destination": "s3",
+                                          "s3_bucket": "pitr-repo", "s3_prefix": "backups"},
+                            deploy={"backup": False})
+    cfg = load_config(cfg_path)
+    dep = Deployment(cfg)
+    url = dep.embedded_admin_url("postgres")
+
+    def cli(*args, **kw):
+        return run_cli(*args, config=cfg_path, **kw)
+
+    r = cli("stack", "up", timeout=240)
+    assert r.code == 0, r.output
+    try:
+        conf = (cfg.state / "pgbackrest" / "pgbackrest.conf").read_text()
+        tls = int(next(ln for ln in conf.splitlines() if ln.startswith("repo1-storage-port=")).split("=")[1])
+        assert tls != cfg.ports.s3 and "repo1-type=s3" in conf and "repo1-s3-uri-style=path" in conf
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=str(cfg.state / "pgbackrest" / "s3-ca.pem"))
+        try:  # HTTPS with the stack's CA (an anonymous request: refused, but over a verified TLS connection)
+            urllib.request.urlopen(f"https://{cfg.host}:{tls}/", context=ctx, timeout=10)
+        except urllib.error.HTTPError as e:
+            assert e.code == 403
+        r = cli("--json", "backup", "base", timeout=300)
+        assert r.code == 0, r.output
+        keys = [o.object_name for o in dep.s3.client().list_objects("pitr-repo", prefix="backups.pgbackrest/",
+                                                                   recursive=True)]
+        assert any("/backup.info" in k for k in keys) and any("/archive/" in k for k in keys), keys
+        with psycopg.connect(url.split("?")[0], autocommit=True) as c:
+            c.execute("CREATE TABLE s3pitr (id int)")
+            c.execute("INSERT INTO s3pitr SELECT generate_series(1, 100)")
+        t1 = _instant()
+        with psycopg.connect(url.split("?")[0], autocommit=True) as c:
+            c.execute("INSERT INTO s3pitr SELECT generate_series(101, 200)")
+        r = cli("--json", "--yes", "restore", "--to-time", t1.isoformat(), timeout=600)
+        assert r.code == 0, r.output
+        with psycopg.connect(url.split("?")[0], autocommit=True) as c:
+            assert c.execute("SELECT count(*), max(id) FROM s3pitr").fetchone() == (100, 100)
+        r = cli("--json", "doctor", "--only", "backup.pitr-archiving", "--timeout", "30")
+        assert {f["check"]: f["status"] for f in r.json["findings"]} == {"backup.pitr-archiving": "ok"}, r.output
+    finally:
+        r = cli("stack", "down", timeout=180)
+        if r.code == 0:
+            shutil.rmtree(root, ignore_errors=True)

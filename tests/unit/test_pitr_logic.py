@@ -109,3 +109,58 @@ def test_schedule_units_run_backup_base_on_the_calendars():
     units = pitr.schedule_lines("/x/aixsss-ops", Path("/etc/ops.toml"), "Sun *-*-* 03:00:00", "Mon..Sat *-*-* 03:00:00")
     assert "OnCalendar=Sun *-*-* 03:00:00" in units["aixsss-ops-backup-full.timer"]
     assert "backup base --type incr" in units["aixsss-ops-backup-incr.service"]
+
+
+def test_a_stanza_whose_repository_cannot_be_read_does_not_exist_yet():
+    """pgBackRest's status 99 ("other", e.g. the repository's bucket is missing): create the stanza (which makes the
+    bucket first) rather than take it for an existing one."""
+    other = [{"name": "aixsss", "status": {"code": 99, "message": "other"}}]
+    assert not pitr.parse_info(json.dumps(other), "aixsss").exists
+    assert pitr.parse_info(json.dumps([{"name": "aixsss", "status": {"code": 2}}]), "aixsss").exists
+
+
+def _cfg(tmp_path: Path, runtime: str = "local", **backup):
+    from aixsss_ops.config import load_config
+
+    lines = [f'runtime = "{runtime}"', f'state_dir = "{tmp_path / "state"}"', "[backup]",
+             *(f"{k} = {json.dumps(v)}" for k, v in backup.items())]
+    (tmp_path / "ops.toml").write_text("\n".join(lines) + "\n")
+    return load_config(tmp_path / "ops.toml")
+
+
+def test_the_docker_postgres_container_archives_through_pgbackrest_only_with_pitr(tmp_path: Path):
+    from aixsss_ops.runtime import docker_specs as specs
+
+    off = specs.postgres(_cfg(tmp_path, "docker"))
+    assert "pgbackrest" not in " ".join(off.command) and set(off.volumes) == {"pgdata"}
+    on = specs.postgres(_cfg(tmp_path, "docker", pitr=True, rpo_seconds=7, pitr_retention_days=3))
+    script = on.command[-1]
+    assert on.volumes == {"pgdata": specs.PG_HOME, "pgbackrest": specs.PGBACKREST}
+    assert "-c archive_mode=on" in script and "-c archive_timeout=7" in script
+    assert f"'archive_command=pgbackrest --config={specs.PGBACKREST_CONF} --stanza=aixsss archive-push %p'" in script
+    assert script.index(specs.PITR_SWAP) < script.index("exec postgres")  # the moves before Postgres starts
+    conf = set(on.environment["AIXSSS_PGBACKREST_CONF"].splitlines())
+    assert {f"repo1-path={specs.PGBACKREST}/repo", "repo1-retention-full=3", f"pg1-path={specs.PG_DATA}",
+            f"pg1-socket-path={specs.PG_SOCKETS}", "archive-async=y"} <= conf
+    assert not any("key" in line or "pass" in line for line in conf)  # no secret in the container's definition
+
+
+def test_an_s3_repository_on_the_embedded_store_goes_through_its_tls_port(tmp_path: Path):
+    from aixsss_ops.context.layout import Layout
+    from aixsss_ops.runtime import local_specs
+
+    cfg = _cfg(tmp_path, pitr=True, destination="s3", s3_bucket="pitr-repo", s3_prefix="b")
+    lay = Layout(cfg.state)
+    tls = local_specs.s3_tls_port(cfg)
+    assert tls and tls != cfg.ports.s3
+    repo = local_specs.pgbackrest_repo(cfg, lay)
+    assert (repo["repo1-storage-port"], repo["repo1-s3-endpoint"], repo["repo1-s3-uri-style"]) == \
+        (str(tls), cfg.host, "path")
+    assert repo["repo1-storage-ca-file"] == str(local_specs.s3_tls_files(lay)["ca_for_pgbackrest"])
+    argv = local_specs.s3(cfg, lay).program.argv
+    assert f"-s3.port.https={tls}" in argv and f"-s3.port={cfg.ports.s3}" in argv  # the plain port stays
+    files = local_specs.s3_tls_files(lay)
+    first = files["cert"].read_bytes()
+    local_specs.ensure_s3_tls(cfg, lay)
+    assert files["cert"].read_bytes() == first  # kept while valid for this host
+    assert local_specs.s3_tls_port(_cfg(tmp_path, pitr=True)) is None  # a local repository: no TLS port

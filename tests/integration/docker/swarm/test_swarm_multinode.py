@@ -70,6 +70,7 @@ def nodes_of(cluster, project: str, service: str) -> list[int]:
     return sorted(i for i, _task in cluster.running_tasks(f"{project}-{service}"))
 
 
+@pytest.mark.timeout(1800)  # its setup brings the stack up: the first app image travels to every node
 def test_the_stack_spreads_over_the_nodes_by_their_labels(multi):
     c, p = multi["cluster"], multi["project"]
     assert nodes_of(c, p, "postgres") == nodes_of(c, p, "redis") == nodes_of(c, p, "s3") == [1]
@@ -86,10 +87,12 @@ def test_the_stack_spreads_over_the_nodes_by_their_labels(multi):
     assert sorted(n["hostname"] for n in st.json["nodes"]) == sorted(c.name(i) for i in (1, 2, 3))
 
 
+@pytest.mark.timeout(1800)
 def test_a_worker_node_killed_mid_deploy_then_rollback_under_load(multi):
     """Node3 (workers only) dies while the new color boots: the deploy completes on the remaining nodes (its
     workers are rescheduled on node2) or is rolled back, and the live color answers every request throughout."""
     c, cfg, url = multi["cluster"], multi["cfg"], multi["url"]
+    t0 = time.monotonic()
     live = health(url)
     with Watcher(url) as w:
         proc = subprocess.Popen([EXE, "--config", str(cfg), "--json", "deploy", "--version", "2.0.0"],
@@ -108,8 +111,10 @@ def test_a_worker_node_killed_mid_deploy_then_rollback_under_load(multi):
         t.start()
         out, _ = proc.communicate(timeout=900)
         t.join(10)
+    print(f"\ndeploy with node3 killed: exit {proc.returncode} after {time.monotonic() - t0:.0f}s; "
+          f"{len(w.seen)} answers, {len(w.errors)} errors")
     assert killed.is_set(), "".join(seen)[-3000:]
-    assert not w.errors and w.seen, w.errors[:3]
+    assert not w.errors and w.seen, (w.errors[:3], "".join(seen)[-3000:])
     after = health(url)
     if proc.returncode == 0:
         assert (after["color"], after["version"]) == ("green", "2.0.0")
