@@ -162,19 +162,6 @@ class SwarmRuntime(DockerRuntime):
                                   description=desc, replicas=desc.partition(";")[0]))
         return sorted(out, key=lambda u: u.unit)
 
-    def replica_table(self) -> list[dict]:
-        """One row per task that should run: service, slot, node, state, since, error (``stack status``)."""
-        names = self.node_names()
-        rows = []
-        by_id = {a["ID"]: a["Spec"]["Name"] for a in self.services()}
-        for t in self.client.api.tasks(filters={"label": f"{L_PROJECT}={self.cfg.project}",
-                                                 "desired-state": "running"}):
-            rows.append({"service": by_id.get(t["ServiceID"], t["ServiceID"][:12]), "slot": t.get("Slot"),
-                         "node": names.get(t.get("NodeID"), t.get("NodeID", "")[:12]),
-                         "state": t["Status"]["State"], "since": t["Status"].get("Timestamp"),
-                         "error": t["Status"].get("Err") or ""})
-        return sorted(rows, key=lambda r: (r["service"], r["slot"] or 0, r["node"]))
-
     # -- secrets --
     def _secret_name(self, target: str, data: bytes) -> str:
         mac = hmac.new(self._label_key(), target.encode() + b"\0" + data, hashlib.sha256).hexdigest()[:16]
@@ -275,13 +262,6 @@ class SwarmRuntime(DockerRuntime):
 
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_service(service_id)
-
-    def remove_service(self, service: str, color: str | None = None) -> bool:
-        attrs = self.service_attrs(service, color)
-        if attrs is None:
-            return False
-        self._remove_service(attrs["ID"])
-        return True
 
     def _update(self, service: str, color: str | None, what: str, change) -> None:
         """Apply ``change`` to the service's stored spec and send that spec back as it is: the SDK's update
