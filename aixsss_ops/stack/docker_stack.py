@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from aixsss_ops.context import envgen
 from aixsss_ops.context.deployment import Deployment
+from aixsss_ops.context.deploystate import Colors
 from aixsss_ops.context.embedded import ensure_secrets
 from aixsss_ops.errors import OpsError
 from aixsss_ops.probes import SEAWEED_READY_SCRIPT
@@ -34,23 +35,29 @@ class DockerStack(Stack):
         return self.runtime.app_specs(color, spec.release, spec.version) if spec else []
 
     # -- up --
-    def up(self, progress: Progress | None = None) -> StackReport:
-        say = progress or (lambda _m: None)
-        actions: list[str] = []
-        rt, cfg, lay = self.runtime, self.cfg, self.layout
-        client = rt.client  # a clear error now when the engine is unreachable
+    def _begin_up(self, say: Progress) -> tuple[Colors, list[specs.ContainerSpec]]:
+        """What ``up`` does first on either engine of containers: the state folder, the stack's secrets, the env
+        files, the colors (the live one as the proxy says), and the infra images checked; (colors, infra)."""
+        from aixsss_ops.runtime.docker_images import require_image
+
+        lay = self.layout
         lay.root.mkdir(parents=True, exist_ok=True)
         ensure_secrets(lay)
-        envgen.write_env_files(cfg, lay)
+        envgen.write_env_files(self.cfg, lay)
         colors = self.colors(say)
         colors.active = self.live_color() or colors.active
         self.deploy_state.save(colors)
-
-        from aixsss_ops.runtime.docker_images import require_image
-
         infra = self.infra_defs()
         for image in sorted({s.image for s in infra}):
-            require_image(client, image, "infra")
+            require_image(self.runtime.client, image, "infra")
+        return colors, infra
+
+    def up(self, progress: Progress | None = None) -> StackReport:
+        say = progress or (lambda _m: None)
+        actions: list[str] = []
+        rt = self.runtime
+        _ = rt.client  # a clear error now when the engine is unreachable
+        colors, infra = self._begin_up(say)
         actions += self._ensure_network_and_volumes()
         live = colors.spec(colors.active)
         say(f"app image of {live.release}")

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import re
 
-from aixsss_ops.context import envgen
 from aixsss_ops.context.deployment import Deployment
-from aixsss_ops.context.embedded import ensure_secrets
 from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime import swarm_specs as sw
 from aixsss_ops.runtime.swarm import SwarmRuntime
@@ -36,20 +34,9 @@ class SwarmStack(DockerStack):
     def up(self, progress: Progress | None = None) -> StackReport:
         say = progress or (lambda _m: None)
         actions: list[str] = []
-        rt, cfg, lay = self.runtime, self.cfg, self.layout
+        rt, cfg = self.runtime, self.cfg
         rt.self_node()  # a clear error now when the engine is unreachable or no manager
-        lay.root.mkdir(parents=True, exist_ok=True)
-        ensure_secrets(lay)
-        envgen.write_env_files(cfg, lay)
-        colors = self.colors(say)
-        colors.active = self.live_color() or colors.active
-        self.deploy_state.save(colors)
-
-        from aixsss_ops.runtime.docker_images import require_image
-
-        infra = self.infra_defs()
-        for image in sorted({s.image for s in infra}):
-            require_image(rt.client, image, "infra")
+        colors, infra = self._begin_up(say)
         done = rt.ensure_network()
         actions += [done] if done else []
         live = colors.spec(colors.active)
