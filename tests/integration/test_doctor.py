@@ -20,7 +20,7 @@ from aixsss_ops.output import is_secret_name
 from aixsss_ops.stack.engines import open_stack
 from aixsss_ops.stack.manager import Stack
 from tests.cli import run_cli
-from tests.conftest import stack_config, state_tmpdir
+from tests.conftest import findings_not_ok, stack_config, state_tmpdir
 
 TIMEOUT = 3.0  # doctor's default per-check timeout
 DEPS = {"postgres": "postgres.reachable", "redis": "redis.reachable", "s3": "s3.reachable"}
@@ -104,7 +104,7 @@ def test_healthy_stack_every_check_ok(cfg, stack):
     r, _ = doctor(cfg, stack, "doctor", "--json")
     assert r.code == 0, r.stdout
     report = r.json
-    bad = [f for f in report["findings"] if f["status"] != "ok"]
+    bad = findings_not_ok(report)
     assert not bad, bad
     checks = by_check(report)
     for name in ("env", "config.clock-skew", "postgres.reachable", "postgres.migrations", "postgres.connections",

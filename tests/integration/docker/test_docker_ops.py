@@ -19,6 +19,7 @@ from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.stack.engines import open_stack
 from aixsss_ops.stack.manager import Stack
 from tests.cli import run_cli
+from tests.conftest import findings_not_ok
 from tests.integration.docker.conftest import docker_config, purge
 from tests.integration.docker.test_docker_stack import containers
 
@@ -185,7 +186,7 @@ def test_doctor_on_a_healthy_docker_stack_every_check_ok(env):
         assert r.code == 0, r.output
     r, took = doctor(env)
     assert r.code == 0, r.stdout
-    bad = [f for f in r.json["findings"] if f["status"] != "ok"]
+    bad = findings_not_ok(r.json)
     assert not bad, bad
     checks = by_check(r.json)
     for name in ("postgres.reachable", "keys.decrypt", "redis.maxmemory-policy", "queue.workers", "s3.versioning",
