@@ -80,6 +80,7 @@ class Ports(_Section):
 
 
 class PostgresSection(_Section):
+    external: bool = False  # a server aixsss-ops does not run (a managed service): DATABASE_URL names it
     database: str = "aixsss"
     user: str = "aixsss"
     os_user: str = "postgres"  # unprivileged account that runs the server when invoked as root
@@ -87,10 +88,12 @@ class PostgresSection(_Section):
 
 
 class RedisSection(_Section):
+    external: bool = False  # a server aixsss-ops does not run: REDIS_URL names it
     maxmemory: str = "256mb"
 
 
 class S3Section(_Section):
+    external: bool = False  # a store aixsss-ops does not run: S3_ENDPOINT, S3_ACCESS_KEY and S3_SECRET_KEY name it
     bucket: str = "aixsss-assets"
     access_key: str = "minio"
     secret_key: SecretStr = field(default_factory=lambda: SecretStr("minio123456"))
@@ -297,6 +300,9 @@ class SwarmSection(_Section):
             raise ValueError(f"replicas: not a process name: {', '.join(bad)}")
 
 
+EXTERNAL_CAPABLE = ("postgres", "redis", "s3")  # the infra a deployment may take from managed services
+
+
 class OpsConfig(_Section):
     """The effective configuration. Relative paths are resolved against the config file's folder;
     ``config_path`` is the file it was read from (set by ``load_config``, never read from the file)."""
@@ -328,10 +334,22 @@ class OpsConfig(_Section):
                 setattr(self, name, convert(value, self.model_fields[name].annotation))
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.project):
             raise ValueError("project: lowercase letters, digits, '-' and '_', starting with a letter or a digit")
+        if self.backup.pitr and self.postgres.external:
+            raise ValueError("backup.pitr: point-in-time recovery archives the WAL of the Postgres aixsss-ops runs; "
+                             "with postgres.external use the managed service's own point-in-time recovery")
+        if self.backup.pitr and self.backup.destination == "s3" and self.s3.external and not (
+                self.backup.s3_endpoint and self.backup.s3_access_key):
+            raise ValueError("backup.pitr with destination = \"s3\" and s3.external: name the repository's store "
+                             "(backup.s3_endpoint, s3_access_key, s3_secret_key)")
         if not self.allow_public_host and not is_loopback(self.host):
             raise ValueError(f"host: {self.host!r} is not a loopback address: every service of the stack would "
                              "listen on it, Redis without a password; use 127.0.0.1, or set allow_public_host = "
                              "true to accept that (with a firewall in front)")
+
+    @property
+    def external(self) -> tuple[str, ...]:
+        """The infra services the deployment uses but does not run (managed services)."""
+        return tuple(name for name in EXTERNAL_CAPABLE if getattr(self, name).external)
 
     @property
     def base_dir(self) -> Path:

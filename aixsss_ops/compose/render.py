@@ -158,7 +158,7 @@ def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, s
     )
     infra = {n: s for n, s in ((s.service, s) for s in specs.infra(cfg))}
     files = {}
-    backing = [infra[n] for n in ("postgres", "redis", "s3")]
+    backing = [infra[n] for n in ("postgres", "redis", "s3") if n in infra]  # external ones run elsewhere
     doc = {
         "name": cfg.project,
         "services": {s.service: service(cfg, s, compose_dir) for s in backing},

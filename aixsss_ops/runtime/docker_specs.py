@@ -296,15 +296,18 @@ def _http_check(url: str, any_status: bool = False) -> str:
     return f"import urllib.request as u; u.urlopen('{url}', timeout=3)"
 
 
-def _envexec(env_file: str | None, overrides: dict[str, str], argv: list[str]) -> list[str]:
+def _envexec(env_file: str | None, overrides: dict[str, str], argv: list[str],
+             external: tuple[str, ...] = ()) -> list[str]:
     """The app's command: envexec reads the env file (a secret file) and execs ``argv``. The env files hold the
-    host's view (published ports); inside the network the services have names, so the URLs get their host and
-    port rewritten (credentials kept), then the per-color, never secret, ``overrides`` win."""
+    host's view (published ports); inside the network the embedded services have names, so their URLs get host
+    and port rewritten (credentials kept; an ``external`` service's URL is used as written), then the per-color,
+    never secret, ``overrides`` win."""
     cmd = ["python3", "-m", "aixsss_ops.runtime.envexec"]
     if env_file:
         cmd += ["--env-file", str(SECRETS / env_file)]
     for var, service in (("DATABASE_URL", "postgres"), ("REDIS_URL", "redis")):
-        cmd += ["--url-host", f"{var}={service}:{PORTS[service]}"]
+        if service not in external:
+            cmd += ["--url-host", f"{var}={service}:{PORTS[service]}"]
     for k, v in overrides.items():
         cmd += ["--set", f"{k}={v}"]
     return [*cmd, "--", *argv]
@@ -330,8 +333,9 @@ def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: st
         return appspec.fill(text, release=Path(APP_ROOT), color=color, version=version, host="0.0.0.0",
                             python="python3")
 
-    overrides = {"S3_ENDPOINT": f"http://s3:{PORTS['s3']}", "APP_COLOR": color, "APP_VERSION": version,
-                 **{k: fill(v) for k, v in spec.env.items()}}
+    overrides = {"APP_COLOR": color, "APP_VERSION": version, **{k: fill(v) for k, v in spec.env.items()}}
+    if "s3" not in cfg.external:
+        overrides = {"S3_ENDPOINT": f"http://s3:{PORTS['s3']}", **overrides}
     ports, volumes, healthcheck = [], {}, None
     if spec.port_env:
         overrides[spec.port_env] = str(PORTS["api"])
@@ -348,7 +352,7 @@ def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: st
         role,
         color,
         image,
-        _envexec(f"{env_file}.env", overrides, argv) if env_file else _envexec(None, overrides, argv),
+        _envexec(f"{env_file}.env" if env_file else None, overrides, argv, cfg.external),
         user=APP_USER,
         working_dir=posixpath.normpath(posixpath.join(APP_ROOT, fill(spec.cwd))),
         secrets=secrets,
@@ -364,8 +368,14 @@ def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: st
     )
 
 
+def embedded_infra(cfg: OpsConfig) -> list[ContainerSpec]:
+    """postgres, redis and s3, except those ops.toml marks external."""
+    makers = {"postgres": postgres, "redis": redis, "s3": s3}
+    return [make(cfg) for name, make in makers.items() if name not in cfg.external]
+
+
 def infra(cfg: OpsConfig) -> list[ContainerSpec]:
-    return [postgres(cfg), redis(cfg), s3(cfg), proxy(cfg)]
+    return [*embedded_infra(cfg), proxy(cfg)]
 
 
 def secret_values(cfg: OpsConfig, stack_secrets: dict[str, str]) -> dict[str, str]:

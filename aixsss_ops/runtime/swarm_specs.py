@@ -52,8 +52,9 @@ def app_processes(cfg: OpsConfig, color: str, release: str, version: str, image:
 
 
 def infra(cfg: OpsConfig) -> list[specs.ContainerSpec]:
-    """postgres, redis and s3 as on the docker runtime; the proxy forwards to the api over the network."""
-    return [specs.postgres(cfg), specs.redis(cfg), specs.s3(cfg), specs.proxy(cfg, network_api=True)]
+    """postgres, redis and s3 as on the docker runtime (those not external); the proxy forwards to the api over the
+    network."""
+    return [*specs.embedded_infra(cfg), specs.proxy(cfg, network_api=True)]
 
 
 def labels(cfg: OpsConfig, spec: specs.ContainerSpec, digest: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from aixsss_ops.context import envgen
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.context.deploystate import Colors
 from aixsss_ops.context.embedded import ensure_secrets
-from aixsss_ops.errors import OpsError
+from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.probes import SEAWEED_READY_SCRIPT
 from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime.docker import DockerRuntime
@@ -43,7 +43,8 @@ class DockerStack(Stack):
         lay = self.layout
         lay.root.mkdir(parents=True, exist_ok=True)
         ensure_secrets(lay)
-        envgen.write_env_files(self.cfg, lay)
+        envgen.write_env_files(self.cfg, lay, self.dep.environ)
+        self._check_external_reachable()
         colors = self.colors(say)
         colors.active = self.live_color() or colors.active
         self.deploy_state.save(colors)
@@ -66,7 +67,7 @@ class DockerStack(Stack):
         self._check_ports([*infra, *app])
 
         by_service = {s.service: s for s in infra}
-        backing = [by_service[n] for n in ("postgres", "redis", "s3")]
+        backing = [by_service[n] for n in ("postgres", "redis", "s3") if n in by_service]  # not the external ones
         for spec in backing:
             actions += self._ensure_running(spec, say)
         self.wait_ready(backing, say)
@@ -85,6 +86,22 @@ class DockerStack(Stack):
             actions.append(f"routed the proxy to {colors.active}")
         self.wait_ready([by_service["proxy"]], say)
         return self.status(actions)
+
+    def _check_external_reachable(self) -> None:
+        """An external service named by a loopback address is this machine's, which no container reaches."""
+        from urllib.parse import urlsplit
+
+        from aixsss_ops.config import is_loopback
+
+        for service in self.cfg.external:
+            value = {"postgres": lambda: self.dep.database.value, "redis": lambda: self.dep.redis.value,
+                     "s3": lambda: self.dep.s3.endpoint}[service]()
+            host = urlsplit(value).hostname or ""
+            if host and is_loopback(host):
+                raise UsageError(f"{service}.external: the address {host} is the loopback of this machine, which "
+                                 "the app's containers cannot reach",
+                                 hint="name the managed service by an address the containers reach (a DNS name "
+                                      "or an IP of its network)")
 
     def _ensure_network_and_volumes(self) -> list[str]:
         import docker

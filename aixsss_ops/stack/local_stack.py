@@ -50,7 +50,8 @@ class LocalStack(Stack):
 
     def infra_defs(self) -> list[services.ServiceDef]:
         c, lay = self.cfg, self.layout
-        return [services.postgres(c, lay), services.redis(c, lay), services.s3(c, lay), services.proxy(c, lay)]
+        backing = [services.postgres(c, lay), services.redis(c, lay), services.s3(c, lay)]
+        return [*(d for d in backing if d.service not in c.external), services.proxy(c, lay)]
 
     def _archiving(self) -> list[str]:
         """With ``backup.pitr``: the pgBackRest stanza, so the cluster's WAL archiving succeeds from the start."""
@@ -75,7 +76,7 @@ class LocalStack(Stack):
         for d in (lay.root, lay.logs, lay.redis_dir, lay.s3_dir / "data", lay.nginx_dir, lay.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         secrets = ensure_secrets(lay)
-        envgen.write_env_files(self.cfg, lay)
+        envgen.write_env_files(self.cfg, lay, self.dep.environ)
         services.write_s3_identities(self.cfg, lay)
         services.write_redis_conf(lay, secrets["redis_password"])
         private_state(lay, nginx.worker_group())
@@ -84,7 +85,7 @@ class LocalStack(Stack):
         self.deploy_state.save(colors)
 
         pg = services.cluster(self.cfg, lay)
-        if not pg.initialized:
+        if "postgres" not in self.cfg.external and not pg.initialized:
             say("initialising the PostgreSQL cluster")
             pg.init(self.cfg.postgres.superuser, secrets["postgres_superuser_password"])
             actions.append("initdb")

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from aixsss_ops import appspec, probes, releases
 from aixsss_ops.context import embedded
@@ -57,7 +58,8 @@ class ServiceReport:
     ports: dict[str, int] = field(default_factory=dict)
     pid: int | None = None
     uptime_s: int | None = None
-    role: str = "infra"  # infra, active (the live color) or idle (the other color: informational)
+    role: str = "infra"  # infra, external (a managed service: reached, not run), active (the live color) or idle
+    # (the other color: informational)
 
 
 @dataclass
@@ -149,10 +151,14 @@ class Stack:
         return self.dep.embedded_admin_url(database)
 
     def app_database_url(self) -> str:
-        """The embedded database as the app's role."""
+        """The app's database as the app's role: the embedded one, or the external one its DATABASE_URL names."""
+        if "postgres" in self.cfg.external:
+            return self.dep.database.value
         return embedded.app_url(self.cfg, embedded.ensure_secrets(self.layout))
 
     def s3_target(self) -> S3Target:
+        if "s3" in self.cfg.external:
+            return self.dep.s3
         s = self.cfg.s3
         return S3Target(f"http://{self.cfg.host}:{self.cfg.ports.s3}", s.access_key, s.secret_key.get_secret_value(),
                         s.region)
@@ -182,15 +188,52 @@ class Stack:
                     )
 
     def _prepare_data(self, spec: ColorSpec, say: Progress) -> list[str]:
-        """The app's role and database, its migrations, its bucket: what the app needs before it starts."""
-        sec = embedded.ensure_secrets(self.layout)
-        created = ensure_role_and_database(self.admin_url(), self.cfg.postgres.database, self.cfg.postgres.user,
-                                           sec["postgres_app_password"])
-        actions = [f"created {c}" for c in created]
+        """The app's role and database (an external server's are the operator's), its migrations, its bucket:
+        what the app needs before it starts."""
+        actions = []
+        if "postgres" in self.cfg.external:
+            self._wait_external(("postgres",), say)
+        else:
+            sec = embedded.ensure_secrets(self.layout)
+            created = ensure_role_and_database(self.admin_url(), self.cfg.postgres.database, self.cfg.postgres.user,
+                                               sec["postgres_app_password"])
+            actions += [f"created {c}" for c in created]
         actions += [f"applied migration {m}" for m in self._migrate(spec, say)]
-        if ensure_bucket(self.s3_target(), self.cfg.s3.bucket):
-            actions.append(f"created bucket {self.cfg.s3.bucket}")
+        if "s3" in self.cfg.external:
+            self._wait_external(("s3",), say)
+        bucket = self.dep.bucket if "s3" in self.cfg.external else self.cfg.s3.bucket
+        if ensure_bucket(self.s3_target(), bucket):
+            actions.append(f"created bucket {bucket}")
         return actions
+
+    # -- external (managed) services: reached, never run --
+    def probe_external(self, service: str) -> tuple[bool, str]:
+        from aixsss_ops.dburl import parse_database_url
+
+        if service == "postgres":
+            target = parse_database_url(self.dep.database.value)
+            ok, detail = probes.postgres(target.conninfo)
+            return ok, f"external {target.host}:{target.port}: {detail}"
+        if service == "redis":
+            url = self.dep.redis.value
+            where = urlsplit(url).netloc.rpartition("@")[2]
+            try:
+                probes.redis_client_names(url)
+            except Exception as e:  # unreachable or refused: say why
+                return False, f"external {where}: {type(e).__name__}: {e}"
+            return True, f"external {where}: answers"
+        ok, detail = probes.http(f"{self.dep.s3.endpoint.rstrip('/')}/", expect_any_status=True)
+        return ok, f"external {self.dep.s3.endpoint}: {detail}"
+
+    def _wait_external(self, services: tuple[str, ...], say: Progress) -> None:
+        """Return once every external service in ``services`` answers; one error naming it otherwise."""
+        for service in services:
+            if not poll_until(lambda s=service: self.probe_external(s)[0], self.cfg.supervisor.start_timeout,
+                              interval=0.5):
+                raise OpsError(f"the external {service} does not answer: {self.probe_external(service)[1]}",
+                               hint=f"check the address in {self.layout.env_file('api')} (or the environment) "
+                                    "and that this machine may reach it")
+            say(f"external {service} answers")
 
     def _migrate(self, spec: ColorSpec, say: Progress) -> list[str]:
         from aixsss_ops.migrate import deploy
@@ -322,6 +365,9 @@ class Stack:
             reports.append(ServiceReport(d.unit, state, healthy, detail, d.port_labels(), u.pid if u else None,
                                          u.uptime_s if u else None,
                                          "infra" if d.color is None else ("active" if d.color == active else "idle")))
+        for service in self.cfg.external:
+            ok, detail = self.probe_external(service)
+            reports.append(ServiceReport(service, "EXTERNAL", ok, detail, role="external"))
         return StackReport(str(self.layout.root), self.url, active, reports, actions or [])
 
     def logs(self, unit: str, lines: int = 100) -> str:

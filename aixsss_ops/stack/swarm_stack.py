@@ -1,11 +1,12 @@
 """``stack up | down | status | logs`` on a Docker Swarm (``runtime = "swarm"``).
 
-The services of runtime/swarm_specs.py on the project's overlay network: postgres, redis and s3 pinned to the
-infra node with their volumes and their ports published there (aixsss-ops reaches them at ``host`` as on the
-docker runtime, so migrations, backups, probes and the smoke test are unchanged), the app's processes per color
-with their replicas, the proxy on every proxy node. App images reach the nodes through the registry
-(``swarm.registry``); the infra and proxy run from the base and runtime images, which must be on the nodes that
-run them (``images base`` on the infra node; the base image on every proxy node).
+The services of runtime/swarm_specs.py on the project's overlay network: postgres, redis and s3 (those ops.toml
+does not mark ``external``) pinned to the infra node with their volumes and their ports published there
+(aixsss-ops reaches them at ``host`` as on the docker runtime, so migrations, backups, probes and the smoke test
+are unchanged), the app's processes per color with their replicas, the proxy on every proxy node. App images
+reach the nodes through the registry (``swarm.registry``); the infra and proxy run from the base and runtime
+images, which must be on the nodes that run them (``images base`` on the infra node; the base image on every
+proxy node).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class SwarmStack(DockerStack):
         image = rt.ensure_app_image(live.path, live.version, say)
 
         by_service = {s.service: s for s in infra}
-        backing = [by_service[n] for n in ("postgres", "redis", "s3")]
+        backing = [by_service[n] for n in ("postgres", "redis", "s3") if n in by_service]  # not the external ones
         for spec in backing:
             actions += self._ensure_service(spec, 1, say)
         self.wait_ready(backing, say)
@@ -53,7 +54,9 @@ class SwarmStack(DockerStack):
             from aixsss_ops.runtime import swarm_registry
 
             say("registry")
-            swarm_registry.ensure_registry(rt.client, cfg, say)
+            external = "s3" in cfg.external  # the replicas reach a managed store at its own address
+            swarm_registry.ensure_registry(rt.client, cfg, say, s3=self.s3_target(),
+                                           endpoint=self.s3_target().endpoint if external else swarm_registry.S3_ENDPOINT)
         rt.publish(image, say)
 
         app = self.app_defs(colors.active)
