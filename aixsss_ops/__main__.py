@@ -1,3 +1,3 @@
-from aixsss_ops.cli.main import run
+from aixsss_ops.cli.entry import run
 
 run()

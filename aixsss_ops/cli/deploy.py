@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from aixsss_ops.cli.common import state
+from aixsss_ops.cli.deploy_render import show_deploy_result
 
 app = typer.Typer(
     help="Blue/green deploy of a release: health gate, atomic proxy switch, warm rollback.",
@@ -21,28 +22,6 @@ def _deployer(ctx: typer.Context):
 
     st = state(ctx)
     return deployer(st.deployment, st.out.info)
-
-
-def _show(st, res) -> None:
-    def human(_d):
-        if res.noop:
-            st.out.console.print(res.plan[0] if res.plan else "nothing to do")
-            return
-        if res.dry_run:
-            st.out.console.print(f"plan for {res.release} (nothing changed):")
-            for i, step in enumerate(res.plan, 1):
-                st.out.console.print(f"  {i}. {step}")
-        else:
-            st.out.console.print(
-                f"{res.release} is live on {res.color} (was {res.previous_color}); "
-                f"switch {res.switch_seconds}s, total {res.seconds}s"
-            )
-            if res.migrations_applied:
-                st.out.console.print(f"migrations applied: {', '.join(res.migrations_applied)}")
-        for w in res.warnings:
-            st.out.warn(w)
-
-    st.out.emit(res.to_dict(), human)
 
 
 @app.callback()
@@ -61,7 +40,7 @@ def deploy(
     res = _deployer(ctx).deploy(
         version=version, source=source, allow_destructive=allow_destructive, dry_run=dry_run, force=force
     )
-    _show(st, res)
+    show_deploy_result(st, res)
 
 
 @app.command("switch")
@@ -71,7 +50,7 @@ def switch(ctx: typer.Context, color: str = typer.Argument(None, help="blue or g
         from aixsss_ops.errors import UsageError
 
         raise UsageError(f"color must be blue or green, not {color!r}")
-    _show(state(ctx), _deployer(ctx).switch(color))
+    show_deploy_result(state(ctx), _deployer(ctx).switch(color))
 
 
 @app.command("rollback")
@@ -88,7 +67,7 @@ def rollback(
         from aixsss_ops.cli.common import confirm
 
         confirm(st, f"roll back and replace the live database with backup {restore_db}?")
-    _show(st, _deployer(ctx).rollback(to, restore_db=restore_db))
+    show_deploy_result(st, _deployer(ctx).rollback(to, restore_db=restore_db))
 
 
 @app.command("status")

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperOption
 
 from aixsss_ops import __version__
 from aixsss_ops.cli.lazy import Entry, LazyGroup
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_shows_no_type(self, ctx):
+    """Typer's rich help prints a type after every option, ``<bool>`` after a flag that takes no value (its plain
+    help leaves it out); a flag (``--json``, ``--yes``, ``--help``, ``--x/--no-x``) shows none there."""
+    if self.is_flag and not self.count:
+        return None
+    return _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_shows_no_type
 
 
 def _plain_values_skip_pydantic() -> None:

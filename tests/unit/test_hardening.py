@@ -4,6 +4,7 @@ rendering that stays readable at 80 columns."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -152,6 +153,8 @@ def test_doctor_prints_one_finding_per_line_at_80_columns(tmp_path):
     lines = r.stdout.splitlines()
     for f in findings:
         where = f["check"] + (f" ({f['variable']})" if f.get("variable") else "")
-        assert any(f"{where}: {f['message']}" in line for line in lines), r.stdout
+        # the numbers may move between the two runs (free disk space): any number stands for any other
+        pattern = re.sub(r"[0-9]+(?:\\\.[0-9]+)?", "[0-9.]+", re.escape(f"{where}: {f['message']}"))
+        assert any(re.search(pattern, line) for line in lines), r.stdout
         if f["fix"]:
             assert any(line.strip() == f"fix: {f['fix']}" for line in lines), r.stdout

@@ -1,0 +1,104 @@
+"""What one run of the CLI holds (the global options, then the configuration, the deployment and the output, each
+made on first use) and how an error ends it: one masked line on stderr (one JSON document with --json) and the
+documented exit code. Free of the command-line parser, so the fast path (cli/fast.py) shares it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aixsss_ops.errors import OpsError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from aixsss_ops.config import OpsConfig
+    from aixsss_ops.context.deployment import Deployment
+    from aixsss_ops.output import Output
+
+
+@dataclass
+class State:
+    config_path: str | None = None
+    yes: bool = False
+    json_mode: bool = False  # the global options, until the Output is made
+    verbose: bool = False
+    quiet: bool = False
+    _out: Any = None
+    _config: Any = None
+    _deployment: Any = None
+
+    @property
+    def out(self) -> Output:
+        """Made on first use (a command's ``--help`` never needs it), with the global options."""
+        if self._out is None:
+            from aixsss_ops.output import Output
+
+            self._out = Output(json_mode=self.json_mode, quiet=self.quiet, verbose=self.verbose)
+        return self._out
+
+    @property
+    def config(self) -> OpsConfig:
+        if self._config is None:
+            from aixsss_ops.config import load_config
+
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def deployment(self) -> Deployment:
+        """The deployment this command operates, resolved once (a command's flags: ``deployment.with_flags``)."""
+        if self._deployment is None:
+            from aixsss_ops.context.deployment import Deployment
+
+            self._deployment = Deployment(self.config)
+        return self._deployment
+
+
+# errors of the client libraries that mean the service itself failed or went away, by the module that raises them
+_SERVICES = (
+    ("psycopg", "PostgreSQL", ("OperationalError", "InterfaceError")),
+    ("redis", "Redis", ("ConnectionError", "TimeoutError", "BusyLoadingError")),
+    ("urllib3", "the S3 store", ("HTTPError",)),
+    ("minio", "the S3 store", ("S3Error", "ServerError", "InvalidResponseError")),
+    ("docker", "the Docker engine", ("APIError", "DockerException")),
+)
+
+
+def dependency_failure(e: BaseException) -> OpsError | None:
+    """One clear error (exit 1) naming the service, for a client library's error that says the service failed or
+    went away in the middle of an operation (Postgres shut down, Redis gone, the store answering 5xx)."""
+    module = type(e).__module__.split(".")[0]
+    names = {c.__name__ for c in type(e).__mro__}
+    for prefix, service, kinds in _SERVICES:
+        if module == prefix and names & set(kinds):
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            return ServiceUnavailable(
+                f"{service} failed during the operation: {reason}",
+                hint=f"check that {service} runs (`aixsss-ops doctor`, `aixsss-ops stack status`) and rerun; what the "
+                     "interrupted run left behind is removed by the next run")
+    return None
+
+
+def report_error(st: State, e: BaseException) -> int:
+    """Print ``e`` as the command's end (masked; one JSON document with --json) and return the exit code: a domain
+    error's own, 130 for an interrupt, 1 for a service that failed mid-operation or anything unexpected (the
+    traceback with --verbose)."""
+    out = st.out  # made after the global options are read
+    if isinstance(e, KeyboardInterrupt):
+        message, hint, code, details = "interrupted", None, 130, None
+    elif isinstance(e, OpsError):
+        message, hint, code, details = e.message, e.hint, e.exit_code, e.details
+    elif (dep := dependency_failure(e)) is not None:
+        message, hint, code, details = dep.message, dep.hint, dep.exit_code, None
+    else:
+        if out.verbose:
+            import traceback
+
+            out.info("".join(traceback.format_exception(e)))
+        message, hint, code, details = (f"internal error: {type(e).__name__}: {e}",
+                                        "rerun with --verbose for the traceback", 1, None)
+    if out.json_mode:
+        out.emit({"ok": False, "error": message, "hint": hint, "exit_code": code})
+    out.error(message, hint)
+    if details and not out.quiet:
+        out.info(details)
+    return code
