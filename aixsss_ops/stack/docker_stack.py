@@ -114,7 +114,8 @@ class DockerStack(Stack):
         except docker.errors.NotFound:
             client.networks.create(net, driver="bridge", labels=labels)
             out.append(f"created network {net}")
-        keys = list(specs.VOLUMES) + sorted({k for s in self.infra_defs() for k in s.volumes} - set(specs.VOLUMES))
+        used = {k for s in self.infra_defs() for k in s.volumes} | {"run"}  # none for an external service
+        keys = [k for k in specs.VOLUMES if k in used] + sorted(used - set(specs.VOLUMES))
         for key in keys:  # the pgbackrest volume too with backup.pitr (the postgres spec mounts it)
             name = specs.volume_name(self.cfg, key)
             try:

@@ -101,7 +101,11 @@ def purge(project: str) -> None:
     for v in client.volumes.list(filters={"label": label}):
         v.remove(force=True)
     for n in client.networks.list(filters={"label": label}):
-        n.remove()
+        try:
+            n.remove()
+        except docker.errors.APIError as e:
+            if "not found" not in str(e).lower():  # the engine may list a network it has just removed
+                raise
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +157,9 @@ def purge_swarm(project: str) -> None:
             try:
                 n.remove()
                 break
-            except docker.errors.APIError:
+            except docker.errors.APIError as e:
+                if "not found" in str(e).lower():  # the engine may list a network it has just removed
+                    break
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)

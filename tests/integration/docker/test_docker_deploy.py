@@ -43,7 +43,7 @@ def test_deploy_v2_to_green_then_warm_rollback(env):
     assert w.seen and not w.errors and all(s == 200 for s, _v, _c in w.seen), w.errors[:3]
     found = containers(env["project"])
     assert found["api-green"].labels["io.aixsss.release"] == r.json["release"]
-    assert found["api-green"].image.tags == [f"aixsss/app:{r.json['release']}"]
+    assert f"aixsss/app:{r.json['release']}" in found["api-green"].image.tags
 
     st = run_cli("--json", "deploy", "status", config=cfg).json
     assert st["active"] == st["proxy_target"] == "green" and st["consistent"]

@@ -61,7 +61,7 @@ def test_up_from_empty_creates_network_volumes_and_healthy_containers(up, env):
     assert api.labels["io.aixsss.release"].startswith("1.0.0-")
     assert api.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert api.attrs["HostConfig"]["Memory"] == 512 * 1024 * 1024
-    assert api.image.tags == [f"aixsss/app:{api.labels['io.aixsss.release']}"]
+    assert f"aixsss/app:{api.labels['io.aixsss.release']}" in api.image.tags  # a swarm test may add registry tags
     assert list(api.attrs["NetworkSettings"]["Networks"]) == [env["project"]]
     status = run_cli("--json", "stack", "status", config=env["cfg"])
     assert status.code == 0 and status.json["healthy"]

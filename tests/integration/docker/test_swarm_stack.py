@@ -1,6 +1,7 @@
-"""The swarm runtime on a one-node swarm (the test engine): the stack as services, secrets as Swarm secrets,
-blue/green deploy and rollback with replicas under load, a release that cannot start. Several nodes:
-tests/integration/docker/swarm/."""
+"""The swarm runtime on a one-node swarm (the test engine), what the docker runtime's tests check there: the stack
+as services, secrets as Swarm secrets, blue/green deploy and rollback with replicas under load, a release that
+cannot start, backup and restore, key rotation, an idempotent up, unprivileged app tasks, a killed replica, data
+kept across down and up. Several nodes: tests/integration/docker/swarm/."""
 
 from __future__ import annotations
 
@@ -162,3 +163,84 @@ def test_keys_rotate_restarts_the_replicas_with_the_new_key_as_a_new_secret(env)
     assert new_raw not in json.dumps([s.attrs for s in found.values()])
     chk = run_cli("--json", "keys", "check", config=cfg)
     assert chk.code == 0 and chk.json["decrypt_ok"] == chk.json["values"], chk.output
+
+
+def app_containers(project: str) -> dict[str, list]:
+    """The running containers of the app's services (``api-blue`` -> its replicas' containers) on this node."""
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=60)
+    out: dict[str, list] = {}
+    for c in client.containers.list(filters={"label": "com.docker.swarm.service.name"}):
+        name = c.labels["com.docker.swarm.service.name"]
+        unit = name.removeprefix(f"{project}-")
+        if name.startswith(f"{project}-") and unit.startswith(("api-", "worker-")):
+            out.setdefault(unit, []).append(c)
+    return out
+
+
+def test_up_is_idempotent_on_the_swarm(env):
+    before = {n: s.attrs["Version"]["Index"] for n, s in services(env["project"]).items()}
+    again = run_cli("--json", "stack", "up", config=env["cfg"], timeout=300)
+    assert again.code == 0, again.output
+    changed = [a for a in again.json["actions"] if a.startswith(("created", "updated", "recreated", "applied"))]
+    assert not changed, again.json["actions"]
+    after = {n: s.attrs["Version"]["Index"] for n, s in services(env["project"]).items()}
+    assert after == before  # no service spec was sent again
+
+
+def test_app_tasks_run_as_an_unprivileged_user(env):
+    from aixsss_ops.runtime import docker_specs as specs
+
+    found = app_containers(env["project"])
+    live = open_stack(load_config(env["cfg"])).live_color()
+    assert len(found.get(f"api-{live}", [])) == 2 and found.get(f"worker-{live}"), found  # 2 api replicas
+    for unit, replicas in found.items():
+        for c in replicas:
+            assert c.attrs["Config"]["User"] == specs.APP_USER, unit
+            code, out = c.exec_run(["id", "-u"])
+            assert code == 0 and out.decode().strip() == str(specs.APP_UID), unit
+            top = c.top(ps_args="-o pid,uid,cmd")
+            assert all(row[1] != "0" for row in top["Processes"]), (unit, top)
+
+
+def test_a_killed_replica_is_replaced_and_the_stack_is_healthy_again(env):
+    cfg, url = env["cfg"], env["url"]
+    live = open_stack(load_config(cfg)).live_color()
+    victim = app_containers(env["project"])[f"worker-{live}"][0]
+    victim.kill()  # SIGKILL: Swarm's restart policy starts a new task
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = app_containers(env["project"]).get(f"worker-{live}", [])
+        if now and victim.id not in {c.id for c in now}:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("Swarm did not replace the killed worker task")
+    deadline = time.monotonic() + 120
+    while (st := run_cli("--json", "stack", "status", config=cfg)).code != 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert st.code == 0, [s for s in st.json["services"] if not s["healthy"]]
+    smoke = run_cli("stack", "smoke", config=cfg, timeout=180)
+    assert smoke.code == 0, smoke.output
+    assert health(url)["color"] == live
+
+
+def test_data_survives_down_and_up(env):
+    cfg = env["cfg"]
+    smoke = run_cli("--json", "stack", "smoke", config=cfg, timeout=180)
+    assert smoke.code == 0, smoke.output
+    job_id = smoke.json["job_id"]
+    stack = open_stack(load_config(cfg))
+    artifact = stack.s3_target().client().get_object(stack.cfg.s3.bucket, f"artifacts/{job_id}.json").read()
+    down = run_cli("--json", "stack", "down", config=cfg, timeout=300)
+    assert down.code == 0, down.output
+    assert not app_containers(env["project"])
+    assert run_cli("--json", "stack", "status", config=cfg).code == 3
+    again = run_cli("--json", "stack", "up", config=cfg, timeout=600)
+    assert again.code == 0, again.output
+    # the services were scaled to 0 and the proxy (a global service) removed: only the proxy is created again
+    made = [a for a in again.json["actions"] if a.startswith(("applied migration", "created"))]
+    assert made == ["created proxy"], again.json["actions"]
+    url = envfile.read(stack.layout.env_file("api"))["DATABASE_URL"]
+    with parse_database_url(url).connect() as conn:
+        assert conn.execute('SELECT status::text FROM "AIJob" WHERE id = %s', (job_id,)).fetchone()[0] == "succeeded"
+    assert stack.s3_target().client().get_object(stack.cfg.s3.bucket, f"artifacts/{job_id}.json").read() == artifact
