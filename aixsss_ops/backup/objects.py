@@ -459,14 +459,24 @@ def snapshot_at(versions: list[Version], bucket: str, at: datetime) -> ObjectSna
     return ObjectSnapshot(bucket, at.isoformat().replace("+00:00", "Z"), objects, res.total_seconds())
 
 
-def take_snapshot(target: S3Target, bucket: str, at: datetime) -> ObjectSnapshot:
+def _bucket_versions(target: S3Target, bucket: str) -> list[Version]:
     try:
-        versions = all_versions(target.client(timeout=30), bucket)
+        return all_versions(target.client(timeout=30), bucket)
     except OpsError:
         raise
     except Exception as e:
         raise _s3_error(target, e) from None
-    return snapshot_at(versions, bucket, at)
+
+
+def take_snapshot(target: S3Target, bucket: str, at: datetime) -> ObjectSnapshot:
+    return snapshot_at(_bucket_versions(target, bucket), bucket, at)
+
+
+def rewind_plan(target: S3Target, bucket: str, at: datetime) -> tuple[ObjectSnapshot, ObjectPlan]:
+    """The bucket as it was at ``at`` and what makes it so again, from one listing of its versions."""
+    versions = _bucket_versions(target, bucket)
+    snap = snapshot_at(versions, bucket, at)
+    return snap, plan_from_versions(versions, asdict(snap), bucket)
 
 
 # -- restore --
@@ -486,12 +496,11 @@ class ObjectPlan:
 
 def plan_restore(target: S3Target, snapshot: dict[str, Any], bucket: str | None = None) -> ObjectPlan:
     bucket = bucket or snapshot["bucket"]
-    try:
-        versions = all_versions(target.client(timeout=30), bucket)
-    except OpsError:
-        raise
-    except Exception as e:
-        raise _s3_error(target, e) from None
+    return plan_from_versions(_bucket_versions(target, bucket), snapshot, bucket)
+
+
+def plan_from_versions(versions: list[Version], snapshot: dict[str, Any], bucket: str) -> ObjectPlan:
+    """What makes the bucket's current state (``versions``) the ``snapshot`` again."""
     keys = by_key(versions)
     have = {(v.key, v.version_id): v for v in versions if not v.delete_marker}
     plan = ObjectPlan(bucket)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -225,8 +225,7 @@ def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: date
     obj_plan = None
     has_store = True
     try:
-        snap = objects.take_snapshot(dep.s3, dep.bucket, target)
-        obj_plan = objects.plan_restore(dep.s3, asdict(snap))
+        _snap, obj_plan = objects.rewind_plan(dep.s3, dep.bucket, target)
     except OpsError as e:
         has_store = False
         warnings.append(f"objects not rewound: {e.message}")
