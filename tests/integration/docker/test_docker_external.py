@@ -229,15 +229,19 @@ def project_containers(project: str) -> dict:
 
 # --- the docker runtime ------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def dstack(docker_images, managed):
-    st = external_stack(managed, docker_config, "aixsss-dext-")
-    r = run_cli("--json", "stack", "up", config=st["cfg"], env=st["env"], timeout=400)
+def brought_up(st: dict, remove, timeout: float):
+    """``st`` with its ``stack up`` result under "up", for the module; then down and every trace removed."""
+    r = run_cli("--json", "stack", "up", config=st["cfg"], env=st["env"], timeout=timeout)
     assert r.code == 0, r.output
     st["up"] = r
     yield st
     run_cli("stack", "down", config=st["cfg"], timeout=240)
-    purge(st["project"])
+    remove(st["project"])
+
+
+@pytest.fixture(scope="module")
+def dstack(docker_images, managed):
+    yield from brought_up(external_stack(managed, docker_config, "aixsss-dext-"), purge, 400)
 
 
 def test_docker_up_runs_none_of_the_external_services_and_the_containers_use_them(dstack, managed):
@@ -326,12 +330,7 @@ def sstack(swarm_manager, docker_images, managed):
     # the embedded registry (the default) keeps its blobs in the managed store when s3 is external
     st = external_stack(managed, swarm_config, "aixsss-swext-",
                         swarm={"registry": "embedded", "registry_port": free_port()})
-    r = run_cli("--json", "stack", "up", config=st["cfg"], env=st["env"], timeout=600)
-    assert r.code == 0, r.output
-    st["up"] = r
-    yield st
-    run_cli("stack", "down", config=st["cfg"], timeout=240)
-    purge_swarm(st["project"])
+    yield from brought_up(st, purge_swarm, 600)
 
 
 def swarm_services(project: str) -> dict:
