@@ -94,9 +94,7 @@ class DockerStack(Stack):
         from aixsss_ops.config import is_loopback
 
         for service in self.cfg.external:
-            value = {"postgres": lambda: self.dep.database.value, "redis": lambda: self.dep.redis.value,
-                     "s3": lambda: self.dep.s3.endpoint}[service]()
-            host = urlsplit(value).hostname or ""
+            host = urlsplit(self.external_url(service)).hostname or ""
             if host and is_loopback(host):
                 raise UsageError(f"{service}.external: the address {host} is the loopback of this machine, which "
                                  "the app's containers cannot reach",

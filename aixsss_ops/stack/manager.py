@@ -192,7 +192,7 @@ class Stack:
         what the app needs before it starts."""
         actions = []
         if "postgres" in self.cfg.external:
-            self._wait_external(("postgres",), say)
+            self._wait_external("postgres", say)
         else:
             sec = embedded.ensure_secrets(self.layout)
             created = ensure_role_and_database(self.admin_url(), self.cfg.postgres.database, self.cfg.postgres.user,
@@ -200,40 +200,42 @@ class Stack:
             actions += [f"created {c}" for c in created]
         actions += [f"applied migration {m}" for m in self._migrate(spec, say)]
         if "s3" in self.cfg.external:
-            self._wait_external(("s3",), say)
+            self._wait_external("s3", say)
         bucket = self.dep.bucket if "s3" in self.cfg.external else self.cfg.s3.bucket
         if ensure_bucket(self.s3_target(), bucket):
             actions.append(f"created bucket {bucket}")
         return actions
 
     # -- external (managed) services: reached, never run --
-    def probe_external(self, service: str) -> tuple[bool, str]:
-        from aixsss_ops.dburl import parse_database_url
+    def external_url(self, service: str) -> str:
+        """Where the external ``service`` is: its DATABASE_URL, REDIS_URL or S3 endpoint (with credentials)."""
+        return {"postgres": lambda: self.dep.database.value, "redis": lambda: self.dep.redis.value,
+                "s3": lambda: self.dep.s3.endpoint}[service]()
 
+    def probe_external(self, service: str) -> tuple[bool, str]:
+        url = self.external_url(service)
+        where = urlsplit(url).netloc.rpartition("@")[2]  # host:port, never the credentials
         if service == "postgres":
-            target = parse_database_url(self.dep.database.value)
-            ok, detail = probes.postgres(target.conninfo)
-            return ok, f"external {target.host}:{target.port}: {detail}"
-        if service == "redis":
-            url = self.dep.redis.value
-            where = urlsplit(url).netloc.rpartition("@")[2]
+            from aixsss_ops.dburl import parse_database_url
+
+            ok, detail = probes.postgres(parse_database_url(url).conninfo)
+        elif service == "redis":
             try:
                 probes.redis_client_names(url)
+                ok, detail = True, "answers"
             except Exception as e:  # unreachable or refused: say why
-                return False, f"external {where}: {type(e).__name__}: {e}"
-            return True, f"external {where}: answers"
-        ok, detail = probes.http(f"{self.dep.s3.endpoint.rstrip('/')}/", expect_any_status=True)
-        return ok, f"external {self.dep.s3.endpoint}: {detail}"
+                ok, detail = False, f"{type(e).__name__}: {e}"
+        else:
+            ok, detail = probes.http(f"{url.rstrip('/')}/", expect_any_status=True)
+        return ok, f"external {where}: {detail}"
 
-    def _wait_external(self, services: tuple[str, ...], say: Progress) -> None:
-        """Return once every external service in ``services`` answers; one error naming it otherwise."""
-        for service in services:
-            if not poll_until(lambda s=service: self.probe_external(s)[0], self.cfg.supervisor.start_timeout,
-                              interval=0.5):
-                raise OpsError(f"the external {service} does not answer: {self.probe_external(service)[1]}",
-                               hint=f"check the address in {self.layout.env_file('api')} (or the environment) "
-                                    "and that this machine may reach it")
-            say(f"external {service} answers")
+    def _wait_external(self, service: str, say: Progress) -> None:
+        """Return once the external ``service`` answers; an error naming it otherwise."""
+        if not poll_until(lambda: self.probe_external(service)[0], self.cfg.supervisor.start_timeout, interval=0.5):
+            raise OpsError(f"the external {service} does not answer: {self.probe_external(service)[1]}",
+                           hint=f"check the address in {self.layout.env_file('api')} (or the environment) and that "
+                                "this machine may reach it")
+        say(f"external {service} answers")
 
     def _migrate(self, spec: ColorSpec, say: Progress) -> list[str]:
         from aixsss_ops.migrate import deploy

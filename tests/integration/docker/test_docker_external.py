@@ -202,7 +202,7 @@ def assert_external_rows(report: dict, managed: Managed) -> None:
         assert row["role"] == "external" and row["state"] == "EXTERNAL" and row["healthy"] is True, row
     assert by_unit["postgres"]["detail"].startswith(f"external {managed.host}:{managed.pg.port}"), by_unit["postgres"]
     assert by_unit["redis"]["detail"].startswith(f"external {managed.host}:{managed.redis_port}"), by_unit["redis"]
-    assert by_unit["s3"]["detail"].startswith(f"external {managed.s3.endpoint}"), by_unit["s3"]
+    assert by_unit["s3"]["detail"].startswith(f"external {managed.s3.endpoint.split('://')[1]}"), by_unit["s3"]
 
 
 def assert_smoke_went_through_the_managed_services(st: dict, managed: Managed, smoke: Result) -> None:
