@@ -182,7 +182,8 @@ def create_backup(
         proc.wait()
         if proc.returncode != 0:
             err = proc.stderr
-            raise OpsError(f"pg_dump failed (exit {proc.returncode}): {pgb.last_error(err)}", details=err[-4000:])
+            raise OpsError(f"pg_dump of the PostgreSQL database failed (exit {proc.returncode}): {pgb.last_error(err)}",
+                           details=err[-4000:])
         proc = None
         sums = f_sums.result()
         stage = "writing globals.sql"
