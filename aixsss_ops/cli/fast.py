@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from aixsss_ops.cli.session import State
+from aixsss_ops.cli.session import State, report_error
 
 FLAGS = {"--json": "json_mode", "--yes": "yes", "-y": "yes", "--verbose": "verbose", "-v": "verbose",
          "--quiet": "quiet", "-q": "quiet"}
@@ -62,6 +62,4 @@ def run(args: list[str]) -> int | None:
         show_deploy_result(st, d.rollback(None, restore_db=None) if action == "rollback" else d.switch(color))
         return 0
     except (Exception, KeyboardInterrupt) as e:
-        from aixsss_ops.cli.session import report_error
-
         return report_error(st, e)
