@@ -107,9 +107,10 @@ def test_a_worker_node_killed_mid_deploy_then_rollback_under_load(multi):
                     c.kill(3)
                     killed.set()
 
-        t = threading.Thread(target=follow, daemon=True)
+        t = threading.Thread(target=follow, daemon=True)  # the only reader of stderr: communicate() would race it
         t.start()
-        out, _ = proc.communicate(timeout=900)
+        proc.stdout.read()
+        proc.wait(timeout=900)
         t.join(10)
     print(f"\ndeploy with node3 killed: exit {proc.returncode} after {time.monotonic() - t0:.0f}s; "
           f"{len(w.seen)} answers, {len(w.errors)} errors")
