@@ -281,10 +281,11 @@ class ContainerSite:
 
     PIDFILE = "pitr-restore.pid"
 
-    def __init__(self, cfg: OpsConfig, runtime):
+    def __init__(self, cfg: OpsConfig, runtime, bucket: tuple[Any, str] | None = None):
         from aixsss_ops.runtime import docker_specs as specs
 
         self.cfg, self.runtime, self.specs = cfg, runtime, specs
+        self.bucket = bucket  # (S3Target, name) of a repository in a bucket; None: the pgbackrest volume
         self.stanza = cfg.project
         self.data = PurePosixPath(specs.PG_DATA)
         self.spool = PurePosixPath(specs.PGBACKREST) / "spool"
@@ -311,7 +312,12 @@ class ContainerSite:
             self._exec(["rm", "-f", pid])
 
     def prepare_repo(self) -> None:
-        """The repository is a volume the container's start made ready."""
+        """A repository's bucket exists before the stanza is created in it; a volume's folder the container's start
+        made ready."""
+        if self.bucket is not None:
+            from aixsss_ops.s3 import ensure_bucket
+
+            ensure_bucket(*self.bucket)
 
     def config_problem(self) -> str | None:
         state = self.runtime.state("postgres")
@@ -379,6 +385,9 @@ class ContainerSite:
         return done
 
     def repo_usage(self) -> tuple[str, int, int] | None:
+        """(where, free bytes, total bytes) of the repository volume's file system; None for a bucket."""
+        if self.bucket is not None:
+            return None
         r = self._exec(["df", "-Pk", self.specs.PGBACKREST], 20)
         rows = r.stdout.strip().splitlines()
         if r.returncode != 0 or len(rows) < 2:
@@ -443,6 +452,21 @@ class Engine:
                  f"--recovery-option=restore_command={get}", timeout=24 * 3600)
 
 
+def repo_bucket(cfg: OpsConfig) -> tuple[Any, str] | None:
+    """(S3Target, bucket) of a repository in a bucket (``destination = "s3"``), as this host reaches the store:
+    ``backup.s3_endpoint`` or the embedded store's plain port; None for a repository in a folder or volume."""
+    b = cfg.backup
+    if b.destination != "s3":
+        return None
+    from aixsss_ops.s3 import S3Target
+
+    same = not b.s3_access_key
+    return (S3Target(b.s3_endpoint or f"http://{cfg.host}:{cfg.ports.s3}",
+                     cfg.s3.access_key if same else b.s3_access_key,
+                     (cfg.s3.secret_key if same else b.s3_secret_key).get_secret_value(), cfg.s3.region),
+            b.s3_bucket)
+
+
 def engine_for(cfg: OpsConfig, layout: Layout, write_config: bool = True) -> Engine | None:
     """pgBackRest against the embedded stack's cluster; None when ``backup.pitr`` is off. Local runtime:
     ``write_config`` writes pgbackrest.conf first (the same file ``stack up`` writes; doctor only reads it).
@@ -452,24 +476,15 @@ def engine_for(cfg: OpsConfig, layout: Layout, write_config: bool = True) -> Eng
     if cfg.runtime == "docker":
         from aixsss_ops.runtime.docker import DockerRuntime
 
-        return Engine(ContainerSite(cfg, DockerRuntime(cfg, layout)))
+        return Engine(ContainerSite(cfg, DockerRuntime(cfg, layout), repo_bucket(cfg)))
     arch = local_specs.write_pgbackrest_conf(cfg, layout) if write_config else local_specs.archiving(cfg, layout)
     if arch is None:
         return None
     sec = read_secrets(layout)
     if sec:
         scrubber.add(*sec.values())
-    b = cfg.backup
-    repo = Path(local_specs.pgbackrest_repo(cfg)["repo1-path"]) if b.destination != "s3" else None
-    bucket = None
-    if b.destination == "s3":
-        from aixsss_ops.s3 import S3Target
-
-        same = not b.s3_access_key
-        bucket = (S3Target(b.s3_endpoint or f"http://{cfg.host}:{cfg.ports.s3}",
-                           cfg.s3.access_key if same else b.s3_access_key,
-                           (cfg.s3.secret_key if same else b.s3_secret_key).get_secret_value(), cfg.s3.region),
-                  b.s3_bucket)
+    bucket = repo_bucket(cfg)
+    repo = None if bucket else Path(local_specs.pgbackrest_repo_options(cfg)["repo1-path"])
     return Engine(HostSite(local_specs.cluster(cfg, layout), arch, sec["postgres_superuser_password"] if sec else None,
                            repo, bucket))
 

@@ -19,6 +19,7 @@ import yaml
 
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
+from aixsss_ops.errors import UsageError
 from aixsss_ops.fsutil import atomic_write
 from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_RELEASE, L_SERVICE, L_VERSION
@@ -147,6 +148,11 @@ def _app_vars(obj, color: str, port: int):
 
 
 def render_files(cfg: OpsConfig, compose_dir: Path | None = None) -> dict[str, str]:
+    if cfg.backup.pitr:
+        raise UsageError("compose render does not cover backup.pitr: the Postgres container's pgBackRest config (a "
+                         "secret with a repository in a bucket) is written into it by the docker runtime",
+                         hint="run the stack with runtime = \"docker\" (aixsss-ops stack up), or render with "
+                              "backup.pitr off")
     compose_dir = compose_dir or cfg.base_dir / "compose"
     head = (
         "# rendered by 'aixsss-ops compose render' from ops.toml: edit ops.toml and render again.\n"

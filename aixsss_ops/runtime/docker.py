@@ -136,7 +136,8 @@ class DockerRuntime:
         return specs.secret_values(self.cfg, ensure_secrets(self.layout))
 
     def secret_files(self, spec: specs.ContainerSpec) -> dict[str, bytes]:
-        """The contents of ``spec``'s secret files: its env file as it is on disk, or one secret value."""
+        """The contents of ``spec``'s secret files: its env file as it is on disk, one secret value, a file of the
+        store's HTTPS certificate, or pgBackRest's config."""
         values = self.secrets() if any(kind == "var" for kind, _ in spec.secrets.values()) else {}
         out: dict[str, bytes] = {}
         for target, (kind, name) in spec.secrets.items():
@@ -146,6 +147,12 @@ class DockerRuntime:
                     out[target] = path.read_bytes()
                 except FileNotFoundError:
                     raise UsageError(f"env file not found: {path}", hint="run 'aixsss-ops stack up'") from None
+            elif kind == "tls":
+                from aixsss_ops.runtime.pgbackrest_repo import ensure_tls
+
+                out[target] = ensure_tls(self.cfg, self.layout, network=True)[name].read_bytes()
+            elif kind == "pgbackrest":
+                out[target] = specs.pgbackrest_conf(self.cfg).encode()
             else:
                 out[target] = values[name].encode()
         return out

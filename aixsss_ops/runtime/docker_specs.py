@@ -20,13 +20,14 @@ from pathlib import Path
 from aixsss_ops import appspec
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.proxy import nginx
+from aixsss_ops.runtime import pgbackrest_repo
 from aixsss_ops.runtime.base import COLORS, api_port, unit_name
 
 RUN = Path("/run/aixsss")  # the shared volume: api sockets, web builds, the live symlink; nginx's prefix
 PROXY_CONF = "/etc/nginx/aixsss.conf"  # written by the proxy container from its NGINX_CONF at start
 SECRETS = Path("/run/secrets")  # where a container finds its secret files (compose's place for them too)
 PG_DATA = "/var/lib/postgresql/data"
-PORTS = {"postgres": 5432, "redis": 6379, "s3": 8333, "proxy": 80, "api": 3001}
+PORTS = {"postgres": 5432, "redis": 6379, "s3": 8333, "s3_tls": 8443, "proxy": 80, "api": 3001}
 VOLUMES = ("pgdata", "redis", "s3", "run")
 SECRET_VARS = ("POSTGRES_SUPERUSER_PASSWORD", "REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
 DOCKER_DNS = "127.0.0.11"  # the engine's resolver inside every container of a user-defined network
@@ -43,7 +44,8 @@ class ContainerSpec:
     user: str | None = None
     working_dir: str | None = None
     environment: dict[str, str] = field(default_factory=dict)  # never a secret
-    # file name under SECRETS -> ("env_file", "api"|"worker") or ("var", one of SECRET_VARS)
+    # file name under SECRETS -> ("env_file", "api"|"worker"), ("var", one of SECRET_VARS), ("tls", "cert"|"key"|"ca":
+    # the embedded store's HTTPS certificate, pgbackrest_repo.ensure_tls) or ("pgbackrest", "conf": pgbackrest_conf)
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
     ports: list[tuple[str, int, int]] = field(default_factory=list)  # (host ip, host port, container port)
     volumes: dict[str, str] = field(default_factory=dict)  # volume key (VOLUMES) -> mount point
@@ -113,11 +115,17 @@ def pgbackrest_archiving(cfg: OpsConfig):
 
 
 def pgbackrest_conf(cfg: OpsConfig) -> str:
-    """pgbackrest.conf of the container (no secret: the repository is a volume, the superuser connects through the
-    unix socket, trusted inside the container)."""
+    """pgbackrest.conf of the container, given to it as a secret file (a repository in a bucket puts the store's
+    keys in it): the repository is the pgbackrest volume, or with ``destination = "s3"`` a bucket
+    (``pgbackrest_repo.s3_options``), the embedded store's reached at its HTTPS port on the project network with the
+    CA in ``s3_ca``. The superuser connects through the unix socket, trusted inside the container."""
     arch, cluster = pgbackrest_archiving(cfg)
-    return arch.render(cluster, cfg.postgres.superuser, {"repo1-path": f"{PGBACKREST}/repo"},
-                       cfg.backup.pitr_retention_days)
+    if cfg.backup.destination == "s3":
+        repo = pgbackrest_repo.s3_options(cfg, f"https://{pgbackrest_repo.NETWORK_NAME}:{PORTS['s3_tls']}",
+                                          str(SECRETS / "s3_ca"))
+    else:
+        repo = {"repo1-path": f"{PGBACKREST}/repo"}
+    return arch.render(cluster, cfg.postgres.superuser, repo, cfg.backup.pitr_retention_days)
 
 
 def pgbackrest_command(cfg: OpsConfig, *args: str) -> list[str]:
@@ -146,7 +154,7 @@ if [ -f {PITR_SWAP} ]; then
 fi
 umask 077
 mkdir -p {folders}
-printf '%s' "$AIXSSS_PGBACKREST_CONF" > {PGBACKREST_CONF}.tmp && mv {PGBACKREST_CONF}.tmp {PGBACKREST_CONF}
+cat {SECRETS / "pgbackrest_conf"} > {PGBACKREST_CONF}.tmp && mv {PGBACKREST_CONF}.tmp {PGBACKREST_CONF}
 umask 022
 """
     args = " ".join(shlex.quote(a) for a in arch.settings()) + " -c " + shlex.quote(f"archive_command={push}")
@@ -165,9 +173,12 @@ exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -
 """
     environment = {"PGDATA": PG_DATA, "POSTGRES_USER": cfg.postgres.superuser}
     volumes = {"pgdata": PG_HOME}
+    secrets = {"postgres_password": ("var", "POSTGRES_SUPERUSER_PASSWORD")}
     if before:
-        environment["AIXSSS_PGBACKREST_CONF"] = pgbackrest_conf(cfg)
         volumes["pgbackrest"] = PGBACKREST
+        secrets["pgbackrest_conf"] = ("pgbackrest", "conf")
+        if pgbackrest_repo.embedded_tls(cfg):
+            secrets["s3_ca"] = ("tls", "ca")
     return ContainerSpec(
         "postgres",
         None,
@@ -175,7 +186,7 @@ exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -
         _sh(script),
         user="postgres",
         environment=environment,
-        secrets={"postgres_password": ("var", "POSTGRES_SUPERUSER_PASSWORD")},
+        secrets=secrets,
         ports=[(cfg.host, cfg.ports.postgres, PORTS["postgres"])],
         volumes=volumes,
         healthcheck=["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(PORTS["postgres"])],
@@ -229,6 +240,11 @@ def s3(cfg: OpsConfig) -> ContainerSpec:
         f"-master.volumeSizeLimitMB={cfg.s3.volume_size_limit_mb}", "-volume.max=0", "-metricsPort=0",
     ]  # fmt: skip
     keys = [str(SECRETS / "s3_access_key"), str(SECRETS / "s3_secret_key")]
+    secrets = {"s3_access_key": ("var", "S3_ACCESS_KEY"), "s3_secret_key": ("var", "S3_SECRET_KEY")}
+    if pgbackrest_repo.embedded_tls(cfg):  # HTTPS beside the plain port, for pgBackRest's repository
+        weed += [f"-s3.port.https={PORTS['s3_tls']}", f"-s3.cert.file={SECRETS / 's3_tls_cert'}",
+                 f"-s3.key.file={SECRETS / 's3_tls_key'}"]
+        secrets |= {"s3_tls_cert": ("tls", "cert"), "s3_tls_key": ("tls", "key")}
     script = f"""
 umask 077
 python3 -c {shlex.quote(_S3_IDENTITIES.strip())} {shlex.join(keys)} > /tmp/s3.json
@@ -239,7 +255,7 @@ exec {shlex.join(weed)}
         None,
         cfg.docker.s3_image,
         _sh(script),
-        secrets={"s3_access_key": ("var", "S3_ACCESS_KEY"), "s3_secret_key": ("var", "S3_SECRET_KEY")},
+        secrets=secrets,
         ports=[(cfg.host, cfg.ports.s3, PORTS["s3"])],
         volumes={"s3": "/data"},
         healthcheck=["CMD", "python3", "-c", _http_check(f"http://127.0.0.1:{PORTS['s3']}/", any_status=True)],

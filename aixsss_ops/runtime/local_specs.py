@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aixsss_ops import appspec, sysbin
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
-from aixsss_ops.errors import ConfigError
 from aixsss_ops.fsutil import atomic_write
+from aixsss_ops.runtime import pgbackrest_repo
 from aixsss_ops.runtime.base import api_port, unit_name
 from aixsss_ops.runtime.pg_cluster import Archiving, Cluster, drop_archive_conf, ensure_traversable, os_account
 from aixsss_ops.runtime.supervisor import Program, envexec_argv
@@ -47,106 +45,25 @@ def archiving(cfg: OpsConfig, layout: Layout) -> Archiving | None:
 
 
 def s3_tls_port(cfg: OpsConfig) -> int | None:
-    """The embedded store's TLS port, open when pgBackRest's repository is a bucket of it (``backup.pitr``,
-    ``destination = "s3"``, no ``backup.s3_endpoint``): pgBackRest 2.45 speaks only HTTPS to S3, the app and the
-    logical backups keep the plain port (``ports.s3_tls``)."""
-    b = cfg.backup
-    if cfg.runtime != "local" or not b.pitr or b.destination != "s3" or b.s3_endpoint:
-        return None
-    return cfg.ports.s3_tls
+    """The embedded store's HTTPS port on this host (``ports.s3_tls``), open when pgBackRest's repository is a
+    bucket of it (``pgbackrest_repo.embedded_tls``)."""
+    return cfg.ports.s3_tls if cfg.runtime == "local" and pgbackrest_repo.embedded_tls(cfg) else None
 
 
-def s3_tls_files(layout: Layout) -> dict[str, Path]:
-    tls = layout.s3_dir / "tls"
-    return {"cert": tls / "cert.pem", "key": tls / "key.pem", "ca": tls / "ca.pem",
-            "ca_for_pgbackrest": layout.root / "pgbackrest" / "s3-ca.pem"}
+def s3_ca_for_pgbackrest(layout: Layout) -> Path:
+    """A copy of the store's CA that the account pgBackRest runs as can read."""
+    return layout.root / "pgbackrest" / "s3-ca.pem"
 
 
-def ensure_s3_tls(cfg: OpsConfig, layout: Layout) -> dict[str, Path]:
-    """The TLS port's certificate: a CA made here (its key never written: nothing else can be signed with it), the
-    server certificate it signs for ``host`` (as an IP address and a DNS name: pgBackRest 2.45 matches the host
-    against DNS names and the common name only). Made again when missing, for another host, or within 30 days of
-    its end."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    files = s3_tls_files(layout)
-    now = dt.datetime.now(dt.UTC)
-    try:
-        cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        fresh = (cert.not_valid_after_utc - now > dt.timedelta(days=30) and files["key"].exists()
-                 and files["ca"].exists() and cfg.host in names.get_values_for_type(x509.DNSName))
-    except (OSError, ValueError, x509.ExtensionNotFound):
-        fresh = False
-    if not fresh:
-        files["cert"].parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(files["cert"].parent, 0o700)
-        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"aixsss-ops {cfg.project} S3 CA")])
-        start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=825)
-        ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-              .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-              .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                           content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                           key_agreement=False, encipher_only=False, decipher_only=False),
-                             critical=True)
-              .sign(ca_key, hashes.SHA256()))
-        alt: list[x509.GeneralName] = [x509.DNSName(cfg.host), x509.DNSName("localhost")]
-        with contextlib.suppress(ValueError):  # a host name, not an address
-            alt.append(x509.IPAddress(ipaddress.ip_address(cfg.host)))
-        server = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cfg.host)]))
-                  .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                  .not_valid_before(start).not_valid_after(end)
-                  .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-                  .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                  .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                  .sign(ca_key, hashes.SHA256()))
-        pem = serialization.Encoding.PEM
-        atomic_write(files["key"], key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()), mode=0o600)
-        atomic_write(files["cert"], server.public_bytes(pem), mode=0o600)
-        atomic_write(files["ca"], ca.public_bytes(pem), mode=0o600)
-    return files
-
-
-def pgbackrest_repo(cfg: OpsConfig, layout: Layout | None = None) -> dict[str, str]:
-    """The repo1-* options: ``backup.dir``/.pgbackrest, or (``destination = "s3"``) ``backup.s3_bucket`` of the store,
-    path-style, in ``<backup.s3_prefix>.pgbackrest``. pgBackRest reaches S3 over HTTPS only: the embedded store's
-    TLS port (``s3_tls_port``; its CA in pgBackRest's folder) or an https ``backup.s3_endpoint``. (Both beside the
-    logical backups, never among them: their catalogue would take the repository for a backup.)"""
-    b = cfg.backup
-    if b.destination != "s3":
+def pgbackrest_repo_options(cfg: OpsConfig, layout: Layout | None = None) -> dict[str, str]:
+    """The repo1-* options: ``backup.dir``/.pgbackrest, or (``destination = "s3"``) a bucket
+    (``pgbackrest_repo.s3_options``) reached at the store's HTTPS port of this host."""
+    if cfg.backup.destination != "s3":
         return {"repo1-path": str(cfg.backup_dir / ".pgbackrest")}
     tls = s3_tls_port(cfg)
-    endpoint = b.s3_endpoint or (f"https://{cfg.host}:{tls}" if tls else f"http://{cfg.host}:{cfg.ports.s3}")
-    u = urlsplit(endpoint)
-    if u.scheme != "https":
-        raise ConfigError(f"backup.pitr with destination = \"s3\" needs an https endpoint ({endpoint} is not): "
-                          "pgBackRest speaks only HTTPS to S3",
-                          hint="set backup.s3_endpoint to an https:// address of the store, or keep the pgBackRest "
-                               "repository local (destination = \"local\")")
-    same = not b.s3_access_key
-    if b.s3_bucket == cfg.s3.bucket and not b.s3_endpoint:
-        raise ConfigError(f"backup.s3_bucket = '{b.s3_bucket}' is the app's own bucket: backups must go elsewhere")
-    if not b.s3_prefix.strip("/"):
-        raise ConfigError("backup.pitr with destination = \"s3\" needs backup.s3_prefix: the logical backups own "
-                          "the prefix's folders, so pgBackRest's repository goes beside it (<s3_prefix>.pgbackrest)")
-    prefix = "/" + b.s3_prefix.strip("/") + ".pgbackrest"
-    repo = {"repo1-type": "s3", "repo1-path": prefix, "repo1-s3-bucket": b.s3_bucket,
-            "repo1-s3-endpoint": u.hostname or "", "repo1-storage-port": str(u.port or 443),
-            "repo1-s3-uri-style": "path", "repo1-s3-region": cfg.s3.region,
-            "repo1-s3-key": cfg.s3.access_key if same else b.s3_access_key,
-            "repo1-s3-key-secret": (cfg.s3.secret_key if same else b.s3_secret_key).get_secret_value()}
-    if tls and layout is not None:  # the embedded store's own CA (a copy pgBackRest's account can read)
-        repo["repo1-storage-ca-file"] = str(s3_tls_files(layout)["ca_for_pgbackrest"])
-    return repo
+    endpoint = f"https://{cfg.host}:{tls}" if tls else f"http://{cfg.host}:{cfg.ports.s3}"
+    ca = str(s3_ca_for_pgbackrest(layout)) if tls and layout is not None else None
+    return pgbackrest_repo.s3_options(cfg, endpoint, ca)
 
 
 def write_pgbackrest_conf(cfg: OpsConfig, layout: Layout) -> Archiving | None:
@@ -157,11 +74,11 @@ def write_pgbackrest_conf(cfg: OpsConfig, layout: Layout) -> Archiving | None:
         drop_archive_conf(layout.root / "pgbackrest")
         return None
     pg = cluster(cfg, layout)
-    repo = pgbackrest_repo(cfg, layout)
+    repo = pgbackrest_repo_options(cfg, layout)
     if "repo1-storage-ca-file" in repo:  # the embedded store's CA, readable by the account pgBackRest runs as
         ca = Path(repo["repo1-storage-ca-file"])
         ca.parent.mkdir(parents=True, exist_ok=True)
-        text = ensure_s3_tls(cfg, layout)["ca"].read_bytes()
+        text = pgbackrest_repo.ensure_tls(cfg, layout)["ca"].read_bytes()
         if not ca.exists() or ca.read_bytes() != text:
             atomic_write(ca, text, mode=0o644)
     if repo.get("repo1-type") != "s3":
@@ -265,7 +182,7 @@ def s3(cfg: OpsConfig, layout: Layout) -> ServiceDef:
     ]
     tls = s3_tls_port(cfg)
     if tls:  # HTTPS beside the plain port, for pgBackRest's repository (s3_tls_port)
-        files = ensure_s3_tls(cfg, layout)
+        files = pgbackrest_repo.ensure_tls(cfg, layout)
         argv += [f"-s3.port.https={tls}", f"-s3.cert.file={files['cert']}", f"-s3.key.file={files['key']}"]
     prog = Program("s3", argv, stopsignal="TERM", stopwaitsecs=45, startsecs=2)
     ports = {

@@ -109,12 +109,6 @@ def base(dep: Deployment, kind: str = "full", say: Say = lambda _m: None) -> dic
         warnings, added = [f"object store: versioning and the lifecycle rule not checked: {e.message}"], False
     if added:
         say(f"added a lifecycle rule expiring noncurrent versions of {dep.bucket}")
-    if dep.cfg.runtime == "docker" and dep.cfg.backup.destination == "s3":
-        from aixsss_ops.runtime.docker_specs import volume_name
-
-        warnings.append(f"on the docker runtime the pgBackRest repository is the volume "
-                        f"{volume_name(dep.cfg, 'pgbackrest')}, not backup.s3_bucket (only the logical backups go "
-                        "there)")
     say(f"pgbackrest backup --type={kind}")
     started = datetime.now(UTC)
     eng.backup(kind)

@@ -139,28 +139,74 @@ def test_the_docker_postgres_container_archives_through_pgbackrest_only_with_pit
     assert "-c archive_mode=on" in script and "-c archive_timeout=7" in script
     assert f"'archive_command=pgbackrest --config={specs.PGBACKREST_CONF} --stanza=aixsss archive-push %p'" in script
     assert script.index(specs.PITR_SWAP) < script.index("exec postgres")  # the moves before Postgres starts
-    conf = set(on.environment["AIXSSS_PGBACKREST_CONF"].splitlines())
+    assert on.secrets["pgbackrest_conf"] == ("pgbackrest", "conf")  # a secret file, never the environment
+    assert f"cat {specs.SECRETS / 'pgbackrest_conf'} > {specs.PGBACKREST_CONF}.tmp" in script
+    assert "s3_ca" not in on.secrets
+    conf = set(specs.pgbackrest_conf(_cfg(tmp_path, "docker", pitr=True, rpo_seconds=7,
+                                          pitr_retention_days=3)).splitlines())
     assert {f"repo1-path={specs.PGBACKREST}/repo", "repo1-retention-full=3", f"pg1-path={specs.PG_DATA}",
             f"pg1-socket-path={specs.PG_SOCKETS}", "archive-async=y"} <= conf
-    assert not any("key" in line or "pass" in line for line in conf)  # no secret in the container's definition
+
+
+def test_an_s3_repository_on_docker_goes_through_the_store_container_https_port(tmp_path: Path):
+    from cryptography import x509
+
+    from aixsss_ops.context.layout import Layout
+    from aixsss_ops.runtime import docker_specs as specs
+    from aixsss_ops.runtime import pgbackrest_repo
+    from aixsss_ops.runtime.docker import DockerRuntime
+
+    cfg = _cfg(tmp_path, "docker", pitr=True, destination="s3", s3_bucket="pitr-repo", s3_prefix="b")
+    s3 = specs.s3(cfg)
+    script = s3.command[-1]
+    assert f"-s3.port.https={specs.PORTS['s3_tls']}" in script and f"-s3.port={specs.PORTS['s3']}" in script
+    assert {"s3_tls_cert": ("tls", "cert"), "s3_tls_key": ("tls", "key")}.items() <= s3.secrets.items()
+    pg = specs.postgres(cfg)
+    assert pg.secrets["s3_ca"] == ("tls", "ca") and pg.secrets["pgbackrest_conf"] == ("pgbackrest", "conf")
+    conf = dict(line.split("=", 1) for line in specs.pgbackrest_conf(cfg).splitlines() if "=" in line)
+    assert (conf["repo1-type"], conf["repo1-s3-endpoint"], conf["repo1-storage-port"], conf["repo1-s3-bucket"],
+            conf["repo1-path"], conf["repo1-storage-ca-file"]) == (
+        "s3", "s3", str(specs.PORTS["s3_tls"]), "pitr-repo", "/b.pgbackrest", str(specs.SECRETS / "s3_ca"))
+    assert conf["repo1-s3-key-secret"] == cfg.s3.secret_key.get_secret_value()
+    for spec in (s3, pg):  # the keys only in the secret files
+        definition = json.dumps([spec.command, spec.environment, spec.labels])
+        assert cfg.s3.secret_key.get_secret_value() not in definition
+    files = DockerRuntime(cfg, Layout(cfg.state)).secret_files(pg)
+    assert files["pgbackrest_conf"].decode() == specs.pgbackrest_conf(cfg)
+    cert = x509.load_pem_x509_certificate(DockerRuntime(cfg, Layout(cfg.state)).secret_files(s3)["s3_tls_cert"])
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert pgbackrest_repo.NETWORK_NAME in names.get_values_for_type(x509.DNSName)
+    assert files["s3_ca"] == pgbackrest_repo.tls_files(Layout(cfg.state))["ca"].read_bytes()
+    plain = specs.s3(_cfg(tmp_path, "docker", pitr=True))  # a repository in the volume: no HTTPS port
+    assert "-s3.port.https" not in plain.command[-1] and "s3_tls_cert" not in plain.secrets
+
+
+def test_pitr_is_refused_on_swarm_and_by_compose_render(tmp_path: Path):
+    from aixsss_ops.compose.render import render_files
+    from aixsss_ops.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="swarm"):
+        _cfg(tmp_path, "swarm", pitr=True)
+    with pytest.raises(UsageError, match="backup.pitr"):
+        render_files(_cfg(tmp_path, "docker", pitr=True))
 
 
 def test_an_s3_repository_on_the_embedded_store_goes_through_its_tls_port(tmp_path: Path):
     from aixsss_ops.context.layout import Layout
-    from aixsss_ops.runtime import local_specs
+    from aixsss_ops.runtime import local_specs, pgbackrest_repo
 
     cfg = _cfg(tmp_path, pitr=True, destination="s3", s3_bucket="pitr-repo", s3_prefix="b")
     lay = Layout(cfg.state)
     tls = local_specs.s3_tls_port(cfg)
     assert tls and tls != cfg.ports.s3
-    repo = local_specs.pgbackrest_repo(cfg, lay)
+    repo = local_specs.pgbackrest_repo_options(cfg, lay)
     assert (repo["repo1-storage-port"], repo["repo1-s3-endpoint"], repo["repo1-s3-uri-style"]) == \
         (str(tls), cfg.host, "path")
-    assert repo["repo1-storage-ca-file"] == str(local_specs.s3_tls_files(lay)["ca_for_pgbackrest"])
+    assert repo["repo1-storage-ca-file"] == str(local_specs.s3_ca_for_pgbackrest(lay))
     argv = local_specs.s3(cfg, lay).program.argv
     assert f"-s3.port.https={tls}" in argv and f"-s3.port={cfg.ports.s3}" in argv  # the plain port stays
-    files = local_specs.s3_tls_files(lay)
+    files = pgbackrest_repo.tls_files(lay)
     first = files["cert"].read_bytes()
-    local_specs.ensure_s3_tls(cfg, lay)
+    pgbackrest_repo.ensure_tls(cfg, lay)
     assert files["cert"].read_bytes() == first  # kept while valid for this host
     assert local_specs.s3_tls_port(_cfg(tmp_path, pitr=True)) is None  # a local repository: no TLS port
