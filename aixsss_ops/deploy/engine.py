@@ -484,7 +484,7 @@ class Deployer:
                 defined = {u.service for u in units if u.color == idle}
                 for role in (r for r in self._workers if r in defined):
                     self.say(f"{idle} is warm with {release.id}: starting {role}-{idle}")
-                    self.rt.start(role, idle)
+                    self.rt.start(role, idle, detach=True)  # the engine carries it through; `stack status` shows it
             self._after_switch(state, idle, live, drain_wait=bool(restore_db), units=units)
             if restore_db:
                 if self.restore_db is None:

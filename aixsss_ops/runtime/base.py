@@ -59,8 +59,9 @@ class Runtime(Protocol):
     def build_release(self, release: Path, version: str, say: Callable[[str], None]) -> None:
         """Run the app's build steps (``app.build``) for the release copied at ``release``; raise BuildFailed."""
 
-    def start(self, service: str, color: str | None = None) -> None:
-        """Start without waiting; poll ``state`` for RUNNING."""
+    def start(self, service: str, color: str | None = None, detach: bool = False) -> None:
+        """Start without waiting; poll ``state`` for RUNNING. ``detach``: the command may also end before the engine
+        answered (it carries the start through on its own); a failure it reports later shows in ``state``."""
 
     def stop(self, service: str, color: str | None = None, wait: bool = True) -> None: ...
 

@@ -345,14 +345,23 @@ class DockerRuntime:
             if c.labels.get(L_SERVICE) not in names:
                 self._remove(c, self.cfg.docker.stop_timeout)
 
-    def start(self, service: str, color: str | None = None) -> None:
-        """Start without waiting (the protocol's contract): the engine's start call (~0.2 s of network and cgroup
-        set-up) runs beside the caller, ``state`` reads STARTING until it returned and raises its error if it
-        failed; ``stop`` and the end of the process wait for it."""
+    def start(self, service: str, color: str | None = None, detach: bool = False) -> None:
+        """Start without waiting (the protocol's contract): the engine's start call (~0.2-0.7 s of network and
+        cgroup set-up) runs beside the caller, ``state`` reads STARTING until it returned and raises its error if it
+        failed; ``stop`` and the end of the process wait for it. ``detach``: the call is sent and not waited for
+        (``_post_unanswered``): the engine carries the start through whether or not anyone still listens."""
         unit = unit_name(service, color)
         self._settle(unit, raise_error=False)
         c = self._need(service, color)
         if c.status == "running":
+            return
+        if detach:
+            try:
+                self._post_unanswered(c, "start", {})
+            except Exception as e:
+                mapped: list[BaseException] = []
+                self._start_error(unit, e, mapped)
+                raise mapped[0] from None
             return
         errors: list[BaseException] = []
         t = threading.Thread(target=self._start_now, args=(unit, c.id, errors), name=f"start {unit}", daemon=False)
@@ -360,17 +369,23 @@ class DockerRuntime:
         t.start()
 
     def _start_now(self, unit: str, container_id: str, errors: list[BaseException]) -> None:
-        import docker
-
         try:
             self.client.api.start(container_id)
-        except docker.errors.APIError as e:
+        except BaseException as e:  # noqa: BLE001 - handed to whoever settles this start
+            self._start_error(unit, e, errors)
+
+    @staticmethod
+    def _start_error(unit: str, e: BaseException, errors: list[BaseException]) -> None:
+        """Put the error ``e`` of starting ``unit`` into ``errors`` in the tool's terms (an engine's refusal)."""
+        import docker
+
+        if isinstance(e, docker.errors.APIError):
             msg = str(e.explanation or e)
             if "port is already allocated" in msg or "address already in use" in msg:
                 errors.append(UsageError(f"{unit} cannot start: a published port is taken: {msg}"))
             else:
                 errors.append(OpsError(f"starting {unit} failed: {msg}"))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever settles this start
+        else:
             errors.append(e)
 
     def _settle(self, unit: str | None = None, raise_error: bool = True) -> None:
@@ -404,27 +419,27 @@ class DockerRuntime:
         spec = appspec.spec_of(self.cfg, service) if is_app(service) else None
         timeout = int(spec.stop_timeout) if spec else self.cfg.docker.stop_timeout
         if not wait:
-            self._stop_unanswered(c, timeout)
+            with contextlib.suppress(docker.errors.NotFound):  # gone already
+                self._post_unanswered(c, "stop", {"t": timeout})
             return
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.stop(c.id, timeout=timeout)
         self._settle()  # a blocking call returns with no start of this process still pending
 
-    def _stop_unanswered(self, c, timeout: int) -> None:
-        """Ask the engine to stop ``c`` (SIGTERM or its stop signal, SIGKILL after ``timeout``) without waiting for
-        the answer, which comes only once the container is gone: the engine carries the stop through whether or
-        not anyone still listens, so a draining worker delays no command. Callers poll ``state``."""
-        import docker
+    def _post_unanswered(self, c, action: str, params: dict) -> None:
+        """Ask the engine to ``start`` or ``stop`` (SIGTERM or its stop signal, SIGKILL after ``t``) ``c`` without
+        waiting for the answer, which comes only once the engine is done: it carries the call through whether or not
+        anyone still listens, so a draining worker or a warm worker's start delays no command. An answer within
+        20 ms (an error, 304: done already) is read; callers poll ``state``."""
         import requests
 
         api = self.client.api
         try:
-            r = api._post(api._url("/containers/{0}/stop", c.id), params={"t": timeout},
-                          timeout=(self.cfg.docker.timeout, 0.05))
+            r = api._post(api._url(f"/containers/{{0}}/{action}", c.id), params=params,
+                          timeout=(self.cfg.docker.timeout, 0.02))
         except requests.exceptions.ReadTimeout:
-            return  # the request arrived; the engine is stopping the container
-        with contextlib.suppress(docker.errors.NotFound):  # gone already; 304: stopped already
-            api._raise_for_status(r)
+            return  # the request arrived; the engine is carrying it out
+        api._raise_for_status(r)
 
     def state(self, service: str, color: str | None = None) -> str:
         unit = unit_name(service, color)

@@ -44,7 +44,7 @@ class LocalRuntime:
 
         releases.run_steps(release, version, self.cfg.app.build, say)
 
-    def start(self, service: str, color: str | None = None) -> None:
+    def start(self, service: str, color: str | None = None, detach: bool = False) -> None:  # supervisord answers at once
         unit = unit_name(service, color)
         if self.state(service, color) not in ("RUNNING", "STARTING"):
             log = self.sup.logfile(unit)

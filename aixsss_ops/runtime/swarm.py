@@ -317,7 +317,7 @@ class SwarmRuntime(DockerRuntime):
                 self._remove_service(attrs["ID"])
         self.prune_secrets()
 
-    def start(self, service: str, color: str | None = None) -> None:
+    def start(self, service: str, color: str | None = None, detach: bool = False) -> None:  # a service update
         self.scale(service, color, sw.replicas(self.cfg, service) if is_app(service) else 1)
 
     def stop(self, service: str, color: str | None = None, wait: bool = True) -> None:

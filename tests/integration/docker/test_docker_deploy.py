@@ -14,6 +14,7 @@ from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
 from aixsss_ops.stack.engines import open_stack
 from tests.cli import EXE, REPO, run_cli
+from tests.conftest import poll
 from tests.integration.docker.conftest import docker_config, purge
 from tests.integration.docker.test_docker_stack import containers
 from tests.integration.test_deploy import Watcher, broken_copy, health
@@ -58,6 +59,10 @@ def test_deploy_v2_to_green_then_warm_rollback(env):
     assert not w.errors, w.errors[:3]
     hist = run_cli("--json", "deploy", "releases", config=cfg).json
     assert hist[-1]["action"] == "rollback" and hist[-1]["warm"] is True
+    # the warm color's worker: its start was sent and not waited for (the engine carries it through), the old
+    # color's worker drains the same way
+    poll(lambda: containers(env["project"])["worker-blue"].status == "running", 60, 0.2, "worker-blue running")
+    poll(lambda: containers(env["project"])["worker-green"].status == "exited", 90, 0.2, "worker-green stopped")
 
 
 def test_a_crashing_release_never_receives_traffic_and_its_logs_are_shown(env):
