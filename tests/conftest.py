@@ -18,10 +18,33 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing is bound to on any address, below the kernel's ephemeral range (outgoing connections take
+    their source ports there: a port picked from it can be taken by one before its server binds it), and never
+    handed out twice in a session."""
+    low = _ephemeral_low()
+    for _ in range(2000):
+        port = secrets.randbelow(min(12000, low - 1024)) + low - min(12000, low - 1024)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port below {low}")
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:
