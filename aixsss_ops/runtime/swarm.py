@@ -38,6 +38,8 @@ from aixsss_ops.runtime.swarm_nodes import L_LIVE
 
 TERMINAL = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
 FAILED = ("failed", "rejected")
+RETRIED_FAILURES = 3  # failed tasks since a service changed that make it BACKOFF when Swarm restarts its tasks: one
+# failure can be the node's moment (a port or volume a stopping task still held), and Swarm starts another task
 JOB_POLL_S = 0.02
 
 
@@ -132,8 +134,13 @@ class SwarmRuntime(DockerRuntime):
             last = max(failed, key=lambda t: t.get("CreatedAt", ""))
             err = last["Status"].get("Err") or last["Status"].get("Message") or last["Status"]["State"]
             code = (last["Status"].get("ContainerStatus") or {}).get("ExitCode")
-            return "BACKOFF", f"{desc}; a task {last['Status']['State']}: {err}" + \
-                (f" (exit {code})" if code else ""), running
+            said = f"{desc}; {len(failed)} task(s) {last['Status']['State']}, the last: {err}" + \
+                (f" (exit {code})" if code else "")
+            policy = attrs["Spec"].get("TaskTemplate", {}).get("RestartPolicy") or {}
+            final = 1 if policy.get("Condition") == "none" else RETRIED_FAILURES
+            if len(failed) >= final:
+                return "BACKOFF", said, running
+            return "STARTING", f"{said}; Swarm starts another", running
         return "STARTING", desc, running
 
     def state(self, service: str, color: str | None = None) -> str:

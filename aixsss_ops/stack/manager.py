@@ -311,7 +311,9 @@ class Stack:
             for d in list(pending):
                 state = self.unit_state(d.unit)
                 if state in (*FAILED_STATES, "ABSENT"):
-                    raise OpsError(f"{d.unit} failed to start ({state})", details=self._logs_detail(d))
+                    why = next((u.description for u in self.runtime.status() if u.unit == d.unit), "")
+                    raise OpsError(f"{d.unit} failed to start ({state}{f': {why}' if why else ''})",
+                                   details=self._logs_detail(d))
                 if state == "RUNNING" and self.probe(d)[0]:
                     pending.remove(d)
                     say(f"{d.unit} is ready")
