@@ -359,9 +359,7 @@ class DockerRuntime:
             try:
                 self._post_unanswered(c, "start", {})
             except Exception as e:
-                mapped: list[BaseException] = []
-                self._start_error(unit, e, mapped)
-                raise mapped[0] from None
+                raise self._start_error(unit, e) from None
             return
         errors: list[BaseException] = []
         t = threading.Thread(target=self._start_now, args=(unit, c.id, errors), name=f"start {unit}", daemon=False)
@@ -372,21 +370,19 @@ class DockerRuntime:
         try:
             self.client.api.start(container_id)
         except BaseException as e:  # noqa: BLE001 - handed to whoever settles this start
-            self._start_error(unit, e, errors)
+            errors.append(self._start_error(unit, e))
 
     @staticmethod
-    def _start_error(unit: str, e: BaseException, errors: list[BaseException]) -> None:
-        """Put the error ``e`` of starting ``unit`` into ``errors`` in the tool's terms (an engine's refusal)."""
+    def _start_error(unit: str, e: BaseException) -> BaseException:
+        """The error ``e`` of starting ``unit`` in the tool's terms when it is the engine's refusal."""
         import docker
 
-        if isinstance(e, docker.errors.APIError):
-            msg = str(e.explanation or e)
-            if "port is already allocated" in msg or "address already in use" in msg:
-                errors.append(UsageError(f"{unit} cannot start: a published port is taken: {msg}"))
-            else:
-                errors.append(OpsError(f"starting {unit} failed: {msg}"))
-        else:
-            errors.append(e)
+        if not isinstance(e, docker.errors.APIError):
+            return e
+        msg = str(e.explanation or e)
+        if "port is already allocated" in msg or "address already in use" in msg:
+            return UsageError(f"{unit} cannot start: a published port is taken: {msg}")
+        return OpsError(f"starting {unit} failed: {msg}")
 
     def _settle(self, unit: str | None = None, raise_error: bool = True) -> None:
         """Wait for the pending start of ``unit`` (of every unit when None); raise the first error it had."""
