@@ -138,7 +138,12 @@ class DockerRuntime:
     def secret_files(self, spec: specs.ContainerSpec) -> dict[str, bytes]:
         """The contents of ``spec``'s secret files: its env file as it is on disk, one secret value, a file of the
         store's HTTPS certificate, or pgBackRest's config."""
-        values = self.secrets() if any(kind == "var" for kind, _ in spec.secrets.values()) else {}
+        kinds = {kind for kind, _ in spec.secrets.values()}
+        values = self.secrets() if "var" in kinds else {}
+        if "tls" in kinds:  # the certificate checked (and made when due) once for all its files
+            from aixsss_ops.runtime.pgbackrest_repo import ensure_tls
+
+            tls = ensure_tls(self.cfg, self.layout, network=True)
         out: dict[str, bytes] = {}
         for target, (kind, name) in spec.secrets.items():
             if kind == "env_file":
@@ -148,9 +153,7 @@ class DockerRuntime:
                 except FileNotFoundError:
                     raise UsageError(f"env file not found: {path}", hint="run 'aixsss-ops stack up'") from None
             elif kind == "tls":
-                from aixsss_ops.runtime.pgbackrest_repo import ensure_tls
-
-                out[target] = ensure_tls(self.cfg, self.layout, network=True)[name].read_bytes()
+                out[target] = tls[name].read_bytes()
             elif kind == "pgbackrest":
                 out[target] = specs.pgbackrest_conf(self.cfg).encode()
             else:
