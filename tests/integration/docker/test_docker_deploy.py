@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
+import docker
 import httpx
 import pytest
 
 from aixsss_ops import envfile
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
+from aixsss_ops.runtime.docker import DockerRuntime, container_state
 from aixsss_ops.stack.engines import open_stack
 from tests.cli import EXE, REPO, run_cli
 from tests.conftest import poll
-from tests.integration.docker.conftest import docker_config, purge
+from tests.integration.docker.conftest import SOCK, docker_config, purge
 from tests.integration.docker.test_docker_stack import containers
 from tests.integration.test_deploy import Watcher, broken_copy, health
 
@@ -63,6 +67,81 @@ def test_deploy_v2_to_green_then_warm_rollback(env):
     # color's worker drains the same way
     poll(lambda: containers(env["project"])["worker-blue"].status == "running", 60, 0.2, "worker-blue running")
     poll(lambda: containers(env["project"])["worker-green"].status == "exited", 90, 0.2, "worker-green stopped")
+
+
+def _proxy_execs(project: str, since: float) -> list[str]:
+    """The exec actions the engine reported for the proxy container since ``since`` (its event log)."""
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=60)
+    events = client.events(since=int(since), until=int(time.time()) + 1, decode=True,
+                           filters={"type": "container", "container": f"{project}-proxy"})
+    return [e.get("Action", "") for e in events if e.get("Action", "").startswith("exec_")]
+
+
+def test_a_switch_renames_live_in_the_volume_folder_on_this_host_else_execs_in_the_proxy(env):
+    """On a local engine the run volume is a folder of this host: the prepare of a color records it once it found
+    there the random file it wrote through the engine, and a switch renames ``live`` in it without an exec in
+    the proxy container. With no record (an engine elsewhere) the switch is that exec, and the next prepare
+    records the folder again."""
+    cfg, url, project = env["cfg"], env["url"], env["project"]
+    stack = open_stack(load_config(cfg))
+    record = stack.layout.deploy_dir / "run-volume.json"
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=60)
+    folder = Path(client.volumes.get(f"{project}-run").attrs["Mountpoint"])
+    assert json.loads(record.read_text()) == {"engine": f"unix://{SOCK}", "volume": f"{project}-run",
+                                              "folder": str(folder)}
+    assert not (folder / ".host-check").exists() and (folder / "colors").is_dir()
+    live = health(url)["color"]
+    idle = "green" if live == "blue" else "blue"
+    assert run_cli("--json", "deploy", "status", config=cfg).json["colors"][idle]["services"]["api"]["state"] \
+        == "RUNNING"
+
+    time.sleep(1.1)  # the engine's event log has one-second resolution
+    t0 = time.time()
+    with Watcher(url) as w:
+        r = run_cli("--json", "switch", idle, config=cfg, timeout=120)
+    assert r.code == 0, r.output
+    assert health(url)["color"] == idle and os.readlink(folder / "live") == f"colors/{idle}"
+    assert not w.errors, w.errors[:3]
+    assert _proxy_execs(project, t0) == []
+
+    record.unlink()
+    time.sleep(1.1)
+    t1 = time.time()
+    with Watcher(url) as w:
+        back = run_cli("--json", "switch", live, config=cfg, timeout=120)
+    assert back.code == 0, back.output
+    assert health(url)["color"] == live and os.readlink(folder / "live") == f"colors/{live}"
+    assert not w.errors, w.errors[:3]
+    assert any(a.startswith("exec_start") for a in _proxy_execs(project, t1))
+    assert not record.exists()
+
+    up = run_cli("--json", "stack", "up", config=cfg, timeout=300)  # prepares the colors again
+    assert up.code == 0, up.output
+    assert json.loads(record.read_text())["folder"] == str(folder)
+
+
+def test_state_is_one_inspect_by_name_over_the_socket(env):
+    """The runtime's state of a process, read without the SDK, is the SDK's; a container of that name without
+    the project's label is not the project's."""
+    cfg, project = load_config(env["cfg"]), env["project"]
+    stack = open_stack(cfg)
+    rt = DockerRuntime(cfg, stack.layout)
+    live = health(env["url"])["color"]
+    assert rt.state("api", live) == "RUNNING" and rt.state("postgres") == "RUNNING"
+    assert rt._client is None  # no SDK client was made
+    found = containers(project)
+    for unit, c in found.items():
+        service, _, color = unit.partition("-") if unit.startswith(("api-", "worker-")) else (unit, "", "")
+        assert rt.state(service, color or None) == container_state(c.attrs)[0], unit
+
+    other = cfg.model_copy(update={"project": f"{project}x"})
+    client = docker.DockerClient(base_url=f"unix://{SOCK}", timeout=60)
+    stranger = client.containers.create(found["postgres"].image.id, ["true"], name=f"{project}x-postgres")
+    try:
+        rt_other = DockerRuntime(other, stack.layout)
+        assert rt_other.state("postgres") == "ABSENT" and rt_other.state("redis") == "ABSENT"
+    finally:
+        stranger.remove(force=True)
 
 
 def test_a_crashing_release_never_receives_traffic_and_its_logs_are_shown(env):
