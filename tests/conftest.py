@@ -28,13 +28,26 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _port_slice() -> tuple[int, int]:
+    """[first, end) of the ports this test process hands out: the 12,000 ports below the kernel's ephemeral range,
+    split evenly between the workers of a parallel run (pytest-xdist's gwN of PYTEST_XDIST_WORKER_COUNT), so two
+    workers never hand out the same port while its server has yet to bind it."""
+    low = _ephemeral_low()
+    span = min(12000, low - 1024)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    index = int((os.environ.get("PYTEST_XDIST_WORKER") or "gw0").removeprefix("gw") or 0)
+    width = span // count
+    first = low - span + index * width
+    return first, first + width
+
+
 def free_port() -> int:
     """A port nothing is bound to on any address, below the kernel's ephemeral range (outgoing connections take
-    their source ports there: a port picked from it can be taken by one before its server binds it), and never
-    handed out twice in a session."""
-    low = _ephemeral_low()
+    their source ports there: a port picked from it can be taken by one before its server binds it), in this
+    process's slice of that range, and never handed out twice in a session."""
+    first, end = _port_slice()
     for _ in range(2000):
-        port = secrets.randbelow(min(12000, low - 1024)) + low - min(12000, low - 1024)
+        port = first + secrets.randbelow(end - first)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:
@@ -44,7 +57,7 @@ def free_port() -> int:
                 continue
         _HANDED_OUT.add(port)
         return port
-    raise RuntimeError(f"no free port below {low}")
+    raise RuntimeError(f"no free port in {first}-{end - 1}")
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:
@@ -80,6 +93,14 @@ def state_tmpdir(prefix: str) -> Path:
     os.chmod(d, 0o755)
     _SESSION_DIRS.append(d)
     return d
+
+
+def pytest_collection_modifyitems(items):
+    """A parallel run (``-n 2 --dist loadgroup``) hands each module to one worker, so a module's fixtures are set
+    up once, and every docker test to one worker, the one that runs dockerd."""
+    for item in items:
+        group = "docker" if "/integration/docker/" in str(item.fspath) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session, exitstatus):
