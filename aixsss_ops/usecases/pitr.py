@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -307,6 +308,12 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
                             "removed by the next `restore --to-time`)")
     journal["phase"] = "swapping"
     atomic_write_json(_journal(dep), journal, mode=0o600)
+    # the objects' plan again now that the app is stopped (it wrote on while the database was restored), listed
+    # while Postgres replays; applied only once the restored cluster is up
+    listing = ThreadPoolExecutor(1, thread_name_prefix="pitr-objects")
+    replanned = (listing.submit(objects.rewind_plan, dep.s3, p.objects.bucket, p.target)
+                 if p.objects is not None else None)
+    listing.shutdown(wait=False)
     say(f"restarting postgres on the restored data folder; the live one is kept as {kept}")
     try:
         site.switch(stack.runtime, [(data, kept), (new, data)])
@@ -322,9 +329,9 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
                               "base backup end (no commit replayed after it)",
                               "kept_data_dir": str(kept), "database_s": db_s, "objects": None, "keys": None,
                               "warnings": list(p.warnings)}
-    if p.objects is not None:
+    if replanned is not None:
         say(f"rewinding bucket {p.objects.bucket}")
-        result["objects"] = objects.apply_restore(dep.s3, p.objects)
+        result["objects"] = objects.apply_restore(dep.s3, replanned.result()[1])
     result["keys"] = _rekey(dep, result["warnings"])
     if units:
         for service, color in units:

@@ -136,6 +136,25 @@ def test_restore_to_t1_then_t2_gives_exactly_the_data_of_each_instant(stack, his
     assert stack.state() == history["s2"]
 
 
+def test_objects_written_while_the_database_is_restored_are_rewound_too(stack, history):
+    """The app serves until it is stopped for the swap, so it can write objects while pgBackRest restores the
+    database: what it wrote after the plan was made is rewound too (an object made then is hidden, one
+    overwritten then is back at its version of T)."""
+    put(stack.client, stack.bucket, "assets/late/kept.bin", b"as it was at T")
+    t = _instant()
+    at_t = objects_state(stack.client, stack.bucket)
+    pgdir = stack.cfg.state / "postgres"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIXSSS_OPS_")}
+    p = subprocess.Popen([EXE, "--config", str(stack.cfg_path), "--yes", "restore", "--to-time", t.isoformat()],
+                         cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    poll(lambda: any(pgdir.glob("data.pitr-*.partial/*")), timeout=60, interval=0.01, what="the restore's folder")
+    put(stack.client, stack.bucket, "assets/late/made-during.bin", b"written while the database was restored")
+    put(stack.client, stack.bucket, "assets/late/kept.bin", b"overwritten while the database was restored")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert objects_state(stack.client, stack.bucket) == at_t
+
+
 def test_a_time_before_the_oldest_base_backup_is_refused_with_the_window(stack, history):
     started = datetime.fromisoformat(history["base"]["backup"]["started_at"].replace("Z", "+00:00"))
     r = stack.cli("--yes", "restore", "--to-time", (started - timedelta(minutes=5)).isoformat())
