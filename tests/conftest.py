@@ -95,6 +95,7 @@ def state_tmpdir(prefix: str) -> Path:
     return d
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items):
     """A parallel run (``-n 2 --dist loadgroup``) hands each module to one worker, so a module's fixtures are set
     up once, and every docker test to one worker, the one that runs dockerd."""
