@@ -324,8 +324,22 @@ class SwarmRuntime(DockerRuntime):
                 self._remove_service(attrs["ID"])
         self.prune_secrets()
 
-    def start(self, service: str, color: str | None = None, detach: bool = False) -> None:  # a service update
+    def start(self, service: str, color: str | None = None, detach: bool = False) -> None:
+        """A service update to its replicas, once the tasks of an earlier stop have ended: a new task must not run
+        beside an old one still stopping on the same volume (Postgres's, the store's), and a host-mode port would
+        hold the new one back anyway, spending its readiness time."""
+        if self.state(service, color) == "STOPPING":
+            from aixsss_ops.poll import poll_until
+
+            timeout = self._stop_wait(service)
+            if not poll_until(lambda: self.state(service, color) != "STOPPING", timeout, interval=0.2):
+                raise OpsError(f"{unit_name(service, color)} is still stopping after {timeout:.0f}s: not started",
+                               hint="`aixsss-ops stack status` shows its tasks; start it again once they ended")
         self.scale(service, color, sw.replicas(self.cfg, service) if is_app(service) else 1)
+
+    def _stop_wait(self, service: str) -> float:
+        spec = appspec.spec_of(self.cfg, service) if is_app(service) else None
+        return (spec.stop_timeout if spec else self.cfg.docker.stop_timeout) + 30
 
     def stop(self, service: str, color: str | None = None, wait: bool = True) -> None:
         attrs = self.service_attrs(service, color)
@@ -338,9 +352,8 @@ class SwarmRuntime(DockerRuntime):
         if wait:
             from aixsss_ops.poll import poll_until
 
-            spec = appspec.spec_of(self.cfg, service) if is_app(service) else None
-            timeout = (spec.stop_timeout if spec else self.cfg.docker.stop_timeout) + 30
-            poll_until(lambda: self.state(service, color) in ("STOPPED", "ABSENT"), timeout, interval=0.2)
+            poll_until(lambda: self.state(service, color) in ("STOPPED", "ABSENT"), self._stop_wait(service),
+                       interval=0.2)
 
     def find(self, service: str, color: str | None = None):
         """The running replica of the service on the manager's own node (for exec and container calls)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 
 import docker
@@ -16,8 +17,10 @@ import pytest
 from aixsss_ops import envfile
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
+from aixsss_ops.runtime.swarm import TERMINAL
 from aixsss_ops.stack.engines import open_stack
 from tests.cli import run_cli
+from tests.conftest import poll
 from tests.integration.docker.conftest import SOCK, purge_swarm, swarm_config
 from tests.integration.test_deploy import Watcher, broken_copy, health
 
@@ -222,6 +225,34 @@ def test_a_killed_replica_is_replaced_and_the_stack_is_healthy_again(env):
     smoke = run_cli("stack", "smoke", config=cfg, timeout=180)
     assert smoke.code == 0, smoke.output
     assert health(url)["color"] == live
+
+
+def test_a_start_waits_until_the_tasks_of_a_stop_have_ended(env):
+    """The store started again while its old task still stops (SeaweedFS takes seconds to): the new task comes
+    only once the old one ended, never two on one volume at once, and the stack is ready again."""
+    rt = open_stack(load_config(env["cfg"])).runtime
+    svc = services(env["project"])["s3"]
+    most = [0]
+    done = threading.Event()
+
+    def sample():  # the most tasks of the store not yet ended at any one time
+        while not done.is_set():
+            most[0] = max(most[0], sum(1 for t in svc.tasks() if t["Status"]["State"] not in TERMINAL))
+            time.sleep(0.05)
+
+    rt.stop("s3", wait=False)
+    assert rt.state("s3") == "STOPPING"
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        rt.start("s3")
+        poll(lambda: rt.state("s3") == "RUNNING", 120, 0.2, "the store running again")
+    finally:
+        done.set()
+        watcher.join(10)
+    assert most[0] == 1
+    up = run_cli("--json", "stack", "up", config=env["cfg"], timeout=300)
+    assert up.code == 0, up.output
 
 
 def test_data_survives_down_and_up(env):
