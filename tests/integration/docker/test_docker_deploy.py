@@ -77,6 +77,19 @@ def _proxy_execs(project: str, since: float) -> list[str]:
     return [e.get("Action", "") for e in events if e.get("Action", "").startswith("exec_")]
 
 
+def _switch_under_watch(cfg, url: str, color: str, folder: Path, project: str) -> list[str]:
+    """``switch color`` while requests run: no request fails, the proxy serves ``color`` and the volume's ``live``
+    names it; the exec actions the engine reported for the proxy meanwhile."""
+    time.sleep(1.1)  # the engine's event log has one-second resolution
+    t0 = time.time()
+    with Watcher(url) as w:
+        r = run_cli("--json", "switch", color, config=cfg, timeout=120)
+    assert r.code == 0, r.output
+    assert health(url)["color"] == color and os.readlink(folder / "live") == f"colors/{color}"
+    assert not w.errors, w.errors[:3]
+    return _proxy_execs(project, t0)
+
+
 def test_a_switch_renames_live_in_the_volume_folder_on_this_host_else_execs_in_the_proxy(env):
     """On a local engine the run volume is a folder of this host: the prepare of a color records it once it found
     there the random file it wrote through the engine, and a switch renames ``live`` in it without an exec in
@@ -95,24 +108,10 @@ def test_a_switch_renames_live_in_the_volume_folder_on_this_host_else_execs_in_t
     assert run_cli("--json", "deploy", "status", config=cfg).json["colors"][idle]["services"]["api"]["state"] \
         == "RUNNING"
 
-    time.sleep(1.1)  # the engine's event log has one-second resolution
-    t0 = time.time()
-    with Watcher(url) as w:
-        r = run_cli("--json", "switch", idle, config=cfg, timeout=120)
-    assert r.code == 0, r.output
-    assert health(url)["color"] == idle and os.readlink(folder / "live") == f"colors/{idle}"
-    assert not w.errors, w.errors[:3]
-    assert _proxy_execs(project, t0) == []
+    assert _switch_under_watch(cfg, url, idle, folder, project) == []
 
     record.unlink()
-    time.sleep(1.1)
-    t1 = time.time()
-    with Watcher(url) as w:
-        back = run_cli("--json", "switch", live, config=cfg, timeout=120)
-    assert back.code == 0, back.output
-    assert health(url)["color"] == live and os.readlink(folder / "live") == f"colors/{live}"
-    assert not w.errors, w.errors[:3]
-    assert any(a.startswith("exec_start") for a in _proxy_execs(project, t1))
+    assert any(a.startswith("exec_start") for a in _switch_under_watch(cfg, url, live, folder, project))
     assert not record.exists()
 
     up = run_cli("--json", "stack", "up", config=cfg, timeout=300)  # prepares the colors again
