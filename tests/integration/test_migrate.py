@@ -252,12 +252,13 @@ def test_a_second_runner_waits_then_names_the_lock_holder(tmp_path, database_url
         # once released, a waiting runner proceeds
         waiter = subprocess.Popen([CLI, "migrate", "deploy", "--migrations-dir", str(mdir), "--database-url", database_url],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        said = waiter.stderr.readline()  # its first word: waiting, however long its start-up took
+        assert "waiting up to 60s for the migration lock held by pid" in said
         assert waiter.poll() is None  # still waiting
         holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
         out, err = waiter.communicate(timeout=30)
-    assert waiter.returncode == 0, err
-    assert "waiting up to 60s for the migration lock held by pid" in err
+    assert waiter.returncode == 0, said + err
+    assert "applying 000_init" in err
     assert "User" in tables(database_url)
 
 
