@@ -464,7 +464,7 @@ class DockerRuntime:
             self._settle(unit)  # done: raises what the start met
         with contextlib.suppress(LookupError):  # on a unix socket: one inspect by name, no SDK import
             attrs = docker_peek.inspect(self.cfg, specs.container_name(self.cfg, unit))
-            ours = attrs is not None and (attrs.get("Config") or {}).get("Labels", {}).get(L_PROJECT) == self.cfg.project
+            ours = attrs is not None and ((attrs.get("Config") or {}).get("Labels") or {}).get(L_PROJECT) == self.cfg.project
             return container_state(attrs)[0] if ours else "ABSENT"
         c = self.find(service, color)
         return "ABSENT" if c is None else container_state(c.attrs)[0]

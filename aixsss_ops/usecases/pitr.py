@@ -310,10 +310,11 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     atomic_write_json(_journal(dep), journal, mode=0o600)
     # the objects' plan again now that the app is stopped (it wrote on while the database was restored), listed
     # while Postgres replays; applied only once the restored cluster is up
-    listing = ThreadPoolExecutor(1, thread_name_prefix="pitr-objects")
-    replanned = (listing.submit(objects.rewind_plan, dep.s3, p.objects.bucket, p.target)
-                 if p.objects is not None else None)
-    listing.shutdown(wait=False)
+    replanned = None
+    if p.objects is not None:
+        listing = ThreadPoolExecutor(1, thread_name_prefix="pitr-objects")
+        replanned = listing.submit(objects.rewind_plan, dep.s3, p.objects.bucket, p.target)
+        listing.shutdown(wait=False)  # the listing runs on; its result is read after the swap
     say(f"restarting postgres on the restored data folder; the live one is kept as {kept}")
     try:
         site.switch(stack.runtime, [(data, kept), (new, data)])
