@@ -370,6 +370,12 @@ class DockerRuntime:
         (``_post_unanswered``): the engine carries the start through whether or not anyone still listens."""
         unit = unit_name(service, color)
         self._settle(unit, raise_error=False)
+        if detach:
+            with contextlib.suppress(LookupError):  # on a unix socket: sent without the SDK
+                attrs = self._own(unit)
+                if attrs is not None and (attrs["State"].get("Status") == "running"
+                                          or docker_peek.post_unanswered(self.cfg, attrs["Id"], "start") != 404):
+                    return
         c = self._need(service, color)
         if c.status == "running":
             return
@@ -421,17 +427,23 @@ class DockerRuntime:
             raise unreachable(self.cfg, first) from None
 
     def stop(self, service: str, color: str | None = None, wait: bool = True) -> None:
-        import docker
-
         unit = unit_name(service, color)
         self._settle(unit, raise_error=False)  # stopping it anyway
+        spec = appspec.spec_of(self.cfg, service) if is_app(service) else None
+        timeout = int(spec.stop_timeout) if spec else self.cfg.docker.stop_timeout
+        if not wait:
+            with contextlib.suppress(LookupError):  # on a unix socket: sent without the SDK
+                attrs = self._own(unit)
+                if attrs is not None:
+                    docker_peek.post_unanswered(self.cfg, attrs["Id"], "stop", {"t": timeout})  # 404: gone already
+                return
+        import docker
+
         c = self.find(service, color)
         if c is None:
             if wait:
                 self._settle()
             return
-        spec = appspec.spec_of(self.cfg, service) if is_app(service) else None
-        timeout = int(spec.stop_timeout) if spec else self.cfg.docker.stop_timeout
         if not wait:
             with contextlib.suppress(docker.errors.NotFound):  # gone already
                 self._post_unanswered(c, "stop", {"t": timeout})
@@ -463,11 +475,16 @@ class DockerRuntime:
                 return "STARTING"
             self._settle(unit)  # done: raises what the start met
         with contextlib.suppress(LookupError):  # on a unix socket: one inspect by name, no SDK import
-            attrs = docker_peek.inspect(self.cfg, specs.container_name(self.cfg, unit))
-            ours = attrs is not None and ((attrs.get("Config") or {}).get("Labels") or {}).get(L_PROJECT) == self.cfg.project
-            return container_state(attrs)[0] if ours else "ABSENT"
+            attrs = self._own(unit)
+            return "ABSENT" if attrs is None else container_state(attrs)[0]
         c = self.find(service, color)
         return "ABSENT" if c is None else container_state(c.attrs)[0]
+
+    def _own(self, unit: str) -> dict | None:
+        """The inspect data of ``unit``'s container read without the SDK (containers have fixed names), None when
+        there is none or that name is another project's. ``LookupError``: ask the SDK."""
+        attrs = docker_peek.inspect(self.cfg, specs.container_name(self.cfg, unit))
+        return attrs if attrs is not None and _labels(attrs).get(L_PROJECT) == self.cfg.project else None
 
     def signal(self, service: str, sig: str, color: str | None = None) -> None:
         self._settle(unit_name(service, color))
@@ -476,17 +493,22 @@ class DockerRuntime:
     def status(self) -> list[UnitStatus]:
         out = []
         now = time.time()
-        for c in self.containers():
-            service, color = c.labels.get(L_SERVICE, "?"), c.labels.get(L_COLOR) or None
-            state, desc = container_state(c.attrs)
-            started = _parse_time(c.attrs.get("State", {}).get("StartedAt"))
+        try:  # on a unix socket: without the SDK
+            found = docker_peek.containers(self.cfg, [f"{L_PROJECT}={self.cfg.project}"])
+        except LookupError:
+            found = [c.attrs for c in self.containers()]
+        for attrs in found:
+            labels = _labels(attrs)
+            service, color = labels.get(L_SERVICE, "?"), labels.get(L_COLOR) or None
+            state, desc = container_state(attrs)
+            started = _parse_time(attrs.get("State", {}).get("StartedAt"))
             out.append(
                 UnitStatus(
                     unit=unit_name(service, color) if is_app(service) and color else service,
                     service=service,
                     color=color,
                     state=state,
-                    pid=c.attrs.get("State", {}).get("Pid") or None,
+                    pid=attrs.get("State", {}).get("Pid") or None,
                     uptime_s=int(now - started) if state == "RUNNING" and started else None,
                     description=desc,
                 )
@@ -617,6 +639,10 @@ class DockerRuntime:
         stat = json.loads(base64.b64decode(r.headers.get("X-Docker-Container-Path-Stat") or "e30="))
         target = stat.get("linkTarget") or ""
         return Path(target).name if target else None
+
+
+def _labels(attrs: dict) -> dict:
+    return (attrs.get("Config") or {}).get("Labels") or {}
 
 
 def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -127,8 +127,11 @@ def test_state_is_one_inspect_by_name_over_the_socket(env):
     rt = DockerRuntime(cfg, stack.layout)
     live = health(env["url"])["color"]
     assert rt.state("api", live) == "RUNNING" and rt.state("postgres") == "RUNNING"
+    listed = {u.unit: (u.state, u.pid) for u in rt.status()}
     assert rt._client is None  # no SDK client was made
     found = containers(project)
+    assert listed == {unit: (container_state(c.attrs)[0], c.attrs["State"]["Pid"] or None)
+                      for unit, c in found.items()}
     for unit, c in found.items():
         service, _, color = unit.partition("-") if unit.startswith(("api-", "worker-")) else (unit, "", "")
         assert rt.state(service, color or None) == container_state(c.attrs)[0], unit
@@ -224,3 +227,27 @@ def test_backup_and_restore_round_trip(env):
         time.sleep(0.5)
     assert st.code == 0, [s for s in st.json["services"] if not s["healthy"]]
     assert httpx.get(env["url"] + f"/api/ai-jobs/{job_id}", timeout=10).json()["status"] == "succeeded"
+
+
+def test_a_warm_rollback_on_a_local_engine_never_loads_the_docker_sdk(env):
+    """Everything a warm rollback asks the engine (the warm api's state, the containers of both colors, the warm
+    worker's start and the old worker's stop, both sent without waiting) goes over the unix socket without the
+    SDK, whose import alone takes longer than the switch; the engine still carries both through."""
+    cfg, url, project = env["cfg"], env["url"], env["project"]
+    if run_cli("--json", "deploy", "status", config=cfg).json["colors"].get("green") is None:
+        assert run_cli("--json", "deploy", "--version", "2.0.0", config=cfg, timeout=300).code == 0
+    live = health(url)["color"]
+    idle = "green" if live == "blue" else "blue"
+    st = run_cli("--json", "deploy", "status", config=cfg).json
+    assert st["colors"][idle]["services"]["api"]["state"] == "RUNNING"  # warm
+    assert st["colors"][idle]["services"]["worker"]["state"] != "RUNNING"
+    with Watcher(url) as w:  # -X importtime: every module the command imported, on its stderr
+        r = subprocess.run([str(REPO / ".venv/bin/python"), "-X", "importtime", "-m", "aixsss_ops", "--config",
+                            str(cfg), "--json", "rollback"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["color"] == idle, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "aixsss_ops.runtime.docker" in imported and "http.client" in imported  # the list is the command's
+    assert not imported & {"docker", "requests", "urllib3"}, sorted(imported & {"docker", "requests", "urllib3"})
+    assert health(url)["color"] == idle and not w.errors, w.errors[:3]
+    poll(lambda: containers(project)[f"worker-{idle}"].status == "running", 60, 0.2, f"worker-{idle} running")
+    poll(lambda: containers(project)[f"worker-{live}"].status == "exited", 90, 0.2, f"worker-{live} stopped")
