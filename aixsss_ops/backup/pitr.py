@@ -9,11 +9,15 @@ machine for the local runtime; ``ContainerSite``: an exec in the Postgres contai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath, PurePosixPath
@@ -189,6 +193,28 @@ def wal_after(files: list[WalFile], start_segment: str) -> list[WalFile]:
     return [w for w in files if w.segment[8:] >= start_segment[8:]]
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to the process group ``proc`` leads, then wait (at most 10 s) until none of it is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which write nothing, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def _stop_postgres(runtime, strict: bool) -> None:
     try:
         runtime.stop("postgres")
@@ -215,15 +241,40 @@ class HostSite:
     def command(self, *args: str) -> list[str]:
         return self.arch.command(*args)
 
-    def run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+    abortable = True  # ``run`` takes an ``abort`` event
+
+    def run(self, args: tuple[str, ...], timeout: float,
+            abort: threading.Event | None = None) -> subprocess.CompletedProcess:
+        """pgBackRest ``args``; with ``abort``, the command is killed as soon as that event is set (an OpsError)."""
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         if self.password:
             env["PGPASSWORD"] = self.password
-        try:  # pgBackRest dies with this process: a killed restore leaves no writer behind in its folder
-            return self.cluster._run_as(self.arch.command(*args), env=env, timeout=timeout,
-                                        preexec_fn=die_with_parent)
-        except subprocess.TimeoutExpired:
-            raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
+        argv = self.arch.command(*args)
+        if abort is None:
+            try:  # pgBackRest dies with this process: a killed restore leaves no writer behind in its folder
+                return self.cluster._run_as(argv, env=env, timeout=timeout, preexec_fn=die_with_parent)
+            except subprocess.TimeoutExpired:
+                raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
+        acct = os_account(self.cluster.os_user)
+        kw = {"user": acct.pw_uid, "group": acct.pw_gid, "extra_groups": []} if acct else {}
+        # as above, pgBackRest dies with this process; and in a process group of its own: stopping it stops
+        # pgBackRest's worker processes too, before the caller removes the folder they write into
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=die_with_parent, start_new_session=True, **kw)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    out, err = proc.communicate(timeout=0.1)
+                    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+                except subprocess.TimeoutExpired:
+                    if abort.is_set():
+                        raise OpsError(f"pgbackrest {args[0]} stopped") from None
+                    if time.monotonic() > deadline:
+                        raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
 
     def config_problem(self) -> str | None:
         return None if self.arch.config.exists() else f"no pgBackRest config at {self.arch.config}"
@@ -299,6 +350,8 @@ class ContainerSite:
         r = self.runtime.exec("postgres", argv, timeout=timeout)
         return subprocess.CompletedProcess(argv, r.returncode, (r.stdout or b"").decode("utf-8", "replace"),
                                            (r.stderr or b"").decode("utf-8", "replace"))
+
+    abortable = False  # an exec'd command is not stopped through its client: ``run`` takes no ``abort`` event
 
     def run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
         argv = self.command(*args)
@@ -404,8 +457,10 @@ class Engine:
         self.site = site
         self.stanza = site.stanza
 
-    def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        r = self.site.run(args, timeout)
+    def run(self, *args: str, timeout: float = 600, check: bool = True,
+            abort: threading.Event | None = None) -> subprocess.CompletedProcess:
+        """``abort``: an event that stops the command when set (only where ``site.abortable``)."""
+        r = self.site.run(args, timeout, abort) if abort is not None else self.site.run(args, timeout)
         if check and r.returncode != 0:
             lines = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]
             raise OpsError(f"pgbackrest {args[0]} failed (exit {r.returncode}): "
@@ -436,10 +491,11 @@ class Engine:
         r = self.run("repo-ls", "--recurse", "--output=json", f"archive/{self.stanza}/{archive_id}", timeout=120)
         return parse_repo_ls(r.stdout)
 
-    def restore(self, into: PurePath, label: str, target: datetime, timeline: int | None) -> None:
-        """Restore base backup ``label`` into the empty folder ``into`` with replay up to ``target``, then promote.
-        The restore_command points at the stack's own config (pg1-path = the live data folder this one will
-        replace)."""
+    def restore(self, into: PurePath, label: str, target: datetime, timeline: int | None,
+                abort: threading.Event | None = None) -> None:
+        """Restore base backup ``label`` into the empty folder ``into`` with replay up to ``target``, then promote
+        (``abort``: stops it when set, where the site can). The restore_command points at the stack's own config
+        (pg1-path = the live data folder this one will replace)."""
         get = " ".join([*self.site.command(), "archive-get", "%f", '"%p"'])
         # pgBackRest's restore empties the stanza's archive spool (old acknowledgements must not make a new cluster
         # skip archiving): the live cluster's, whose archive-push then waits out archive-timeout (60 s) for an
@@ -449,7 +505,7 @@ class Engine:
                  "--type=time",
                  f"--target={target.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00",
                  "--target-action=promote", f"--target-timeline={timeline or 'current'}",
-                 f"--recovery-option=restore_command={get}", timeout=24 * 3600)
+                 f"--recovery-option=restore_command={get}", timeout=24 * 3600, abort=abort)
 
 
 def repo_bucket(cfg: OpsConfig) -> tuple[Any, str] | None:

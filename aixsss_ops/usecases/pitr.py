@@ -9,6 +9,7 @@ the data folders are; everything here is the same for both.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -194,43 +195,66 @@ def _marker(dep: Deployment) -> bool:
         return False
 
 
-def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: datetime | None = None) -> PitrPlan:
-    eng = eng or engine(dep)
-    now = now or datetime.now(UTC)
+def _start(dep: Deployment, target_text: str, eng: Engine, now: datetime) -> tuple[datetime, Info, BaseBackup]:
+    """The target and the base backup it needs, from ``pgbackrest info`` alone (no WAL read yet): a T in the future,
+    before the oldest base backup or with none is refused."""
     target = engine_mod.parse_target(target_text, now)
     info = eng.info()
     if not info.exists or not info.backups:
         raise UsageError(f"{iso(target)} is outside the point-in-time recovery window (empty: no base backup yet)",
                          hint="take one: `aixsss-ops backup base`")
-    warnings = []
     if target > now:
         raise UsageError(f"{iso(target)} is in the future; the window is "
                          f"{engine_mod.window(info, now).text()}")
-    chosen = engine_mod.choose_backup(info, target)  # refuses T before the oldest base backup, window in the message
+    return target, info, engine_mod.choose_backup(info, target)  # refuses T before the oldest base backup
+
+
+@dataclass
+class _Archived:
+    files: list[engine_mod.WalFile]
+    timelines: dict[int, datetime]
+    window: Window
+    warnings: list[str]
+
+
+def _archived(dep: Deployment, eng: Engine, info: Info, target: datetime) -> _Archived:
+    """The WAL switched and archived (everything committed up to now is in the repository), then the archive
+    listed: the window's end, the timelines; a T past the end is refused."""
+    warnings = []
     if _marker(dep):
-        eng.check()  # WAL switched and archived: everything committed up to now is in the repository
+        eng.check()
     else:
         warnings.append("the live database does not answer: WAL not yet archived cannot be replayed")
     files, timelines = eng.wal_files(info.archive_id)
-    newest = engine_mod.newest_wal(files)
-    win = engine_mod.window(info, newest)
+    win = engine_mod.window(info, engine_mod.newest_wal(files))
     if win.end is not None and target > win.end + timedelta(seconds=1):  # repository times are whole seconds
         raise UsageError(f"{iso(target)} is outside the point-in-time recovery window ({win.text()})")
-    replay = engine_mod.wal_after(files, chosen.wal_start)
-    obj_plan = None
-    has_store = True
+    return _Archived(files, timelines, win, warnings)
+
+
+def _objects_at(dep: Deployment, target: datetime) -> tuple[objects.ObjectPlan | None, str | None]:
+    """What rewinds the bucket to ``target`` (None and why: the store does not answer); versions of T that no
+    longer exist are refused (CheckFailed)."""
     try:
         _snap, obj_plan = objects.rewind_plan(dep.s3, dep.bucket, target)
     except OpsError as e:
-        has_store = False
-        warnings.append(f"objects not rewound: {e.message}")
-    if obj_plan is not None and obj_plan.missing:  # before anything changes, not after the database is replaced
+        return None, f"objects not rewound: {e.message}"
+    if obj_plan.missing:
         raise CheckFailed(f"{len(obj_plan.missing)} object version(s) of {iso(target)} no longer exist in "
                           f"{obj_plan.bucket} (expired?), e.g. "
                           + ", ".join(f"{m['key']}@{m['version_id']}" for m in obj_plan.missing[:3]),
                           hint="check the bucket's lifecycle rule against backup.pitr_retention_days (doctor)")
-    tl = engine_mod.timeline_at(timelines, target)
-    p = PitrPlan(target, chosen, tl, win, len(replay), sum(w.size for w in replay), obj_plan, warnings=warnings)
+    return obj_plan, None
+
+
+def _assemble(target: datetime, chosen: BaseBackup, arch: _Archived,
+              objs: tuple[objects.ObjectPlan | None, str | None]) -> PitrPlan:
+    obj_plan, obj_warning = objs
+    replay = engine_mod.wal_after(arch.files, chosen.wal_start)
+    tl = engine_mod.timeline_at(arch.timelines, target)
+    warnings = arch.warnings + ([obj_warning] if obj_warning else [])
+    p = PitrPlan(target, chosen, tl, arch.window, len(replay), sum(w.size for w in replay), obj_plan,
+                 warnings=warnings)
     p.steps = [
         f"restore base backup {chosen.label} ({chosen.type}, consistent at {iso(chosen.stopped)}) into a new data "
         f"folder, replaying at most {len(replay)} archived WAL segment(s) to {iso(target)}"
@@ -241,11 +265,40 @@ def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: date
     if obj_plan is not None:
         p.steps.append(f"rewind bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made "
                        f"current, {len(obj_plan.hide)} delete marker(s), {obj_plan.unchanged} unchanged")
-    elif not has_store:
+    elif obj_warning:
         p.steps.append("objects: skipped (the store does not answer)")
     p.steps.append("re-encrypt provider keys the current key cannot read (with API_KEY_ENCRYPTION_KEY_PREVIOUS), "
                    "start the app again")
     return p
+
+
+def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: datetime | None = None) -> PitrPlan:
+    """What ``restore --to-time`` would do (``--dry-run``). The object listing runs beside the WAL switch check."""
+    eng = eng or engine(dep)
+    now = now or datetime.now(UTC)
+    target, info, chosen = _start(dep, target_text, eng, now)
+    with ThreadPoolExecutor(1, thread_name_prefix="pitr-objects") as pool:
+        objs = pool.submit(_objects_at, dep, target)
+        arch = _archived(dep, eng, info, target)
+        return _assemble(target, chosen, arch, objs.result())
+
+
+def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Callable[[], Any]]) -> list[Any]:
+    """``restore(abort)`` with ``checks`` running beside it, each in a thread of its own. The first check to fail
+    sets ``abort`` (the restore stops) and its error is raised once the restore has returned; a restore that fails
+    by itself raises its own error. Else the checks' results, in order."""
+    abort = threading.Event()
+    pool = ThreadPoolExecutor(len(checks), thread_name_prefix="pitr-check")
+    futures = [pool.submit(c) for c in checks]
+    pool.shutdown(wait=False)  # the checks run on; their results are read below
+    for f in futures:
+        f.add_done_callback(lambda f: f.exception() is not None and abort.set())
+    try:
+        restore(abort)
+    except Exception:
+        if not abort.is_set():
+            raise
+    return [f.result() for f in futures]
 
 
 def _recovery_point(dep: Deployment) -> tuple[datetime | None, bool]:
@@ -263,7 +316,7 @@ def _recovery_point(dep: Deployment) -> tuple[datetime | None, bool]:
         except OpsError:
             return None
 
-    got = poll_until(promoted, RECOVERY_TIMEOUT, interval=0.2)
+    got = poll_until(promoted, RECOVERY_TIMEOUT, interval=0.05)
     if got is None:
         raise OpsError("the restored cluster did not finish recovery",
                        hint=f"see `aixsss-ops stack logs postgres`; the previous data folder is kept in "
@@ -276,21 +329,46 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     """``restore --to-time T``: the database and the objects as they were at T."""
     eng = engine(dep)
     recover_interrupted(dep, eng, say)
-    p = plan(dep, target_text, eng)
     if dry_run:
-        return {"dry_run": True, "plan": p.to_dict()}
+        return {"dry_run": True, "plan": plan(dep, target_text, eng).to_dict()}
     site = eng.site
     data = site.data
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
     new = data.parent / f"data.pitr-{stamp}.partial"
     kept = data.parent / f"data.pre_pitr_{stamp}"
-    journal = {"target": iso(p.target), "new": str(new), "kept": str(kept), "stopped": []}
+    if site.abortable:
+        # pgBackRest restores the base backup while the WAL switch check and the object listing run: the restore
+        # reads no WAL (Postgres fetches it when it starts on the folder, after both have passed), and the first of
+        # them to fail stops it; the timeline comes from the archive as listed before the switch (a history file
+        # archived by T is in it), and the restore is made again should the listing after the switch differ
+        target, info, chosen = _start(dep, target_text, eng, now)
+        timeline = engine_mod.timeline_at(eng.wal_files(info.archive_id)[1], target)
+    else:
+        p = plan(dep, target_text, eng, now)
+        target, chosen, timeline = p.target, p.backup, p.timeline
+    journal = {"target": iso(target), "new": str(new), "kept": str(kept), "stopped": []}
     _journal(dep).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(_journal(dep), journal, mode=0o600)
     site.mkdir(new)
-    say(f"pgbackrest restore of {p.backup.label} into {new.name} (target {iso(p.target)})")
+    say(f"pgbackrest restore of {chosen.label} into {new.name} (target {iso(target)})")
     started = datetime.now(UTC)
-    eng.restore(new, p.backup.label, p.target, p.timeline)
+    if site.abortable:
+        try:
+            arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
+                                          [lambda: _archived(dep, eng, info, target), lambda: _objects_at(dep, target)])
+        except Exception:
+            site.rmtree(new)  # the live cluster was not touched
+            _journal(dep).unlink(missing_ok=True)
+            raise
+        p = _assemble(target, chosen, arch, objs)
+        if p.timeline != timeline:
+            say(f"timeline {p.timeline} was live at {iso(target)}: restoring again on it")
+            site.rmtree(new)
+            site.mkdir(new)
+            eng.restore(new, chosen.label, target, p.timeline)
+    else:
+        eng.restore(new, chosen.label, target, timeline)
 
     from aixsss_ops.runtime.base import is_app, wait_stopped
 

@@ -210,3 +210,82 @@ def test_an_s3_repository_on_the_embedded_store_goes_through_its_tls_port(tmp_pa
     pgbackrest_repo.ensure_tls(cfg, lay)
     assert files["cert"].read_bytes() == first  # kept while valid for this host
     assert local_specs.s3_tls_port(_cfg(tmp_path, pitr=True)) is None  # a local repository: no TLS port
+
+
+def test_the_wal_check_and_the_object_listing_run_while_pgbackrest_restores():
+    """restore --to-time: the checks run beside the restore (which reads no WAL), not before it."""
+    import threading
+
+    from aixsss_ops.usecases.pitr import _while_restoring
+
+    checking = threading.Event()
+    seen = {}
+
+    def check():
+        checking.set()
+        return "archived"
+
+    def restore(abort):
+        seen["during"] = checking.wait(5)  # sequential checks would only start after this returns
+
+    assert _while_restoring(restore, [check, lambda: "objects"]) == ["archived", "objects"]
+    assert seen["during"]
+
+
+def test_a_failing_check_stops_the_restore_and_is_raised():
+    import threading
+
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases.pitr import _while_restoring
+
+    seen = {}
+
+    def check():
+        raise UsageError("outside the point-in-time recovery window")
+
+    def restore(abort: threading.Event):
+        seen["aborted"] = abort.wait(5)
+        if seen["aborted"]:
+            raise OpsError("pgbackrest restore stopped")
+
+    with pytest.raises(UsageError, match="outside the point-in-time recovery window"):
+        _while_restoring(restore, [check, lambda: "objects"])
+    assert seen["aborted"]
+
+    def failing_restore(abort):
+        raise OpsError("pgbackrest restore failed (exit 41)")
+
+    with pytest.raises(OpsError, match="exit 41"):  # a restore that fails by itself: its own error
+        _while_restoring(failing_restore, [lambda: "archived"])
+
+
+def test_an_aborted_pgbackrest_command_stops_with_its_worker_processes():
+    """HostSite.run with ``abort``: the command and the processes it started are gone before it raises (the caller
+    then removes the folder they wrote into)."""
+    import getpass
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from aixsss_ops.errors import OpsError
+
+    marker = f"30.{time.monotonic_ns()}"  # a duration no other sleep has: the child's command line
+    cluster = SimpleNamespace(os_user=getpass.getuser(), datadir=Path("/nonexistent"))
+    arch = SimpleNamespace(stanza="aixsss", root=Path("/nonexistent"),
+                           command=lambda *a: ["sh", "-c", f"sleep {marker} & wait"])
+    site = pitr.HostSite(cluster, arch, None)
+    abort = threading.Event()
+    threading.Timer(0.3, abort.set).start()
+    t = time.monotonic()
+    with pytest.raises(OpsError, match="stopped"):
+        site.run(("restore",), 60, abort)
+    assert time.monotonic() - t < 5
+    left = []
+    for p in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            alive = p.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            if alive and marker.encode() in (p.parent / "cmdline").read_bytes():
+                left.append(p.parent.name)
+        except OSError:
+            pass
+    assert not left, left
