@@ -387,9 +387,12 @@ class Engine:
             # compare-and-set: only rows still in the version that was read (and sealed) are written. Any later
             # version has another xmin: its writer committed after our read, so it cannot be the transaction that
             # wrote the version read; a concurrent update is re-checked on the newest version (EvalPlanQual) and
-            # skipped. The id range lets the planner join by a range scan instead of one index probe per row.
-            cur.execute(f'UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" AND p.xmin = t."x" '
-                        f'AND p."id" >= %s AND p."id" <= %s', (c.first_update, c.last_update))
-            xid = str(cur.execute("SELECT txid_current() % 4294967296").fetchone()[0]) if cur.rowcount else None
+            # skipped. The id range lets the planner join by a range scan instead of one index probe per row. The same
+            # round trip returns the transaction's xid when a row was written (the UPDATE's own xid then).
+            xid = cur.execute(
+                f'WITH u AS (UPDATE "{TABLE}" p SET {sets} FROM "{_TMP}" t WHERE p."id" = t."id" AND p.xmin = t."x" '
+                f'AND p."id" >= %s AND p."id" <= %s RETURNING 1) '
+                'SELECT CASE WHEN count(*) > 0 THEN txid_current() %% 4294967296 END FROM u',
+                (c.first_update, c.last_update)).fetchone()[0]
         conn.commit()
-        return xid
+        return None if xid is None else str(xid)

@@ -152,17 +152,16 @@ def reseal_all(data: bytes, src: int, dst: int, nkeys: int) -> Chunk | None:
     ivs = os.urandom(12 * len(COLUMNS) * n)  # fresh random IVs, one read for the chunk
     out: list[bytes] = []
     add = out.append
+    width = 2 + len(COLUMNS)  # id, xmin, the values
+    cols = range(2, width)
     j = 0
     try:
         for ln in lines:
-            rid, xmin, *values = ln.split(b"\t")
-            if len(values) != len(COLUMNS):
+            f = ln.split(b"\t")  # each value is replaced by its new one in place; id and xmin stay
+            if len(f) != width:
                 return None
-            add(rid)
-            add(b"\t")
-            add(xmin)
-            for value in values:
-                iv, tag, ct = value.split(b".")
+            for i in cols:
+                iv, tag, ct = f[i].split(b".")
                 iv, tag = a2b(iv, strict_mode=True), a2b(tag, strict_mode=True)
                 if len(iv) != 12 or len(tag) != 16:
                     return None
@@ -172,12 +171,12 @@ def reseal_all(data: bytes, src: int, dst: int, nkeys: int) -> Chunk | None:
                 s = enc(niv, plain, None)
                 if vdec(niv, s, None) != plain:
                     return None
-                add(b"\t")
-                add(b".".join((b2a(niv, newline=False), b2a(s[-16:], newline=False), b2a(s[:-16], newline=False))))
-            add(b"\n")
+                f[i] = b".".join((b2a(niv, newline=False), b2a(s[-16:], newline=False), b2a(s[:-16], newline=False)))
+            add(b"\t".join(f))
     except (ValueError, _INVALID_TAG[0]):  # a wrong number of parts or fields, bad base64, another key
         return None
-    update = b"".join(out)
+    add(b"")  # the last line's newline
+    update = b"\n".join(out)
     try:
         first = update[:update.index(b"\n")].split(b"\t")[2].decode("ascii")
         if open_value(dst, first) != open_value(src, lines[0].split(b"\t")[2].decode("ascii")):

@@ -68,3 +68,31 @@ def test_the_verification_after_a_pass_counts_what_it_wrote_and_decrypts_the_res
         assert res.by_key == [1, clean.values - 2] and res.neither == 1 and res.malformed == 0
         assert sorted(res.straggler_ids) == ["p000007", "p000301"]
         assert [(e.row_id, e.column) for e in res.errors] == [("p000301", "videoApiKeyEncrypted")]
+
+
+def test_a_batch_returns_its_xid_only_when_its_compare_and_set_wrote_a_row(dep):
+    """``Engine._write`` returns, from the UPDATE's own round trip, the xid of the batch's transaction (the xmin of
+    the row versions it wrote), or None when every row changed after it was read (nothing written)."""
+    from aixsss_ops.keys import engine
+    from aixsss_ops.keys.pool import verify_update
+
+    insert_profiles(dep, OLD, 10)
+    old, new = crypto.derive_key(OLD), crypto.derive_key(crypto.generate_key())
+    with engine.Engine(parse_database_url(dep.database_url), [old, new], batch=100) as eng:
+        assert eng.scan((0, 1), reseal=(0, 1)).bad == 0
+        stale = eng.memo[0]
+        conn = eng._conn()
+
+        def verified(c):  # the check's sealed values opened with the new key, as reencrypt does before a write
+            return eng.pool.submit(verify_update, c.update, 1) if c.unverified else None
+
+        try:
+            with dep.connect() as c:  # every row gets a new version after the read
+                c.execute('UPDATE "AIProfile" SET "name" = "name"')
+            assert eng._write(conn, stale, verified(stale)) is None
+            assert eng.scan((0, 1), reseal=(0, 1)).by_key[0] > 0
+            xid = eng._write(conn, eng.memo[0], verified(eng.memo[0]))
+            with dep.connect() as c:
+                assert {r[0] for r in c.execute('SELECT xmin::text FROM "AIProfile"')} == {xid}
+        finally:
+            conn.close()
