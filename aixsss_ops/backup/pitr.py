@@ -255,12 +255,10 @@ class HostSite:
                 return self.cluster._run_as(argv, env=env, timeout=timeout, preexec_fn=die_with_parent)
             except subprocess.TimeoutExpired:
                 raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
-        acct = os_account(self.cluster.os_user)
-        kw = {"user": acct.pw_uid, "group": acct.pw_gid, "extra_groups": []} if acct else {}
         # as above, pgBackRest dies with this process; and in a process group of its own: stopping it stops
         # pgBackRest's worker processes too, before the caller removes the folder they write into
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                preexec_fn=die_with_parent, start_new_session=True, **kw)
+                                preexec_fn=die_with_parent, start_new_session=True, **self.cluster.as_account())
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -47,10 +47,13 @@ class Cluster:
     def initialized(self) -> bool:
         return (self.datadir / "PG_VERSION").exists()
 
-    def _run_as(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+    def as_account(self) -> dict:
+        """The ``subprocess`` arguments that run a command as the cluster's account (none when we are not root)."""
         acct = os_account(self.os_user)
-        kwargs = {"user": acct.pw_uid, "group": acct.pw_gid, "extra_groups": []} if acct else {}
-        return subprocess.run(argv, capture_output=True, text=True, **kwargs, **kw)
+        return {"user": acct.pw_uid, "group": acct.pw_gid, "extra_groups": []} if acct else {}
+
+    def _run_as(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, **self.as_account(), **kw)
 
     def init(self, superuser: str, password: str) -> None:
         """``initdb`` with scram auth over TCP only; idempotent."""

@@ -270,7 +270,9 @@ def test_an_aborted_pgbackrest_command_stops_with_its_worker_processes():
     from aixsss_ops.errors import OpsError
 
     marker = f"30.{time.monotonic_ns()}"  # a duration no other sleep has: the child's command line
-    cluster = SimpleNamespace(os_user=getpass.getuser(), datadir=Path("/nonexistent"))
+    from aixsss_ops.runtime.pg_cluster import Cluster
+
+    cluster = Cluster(Path("/nonexistent"), 5432, "127.0.0.1", getpass.getuser())
     arch = SimpleNamespace(stanza="aixsss", root=Path("/nonexistent"),
                            command=lambda *a: ["sh", "-c", f"sleep {marker} & wait"])
     site = pitr.HostSite(cluster, arch, None)
