@@ -91,7 +91,22 @@ class Runtime(Protocol):
 
 def wait_stopped(rt: Runtime, units: list[tuple[str, str | None]], timeout: float) -> bool:
     """True once every unit is stopped, False after ``timeout`` seconds."""
-    return not units or bool(poll_until(lambda: all(rt.state(s, c) in STOPPED_STATES for s, c in units), timeout))
+    return not not_stopped(rt, units, timeout)
+
+
+def not_stopped(rt: Runtime, units: list[tuple[str, str | None]], timeout: float) -> list[tuple[str, str | None]]:
+    """Wait until every unit is stopped, at most ``timeout`` seconds; the units still not stopped then (empty once
+    every one is)."""
+    left = list(units)
+    if not units:
+        return left
+
+    def check() -> bool:
+        left[:] = [(s, c) for s, c in units if rt.state(s, c) not in STOPPED_STATES]
+        return not left
+
+    poll_until(check, timeout)
+    return left
 
 
 def api_port(cfg: OpsConfig, color: str) -> int:

@@ -26,6 +26,7 @@ from aixsss_ops.runtime.base import (
     Runtime,
     api_port,
     is_app,
+    not_stopped,
     unit_name,
     wait_stopped,
 )
@@ -327,20 +328,31 @@ class Stack:
 
     # -- down --
     def down(self, progress: Progress | None = None) -> StackReport:
-        """Stop everything, the app first and Postgres last; data is kept."""
+        """Stop everything, the app first and Postgres last; data is kept. A unit still not stopped when its wait
+        ends does not stop the later groups; it keeps the engine up (the engine holds it) and ends the run in an
+        error naming it, once what did stop has been said."""
         say = progress or (lambda _m: None)
         if not self._engine_running():
             return StackReport(str(self.layout.root), self.url, None, [], ["stack was not running"])
         running = [(u.service, u.color) for u in self.runtime.status() if u.state not in STOPPED_STATES]
         actions: list[str] = []
+        stuck: list[str] = []
+        wait = self.cfg.supervisor.stop_timeout + 30
         workers = tuple({s for s, _c in running if is_app(s) and s != appspec.API})  # drained before the api
         for group in (workers, (appspec.API,), *INFRA_STOP_ORDER):
             units = [(s, c) for s, c in running if s in group]
             for s, c in units:
                 say(f"stopping {unit_name(s, c)}")
                 self.runtime.stop(s, c, wait=False)
-            wait_stopped(self.runtime, units, self.cfg.supervisor.stop_timeout + 30)
-            actions += [f"stopped {unit_name(s, c)}" for s, c in units]
+            left = not_stopped(self.runtime, units, wait)
+            actions += [f"stopped {unit_name(s, c)}" for s, c in units if (s, c) not in left]
+            stuck += [unit_name(s, c) for s, c in left]
+        if stuck:
+            say("; ".join(actions) or "nothing stopped")
+            raise OpsError(f"{', '.join(stuck)} did not stop within {wait:.0f}s; the engine running the stack is "
+                           "left up (it still holds what did not stop)",
+                           hint="see `aixsss-ops stack status` (and `aixsss-ops stack logs UNIT`), then rerun "
+                                "`aixsss-ops stack down`")
         actions += self._engine_down()
         return StackReport(str(self.layout.root), self.url, None, [], actions or ["stack was not running"])
 
