@@ -291,3 +291,125 @@ def test_an_aborted_pgbackrest_command_stops_with_its_worker_processes():
         except OSError:
             pass
     assert not left, left
+
+
+def _listing(history_at: datetime | None = None) -> tuple[list[pitr.WalFile], dict[int, datetime]]:
+    """A repo-ls of the archive: one segment archived at NOW, and timeline 2's history file when ``history_at``."""
+    ls = {"0000000100000000/000000010000000000000007-aa.lz4": {"type": "file", "size": 100, "time": _epoch(NOW)}}
+    if history_at is not None:
+        ls["00000002.history"] = {"type": "file", "size": 42, "time": _epoch(history_at)}
+    return pitr.parse_repo_ls(json.dumps(ls))
+
+
+class _Site:
+    """The local runtime's site (``abortable``) on folders of tmp_path; what it did, in order, in ``log``."""
+
+    abortable = True
+
+    def __init__(self, data: Path):
+        self.data = data
+        self.log: list[tuple] = []
+
+    def mkdir(self, path: Path) -> None:
+        path.mkdir(mode=0o700)
+        self.log.append(("mkdir", path.name))
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+    def rmtree(self, path: Path) -> None:
+        import shutil
+
+        shutil.rmtree(path)
+        self.log.append(("rmtree", path.name))
+
+    def switch(self, runtime, moves, strict: bool = True) -> None:
+        for a, b in moves:
+            a.rename(b)
+
+    def settle(self, runtime, kept: Path) -> list[str]:
+        return []
+
+
+class _Engine:
+    """pgBackRest stand-in: ``wal_files`` answers each listing in turn; ``restore`` writes the timeline it was given
+    into its folder, which must be empty (as pgBackRest's restore requires)."""
+
+    stanza = "aixsss"
+
+    def __init__(self, site: _Site, journal: Path, listings: list):
+        self.site, self.journal, self.listings = site, journal, listings
+        self.restores: list[tuple[int | None, bool]] = []
+
+    def info(self) -> pitr.Info:
+        return pitr.parse_info(json.dumps(INFO), "aixsss")
+
+    def check(self) -> None:
+        pass
+
+    def wal_files(self, archive_id: str | None):
+        return self.listings.pop(0)
+
+    def restore(self, into: Path, label: str, target: datetime, timeline: int | None, abort=None) -> None:
+        assert label == "20261206-100000F_20261206-110000I"  # the incr: the newest base backup ending before T
+        assert list(into.iterdir()) == []
+        assert json.loads(self.journal.read_text())["new"] == str(into)  # an interrupted restore is undone
+        (into / "restored_on").write_text(str(timeline))
+        self.restores.append((timeline, abort is not None))
+        self.site.log.append(("restore", timeline))
+
+
+@pytest.mark.parametrize(("before", "after", "restored"), [
+    (None, NOW - timedelta(minutes=40), [None, 2]),  # timeline 2 begun before T, listed only after the switch
+    (NOW - timedelta(minutes=40), NOW - timedelta(minutes=40), [2]),  # listed both times: one restore
+    (None, NOW - timedelta(minutes=10), [None]),  # timeline 2 begun after T: not the one live at T
+])
+def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_path: Path, monkeypatch,
+                                                                          before, after, restored):
+    """restore --to-time on the local runtime: pgBackRest restores on the timeline of the listing made before the
+    WAL switch; when the listing after it names another timeline live at T, the partial folder is made anew and
+    restored again on that one."""
+    from types import SimpleNamespace
+
+    from aixsss_ops.usecases import pitr as uc
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return NOW
+
+    data = tmp_path / "pg" / "data"
+    data.mkdir(parents=True)
+    (data / "live").write_text("before the restore")
+    dep = SimpleNamespace(layout=SimpleNamespace(pg_data=data),
+                          cfg=SimpleNamespace(supervisor=SimpleNamespace(stop_timeout=1)))
+    site = _Site(data)
+    eng = _Engine(site, tmp_path / "pg" / "pitr-restore.json", [_listing(before), _listing(after)])
+    runtime = SimpleNamespace(status=lambda: [], state=lambda *a: "RUNNING", start=lambda *a: None)
+    monkeypatch.setattr(uc, "datetime", Clock)
+    monkeypatch.setattr(uc, "engine", lambda _dep: eng)
+    monkeypatch.setattr(uc, "_marker", lambda _dep: True)
+    monkeypatch.setattr(uc, "_objects_at", lambda _dep, _t: (None, None))
+    monkeypatch.setattr(uc, "_stack", lambda _dep: SimpleNamespace(runtime=runtime))
+    monkeypatch.setattr(uc, "_recovery_point", lambda _dep: (NOW - timedelta(minutes=31), True))
+    monkeypatch.setattr(uc, "_rekey", lambda _dep, _w: None)
+    said: list[str] = []
+
+    res = uc.restore_to_time(dep, "-30m", say=said.append)
+
+    assert [tl for tl, _abortable in eng.restores] == restored
+    assert eng.restores[0][1]  # the first restore stops when a check beside it fails
+    partial = "data.pitr-20261206T120000Z.partial"
+    again = "timeline 2 was live at 2026-12-06T11:30:00.000000Z: restoring again on it"
+    if len(restored) == 2:
+        assert site.log == [("mkdir", partial), ("restore", None), ("rmtree", partial), ("mkdir", partial),
+                            ("restore", 2)]
+        assert again in said
+    else:
+        assert site.log == [("mkdir", partial), ("restore", restored[0])]
+        assert not [m for m in said if "restoring again" in m]
+    assert res["timeline"] == restored[-1]
+    assert [p.name for p in data.iterdir()] == ["restored_on"]  # the last restore's folder is the live one
+    assert (data / "restored_on").read_text() == str(restored[-1])
+    assert (data.parent / "data.pre_pitr_20261206T120000Z" / "live").exists()
+    assert not (data.parent / partial).exists() and not (data.parent / "pitr-restore.json").exists()
