@@ -9,8 +9,10 @@ Re-encryption works in batches, each one transaction: ``COPY`` the batch's rows 
 read, the new values) into a temp table, then one compare-and-set ``UPDATE … FROM`` that writes a row only where it
 is still the version read. The UPDATE takes the row locks itself (no separate ``SELECT … FOR UPDATE`` round
 trip); a row changed concurrently is simply not written by that batch, and the verification that follows finds
-it and re-encrypts it in a later pass. A value already decrypting with the target key is left alone (the GCM tag
-tells), which makes every pass idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
+it and re-encrypts it in a later pass. A check that seals ahead can also write its batches ahead (``staging``): on
+the writer connections, one open transaction each, committed by the pass that follows, rolled back if the check
+fails. A value already decrypting with the target key is left alone (the GCM tag tells), which makes every pass
+idempotent and resumable: a killed batch rolls back whole and the next run redoes it.
 
 Every new value is opened again with the target key before it can be written: by the worker that sealed it (in the
 tight loop for plain rows, the sealed bytes are opened, and the stored text of one value per chunk is parsed back
@@ -41,6 +43,7 @@ from aixsss_ops.keys.model import (
 )
 from aixsss_ops.keys.pool import classify_chunk, init_worker, verify_update
 from aixsss_ops.keys.ranges import copy_out, count_written, groups, read_bounds, read_range
+from aixsss_ops.keys.staging import Staging
 
 BATCH = 2500
 MEMO_ROWS = 250_000  # rows whose new values a check may keep for the rotation that follows (~100 MB at most)
@@ -83,6 +86,7 @@ class Engine:
         self.batch = batch
         self.workers = workers or default_workers()
         self._writers: Future | None = None  # writer connections a check opens ahead for the next reencrypt
+        self._staging: Staging | None = None  # the memo's batches a check wrote ahead, uncommitted (scan's stage)
         import multiprocessing
 
         # fork before any database connection exists in this process; the children run crypto and read ranges
@@ -99,9 +103,18 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        self.unstage()
         self.pool.shutdown(wait=True, cancel_futures=True)
         for conn in self._take_writers():
             conn.close()
+
+    def unstage(self) -> None:
+        """Rolls back what a check wrote ahead (its row locks end); its connections go to the next reencrypt."""
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            staging.rollback()
+            self._writers = Future()
+            self._writers.set_result(staging.conns)
 
     def _take_writers(self) -> list:
         pre, self._writers = self._writers, None
@@ -135,14 +148,18 @@ class Engine:
 
     # -- read-only scan --------------------------------------------------------------------------------
     def scan(self, order: Sequence[int], progress: Callable[[int], None] | None = None,
-             ids: Iterable[str] | None = None, reseal: tuple[int, int] | None = None) -> ScanResult:
+             ids: Iterable[str] | None = None, reseal: tuple[int, int] | None = None,
+             stage: bool = False) -> ScanResult:
         """Whose key every stored value is, trying the keys in ``order``; one snapshot, no locks.
 
         With ``reseal=(src, dst)`` the crypto of the next ``reencrypt(src, dst)`` is done here too (up to
         MEMO_ROWS rows): it only writes what is unchanged by then, so a check that runs while nothing is written yet
-        takes the crypto off the batches."""
+        takes the crypto off the batches. With ``stage`` as well, the batches of that memo are also written while
+        the scan goes on, uncommitted (``staging``): the next ``reencrypt(src, dst)`` commits them; a scan that finds
+        values of neither key, or fails, rolls them back, and so does ``unstage``."""
         order = list(order)
         total = ScanResult(by_key=[0] * self.nkeys)
+        self.unstage()
         self.memo, self.memo_pair, self.memo_full = [], None, False
         if reseal is not None:
             reseal = tuple(reseal)
@@ -161,12 +178,17 @@ class Engine:
             if ids is not None:
                 self._scan_rows(copy_out(conn, ids=list(ids)), order, total, progress)
             elif reseal is not None or not self._scan_written(conn, order, total, progress):
-                self._scan_ranges(conn, order, reseal, total, progress)
+                try:
+                    self._scan_ranges(conn, order, reseal, total, progress, stage and reseal is not None)
+                except BaseException:
+                    self.unstage()
+                    raise
             conn.rollback()
         if reseal is not None and not total.bad:
             self.memo_pair = reseal
         else:
             self.memo = []
+            self.unstage()
         return total
 
     def _scan_rows(self, rows, order: list[int], total: ScanResult, progress: Callable[[int], None] | None) -> None:
@@ -202,7 +224,7 @@ class Engine:
         return True
 
     def _scan_ranges(self, conn, order: list[int], reseal: tuple[int, int] | None, total: ScanResult,
-                     progress: Callable[[int], None] | None) -> None:
+                     progress: Callable[[int], None] | None, stage: bool) -> None:
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         ranges = self._ranges(conn)
         written = self.written if self.written_key == order[0] and reseal is None else {}
@@ -222,6 +244,12 @@ class Engine:
                 memo_open = False
                 return
             self.memo.append(c)
+            if not stage or total.bad or not c.updates:
+                return
+            if self._staging is None:
+                self._staging = Staging(self._take_writers() or [self._conn() for _ in range(WRITERS)], self._write)
+            # values the worker did not open with dst yet are opened in the pool before the write uses them
+            self._staging.add(c, self.pool.submit(verify_update, c.update, reseal[1]) if c.unverified else None)
 
         for i, (lo, hi) in enumerate(ranges):
             rs = reseal if memo_open and i * self.batch < MEMO_ROWS else None
@@ -276,12 +304,20 @@ class Engine:
         total = PassResult()
         memo: list[Chunk] = []
         stream = True
+        staging, self._staging = self._staging, None
+        committed: list[tuple[Chunk, str | None]] = []
         if self.memo_pair == (src, dst) and ids is None:
             memo, stream = self.memo, not self.memo_full
+            if staging is not None:  # the check passed: what it wrote ahead becomes visible at once
+                committed = staging.commit()
+        elif staging is not None:
+            staging.rollback()
         self.memo, self.memo_pair, self.memo_full = [], None, False  # good for one pass
         written = self._written(dst)
+        done = {id(c) for c, _x in committed}
         # the memo's new values are opened with dst in the pool ahead of the writes; each batch waits for its own
-        checks = {id(c): self.pool.submit(verify_update, c.update, dst) for c in memo if c.unverified}
+        checks = {id(c): self.pool.submit(verify_update, c.update, dst) for c in memo
+                  if c.unverified and id(c) not in done}
         batches = self._sealed(memo, stream, ids, src, dst)
         conns: list = []
         pending: deque = deque()  # (chunk, connection, write future or None), in id order
@@ -291,7 +327,7 @@ class Engine:
         # row locks); results are taken in order, so on_batch still reports the batches in id order
         tp = ThreadPoolExecutor(WRITERS, thread_name_prefix="keys-write")
         try:
-            conns += self._take_writers() or [self._conn()]
+            conns += (staging.conns if staging is not None else []) or self._take_writers() or [self._conn()]
             if not self.table_exists(conns[0]):
                 conns[0].rollback()
                 return total
@@ -299,20 +335,28 @@ class Engine:
             conns += [self._conn() for _ in range(WRITERS - len(conns))]
             free = list(conns)
 
-            def finish() -> None:
-                c, conn, fut = pending.popleft()
-                if fut is not None:
-                    xid = fut.result()
-                    free.append(conn)
-                    if c.index is not None and xid is not None:
-                        written[c.index] = xid
+            def account(c: Chunk, xid: str | None) -> None:
+                if c.index is not None and xid is not None:
+                    written[c.index] = xid
                 b = _pass_result(c, src, dst)
                 for k in ("batches", "rows", "reencrypted", "already", "nulls"):
                     setattr(total, k, getattr(total, k) + getattr(b, k))
                 if on_batch:
                     on_batch(b, c.last_id)
 
+            def finish() -> None:
+                c, conn, fut = pending.popleft()
+                xid = None
+                if fut is not None:
+                    xid = fut.result()
+                    free.append(conn)
+                account(c, xid)
+
+            for c, xid in committed:
+                account(c, xid)
             for c in batches:
+                if id(c) in done:
+                    continue
                 if c.updates:
                     while not free:
                         finish()
@@ -374,13 +418,16 @@ class Engine:
             raise BadValues(c.scan.errors[:MAX_ERRORS] or [BadValue("?", "?", "a value of another key")])
         return c
 
-    def _write(self, conn, c: Chunk, check: Future | None) -> str | None:
-        """Writes the batch in one transaction; returns its xid (None when no row changed)."""
+    def _write(self, conn, c: Chunk, check: Future | None, commit: bool = True) -> str | None:
+        """Writes the batch in one transaction (left open with ``commit=False``); returns its xid (None when no row
+        changed)."""
         if c.unverified:  # never write a value not opened with the new key
             errors = check.result() if check is not None else [BadValue("?", "?", "not verified")]
             if errors:
                 raise BadValues(errors[:MAX_ERRORS])
         with conn.cursor() as cur:
+            if not commit:  # the transaction goes on with more batches: the temp table holds this one's rows only
+                cur.execute(f'TRUNCATE "{_TMP}"')
             with cur.copy(f'COPY "{_TMP}" FROM STDIN') as cp:
                 cp.write(c.update)
             sets = ", ".join(f'"{col}" = t."n{i}"' for i, col in enumerate(COLUMNS))
@@ -394,5 +441,6 @@ class Engine:
                 f'AND p."id" >= %s AND p."id" <= %s RETURNING 1) '
                 'SELECT CASE WHEN count(*) > 0 THEN txid_current() %% 4294967296 END FROM u',
                 (c.first_update, c.last_update)).fetchone()[0]
-        conn.commit()
+        if commit:
+            conn.commit()
         return None if xid is None else str(xid)

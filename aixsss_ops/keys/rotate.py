@@ -1,8 +1,11 @@
 """``keys rotate``: the ordered steps, their guarantees and the progress file.
 
-1. every value must decrypt with the old key (or already with the new one) before anything changes;
-2. the queue is paused and active jobs drain (with a timeout), so no worker decrypts mid-rotation;
-3. batches re-encrypt old values (``engine.Engine.reencrypt``: one transaction each, row locks, new values skipped);
+1. every value must decrypt with the old key (or already with the new one) before anything changes; the check seals
+   the new values and writes step 3's batches ahead, uncommitted (rolled back if it fails);
+2. the queue is paused and active jobs drain (with a timeout), so no worker decrypts mid-rotation; the batches
+   written ahead keep their row locks for at most STAGED_HOLD seconds of that wait, then are rolled back;
+3. batches re-encrypt old values (``engine.Engine.reencrypt``: one transaction each, row locks, new values skipped;
+   the batches written ahead are committed, one transaction per writer connection);
 4. every value is verified with the new key (late writes of the old key are re-encrypted first);
 5. the env files get the new key, the old one kept as ``API_KEY_ENCRYPTION_KEY_PREVIOUS``;
 6. api and worker restart blue/green through the runtime, the old color's api is stopped (it still holds the old
@@ -34,6 +37,7 @@ Say = Callable[[str], None]
 DB_PHASES = ("checked", "reencrypting", "verifying")  # the env files still hold the old key
 ENV_PHASES = ("env-written", "restarted")  # the env files hold the new key
 FINAL_PHASES = ("done", "db-done", "reverted")
+STAGED_HOLD = 2.0  # seconds the check's uncommitted batches may wait for the queue to drain before rolling back
 
 
 def now_iso() -> str:
@@ -150,9 +154,9 @@ class Rotation:
                            hint="wait for it to finish (its progress: aixsss-ops keys check)")
         return conn
 
-    def _check(self, eng: Engine) -> ScanResult:
+    def _check(self, eng: Engine, stage: bool = False) -> ScanResult:
         self.say("step 1: checking that every value decrypts with the old key (or already with the new one)")
-        scan = eng.scan((0, 1), progress=lambda n: self.progress("check", n, None), reseal=(0, 1))
+        scan = eng.scan((0, 1), progress=lambda n: self.progress("check", n, None), reseal=(0, 1), stage=stage)
         if scan.bad:
             raise CheckFailed(
                 f"{scan.bad} stored value(s) decrypt with neither the old key ({self.old_fp}) nor the new one "
@@ -244,7 +248,8 @@ class Rotation:
         return res
 
     def _database_steps(self, eng: Engine, res: RotationResult) -> None:
-        scan = self._check(eng)
+        # the check writes the batches of step 3 ahead, uncommitted: nothing changes before it has passed
+        scan = self._check(eng, stage=True)
         res.check = scan.to_dict()
         self._phase("checked", values=scan.values, rows=scan.rows, old_at_check=scan.by_key[0])
         if self.hooks.pause:
@@ -253,7 +258,10 @@ class Rotation:
                 self.state["queue_was_paused"] = was
             self._phase("checked", queue=self.queue)
             self.say(f"step 2: queue '{self.queue}' paused; waiting up to {self.drain_timeout:g}s for active jobs")
-            drained, active = self.hooks.drain(self.drain_timeout)
+            drained, active = self.hooks.drain(min(self.drain_timeout, STAGED_HOLD))
+            if not drained:  # the batches written ahead hold their row locks: not for a long wait
+                eng.unstage()
+                drained, active = self.hooks.drain(max(0.0, self.drain_timeout - STAGED_HOLD))
             if not drained:
                 touched = scan.by_key[1] > 0
                 if not touched:

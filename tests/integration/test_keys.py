@@ -375,3 +375,32 @@ def test_old_key_writes_that_never_stop_fail_a_db_only_rotation(dep):
     events, res, _new_raw = _relentless_rotation(dep, "keys-db-only", full=False)
     assert isinstance(res, RotationFailed) and "keep arriving encrypted with the old key" in res.message, res
     assert not any("sweep after their restart" in e for e in events)
+
+
+def test_a_queue_slow_to_drain_ends_the_checks_writes_ahead_before_the_long_wait(dep):
+    """The check writes its batches ahead, uncommitted, holding their row locks; the queue's drain gets STAGED_HOLD
+    seconds with them held. When it needs longer they are rolled back (no lock held during the rest of the wait)
+    and the pass writes them after it; the rotation still ends with every value in the new key."""
+    from aixsss_ops.dburl import parse_database_url
+    from aixsss_ops.keys.rotate import STAGED_HOLD, Hooks, Rotation
+    from aixsss_ops.poll import poll_until
+    from tests.integration.test_keys_engine import _row_locked
+
+    plain = insert_profiles(dep, OLD, 300)
+    new_raw = crypto.generate_key()
+    waits: list[tuple[float, bool]] = []  # (timeout asked, a profile row locked meanwhile)
+
+    def drain(timeout: float) -> tuple[bool, int]:
+        locked = bool(poll_until(lambda: _row_locked(dep, "p000001"), 5)) if not waits else _row_locked(dep, "p000001")
+        waits.append((timeout, locked))
+        return len(waits) > 1, 0 if len(waits) > 1 else 1  # drained only on the second call
+
+    hooks = Hooks(pause=lambda: False, drain=drain, resume=lambda: None)
+    rot = Rotation(target=parse_database_url(dep.database_url), old=crypto.derive_key(OLD),
+                   new=crypto.derive_key(new_raw), mode="db-only", state_dir=dep.root / "keys-hold", hooks=hooks,
+                   drain_timeout=30, batch=50)
+    res = rot.run()
+    assert waits == [(STAGED_HOLD, True), (30 - STAGED_HOLD, False)]
+    assert res.phase == "db-done" and res.reencrypted == res.verified == sum(
+        v is not None for vals in plain.values() for v in vals)
+    assert dep.plaintexts(new_raw) == plain

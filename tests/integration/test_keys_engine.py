@@ -6,6 +6,7 @@ import pytest
 
 from aixsss_ops import crypto
 from aixsss_ops.dburl import parse_database_url
+from aixsss_ops.poll import poll_until
 from tests.integration.keys_helpers import insert_profiles, make_deployment
 
 OLD = crypto.generate_key()
@@ -96,3 +97,73 @@ def test_a_batch_returns_its_xid_only_when_its_compare_and_set_wrote_a_row(dep):
                 assert {r[0] for r in c.execute('SELECT xmin::text FROM "AIProfile"')} == {xid}
         finally:
             conn.close()
+
+
+def _row_locked(dep, rid: str) -> bool:
+    """Whether another transaction holds the row lock of profile ``rid`` (asked without waiting)."""
+    import psycopg
+
+    with dep.connect() as c:
+        try:
+            c.execute('SELECT 1 FROM "AIProfile" WHERE "id" = %s FOR UPDATE NOWAIT', (rid,))
+        except psycopg.errors.LockNotAvailable:
+            return True
+        finally:
+            c.rollback()
+    return False
+
+
+def test_a_check_writes_its_batches_ahead_and_nothing_is_seen_before_the_pass_commits_them(dep):
+    """With ``stage`` the check's batches are written while it runs, on the writer connections, uncommitted: the rows
+    are locked, other sessions still read every value in the old key, and the pass then commits them (one
+    transaction per writer) instead of writing them again."""
+    from aixsss_ops.keys import engine
+
+    plain = insert_profiles(dep, OLD, 600)
+    new_raw = crypto.generate_key()
+    old, new = crypto.derive_key(OLD), crypto.derive_key(new_raw)
+    before = dep.values()
+    with engine.Engine(parse_database_url(dep.database_url), [old, new], batch=100) as eng:
+        check = eng.scan((0, 1), reseal=(0, 1), stage=True)
+        assert check.bad == 0 and len(eng.memo) == 6
+        assert dep.values() == before  # nothing visible yet
+        # the first and the last batch (the writes ahead run on while the scan returns)
+        assert poll_until(lambda: _row_locked(dep, "p000005") and _row_locked(dep, "p000555"), 10)
+        batches: list[str] = []
+        written = eng.reencrypt(0, 1, on_batch=lambda b, last: batches.append(last))
+        assert (written.rows, written.reencrypted, written.batches) == (600, check.by_key[0], 6)
+        assert batches == sorted(batches) and len(batches) == 6  # reported in id order
+        assert len(set(eng.written.values())) == engine.WRITERS  # one transaction per writer, each range's xid
+        assert not _row_locked(dep, "p000005")
+        final = eng.scan((1, 0))
+    assert (final.bad, final.by_key, final.straggler_ids) == (0, [0, check.by_key[0]], [])
+    assert dep.plaintexts(new_raw) == plain
+
+
+def test_a_check_that_finds_a_bad_value_after_writing_ahead_rolls_all_of_it_back(dep, monkeypatch):
+    """A value of neither key in the last range: the batches the check had already written ahead are rolled back, no
+    row stays locked, the table is exactly as it was and no memo is left for a pass."""
+    from aixsss_ops.keys import engine, staging
+
+    insert_profiles(dep, OLD, 600)
+    third = crypto.derive_key(crypto.generate_key())
+    with dep.connect() as c:
+        c.execute('UPDATE "AIProfile" SET "imageApiKeyEncrypted" = %s WHERE "id" = %s',
+                  (crypto.encrypt("x", third), "p000577"))
+    before = dep.values()
+    wrote: list[int] = []
+
+    class Watched(staging.Staging):  # records how many batches were written (uncommitted) before the rollback
+        def rollback(self):
+            wrote.append(sum(1 for _c, _lane, f in self._staged if f.result() is not None))
+            super().rollback()
+
+    monkeypatch.setattr(engine, "Staging", Watched)
+    old, new = crypto.derive_key(OLD), crypto.derive_key(crypto.generate_key())
+    with engine.Engine(parse_database_url(dep.database_url), [old, new], batch=100) as eng:
+        check = eng.scan((0, 1), reseal=(0, 1), stage=True)
+        assert check.bad == 1 and [(e.row_id, e.column) for e in check.errors] == [
+            ("p000577", "imageApiKeyEncrypted")]
+        assert wrote and wrote[0] >= 1  # batches had been written ahead, then rolled back
+        assert not _row_locked(dep, "p000005")
+        assert dep.values() == before and eng.memo == []
