@@ -241,8 +241,6 @@ class HostSite:
     def command(self, *args: str) -> list[str]:
         return self.arch.command(*args)
 
-    abortable = True  # ``run`` takes an ``abort`` event
-
     def run(self, args: tuple[str, ...], timeout: float,
             abort: threading.Event | None = None) -> subprocess.CompletedProcess:
         """pgBackRest ``args``; with ``abort``, the command is killed as soon as that event is set (an OpsError)."""
@@ -349,18 +347,70 @@ class ContainerSite:
         return subprocess.CompletedProcess(argv, r.returncode, (r.stdout or b"").decode("utf-8", "replace"),
                                            (r.stderr or b"").decode("utf-8", "replace"))
 
-    abortable = False  # an exec'd command is not stopped through its client: ``run`` takes no ``abort`` event
-
-    def run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+    def run(self, args: tuple[str, ...], timeout: float,
+            abort: threading.Event | None = None) -> subprocess.CompletedProcess:
+        """pgBackRest ``args`` in the container; with ``abort``, a restore is stopped as soon as that event is set
+        (an OpsError), every process of it gone before this returns."""
         argv = self.command(*args)
         if not args or args[0] != "restore":
             return self._exec(argv, timeout)
         # its pid, so a restore whose command was killed (the exec'd process lives on) can be stopped
         pid = f"{self.specs.PG_HOME}/{self.PIDFILE}"
+        wrapped = ["sh", "-c", f'echo $$ > {pid}; exec "$@"', "sh", *argv]
         try:
-            return self._exec(["sh", "-c", f'echo $$ > {pid}; exec "$@"', "sh", *argv], timeout)
+            if abort is None:
+                return self._exec(wrapped, timeout)
+            into = next(a.partition("=")[2] for a in args if a.startswith("--pg1-path="))
+            return self._exec_abortable(wrapped, timeout, abort, into)
         finally:
             self._exec(["rm", "-f", pid])
+
+    def _exec_abortable(self, argv: list[str], timeout: float, abort: threading.Event,
+                        into: str) -> subprocess.CompletedProcess:
+        """``_exec(argv)`` in a thread; once ``abort`` is set, the restore into ``into`` is stopped (the exec's
+        client cannot stop what it started) and OpsError raised when nothing of it runs any more."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = self._exec(argv, timeout)
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                box["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="pitr-restore-exec", daemon=True).start()
+        while not done.wait(0.1):
+            if abort.is_set():
+                deadline = time.monotonic() + 60
+                while not self._stop_restore(into) or not done.wait(0.2):
+                    if time.monotonic() > deadline:
+                        raise OpsError(f"the pgBackRest restore into {into} did not stop",
+                                       hint=f"its log: {self.log_hint}")
+                raise OpsError("pgbackrest restore stopped")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _stop_restore(self, into: str) -> bool:
+        """Stops the restore into ``into``; True once no process of it is left, False when it has not started yet.
+
+        Postgres is the container's first process, so it inherits any orphan and takes the death of one by a signal
+        for a crash of its own (every session ended, crash recovery). So nothing here is left to it: pgBackRest
+        (its pid from the pid file) gets SIGTERM and ends its workers itself, its parent (the exec's ``timeout``)
+        reaps it; after ~10 s its workers get SIGKILL while it still runs (it reaps them), then it does."""
+        pid = f"{self.specs.PG_HOME}/{self.PIDFILE}"
+        script = ('pat="--pg1-path=$2 "; p=$(cat "$1" 2>/dev/null); [ -n "$p" ] || exit 1; '
+                  'tr "\\0" " " < "/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$pat" || exit 1; '
+                  'kill -TERM "$p"; '
+                  'left() { for d in /proc/[0-9]*; do [ "${d#/proc/}" = "$$" ] && continue; '
+                  'tr "\\0" " " < "$d/cmdline" 2>/dev/null | grep -qF -- "$pat" && return 0; done; return 1; }; '
+                  'i=0; while left; do i=$((i+1)); '
+                  'if [ $i -eq 100 ]; then for d in /proc/[0-9]*; do '
+                  '[ "$(cut -d" " -f4 "$d/stat" 2>/dev/null)" = "$p" ] && kill -KILL "${d#/proc/}"; done; '
+                  'sleep 0.5; kill -KILL "$p"; fi; [ $i -ge 300 ] && exit 2; sleep 0.1; done')
+        return self._exec(["sh", "-c", script, "sh", pid, into], timeout=60).returncode == 0
 
     def prepare_repo(self) -> None:
         """A repository's bucket exists before the stanza is created in it; a volume's folder the container's start
@@ -457,7 +507,7 @@ class Engine:
 
     def run(self, *args: str, timeout: float = 600, check: bool = True,
             abort: threading.Event | None = None) -> subprocess.CompletedProcess:
-        """``abort``: an event that stops the command when set (only where ``site.abortable``)."""
+        """``abort``: an event that stops the command (a restore) when set."""
         r = self.site.run(args, timeout, abort) if abort is not None else self.site.run(args, timeout)
         if check and r.returncode != 0:
             lines = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]

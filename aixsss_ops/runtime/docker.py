@@ -208,6 +208,8 @@ class DockerRuntime:
             kw["mem_limit"] = spec.memory
         if spec.cpus:
             kw["nano_cpus"] = int(spec.cpus * 1e9)
+        if spec.init:
+            kw["init"] = True
         if spec.healthcheck:
             kw["healthcheck"] = {"test": spec.healthcheck, "interval": 5_000_000_000, "timeout": 3_000_000_000,
                                  "retries": 3, "start_period": 10_000_000_000}

@@ -55,6 +55,10 @@ class ContainerSpec:
     cpus: float = 0.0
     stop_signal: str = "SIGTERM"
     stop_timeout: int = 30
+    # the engine's init (tini) as the container's first process: it reaps the orphans of commands exec'd in the
+    # container, which the service itself as first process would inherit (Postgres takes the death of an unknown
+    # child by a signal for a crash of its own: every session ends, crash recovery)
+    init: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     release: str | None = None
     version: str | None = None
@@ -194,6 +198,7 @@ exec postgres -D "$PGDATA" -c listen_addresses='*' -c port={PORTS["postgres"]} -
         cpus=cfg.docker.infra_cpus,
         stop_signal="SIGINT",
         stop_timeout=60,
+        init=True,  # pgBackRest runs in it through exec (restore, check, archive-get)
     )
 
 

@@ -128,4 +128,5 @@ def service_kwargs(cfg: OpsConfig, spec: specs.ContainerSpec, *, image: str, dig
         "healthcheck": health,
         "stop_grace_period": spec.stop_timeout * SECOND,
         "stop_signal": spec.stop_signal,
+        **({"init": True} if spec.init else {}),
     }

@@ -337,38 +337,31 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     new = data.parent / f"data.pitr-{stamp}.partial"
     kept = data.parent / f"data.pre_pitr_{stamp}"
-    if site.abortable:
-        # pgBackRest restores the base backup while the WAL switch check and the object listing run: the restore
-        # reads no WAL (Postgres fetches it when it starts on the folder, after both have passed), and the first of
-        # them to fail stops it; the timeline comes from the archive as listed before the switch (a history file
-        # archived by T is in it), and the restore is made again should the listing after the switch differ
-        target, info, chosen = _start(dep, target_text, eng, now)
-        timeline = engine_mod.timeline_at(eng.wal_files(info.archive_id)[1], target)
-    else:
-        p = plan(dep, target_text, eng, now)
-        target, chosen, timeline = p.target, p.backup, p.timeline
+    # pgBackRest restores the base backup while the WAL switch check and the object listing run: the restore reads
+    # no WAL (Postgres fetches it when it starts on the folder, after both have passed), and the first of them to
+    # fail stops it; the timeline comes from the archive as listed before the switch (a history file archived by T
+    # is in it), and the restore is made again should the listing after the switch differ
+    target, info, chosen = _start(dep, target_text, eng, now)
+    timeline = engine_mod.timeline_at(eng.wal_files(info.archive_id)[1], target)
     journal = {"target": iso(target), "new": str(new), "kept": str(kept), "stopped": []}
     _journal(dep).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(_journal(dep), journal, mode=0o600)
     site.mkdir(new)
     say(f"pgbackrest restore of {chosen.label} into {new.name} (target {iso(target)})")
     started = datetime.now(UTC)
-    if site.abortable:
-        try:
-            arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
-                                          [lambda: _archived(dep, eng, info, target), lambda: _objects_at(dep, target)])
-        except Exception:
-            site.rmtree(new)  # the live cluster was not touched
-            _journal(dep).unlink(missing_ok=True)
-            raise
-        p = _assemble(target, chosen, arch, objs)
-        if p.timeline != timeline:
-            say(f"timeline {p.timeline} was live at {iso(target)}: restoring again on it")
-            site.rmtree(new)
-            site.mkdir(new)
-            eng.restore(new, chosen.label, target, p.timeline)
-    else:
-        eng.restore(new, chosen.label, target, timeline)
+    try:
+        arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
+                                      [lambda: _archived(dep, eng, info, target), lambda: _objects_at(dep, target)])
+    except Exception:
+        site.rmtree(new)  # the live cluster was not touched
+        _journal(dep).unlink(missing_ok=True)
+        raise
+    p = _assemble(target, chosen, arch, objs)
+    if p.timeline != timeline:
+        say(f"timeline {p.timeline} was live at {iso(target)}: restoring again on it")
+        site.rmtree(new)
+        site.mkdir(new)
+        eng.restore(new, chosen.label, target, p.timeline)
 
     from aixsss_ops.runtime.base import is_app, wait_stopped
 

@@ -302,9 +302,7 @@ def _listing(history_at: datetime | None = None) -> tuple[list[pitr.WalFile], di
 
 
 class _Site:
-    """The local runtime's site (``abortable``) on folders of tmp_path; what it did, in order, in ``log``."""
-
-    abortable = True
+    """A site on folders of tmp_path; what it did, in order, in ``log``."""
 
     def __init__(self, data: Path):
         self.data = data

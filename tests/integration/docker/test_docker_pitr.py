@@ -195,3 +195,47 @@ def test_a_time_before_the_oldest_base_backup_is_refused_with_the_window(stack, 
     assert r.code == 2, r.output
     assert "outside the point-in-time recovery window" in r.output
     assert history["base"]["backup"]["stopped_at"][:19] in r.output
+
+
+def test_a_restore_stopped_by_its_abort_event_leaves_no_process_of_it_in_the_container(stack, history):
+    """What a failing check beside the restore does on this runtime: the exec'd pgBackRest restore (its client cannot
+    stop it) is stopped with every process of it before ``run`` raises, and none of them is left to Postgres (the
+    container's first process, which would take an orphan killed by a signal for a crash of its own): a session
+    opened before lives on."""
+    import threading
+    from pathlib import PurePosixPath
+
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr as pitr_uc
+
+    eng = pitr_uc.engine(Deployment(load_config(stack.cfg_path)))  # one made after `stack up`
+    into = PurePosixPath(specs.PG_HOME) / "data.pitr-aborted.partial"
+    eng.site.mkdir(into)
+
+    def restoring() -> str:
+        return stack.in_postgres("sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done")[1]
+
+    abort, seen = threading.Event(), []
+
+    def watch() -> None:  # the abort comes once pgBackRest runs in the container, as a failing check's would
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen:
+            if f"--pg1-path={into} " in restoring():
+                seen.append(time.monotonic())
+        abort.set()
+
+    watcher = threading.Thread(target=watch)
+    with stack.pg() as session:
+        pid = session.execute("SELECT pg_backend_pid()").fetchone()[0]
+        watcher.start()
+        try:
+            with pytest.raises(OpsError, match="pgbackrest restore stopped"):
+                eng.restore(into, history["base"]["backup"]["label"], history["t1"], None, abort)
+            watcher.join()
+            assert seen, "the restore never showed in the container"
+            assert f"--pg1-path={into} " not in restoring()
+            assert session.execute("SELECT pg_backend_pid()").fetchone()[0] == pid  # no crash recovery
+        finally:
+            abort.set()
+            watcher.join()
+            eng.site.rmtree(into)
