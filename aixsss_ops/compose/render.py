@@ -87,6 +87,8 @@ def service(cfg: OpsConfig, spec: specs.ContainerSpec, compose_dir: Path) -> dic
         svc["cpus"] = spec.cpus
     svc["stop_signal"] = spec.stop_signal
     svc["stop_grace_period"] = f"{spec.stop_timeout}s"
+    if spec.init:
+        svc["init"] = True
     labels = {L_PROJECT: cfg.project, L_SERVICE: spec.service}
     if spec.color:
         labels[L_COLOR] = spec.color

@@ -36,6 +36,8 @@ def test_compose_files_hold_no_secret_and_escape_dollars(monkeypatch):
     assert "POSTGRES_PASSWORD" not in pg["environment"]  # a secret is a file, never container environment
     assert pg["secrets"] == [{"source": "postgres_superuser_password", "target": "postgres_password"}]
     assert "--pwfile=/run/secrets/postgres_password" in pg["command"][2]
+    assert pg["init"] is True  # what `exec` leaves behind is reaped by the engine's init, not by Postgres
+    assert "init" not in infra["services"]["redis"]
     assert infra["secrets"] == {"postgres_superuser_password": {"environment": "POSTGRES_SUPERUSER_PASSWORD"},
                                 "redis_password": {"environment": "REDIS_PASSWORD"},
                                 "s3_access_key": {"environment": "S3_ACCESS_KEY"},
