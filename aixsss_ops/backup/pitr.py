@@ -396,10 +396,10 @@ class ContainerSite:
     def _stop_restore(self, into: str) -> bool:
         """Stops the restore into ``into``; True once no process of it is left, False when it has not started yet.
 
-        Postgres is the container's first process, so it inherits any orphan and takes the death of one by a signal
-        for a crash of its own (every session ended, crash recovery). So nothing here is left to it: pgBackRest
-        (its pid from the pid file) gets SIGTERM and ends its workers itself, its parent (the exec's ``timeout``)
-        reaps it; after ~10 s its workers get SIGKILL while it still runs (it reaps them), then it does."""
+        pgBackRest (its pid from the pid file) gets SIGTERM; its parent (the exec's ``timeout``) reaps it. After
+        ~10 s its workers get SIGKILL while it still runs, then it does. A worker it leaves behind is reaped by the
+        container's init (``ContainerSpec.init``), never by Postgres, which would take an unknown child's death for a
+        crash of its own."""
         pid = f"{self.specs.PG_HOME}/{self.PIDFILE}"
         script = ('pat="--pg1-path=$2 "; p=$(cat "$1" 2>/dev/null); [ -n "$p" ] || exit 1; '
                   'tr "\\0" " " < "/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$pat" || exit 1; '
