@@ -303,9 +303,9 @@ class HostSite:
             a.rename(b)
         runtime.start("postgres")
 
-    def settle(self, runtime, kept: Path) -> list[str]:
+    def settle(self, runtime, kept: Path, new: Path) -> list[str]:
         """What a killed restore left before Postgres can start again: the live folder moved aside and not
-        replaced comes back. (pgBackRest died with the command.)"""
+        replaced comes back. (pgBackRest, restoring into ``new``, died with the command.)"""
         if not self.data.exists() and kept.exists():
             kept.rename(self.data)
             return [f"moved {kept.name} back to {self.data.name}"]
@@ -384,7 +384,7 @@ class ContainerSite:
         while not done.wait(0.1):
             if abort.is_set():
                 deadline = time.monotonic() + 60
-                while not self._stop_restore(into) or not done.wait(0.2):
+                while self._stop_restore(into) is False or not done.wait(0.2):
                     if time.monotonic() > deadline:
                         raise OpsError(f"the pgBackRest restore into {into} did not stop",
                                        hint=f"its log: {self.log_hint}")
@@ -393,8 +393,9 @@ class ContainerSite:
             raise box["error"]
         return box["result"]
 
-    def _stop_restore(self, into: str) -> bool:
-        """Stops the restore into ``into``; True once no process of it is left, False when it has not started yet.
+    def _stop_restore(self, into: str) -> bool | None:
+        """Stops the restore into ``into``: True once no process of it is left, None when none runs (not started, or
+        over), False when some still runs after ~30 s.
 
         pgBackRest (its pid from the pid file) gets SIGTERM; its parent (the exec's ``timeout``) reaps it. After
         ~10 s its workers get SIGKILL while it still runs, then it does. A worker it leaves behind is reaped by the
@@ -410,7 +411,7 @@ class ContainerSite:
                   'if [ $i -eq 100 ]; then for d in /proc/[0-9]*; do '
                   '[ "$(cut -d" " -f4 "$d/stat" 2>/dev/null)" = "$p" ] && kill -KILL "${d#/proc/}"; done; '
                   'sleep 0.5; kill -KILL "$p"; fi; [ $i -ge 300 ] && exit 2; sleep 0.1; done')
-        return self._exec(["sh", "-c", script, "sh", pid, into], timeout=60).returncode == 0
+        return {0: True, 1: None}.get(self._exec(["sh", "-c", script, "sh", pid, into], timeout=60).returncode, False)
 
     def prepare_repo(self) -> None:
         """A repository's bucket exists before the stanza is created in it; a volume's folder the container's start
@@ -465,9 +466,9 @@ class ContainerSite:
         _stop_postgres(runtime, strict)
         runtime.start("postgres")
 
-    def settle(self, runtime, kept: PurePosixPath) -> list[str]:
+    def settle(self, runtime, kept: PurePosixPath, new: PurePosixPath) -> list[str]:
         """What a killed restore left: a container stopped in the middle starts (making the moves it was given);
-        a pgBackRest restore still running in it (exec'd processes outlive the command) is stopped."""
+        a pgBackRest restore into ``new`` still running in it (exec'd processes outlive the command) is stopped."""
         from aixsss_ops.poll import poll_until
 
         done = []
@@ -476,12 +477,12 @@ class ContainerSite:
             done.append("started postgres")
         if not poll_until(lambda: self.runtime.state("postgres") == "RUNNING", 60, interval=0.2):
             raise OpsError("the Postgres container does not run", hint="`aixsss-ops stack logs postgres`")
-        pid = f"{self.specs.PG_HOME}/{self.PIDFILE}"
-        r = self._exec(["sh", "-c", f'[ -s {pid} ] || exit 0; p=$(cat {pid}); '  # still that restore (not a reused pid)
-                        f'if tr "\\0" " " < /proc/$p/cmdline 2>/dev/null | grep -q " restore " && kill "$p"; then '
-                        'i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; '
-                        f'echo stopped; fi; rm -f {pid}'], timeout=60)
-        if "stopped" in r.stdout:
+        stopped = self._stop_restore(str(new))
+        if stopped is False:
+            raise OpsError(f"the pgBackRest restore into {new} left by the interrupted run does not stop",
+                           hint=f"its log: {self.log_hint}")
+        self._exec(["rm", "-f", f"{self.specs.PG_HOME}/{self.PIDFILE}"])
+        if stopped:
             done.append("stopped the pgBackRest restore still running in the container")
         return done
 

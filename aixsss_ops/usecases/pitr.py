@@ -165,7 +165,7 @@ def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = l
     path = type(site.data)
     new, kept = path(j["new"]), path(j["kept"])
     stack = _stack(dep)
-    done = site.settle(stack.runtime, kept)
+    done = site.settle(stack.runtime, kept, new)
     if site.exists(kept):
         done.append(f"the data folder live before it is kept as {kept}")
     if new != site.data and site.exists(new):

@@ -325,7 +325,7 @@ class _Site:
         for a, b in moves:
             a.rename(b)
 
-    def settle(self, runtime, kept: Path) -> list[str]:
+    def settle(self, runtime, kept: Path, new: Path) -> list[str]:
         return []
 
 
