@@ -127,6 +127,12 @@ class Readiness(_Section):
     redis_client: str | None = None  # a prefix of a Redis CLIENT LIST name the process opens
     seconds: Positive = 2.0  # with no check: how long it must have run
 
+    @property
+    def proves(self) -> bool:
+        """An answer, a log line or a Redis client: proof that the process works, more than the engine's own start
+        check (still running after a second) gives."""
+        return self.http is not None or self.log is not None or self.redis_client is not None
+
     def __post_init__(self) -> None:
         if self.log is not None:
             try:

@@ -228,7 +228,7 @@ def app_process(cfg: OpsConfig, layout: Layout, role: str, color: str, source: P
     argv = envexec_argv([layout.env_file(env_file)] if env_file else [], overrides, [fill(a) for a in spec.command])
     # supervisord's start check: 1 s for a process whose readiness check proves more (an answer, a log line, a
     # Redis client), 2 s for one that can only keep running
-    proven = spec.port_env or spec.ready.http or spec.ready.log or spec.ready.redis_client
+    proven = spec.port_env or spec.ready.proves
     prog = Program(unit_name(role, color), argv, directory=(source / fill(spec.cwd)).resolve(),
                    stopsignal=spec.stop_signal, stopwaitsecs=int(spec.stop_timeout), startsecs=1 if proven else 2)
     return ServiceDef(role, color, prog, ports)

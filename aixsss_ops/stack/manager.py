@@ -80,6 +80,12 @@ class StackReport:
         return {**asdict(self), "healthy": self.healthy}
 
 
+def _probed(d: Unit, state: str) -> bool:
+    """Whether ``d``'s probe decides its readiness in ``state``: when running, and for a process of the app also while
+    the engine's start check runs (``Stack.ready`` then asks a readiness that proves it works)."""
+    return state == "RUNNING" or (state == "STARTING" and is_app(d.service))
+
+
 def color_spec(release: releases.Release) -> ColorSpec:
     return ColorSpec(release=release.id, source=str(release.path), version=release.version)
 
@@ -273,10 +279,14 @@ class Stack:
         name, or else running for a few seconds."""
         c = self.cfg
         spec = appspec.spec_of(c, role)
-        state = self.runtime.state(role, color)
-        if spec is None or state != "RUNNING":
-            return False, state.lower() if spec else f"{role} is not a process of the app description"
+        if spec is None:
+            return False, f"{role} is not a process of the app description"
         r = spec.ready
+        state = self.runtime.state(role, color)
+        # a readiness that proves the process works counts while the engine's start check still runs (supervisord's
+        # STARTING, its first second): the answer proves more than that second would
+        if state != "RUNNING" and not (state == "STARTING" and r.proves):
+            return False, state.lower()
         if r.http:
             ok, detail, body = probes.http_ready(f"http://{c.host}:{api_port(c, color)}{r.http}", r.status,
                                                  r.json_fields)
@@ -315,7 +325,7 @@ class Stack:
                     why = next((u.description for u in self.runtime.status() if u.unit == d.unit), "")
                     raise OpsError(f"{d.unit} failed to start ({state}{f': {why}' if why else ''})",
                                    details=self._logs_detail(d))
-                if state == "RUNNING" and self.probe(d)[0]:
+                if _probed(d, state) and self.probe(d)[0]:
                     pending.remove(d)
                     say(f"{d.unit} is ready")
             return not pending
@@ -372,7 +382,7 @@ class Stack:
         for d in wanted:
             u = units.get(d.unit)
             state = u.state if u else ("ABSENT" if units else "STOPPED")
-            if state == "RUNNING":
+            if _probed(d, state):
                 healthy, detail = self.probe(d)
                 if u.description and "unhealthy" in u.description:
                     detail = f"{detail}; engine: {u.description}"

@@ -236,7 +236,8 @@ def test_a_worker_role_of_count_two_runs_two_processes_then_one_again(node):
     assert two.code == 0, two.output
     c2 = two.json["color"]
     assert f"worker-{c2} is ready" in two.stderr and f"worker.2-{c2} is ready" in two.stderr
-    assert stack.unit_state(f"worker-{c2}") == stack.unit_state(f"worker.2-{c2}") == "RUNNING"
+    # ready by their log lines; RUNNING once supervisord's start check (their first second) has passed too
+    assert poll(lambda: stack.unit_state(f"worker-{c2}") == stack.unit_state(f"worker.2-{c2}") == "RUNNING", 10)
     log = (load_config(cfg).state / "logs" / f"worker.2-{c2}.log").read_text()
     assert "[worker] ready" in log  # a process of its own, with its own log
     one = run_cli("--json", "--yes", "deploy", "--force", config=cfg, timeout=600)
@@ -247,4 +248,5 @@ def test_a_worker_role_of_count_two_runs_two_processes_then_one_again(node):
     assert stack.unit_state(f"worker.2-{c1}") == "ABSENT"
     again = run_cli("--json", "--yes", "deploy", "--force", config=cfg, timeout=600)  # c2 booted with count 1
     assert again.code == 0 and again.json["color"] == c2, again.output
-    assert stack.unit_state(f"worker.2-{c2}") == "ABSENT" and stack.unit_state(f"worker-{c2}") == "RUNNING"
+    assert stack.unit_state(f"worker.2-{c2}") == "ABSENT"
+    assert poll(lambda: stack.unit_state(f"worker-{c2}") == "RUNNING", 10)

@@ -127,8 +127,12 @@ def test_restore_to_t1_then_t2_gives_exactly_the_data_of_each_instant(stack, his
     assert stack.state() == history["s1"]
     kept = Path(res["kept_data_dir"])
     assert kept.is_dir() and kept not in kept_before  # the old data folder stays until the operator drops it
-    assert {u["unit"]: u["state"] for u in stack.cli("--json", "stack", "status").json["services"]}["api-blue"] \
-        == "RUNNING"
+    def api_blue() -> dict:
+        return {u["unit"]: u for u in stack.cli("--json", "stack", "status").json["services"]}["api-blue"]
+
+    api = api_blue()
+    assert api["healthy"] and api["state"] in ("RUNNING", "STARTING"), api  # ready; the engine's start check may run on
+    poll(lambda: api_blue()["state"] == "RUNNING", timeout=10, interval=0.2, what="api-blue RUNNING")
 
     res2 = _restore(stack, history["t2"])  # on the first timeline: after T1's restore began a new one
     rp2 = datetime.fromisoformat(res2["recovery_point"].replace("Z", "+00:00"))
