@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from aixsss_ops import poll
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.errors import OpsError
@@ -17,19 +16,6 @@ from aixsss_ops.runtime.base import UnitStatus, unit_name
 from aixsss_ops.stack.manager import Stack
 
 RUNNING = [("worker", "blue"), ("api", "blue"), ("proxy", None), ("postgres", None), ("s3", None), ("redis", None)]
-
-
-class FakeClock:
-    """``time`` as ``poll_until`` uses it: ``sleep`` advances ``monotonic`` instead of waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class MemoryRuntime:
@@ -64,13 +50,6 @@ class MemoryStack(Stack):
     def _engine_down(self) -> list[str]:
         self.engine_stopped = True
         return ["stopped supervisord"]
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(poll, "time", fake)
-    return fake
 
 
 def make_stack(tmp_path, stuck: set[str] = frozenset()) -> MemoryStack:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from aixsss_ops import poll
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.context.deploystate import Colors, ColorSpec
@@ -19,17 +18,6 @@ from aixsss_ops.runtime.base import UnitStatus, unit_name
 from aixsss_ops.stack.manager import Stack
 
 READY_LINE = "worker consuming queue"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class MemoryRuntime:
@@ -69,13 +57,6 @@ class MemoryStack(Stack):
 
     def app_defs(self, color: str):
         return local_specs.app_processes(self.cfg, self.layout, color, self.colors().spec(color).path, "v1")
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(poll, "time", fake)
-    return fake
 
 
 def make_stack(tmp_path, worker: str, mailer: str, log: str = "") -> MemoryStack:
