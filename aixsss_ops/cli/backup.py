@@ -426,12 +426,12 @@ def _show_restore(st: State, res: dict) -> None:
 
 
 def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str | None) -> None:
-    from aixsss_ops.usecases import pitr
+    from aixsss_ops.usecases import pitr_restore
 
     dep = _dep(st, database_url)
     out = st.out
     if dry_run:
-        res = pitr.restore_to_time(dep, to_time, dry_run=True, say=out.info)
+        res = pitr_restore.restore_to_time(dep, to_time, dry_run=True, say=out.info)
 
         def plan_human(d):
             p = d["plan"]
@@ -446,7 +446,7 @@ def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str |
         return
     confirm(st, f"replace the live database cluster and rewind the objects to {to_time}? (the live data folder "
                 "is kept)")
-    res = pitr.restore_to_time(dep, to_time, say=out.info)
+    res = pitr_restore.restore_to_time(dep, to_time, say=out.info)
 
     def human(d):
         c = out.console

@@ -1,5 +1,6 @@
-"""Point-in-time recovery of a deployment: physical base backups, the recovery window, and ``restore --to-time T``
-(the database replayed to T by pgBackRest into a new data folder swapped in, the objects rewound to T).
+"""Point-in-time recovery of a deployment, its archiving side: the engine (pgBackRest) of the stack's cluster, physical
+base backups, their schedule, the recovery window and the lifecycle rule that makes objects expire with it.
+``restore --to-time T`` is in ``pitr_restore``.
 
 Only the embedded stack's cluster (``backup.pitr``), local runtime (pgBackRest a process of this machine) or docker
 (pgBackRest in the Postgres container, its repository a volume): the engine's ``site`` says where it runs and where
@@ -9,25 +10,19 @@ the data folders are; everything here is the same for both.
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aixsss_ops.backup import objects, rekey
+from aixsss_ops.backup import objects
 from aixsss_ops.backup import pitr as engine_mod
-from aixsss_ops.backup.pitr import BaseBackup, Engine, Info, Window, iso
-from aixsss_ops.context.deployment import EMBEDDED_ADMIN, PREVIOUS_KEY, Deployment
-from aixsss_ops.errors import CheckFailed, OpsError, UsageError
-from aixsss_ops.fsutil import atomic_write_json, read_json
-from aixsss_ops.poll import poll_until
-from aixsss_ops.usecases.backup import api_key, database
+from aixsss_ops.backup.pitr import Engine, Info, Window, iso
+from aixsss_ops.context.deployment import EMBEDDED_ADMIN, Deployment
+from aixsss_ops.errors import OpsError, UsageError
 
 Say = Callable[[str], None]
-RECOVERY_TIMEOUT = 3600.0
 
 
 def _require(dep: Deployment) -> None:
@@ -45,12 +40,6 @@ def engine(dep: Deployment) -> Engine:
     """pgBackRest against the stack's cluster (writes its config: the same file ``stack up`` writes)."""
     _require(dep)
     return engine_mod.engine_for(dep.cfg, dep.layout)
-
-
-def _stack(dep: Deployment):
-    from aixsss_ops.stack.engines import open_stack
-
-    return open_stack(dep)
 
 
 @dataclass
@@ -128,316 +117,3 @@ def schedule(dep: Deployment) -> dict[str, Any]:
     return {"units": units, "cron": [f"0 3 * * 0 {exe} --config {cfg_path} --yes backup base --type full",
                                      f"0 3 * * 1-6 {exe} --config {cfg_path} --yes backup base --type incr"],
             "calendars": {"full": b.pitr_full_calendar, "incr": b.pitr_incr_calendar}}
-
-
-# -- restore --to-time --
-
-@dataclass
-class PitrPlan:
-    target: datetime
-    backup: BaseBackup
-    timeline: int | None
-    window: Window
-    wal_segments: int  # archived segments from the base backup's start on: replay reads at most these
-    wal_bytes: int
-    objects: objects.ObjectPlan | None
-    steps: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": iso(self.target), "base_backup": self.backup.to_dict(), "timeline": self.timeline,
-                "window": self.window.to_dict(), "wal_segments_at_most": self.wal_segments,
-                "wal_bytes_at_most": self.wal_bytes, "objects": self.objects.to_dict() if self.objects else None,
-                "steps": self.steps, "warnings": self.warnings}
-
-
-def _journal(dep: Deployment) -> Path:
-    return dep.layout.pg_data.parent / "pitr-restore.json"
-
-
-def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = lambda _m: None) -> list[str]:
-    """Undo what a killed ``restore --to-time`` left: a partial data folder goes; a live folder moved aside and not
-    replaced comes back; Postgres and the app units it had stopped are started again."""
-    j = read_json(_journal(dep), None)
-    if not j:
-        return []
-    site = (eng or engine(dep)).site
-    path = type(site.data)
-    new, kept = path(j["new"]), path(j["kept"])
-    stack = _stack(dep)
-    done = site.settle(stack.runtime, kept, new)
-    if site.exists(kept):
-        done.append(f"the data folder live before it is kept as {kept}")
-    if new != site.data and site.exists(new):
-        site.rmtree(new)
-        done.append(f"removed the partial restore {new.name}")
-    if stack.runtime.state("postgres") not in ("RUNNING", "STARTING"):
-        stack.runtime.start("postgres")
-        done.append("started postgres")
-    for service, color in j.get("stopped") or []:
-        stack.runtime.start(service, color)
-    _journal(dep).unlink(missing_ok=True)
-    for d in done:
-        say(f"interrupted restore: {d}")
-    return done
-
-
-def _marker(dep: Deployment) -> bool:
-    """A committed transaction after T and a switched, archived WAL segment: replay to any T <= now then finds a
-    commit past T and stops there instead of running out of WAL before reaching it."""
-    from aixsss_ops.backup.postgres import admin_target
-
-    try:
-        with admin_target(database(dep)).connect(timeout=5) as c:
-            c.execute("SELECT pg_catalog.txid_current()")
-        return True
-    except OpsError:
-        return False
-
-
-def _start(dep: Deployment, target_text: str, eng: Engine, now: datetime) -> tuple[datetime, Info, BaseBackup]:
-    """The target and the base backup it needs, from ``pgbackrest info`` alone (no WAL read yet): a T in the future,
-    before the oldest base backup or with none is refused."""
-    target = engine_mod.parse_target(target_text, now)
-    info = eng.info()
-    if not info.exists or not info.backups:
-        raise UsageError(f"{iso(target)} is outside the point-in-time recovery window (empty: no base backup yet)",
-                         hint="take one: `aixsss-ops backup base`")
-    if target > now:
-        raise UsageError(f"{iso(target)} is in the future; the window is "
-                         f"{engine_mod.window(info, now).text()}")
-    return target, info, engine_mod.choose_backup(info, target)  # refuses T before the oldest base backup
-
-
-@dataclass
-class _Archived:
-    files: list[engine_mod.WalFile]
-    timelines: dict[int, datetime]
-    window: Window
-    warnings: list[str]
-
-
-def _archived(dep: Deployment, eng: Engine, info: Info, target: datetime) -> _Archived:
-    """The WAL switched and archived (everything committed up to now is in the repository), then the archive
-    listed: the window's end, the timelines; a T past the end is refused."""
-    warnings = []
-    if _marker(dep):
-        eng.check()
-    else:
-        warnings.append("the live database does not answer: WAL not yet archived cannot be replayed")
-    files, timelines = eng.wal_files(info.archive_id)
-    win = engine_mod.window(info, engine_mod.newest_wal(files))
-    if win.end is not None and target > win.end + timedelta(seconds=1):  # repository times are whole seconds
-        raise UsageError(f"{iso(target)} is outside the point-in-time recovery window ({win.text()})")
-    return _Archived(files, timelines, win, warnings)
-
-
-def _objects_at(dep: Deployment, target: datetime) -> tuple[objects.ObjectPlan | None, str | None]:
-    """What rewinds the bucket to ``target`` (None and why: the store does not answer); versions of T that no
-    longer exist are refused (CheckFailed)."""
-    try:
-        _snap, obj_plan = objects.rewind_plan(dep.s3, dep.bucket, target)
-    except OpsError as e:
-        return None, f"objects not rewound: {e.message}"
-    if obj_plan.missing:
-        raise CheckFailed(f"{len(obj_plan.missing)} object version(s) of {iso(target)} no longer exist in "
-                          f"{obj_plan.bucket} (expired?), e.g. "
-                          + ", ".join(f"{m['key']}@{m['version_id']}" for m in obj_plan.missing[:3]),
-                          hint="check the bucket's lifecycle rule against backup.pitr_retention_days (doctor)")
-    return obj_plan, None
-
-
-def _assemble(target: datetime, chosen: BaseBackup, arch: _Archived,
-              objs: tuple[objects.ObjectPlan | None, str | None]) -> PitrPlan:
-    obj_plan, obj_warning = objs
-    replay = engine_mod.wal_after(arch.files, chosen.wal_start)
-    tl = engine_mod.timeline_at(arch.timelines, target)
-    warnings = arch.warnings + ([obj_warning] if obj_warning else [])
-    p = PitrPlan(target, chosen, tl, arch.window, len(replay), sum(w.size for w in replay), obj_plan,
-                 warnings=warnings)
-    p.steps = [
-        f"restore base backup {chosen.label} ({chosen.type}, consistent at {iso(chosen.stopped)}) into a new data "
-        f"folder, replaying at most {len(replay)} archived WAL segment(s) to {iso(target)}"
-        + (f" on timeline {tl}" if tl else ""),
-        "stop the app and Postgres, move the live data folder aside (kept), the restored one into place, start "
-        "Postgres: it replays to the target and promotes",
-    ]
-    if obj_plan is not None:
-        p.steps.append(f"rewind bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made "
-                       f"current, {len(obj_plan.hide)} delete marker(s), {obj_plan.unchanged} unchanged")
-    elif obj_warning:
-        p.steps.append("objects: skipped (the store does not answer)")
-    p.steps.append("re-encrypt provider keys the current key cannot read (with API_KEY_ENCRYPTION_KEY_PREVIOUS), "
-                   "start the app again")
-    return p
-
-
-def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: datetime | None = None) -> PitrPlan:
-    """What ``restore --to-time`` would do (``--dry-run``). The object listing runs beside the WAL switch check."""
-    eng = eng or engine(dep)
-    now = now or datetime.now(UTC)
-    target, info, chosen = _start(dep, target_text, eng, now)
-    with ThreadPoolExecutor(1, thread_name_prefix="pitr-objects") as pool:
-        objs = pool.submit(_objects_at, dep, target)
-        arch = _archived(dep, eng, info, target)
-        return _assemble(target, chosen, arch, objs.result())
-
-
-def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Callable[[], Any]]) -> list[Any]:
-    """``restore(abort)`` with ``checks`` running beside it, each in a thread of its own. The first check to fail
-    sets ``abort`` (the restore stops) and its error is raised once the restore has returned; a restore that fails
-    by itself raises its own error. Else the checks' results, in order."""
-    abort = threading.Event()
-    pool = ThreadPoolExecutor(len(checks), thread_name_prefix="pitr-check")
-    futures = [pool.submit(c) for c in checks]
-    pool.shutdown(wait=False)  # the checks run on; their results are read below
-    for f in futures:
-        f.add_done_callback(lambda f: f.exception() is not None and abort.set())
-    try:
-        restore(abort)
-    except Exception:
-        if not abort.is_set():
-            raise
-    return [f.result() for f in futures]
-
-
-def _recovery_point(dep: Deployment) -> tuple[datetime | None, bool]:
-    """Wait until the restored cluster has promoted; the last replayed commit's time (None: none replayed)."""
-    from aixsss_ops.backup.postgres import admin_target
-
-    target = admin_target(database(dep))
-
-    def promoted():
-        try:
-            with target.connect(timeout=3) as c:
-                if c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                    return None
-                return (c.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()[0],)
-        except OpsError:
-            return None
-
-    got = poll_until(promoted, RECOVERY_TIMEOUT, interval=0.05)
-    if got is None:
-        raise OpsError("the restored cluster did not finish recovery",
-                       hint=f"see `aixsss-ops stack logs postgres`; the previous data folder is kept in "
-                            f"{dep.layout.pg_data.parent}")
-    return got[0], True
-
-
-def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
-                    say: Say = lambda _m: None) -> dict[str, Any]:
-    """``restore --to-time T``: the database and the objects as they were at T."""
-    eng = engine(dep)
-    recover_interrupted(dep, eng, say)
-    if dry_run:
-        return {"dry_run": True, "plan": plan(dep, target_text, eng).to_dict()}
-    site = eng.site
-    data = site.data
-    now = datetime.now(UTC)
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    new = data.parent / f"data.pitr-{stamp}.partial"
-    kept = data.parent / f"data.pre_pitr_{stamp}"
-    # pgBackRest restores the base backup while the WAL switch check and the object listing run: the restore reads
-    # no WAL (Postgres fetches it when it starts on the folder, after both have passed), and the first of them to
-    # fail stops it; the timeline comes from the archive as listed before the switch (a history file archived by T
-    # is in it), and the restore is made again should the listing after the switch differ
-    target, info, chosen = _start(dep, target_text, eng, now)
-    timeline = engine_mod.timeline_at(eng.wal_files(info.archive_id)[1], target)
-    journal = {"target": iso(target), "new": str(new), "kept": str(kept), "stopped": []}
-    _journal(dep).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(_journal(dep), journal, mode=0o600)
-    site.mkdir(new)
-    say(f"pgbackrest restore of {chosen.label} into {new.name} (target {iso(target)})")
-    started = datetime.now(UTC)
-    try:
-        arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
-                                      [lambda: _archived(dep, eng, info, target), lambda: _objects_at(dep, target)])
-    except Exception:
-        site.rmtree(new)  # the live cluster was not touched
-        _journal(dep).unlink(missing_ok=True)
-        raise
-    p = _assemble(target, chosen, arch, objs)
-    if p.timeline != timeline:
-        say(f"timeline {p.timeline} was live at {iso(target)}: restoring again on it")
-        site.rmtree(new)
-        site.mkdir(new)
-        eng.restore(new, chosen.label, target, p.timeline)
-
-    from aixsss_ops.runtime.base import is_app, wait_stopped
-
-    stack = _stack(dep)
-    units = [(u.service, u.color) for u in stack.runtime.status()
-             if is_app(u.service) and u.state in ("RUNNING", "STARTING")]
-    journal["stopped"] = units
-    atomic_write_json(_journal(dep), journal, mode=0o600)
-    for service, color in units:  # all at once: each drains on its own, the slowest bounds the wait
-        say(f"stopping {service}-{color}")
-        stack.runtime.stop(service, color, wait=False)
-    if not wait_stopped(stack.runtime, units, dep.cfg.supervisor.stop_timeout + 30):
-        raise OpsError(f"the app did not stop: {', '.join(f'{s}-{c}' for s, c in units)}",
-                       hint="`aixsss-ops stack status`; the live cluster was not touched (the restored folder is "
-                            "removed by the next `restore --to-time`)")
-    journal["phase"] = "swapping"
-    atomic_write_json(_journal(dep), journal, mode=0o600)
-    # the objects' plan again now that the app is stopped (it wrote on while the database was restored), listed
-    # while Postgres replays; applied only once the restored cluster is up
-    replanned = None
-    if p.objects is not None:
-        listing = ThreadPoolExecutor(1, thread_name_prefix="pitr-objects")
-        replanned = listing.submit(objects.rewind_plan, dep.s3, p.objects.bucket, p.target)
-        listing.shutdown(wait=False)  # the listing runs on; its result is read after the swap
-    say(f"restarting postgres on the restored data folder; the live one is kept as {kept}")
-    try:
-        site.switch(stack.runtime, [(data, kept), (new, data)])
-        reached, _ = _recovery_point(dep)
-    except Exception:
-        _roll_back(dep, site, stack, kept, stamp, units, say)
-        raise
-    _journal(dep).unlink(missing_ok=True)
-    db_s = (datetime.now(UTC) - started).total_seconds()
-    result: dict[str, Any] = {"target": iso(p.target), "base_backup": p.backup.label, "timeline": p.timeline,
-                              "recovery_point": iso(reached) if reached else iso(p.backup.stopped),
-                              "recovery_point_source": "last replayed commit" if reached else
-                              "base backup end (no commit replayed after it)",
-                              "kept_data_dir": str(kept), "database_s": db_s, "objects": None, "keys": None,
-                              "warnings": list(p.warnings)}
-    if replanned is not None:
-        say(f"rewinding bucket {p.objects.bucket}")
-        result["objects"] = objects.apply_restore(dep.s3, replanned.result()[1])
-    result["keys"] = _rekey(dep, result["warnings"])
-    if units:
-        for service, color in units:
-            stack.runtime.start(service, color)
-        defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in set(units)]
-        stack.wait_ready(defs, say)
-    result["restarted"] = [f"{s}-{c}" for s, c in units]
-    return result
-
-
-def _roll_back(dep: Deployment, site, stack, kept, stamp: str, units, say: Say) -> None:
-    """The restored cluster did not come up: it goes aside (for a look), the previous one back, and runs again."""
-    data = site.data
-    failed = data.parent / f"data.failed_pitr_{stamp}"
-    say(f"the restored cluster did not come up: moving it to {failed.name} and the previous one back")
-    site.switch(stack.runtime, [(data, failed), (kept, data)], strict=False)
-    _journal(dep).unlink(missing_ok=True)
-    for service, color in units:
-        stack.runtime.start(service, color)
-
-
-def _rekey(dep: Deployment, warnings: list[str]) -> dict[str, int] | None:
-    """Provider keys stored at T under a key rotated away since: re-encrypted with the current key (given the
-    previous one)."""
-    current, _src = api_key(dep)
-    if current is None:
-        return None
-    pg = database(dep)
-    if rekey.undecryptable(pg, current) == 0:
-        return {"reencrypted": 0}
-    old, _ = api_key(dep, PREVIOUS_KEY)
-    if old is None:
-        warnings.append("some provider keys were stored under an earlier API_KEY_ENCRYPTION_KEY and no "
-                        f"{PREVIOUS_KEY} is set: re-encrypt them with `aixsss-ops keys rotate`")
-        return None
-    counts = rekey.rekey_profiles(pg, old, current)
-    return {"reencrypted": counts["reencrypted"]}

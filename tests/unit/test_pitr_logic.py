@@ -216,7 +216,7 @@ def test_the_wal_check_and_the_object_listing_run_while_pgbackrest_restores():
     """restore --to-time: the checks run beside the restore (which reads no WAL), not before it."""
     import threading
 
-    from aixsss_ops.usecases.pitr import _while_restoring
+    from aixsss_ops.usecases.pitr_restore import _while_restoring
 
     checking = threading.Event()
     seen = {}
@@ -236,7 +236,7 @@ def test_a_failing_check_stops_the_restore_and_is_raised():
     import threading
 
     from aixsss_ops.errors import OpsError
-    from aixsss_ops.usecases.pitr import _while_restoring
+    from aixsss_ops.usecases.pitr_restore import _while_restoring
 
     seen = {}
 
@@ -369,7 +369,7 @@ def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_pa
     restored again on that one."""
     from types import SimpleNamespace
 
-    from aixsss_ops.usecases import pitr as uc
+    from aixsss_ops.usecases import pitr_restore as uc
 
     class Clock(datetime):
         @classmethod
