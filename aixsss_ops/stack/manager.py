@@ -384,8 +384,8 @@ class Stack:
             state = u.state if u else ("ABSENT" if units else "STOPPED")
             if _probed(d, state):
                 healthy, detail = self.probe(d)
-                if u.description and "unhealthy" in u.description:
-                    detail = f"{detail}; engine: {u.description}"
+                if u.description and (state != "RUNNING" or "unhealthy" in u.description):
+                    detail = f"{detail}; engine: {u.description}"  # what the engine says of it beside the probe
             else:
                 healthy, detail = False, (u.description if u else self._absent_detail(state)) or state.lower()
             reports.append(ServiceReport(d.unit, state, healthy, detail, d.port_labels(), u.pid if u else None,

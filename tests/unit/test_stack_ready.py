@@ -24,8 +24,11 @@ class MemoryRuntime:
     def __init__(self, states: dict[tuple[str, str | None], str], logs: dict[str, str]) -> None:
         self.states, self.log_text = states, logs
 
+    descriptions: dict[str, str] = {}
+
     def status(self) -> list[UnitStatus]:
-        return [UnitStatus(unit_name(s, c), s, c, st, uptime_s=0 if st == "RUNNING" else None)
+        return [UnitStatus(unit_name(s, c), s, c, st, uptime_s=0 if st == "RUNNING" else None,
+                           description=self.descriptions.get(unit_name(s, c), ""))
                 for (s, c), st in self.states.items()]
 
     def state(self, service: str, color: str | None = None) -> str:
@@ -104,3 +107,12 @@ def test_status_reports_a_proven_starting_process_healthy_with_the_engines_state
     units = {s.unit: s for s in stack.status().services}
     assert units["worker-blue"].state == "STARTING" and units["worker-blue"].healthy
     assert units["mailer-blue"].state == "STARTING" and not units["mailer-blue"].healthy
+
+
+def test_status_keeps_what_the_engine_says_of_a_starting_process_beside_its_probe(tmp_path):
+    stack = make_stack(tmp_path, "STARTING", "STARTING", log="boot\n")
+    stack.runtime.descriptions = {"mailer-blue": "non-zero exit (1); restarted"}
+    units = {s.unit: s for s in stack.status().services}
+    mailer = units["mailer-blue"]
+    assert not mailer.healthy and mailer.detail == "starting; engine: non-zero exit (1); restarted"
+    assert units["worker-blue"].detail == f"no log line matches {READY_LINE!r} yet"  # nothing said by the engine
