@@ -199,9 +199,9 @@ def test_a_time_before_the_oldest_base_backup_is_refused_with_the_window(stack, 
 
 def test_a_restore_stopped_by_its_abort_event_leaves_no_process_of_it_in_the_container(stack, history):
     """What a failing check beside the restore does on this runtime: the exec'd pgBackRest restore (its client cannot
-    stop it) is stopped with every process of it before ``run`` raises, and none of them is left to Postgres (the
-    container's first process, which would take an orphan killed by a signal for a crash of its own): a session
-    opened before lives on."""
+    stop it) is stopped with every process of it before ``run`` raises, and what it leaves is reaped by the
+    container's init, not by Postgres (which would take an orphan killed by a signal for a crash of its own): a
+    session opened before lives on."""
     import threading
     from pathlib import PurePosixPath
 
