@@ -523,6 +523,9 @@ def plan_from_versions(versions: list[Version], snapshot: dict[str, Any], bucket
     return plan
 
 
+HIDE_BATCH = 1000  # keys per DeleteObjects request, the S3 limit
+
+
 def apply_restore(target: S3Target, plan: ObjectPlan, jobs: int = 8,
                   on_done: Callable[[int], None] | None = None) -> dict[str, int]:
     """Server-side copies of the recorded versions and delete markers for newer keys; never deletes a version."""
@@ -536,25 +539,33 @@ def apply_restore(target: S3Target, plan: ObjectPlan, jobs: int = 8,
     def copy(o: dict[str, Any]) -> None:
         c.copy_object(plan.bucket, o["key"], CopySource(plan.bucket, o["key"], version_id=o["version_id"]))
 
-    def hide(key: str) -> None:
-        c.remove_object(plan.bucket, key)  # no version id: a delete marker on a versioned bucket
+    def hide(keys: list[str]) -> list[str]:
+        """One DeleteObjects request; no version ids, so each key gets a delete marker on a versioned bucket."""
+        from minio.deleteobjects import DeleteObject
 
-    tasks: list[tuple[Callable, Any]] = [(copy, o) for o in plan.copy] + [(hide, k) for k in plan.hide]
+        return [f"{e.name}: {e.message}" for e in c.remove_objects(plan.bucket, [DeleteObject(k) for k in keys])]
+
+    workers = max(1, jobs)
+    per_request = max(1, min(HIDE_BATCH, -(-len(plan.hide) // workers)))  # spread over the workers, <= 1000 keys
+    batches = [plan.hide[i:i + per_request] for i in range(0, len(plan.hide), per_request)]
+    tasks: list[tuple[Callable, Any]] = [(hide, b) for b in batches] + [(copy, o) for o in plan.copy]
     errors: list[str] = []
 
     def run(task: tuple[Callable, Any]) -> None:
         fn, arg = task
+        keys = arg if isinstance(arg, list) else [arg["key"]]
         try:
-            fn(arg)
+            errors.extend(fn(arg) or ())
         except Exception as e:
-            errors.append(f"{arg['key'] if isinstance(arg, dict) else arg}: {e}")
+            errors.extend(f"{k}: {e}" for k in keys)
         if on_done:
-            on_done(1)
+            on_done(len(keys))
 
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         list(pool.map(run, tasks))
     if errors:
-        raise OpsError(f"object restore: {len(errors)} of {len(tasks)} operation(s) failed, e.g. {errors[0]}",
+        total = len(plan.copy) + len(plan.hide)
+        raise OpsError(f"object restore: {len(errors)} of {total} operation(s) failed, e.g. {errors[0]}",
                        details="\n".join(errors[:50]),
                        hint="the bucket holds a mix of restored and current objects; rerun the restore (it skips "
                             "objects that already match)")
