@@ -193,6 +193,11 @@ def wal_after(files: list[WalFile], start_segment: str) -> list[WalFile]:
     return [w for w in files if w.segment[8:] >= start_segment[8:]]
 
 
+class RestoreNotStopped(OpsError):
+    """A stopped pgBackRest restore still has a process writing into its folder: the folder and what finds that
+    process again (the container's pid file) stay, for the next ``restore --to-time`` to stop it first."""
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL to the process group ``proc`` leads, then wait (at most 10 s) until none of it is left."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -213,6 +218,19 @@ def _group_alive(pgid: int) -> bool:
         if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+def _restoring_into(folder: Path) -> list[int]:
+    """The pids of this machine's processes whose arguments name ``folder`` as pgBackRest's ``--pg1-path``."""
+    flag = f"--pg1-path={folder}".encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if flag in cmdline.read_bytes().split(b"\0"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
 
 
 def _stop_postgres(runtime, strict: bool) -> None:
@@ -270,6 +288,9 @@ class HostSite:
                         raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
         except BaseException:
             _kill_group(proc)
+            if _group_alive(proc.pid):
+                raise RestoreNotStopped(f"a process of pgbackrest {args[0]} still runs 10 s after SIGKILL",
+                                        hint=f"see `ps -g {proc.pid}`; its log: {self.log_hint}") from None
             raise
 
     def config_problem(self) -> str | None:
@@ -304,12 +325,25 @@ class HostSite:
         runtime.start("postgres")
 
     def settle(self, runtime, kept: Path, new: Path) -> list[str]:
-        """What a killed restore left before Postgres can start again: the live folder moved aside and not
-        replaced comes back. (pgBackRest, restoring into ``new``, died with the command.)"""
+        """What a killed restore left before Postgres can start again: a process of a pgBackRest restore into
+        ``new`` still alive (it dies with the command, unless it outlived a SIGKILL) is killed, and the live folder
+        moved aside and not replaced comes back."""
+        from aixsss_ops.poll import poll_until
+
+        done = []
+        left = _restoring_into(new)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if left:
+            if not poll_until(lambda: not _restoring_into(new), 10, interval=0.05):
+                raise OpsError(f"the pgBackRest restore into {new} left by the interrupted run does not stop",
+                               hint=f"see `ps -p {','.join(map(str, left))}`; its log: {self.log_hint}")
+            done.append("stopped the pgBackRest restore still running")
         if not self.data.exists() and kept.exists():
             kept.rename(self.data)
-            return [f"moved {kept.name} back to {self.data.name}"]
-        return []
+            done.append(f"moved {kept.name} back to {self.data.name}")
+        return done
 
     def repo_usage(self) -> tuple[str, int, int] | None:
         """(where, free bytes, total bytes) of a local repository's file system; None for a bucket."""
@@ -327,6 +361,7 @@ class ContainerSite:
     (``docker_specs.PITR_SWAP``): the file with the moves is written into the container whatever its state."""
 
     PIDFILE = "pitr-restore.pid"
+    STOP_WAIT = 60  # seconds an aborted restore has to be gone, its stop asked again and again
 
     def __init__(self, cfg: OpsConfig, runtime, bucket: tuple[Any, str] | None = None):
         from aixsss_ops.runtime import docker_specs as specs
@@ -359,11 +394,17 @@ class ContainerSite:
         wrapped = ["sh", "-c", f'echo $$ > {pid}; exec "$@"', "sh", *argv]
         try:
             if abort is None:
-                return self._exec(wrapped, timeout)
-            into = next(a.partition("=")[2] for a in args if a.startswith("--pg1-path="))
-            return self._exec_abortable(wrapped, timeout, abort, into)
-        finally:
+                result = self._exec(wrapped, timeout)
+            else:
+                into = next(a.partition("=")[2] for a in args if a.startswith("--pg1-path="))
+                result = self._exec_abortable(wrapped, timeout, abort, into)
+        except RestoreNotStopped:
+            raise  # the pid file stays: the next run finds the restore by it
+        except BaseException:
             self._exec(["rm", "-f", pid])
+            raise
+        self._exec(["rm", "-f", pid])
+        return result
 
     def _exec_abortable(self, argv: list[str], timeout: float, abort: threading.Event,
                         into: str) -> subprocess.CompletedProcess:
@@ -383,11 +424,11 @@ class ContainerSite:
         threading.Thread(target=run, name="pitr-restore-exec", daemon=True).start()
         while not done.wait(0.1):
             if abort.is_set():
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + self.STOP_WAIT
                 while self._stop_restore(into) is False or not done.wait(0.2):
                     if time.monotonic() > deadline:
-                        raise OpsError(f"the pgBackRest restore into {into} did not stop",
-                                       hint=f"its log: {self.log_hint}")
+                        raise RestoreNotStopped(f"the pgBackRest restore into {into} did not stop",
+                                                hint=f"its log: {self.log_hint}")
                 raise OpsError("pgbackrest restore stopped")
         if "error" in box:
             raise box["error"]

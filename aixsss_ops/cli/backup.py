@@ -354,13 +354,17 @@ def restore_command(
 
         if backup_id:
             raise UsageError("give a backup ID or --to-time, not both")
-        other = [flag for flag, on in (("--db-only", db_only), ("--objects-only", objects_only),
-                                       ("--target-db", target_db), ("--force", force), ("--old-key", old_key),
+        other = [flag for flag, on in (("--target-db", target_db), ("--force", force), ("--old-key", old_key),
                                        ("--no-globals", no_globals), ("--checksums", checksums), ("--jobs", jobs))
                  if on]
         if other:
             raise UsageError(f"{', '.join(other)} belong(s) to the restore of a backup ID, not to --to-time")
-        _restore_to_time(st, to_time, dry_run, database_url)
+        if db_only and objects_only:
+            raise UsageError("--db-only and --objects-only exclude each other")
+        if objects_only:
+            _rewind_objects(st, to_time, dry_run, database_url)
+        else:
+            _restore_to_time(st, to_time, dry_run, database_url, with_objects=not db_only)
         return
     if not backup_id:
         from aixsss_ops.errors import UsageError
@@ -418,20 +422,41 @@ def _show_restore(st: State, res: dict) -> None:
         if d["keys"]:
             c.print(f"provider keys: {d['keys']['reencrypted']} value(s) re-encrypted with the current key", markup=False)
         if d["objects"]:
-            o = d["objects"]
-            c.print(f"objects: {o['copied']} version(s) made current, {o['delete_markers']} delete marker(s), "
-                    f"{o['unchanged']} unchanged", markup=False)
+            c.print(_objects_line(d["objects"]), markup=False)
 
     out.emit(res, human)
 
 
-def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str | None) -> None:
+def _objects_line(o: dict) -> str:
+    return f"objects: {o['copied']} version(s) made current, {o['delete_markers']} delete marker(s), " \
+           f"{o['unchanged']} unchanged"
+
+
+def _rewind_objects(st: State, to_time: str, dry_run: bool, database_url: str | None) -> None:
     from aixsss_ops.usecases import pitr_restore
 
     dep = _dep(st, database_url)
     out = st.out
     if dry_run:
-        res = pitr_restore.restore_to_time(dep, to_time, dry_run=True, say=out.info)
+        res = pitr_restore.rewind_objects(dep, to_time, dry_run=True, say=out.info)
+        o = res["objects"]
+        out.emit(res, lambda d: out.console.print(
+            f"rewind bucket {o['bucket']} to {d['target']}: {o['copy']} version(s) would be made current, "
+            f"{o['delete_marker']} delete marker(s) added, {o['unchanged']} unchanged", markup=False))
+        return
+    confirm(st, f"rewind the objects (not the database) to {to_time}?")
+    res = pitr_restore.rewind_objects(dep, to_time, say=out.info)
+    out.emit(res, lambda d: out.console.print(f"{_objects_line(d['objects'])} (as at {d['target']})", markup=False))
+
+
+def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str | None,
+                     with_objects: bool = True) -> None:
+    from aixsss_ops.usecases import pitr_restore
+
+    dep = _dep(st, database_url)
+    out = st.out
+    if dry_run:
+        res = pitr_restore.restore_to_time(dep, to_time, dry_run=True, with_objects=with_objects, say=out.info)
 
         def plan_human(d):
             p = d["plan"]
@@ -444,9 +469,9 @@ def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str |
 
         out.emit(res, plan_human)
         return
-    confirm(st, f"replace the live database cluster and rewind the objects to {to_time}? (the live data folder "
-                "is kept)")
-    res = pitr_restore.restore_to_time(dep, to_time, say=out.info)
+    objs = " and rewind the objects" if with_objects else " (not the objects)"
+    confirm(st, f"replace the live database cluster{objs} to {to_time}? (the live data folder is kept)")
+    res = pitr_restore.restore_to_time(dep, to_time, with_objects=with_objects, say=out.info)
 
     def human(d):
         c = out.console
@@ -455,9 +480,7 @@ def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str |
         c.print(f"the previous data folder is kept as {d['kept_data_dir']}: drop it (rm -rf) once you no longer "
                 "need it", markup=False)
         if d["objects"]:
-            o = d["objects"]
-            c.print(f"objects: {o['copied']} version(s) made current, {o['delete_markers']} delete marker(s), "
-                    f"{o['unchanged']} unchanged", markup=False)
+            c.print(_objects_line(d["objects"]), markup=False)
         if d["keys"] and d["keys"].get("reencrypted"):
             c.print(f"provider keys: {d['keys']['reencrypted']} value(s) re-encrypted with the current key",
                     markup=False)

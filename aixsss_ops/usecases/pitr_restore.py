@@ -135,19 +135,30 @@ def _archived(dep: Deployment, eng: Engine, info: Info, target: datetime) -> _Ar
     return _Archived(files, timelines, win, warnings)
 
 
-def _objects_at(dep: Deployment, target: datetime) -> tuple[objects.ObjectPlan | None, str | None]:
-    """What rewinds the bucket to ``target`` (None and why: the store does not answer); versions of T that no
-    longer exist are refused (CheckFailed)."""
-    try:
-        _snap, obj_plan = objects.rewind_plan(dep.s3, dep.bucket, target)
-    except OpsError as e:
-        return None, f"objects not rewound: {e.message}"
+def _object_plan(dep: Deployment, target: datetime) -> objects.ObjectPlan:
+    """What rewinds the bucket to ``target``; versions of T that no longer exist are refused (CheckFailed)."""
+    _snap, obj_plan = objects.rewind_plan(dep.s3, dep.bucket, target)
     if obj_plan.missing:
         raise CheckFailed(f"{len(obj_plan.missing)} object version(s) of {iso(target)} no longer exist in "
                           f"{obj_plan.bucket} (expired?), e.g. "
                           + ", ".join(f"{m['key']}@{m['version_id']}" for m in obj_plan.missing[:3]),
                           hint="check the bucket's lifecycle rule against backup.pitr_retention_days (doctor)")
-    return obj_plan, None
+    return obj_plan
+
+
+def _objects_at(dep: Deployment, target: datetime) -> tuple[objects.ObjectPlan | None, str | None]:
+    """``_object_plan``, or None and why when the store does not answer."""
+    try:
+        return _object_plan(dep, target), None
+    except CheckFailed:
+        raise
+    except OpsError as e:
+        return None, (f"objects not rewound: {e.message} (`aixsss-ops restore --to-time {iso(target)} "
+                      "--objects-only` rewinds them once the store answers)")
+
+
+def _no_objects(_dep: Deployment, _target: datetime) -> tuple[None, None]:
+    return None, None
 
 
 def _assemble(target: datetime, chosen: BaseBackup, arch: _Archived,
@@ -175,13 +186,14 @@ def _assemble(target: datetime, chosen: BaseBackup, arch: _Archived,
     return p
 
 
-def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: datetime | None = None) -> PitrPlan:
+def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: datetime | None = None,
+         with_objects: bool = True) -> PitrPlan:
     """What ``restore --to-time`` would do (``--dry-run``). The object listing runs beside the WAL switch check."""
     eng = eng or engine(dep)
     now = now or datetime.now(UTC)
     target, info, chosen = _start(dep, target_text, eng, now)
     with ThreadPoolExecutor(1, thread_name_prefix="pitr-objects") as pool:
-        objs = pool.submit(_objects_at, dep, target)
+        objs = pool.submit(_objects_at if with_objects else _no_objects, dep, target)
         arch = _archived(dep, eng, info, target)
         return _assemble(target, chosen, arch, objs.result())
 
@@ -198,6 +210,8 @@ def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Ca
         f.add_done_callback(lambda f: f.exception() is not None and abort.set())
     try:
         restore(abort)
+    except engine_mod.RestoreNotStopped:
+        raise  # a process of it still writes: that outranks why it was stopped
     except Exception:
         if not abort.is_set():
             raise
@@ -227,13 +241,29 @@ def _recovery_point(dep: Deployment) -> tuple[datetime | None, bool]:
     return got[0], True
 
 
-def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
+def rewind_objects(dep: Deployment, target_text: str, *, dry_run: bool = False,
+                   say: Say = lambda _m: None) -> dict[str, Any]:
+    """``restore --to-time T --objects-only``: the bucket alone as it was at T (a T inside the window, whose
+    versions the lifecycle rule keeps); the database and the app are left as they are."""
+    eng = engine(dep)
+    target, _info, _chosen = _start(dep, target_text, eng, datetime.now(UTC))
+    obj_plan = _object_plan(dep, target)
+    if dry_run:
+        return {"dry_run": True, "target": iso(target), "objects": obj_plan.to_dict()}
+    say(f"rewinding bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made current, "
+        f"{len(obj_plan.hide)} delete marker(s)")
+    return {"target": iso(target), "objects": objects.apply_restore(dep.s3, obj_plan)}
+
+
+def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False, with_objects: bool = True,
                     say: Say = lambda _m: None) -> dict[str, Any]:
-    """``restore --to-time T``: the database and the objects as they were at T."""
+    """``restore --to-time T``: the database and (``with_objects``) the objects as they were at T. Once the restored
+    cluster runs, what fails after it (the objects, the keys, the app's start) does not stop the rest: the app is
+    started again whatever happened, and the failures are raised together at the end."""
     eng = engine(dep)
     recover_interrupted(dep, eng, say)
     if dry_run:
-        return {"dry_run": True, "plan": plan(dep, target_text, eng).to_dict()}
+        return {"dry_run": True, "plan": plan(dep, target_text, eng, with_objects=with_objects).to_dict()}
     site = eng.site
     data = site.data
     now = datetime.now(UTC)
@@ -254,7 +284,12 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     started = datetime.now(UTC)
     try:
         arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
-                                      [lambda: _archived(dep, eng, info, target), lambda: _objects_at(dep, target)])
+                                      [lambda: _archived(dep, eng, info, target),
+                                       lambda: (_objects_at if with_objects else _no_objects)(dep, target)])
+    except engine_mod.RestoreNotStopped as e:
+        # the folder and the journal stay: the next run stops what is left of the restore, then removes it
+        raise OpsError(str(e), hint=f"{e.hint}; the live cluster was not touched; the next `restore --to-time` "
+                                    f"stops that restore and removes {new.name}") from None
     except Exception:
         site.rmtree(new)  # the live cluster was not touched
         _journal(dep).unlink(missing_ok=True)
@@ -304,16 +339,34 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
                               "base backup end (no commit replayed after it)",
                               "kept_data_dir": str(kept), "database_s": db_s, "objects": None, "keys": None,
                               "warnings": list(p.warnings)}
+    failed: list[tuple[str, OpsError, str]] = []  # (what, error, what finishes it)
     if replanned is not None:
         say(f"rewinding bucket {p.objects.bucket}")
-        result["objects"] = objects.apply_restore(dep.s3, replanned.result()[1])
-    result["keys"] = _rekey(dep, result["warnings"])
+        try:
+            _snap, again = replanned.result()
+            result["objects"] = objects.apply_restore(dep.s3, again)
+        except OpsError as e:
+            failed.append(("the objects were not rewound", e,
+                           f"`aixsss-ops restore --to-time {iso(p.target)} --objects-only` rewinds them alone"))
+    try:
+        result["keys"] = _rekey(dep, result["warnings"])
+    except OpsError as e:
+        failed.append(("provider keys were not re-encrypted", e,
+                       "`aixsss-ops keys check` names the values the current key cannot open"))
     if units:
         for service, color in units:
             stack.runtime.start(service, color)
         defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in set(units)]
-        stack.wait_ready(defs, say)
+        try:
+            stack.wait_ready(defs, say)
+        except OpsError as e:
+            failed.append(("the app did not get ready", e, "`aixsss-ops stack status`, `aixsss-ops stack logs`"))
     result["restarted"] = [f"{s}-{c}" for s, c in units]
+    if failed:
+        raise OpsError(f"the database is restored to {result['recovery_point']} (the previous data folder is kept "
+                       f"as {kept}), but " + "; ".join(f"{what}: {e.message}" for what, e, _h in failed),
+                       hint="; ".join(h for _w, _e, h in failed),
+                       details="\n".join(e.details for _w, e, _h in failed if e.details) or None)
     return result
 
 

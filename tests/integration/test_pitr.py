@@ -226,6 +226,44 @@ def test_a_sigkilled_restore_leaves_the_live_cluster_usable_and_a_rerun_finishes
         assert c.execute("SELECT count(*) FROM killed").fetchone()[0] == 1
 
 
+
+def test_objects_only_and_db_only_each_rewind_their_half_alone(stack, history):
+    """--objects-only rewinds the bucket to T and leaves the database; --db-only restores the database to T and
+    leaves the bucket (no listing of it at all)."""
+    for bad, said in ((("--db-only", "--objects-only"), "exclude each other"),
+                      (("--objects-only", "--jobs", "2"), "--jobs belong(s) to the restore of a backup ID")):
+        r = stack.cli("--yes", "restore", "--to-time", "-1m", *bad)
+        assert r.code == 2 and said in r.output, r.output
+    with stack.pg() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS halves (id int)")
+        c.execute("INSERT INTO halves VALUES (1)")
+    put(stack.client, stack.bucket, "assets/halves/a.bin", b"a at T")
+    t = _instant()
+    with stack.pg() as c:
+        c.execute("INSERT INTO halves VALUES (2)")
+    at_t = objects_state(stack.client, stack.bucket)
+    put(stack.client, stack.bucket, "assets/halves/a.bin", b"a after T")
+    put(stack.client, stack.bucket, "assets/halves/b.bin", b"b after T")
+    db_now = table_dump(stack.url)
+
+    plan = _restore(stack, t, "--objects-only", "--dry-run")["objects"]
+    assert (plan["copy"], plan["delete_marker"]) == (1, 1), plan
+    assert objects_state(stack.client, stack.bucket) != at_t
+    res = _restore(stack, t, "--objects-only")
+    assert (res["objects"]["copied"], res["objects"]["delete_markers"]) == (1, 1), res
+    assert objects_state(stack.client, stack.bucket) == at_t and table_dump(stack.url) == db_now
+
+    put(stack.client, stack.bucket, "assets/halves/c.bin", b"c after the object rewind")
+    objects_now = objects_state(stack.client, stack.bucket)
+    plan = _restore(stack, t, "--db-only", "--dry-run")["plan"]
+    assert plan["objects"] is None
+    res = _restore(stack, t, "--db-only")
+    assert res["objects"] is None
+    with stack.pg() as c:
+        assert c.execute("SELECT array_agg(id ORDER BY id) FROM halves").fetchone()[0] == [1]
+    assert objects_state(stack.client, stack.bucket) == objects_now
+
+
 def test_a_repository_in_a_bucket_of_the_embedded_store_over_its_tls_port():
     """destination = "s3": pgBackRest 2.45 speaks only HTTPS to S3, so the embedded SeaweedFS serves TLS on a port of
     its own (a CA made in the state folder, trusted by pgBackRest) beside the plain one the app keeps; the

@@ -357,16 +357,15 @@ class _Engine:
         self.site.log.append(("restore", timeline))
 
 
-@pytest.mark.parametrize(("before", "after", "restored"), [
-    (None, NOW - timedelta(minutes=40), [None, 2]),  # timeline 2 begun before T, listed only after the switch
-    (NOW - timedelta(minutes=40), NOW - timedelta(minutes=40), [2]),  # listed both times: one restore
-    (None, NOW - timedelta(minutes=10), [None]),  # timeline 2 begun after T: not the one live at T
-])
-def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_path: Path, monkeypatch,
-                                                                          before, after, restored):
-    """restore --to-time on the local runtime: pgBackRest restores on the timeline of the listing made before the
-    WAL switch; when the listing after it names another timeline live at T, the partial folder is made anew and
-    restored again on that one."""
+def _dep(data: Path):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(layout=SimpleNamespace(pg_data=data), s3=None,
+                           cfg=SimpleNamespace(supervisor=SimpleNamespace(stop_timeout=1)))
+
+
+def _restore_env(tmp_path: Path, monkeypatch, listings: list, engine_cls=None):
+    """restore_to_time's collaborators on folders of tmp_path, at NOW; (data folder, site, engine)."""
     from types import SimpleNamespace
 
     from aixsss_ops.usecases import pitr_restore as uc
@@ -379,10 +378,8 @@ def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_pa
     data = tmp_path / "pg" / "data"
     data.mkdir(parents=True)
     (data / "live").write_text("before the restore")
-    dep = SimpleNamespace(layout=SimpleNamespace(pg_data=data),
-                          cfg=SimpleNamespace(supervisor=SimpleNamespace(stop_timeout=1)))
     site = _Site(data)
-    eng = _Engine(site, tmp_path / "pg" / "pitr-restore.json", [_listing(before), _listing(after)])
+    eng = (engine_cls or _Engine)(site, tmp_path / "pg" / "pitr-restore.json", listings)
     runtime = SimpleNamespace(status=lambda: [], state=lambda *a: "RUNNING", start=lambda *a: None)
     monkeypatch.setattr(uc, "datetime", Clock)
     monkeypatch.setattr(uc, "engine", lambda _dep: eng)
@@ -391,6 +388,23 @@ def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_pa
     monkeypatch.setattr(uc, "_stack", lambda _dep: SimpleNamespace(runtime=runtime))
     monkeypatch.setattr(uc, "_recovery_point", lambda _dep: (NOW - timedelta(minutes=31), True))
     monkeypatch.setattr(uc, "_rekey", lambda _dep, _w: None)
+    return data, site, eng
+
+
+@pytest.mark.parametrize(("before", "after", "restored"), [
+    (None, NOW - timedelta(minutes=40), [None, 2]),  # timeline 2 begun before T, listed only after the switch
+    (NOW - timedelta(minutes=40), NOW - timedelta(minutes=40), [2]),  # listed both times: one restore
+    (None, NOW - timedelta(minutes=10), [None]),  # timeline 2 begun after T: not the one live at T
+])
+def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_path: Path, monkeypatch,
+                                                                          before, after, restored):
+    """restore --to-time on the local runtime: pgBackRest restores on the timeline of the listing made before the
+    WAL switch; when the listing after it names another timeline live at T, the partial folder is made anew and
+    restored again on that one."""
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing(before), _listing(after)])
+    dep = _dep(data)
     said: list[str] = []
 
     res = uc.restore_to_time(dep, "-30m", say=said.append)
@@ -411,3 +425,208 @@ def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_pa
     assert (data / "restored_on").read_text() == str(restored[-1])
     assert (data.parent / "data.pre_pitr_20261206T120000Z" / "live").exists()
     assert not (data.parent / partial).exists() and not (data.parent / "pitr-restore.json").exists()
+
+
+class _StuckEngine(_Engine):
+    """A restore whose stop fails once a check beside it has failed: a process of it still writes."""
+
+    def restore(self, into: Path, label: str, target: datetime, timeline: int | None, abort=None) -> None:
+        if not self.restores:
+            (into / "base").write_text("half restored")
+            self.site.log.append(("restore", timeline))
+            self.restores.append((timeline, True))
+            assert abort is not None and abort.wait(5)
+            raise pitr.RestoreNotStopped(f"the pgBackRest restore into {into} did not stop", hint="its log: here")
+        super().restore(into, label, target, timeline, abort)
+
+
+def test_a_restore_that_outlives_its_stop_keeps_its_folder_and_journal_and_the_next_run_clears_them(
+        tmp_path: Path, monkeypatch):
+    """The WAL check fails while pgBackRest restores, and the restore does not stop: the error says so (it outranks
+    the check's), the partial folder is not removed under a writer and the journal stays; the next run settles
+    what is left first (the site stops that restore), removes the folder and restores."""
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 4, engine_cls=_StuckEngine)
+    dep = _dep(data)
+    calls, real = iter([UsageError("no WAL archived past T"), None]), uc._archived
+
+    def archived(*a):
+        err = next(calls)
+        if err:
+            raise err
+        return real(*a)
+
+    monkeypatch.setattr(uc, "_archived", archived)
+    partial = data.parent / "data.pitr-20261206T120000Z.partial"
+    journal = data.parent / "pitr-restore.json"
+    with pytest.raises(OpsError) as e:
+        uc.restore_to_time(dep, "-30m")
+    assert "did not stop" in str(e.value) and not isinstance(e.value, UsageError)
+    assert "the live cluster was not touched" in e.value.hint and partial.name in e.value.hint
+    assert (partial / "base").read_text() == "half restored" and ("rmtree", partial.name) not in site.log
+    assert json.loads(journal.read_text())["new"] == str(partial)
+    assert (data / "live").exists()
+
+    settled = []
+    monkeypatch.setattr(site, "settle", lambda _rt, kept, new: settled.append(new) or [])
+    uc.restore_to_time(dep, "-30m")
+    assert settled == [partial]
+    assert site.log[site.log.index(("rmtree", partial.name)) + 1] == ("mkdir", partial.name)
+    assert (data / "restored_on").exists() and not journal.exists()
+
+
+class _Runtime:
+    """The docker runtime's exec as ContainerSite uses it: the restore's exec blocks until ``release``; the stop
+    script answers ``stop_rc``; every argv in ``calls``."""
+
+    def __init__(self, stop_rc: int):
+        import threading
+
+        self.stop_rc, self.release, self.calls = stop_rc, threading.Event(), []
+
+    def exec(self, service: str, argv: list[str], timeout: float = 60):
+        from types import SimpleNamespace
+
+        self.calls.append(argv)
+        rc = 0
+        if "restore" in argv:
+            self.release.wait(10)
+            rc = 143
+        elif argv[:2] == ["sh", "-c"] and "kill -TERM" in argv[2]:
+            rc = self.stop_rc
+            if rc == 0:
+                self.release.set()
+        return SimpleNamespace(returncode=rc, stdout=b"", stderr=b"")
+
+
+@pytest.mark.parametrize("stop_rc", [0, 2])
+def test_a_container_restore_keeps_its_pid_file_only_when_its_stop_failed(tmp_path: Path, monkeypatch, stop_rc):
+    """ContainerSite.run with ``abort``: a stopped restore removes its pid file; one whose processes are still there
+    after the wait raises RestoreNotStopped and keeps it, so the next run's settle finds that restore."""
+    import threading
+
+    from aixsss_ops.errors import OpsError
+
+    runtime = _Runtime(stop_rc)
+    site = pitr.ContainerSite(_cfg(tmp_path, runtime="docker", pitr=True), runtime)
+    monkeypatch.setattr(site, "STOP_WAIT", 0.5)
+    abort = threading.Event()
+    abort.set()
+    expected = pitr.RestoreNotStopped if stop_rc else OpsError
+    with pytest.raises(expected, match="did not stop" if stop_rc else "restore stopped"):
+        site.run(("restore", "--pg1-path=/var/lib/postgresql/data.pitr-x.partial"), 60, abort)
+    removed = ["rm", "-f", f"{site.specs.PG_HOME}/{site.PIDFILE}"] in runtime.calls
+    assert removed == (not stop_rc)
+    runtime.release.set()
+
+
+def test_settle_stops_a_local_restore_left_running_into_the_partial_folder(tmp_path: Path):
+    """HostSite.settle: a process whose arguments name the partial folder as --pg1-path (a pgBackRest restore a
+    killed run left) is killed before the folder goes; one naming another folder is left alone."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    new, other = tmp_path / "data.pitr-x.partial", tmp_path / "data.pitr-y.partial"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    left = subprocess.Popen([*sleeper, f"--pg1-path={new}"])
+    bystander = subprocess.Popen([*sleeper, f"--pg1-path={other}"])
+    try:
+        arch = SimpleNamespace(stanza="aixsss", root=tmp_path)
+        site = pitr.HostSite(SimpleNamespace(datadir=tmp_path / "data"), arch, None)
+        done = site.settle(None, tmp_path / "kept", new)
+        assert done == ["stopped the pgBackRest restore still running"]
+        assert left.wait(5) == -9 and bystander.poll() is None
+        assert site.settle(None, tmp_path / "kept", new) == []
+    finally:
+        for p in (left, bystander):
+            p.kill()
+            p.wait()
+
+
+class _AppRuntime:
+    """api-blue and worker-blue running; what is stopped and started, in ``log``."""
+
+    def __init__(self):
+        self.states = {("api", "blue"): "RUNNING", ("worker", "blue"): "RUNNING"}
+        self.log: list[tuple] = []
+
+    def status(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(service=s, color=c, state=st) for (s, c), st in self.states.items()]
+
+    def state(self, service, color=None):
+        return self.states.get((service, color), "RUNNING")
+
+    def stop(self, service, color=None, wait=True):
+        self.states[(service, color)] = "STOPPED"
+        self.log.append(("stop", service))
+
+    def start(self, service, color=None):
+        self.states[(service, color)] = "RUNNING"
+        self.log.append(("start", service))
+
+
+def test_what_fails_after_the_swap_leaves_the_app_started_and_is_raised_with_what_finishes_it(
+        tmp_path: Path, monkeypatch):
+    """The restored cluster runs; then the object rewind fails (the store went away) and the app does not get
+    ready: the keys are still re-encrypted, the app is still started, and one error names the recovery point, the
+    kept folder, both failures and the commands that finish the job."""
+    from types import SimpleNamespace
+
+    from aixsss_ops.backup import objects
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 2)
+    runtime = _AppRuntime()
+    ready = []
+
+    def wait_ready(defs, say):
+        ready.append([d.service for d in defs])
+        raise OpsError("worker-blue: not ready within 60s")
+
+    stack = SimpleNamespace(runtime=runtime, wait_ready=wait_ready,
+                            app_defs=lambda c: [SimpleNamespace(service=s, color=c) for s in ("api", "worker")])
+    monkeypatch.setattr(uc, "_stack", lambda _dep: stack)
+    plan = objects.ObjectPlan("app", copy=[{"key": "k", "version_id": "v"}])
+    monkeypatch.setattr(uc, "_objects_at", lambda _dep, _t: (plan, None))
+    monkeypatch.setattr(uc.objects, "rewind_plan", lambda *_a: (None, plan))
+
+    def store_gone(*_a, **_k):
+        raise OpsError("object restore: 1 of 1 operation(s) failed, e.g. k: connection refused")
+
+    monkeypatch.setattr(uc.objects, "apply_restore", store_gone)
+    rekeyed = []
+    monkeypatch.setattr(uc, "_rekey", lambda _dep, _w: rekeyed.append(1) or {"reencrypted": 2})
+
+    with pytest.raises(OpsError) as e:
+        uc.restore_to_time(_dep(data), "-30m")
+    msg = str(e.value)
+    assert msg.startswith("the database is restored to 2026-12-06T11:29:00")
+    assert "data.pre_pitr_20261206T120000Z" in msg
+    assert "the objects were not rewound: object restore: 1 of 1" in msg
+    assert "the app did not get ready: worker-blue: not ready" in msg
+    assert "restore --to-time 2026-12-06T11:30:00.000000Z --objects-only" in e.value.hint
+    assert rekeyed == [1] and ready == [["api", "worker"]]
+    assert runtime.log == [("stop", "api"), ("stop", "worker"), ("start", "api"), ("start", "worker")]
+    assert (data / "restored_on").exists() and not (data.parent / "pitr-restore.json").exists()
+
+
+def test_db_only_lists_no_objects_and_rewinds_none(tmp_path: Path, monkeypatch):
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, _site, _eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 4)
+
+    def no_store(*_a):
+        raise AssertionError("the store was asked")
+
+    monkeypatch.setattr(uc, "_objects_at", no_store)
+    monkeypatch.setattr(uc.objects, "rewind_plan", no_store)
+    plan = uc.restore_to_time(_dep(data), "-30m", dry_run=True, with_objects=False)["plan"]
+    assert plan["objects"] is None and not any("objects" in s for s in plan["steps"])
+    res = uc.restore_to_time(_dep(data), "-30m", with_objects=False)
+    assert res["objects"] is None and (data / "restored_on").exists()
