@@ -90,7 +90,8 @@ class LocalStack(Stack):
             pg.init(self.cfg.postgres.superuser, secrets["postgres_superuser_password"])
             actions.append("initdb")
 
-        defs = self.infra_defs() + [d for c in colors.colors for d in self.app_defs(c)]
+        served = self._tls_cert()
+        defs = self.infra_defs() + [d for c in colors.colors for d in self.app_defs(c)]  # the s3 def renews it
         self._check_ports(defs)
         if self.sup.ensure_started():
             actions.append("started supervisord")
@@ -99,6 +100,10 @@ class LocalStack(Stack):
         proxy_changed = self._configure_proxy(colors)
         changes = self.sup.apply()
         actions += [f"configured {n}" for n in changes["added"] + changes["changed"]]
+        if served is not None and self._tls_cert() != served and self.unit_state("s3") == "RUNNING":
+            say("restarting s3: its HTTPS certificate was made again")  # the store reads it at its start only
+            self.runtime.stop("s3")
+            actions.append("stopped s3 (a new HTTPS certificate)")
 
         infra = [d for d in defs if d.service in ("postgres", "redis", "s3")]
         actions += self._start(infra, say)
@@ -118,6 +123,17 @@ class LocalStack(Stack):
             actions.append("reloaded proxy")
         self.wait_ready([proxy], say)
         return self.status(actions)
+
+    def _tls_cert(self) -> bytes | None:
+        """The embedded store's HTTPS certificate as its files hold it now (None: no HTTPS port, or none yet)."""
+        from aixsss_ops.runtime import pgbackrest_repo
+
+        if services.s3_tls_port(self.cfg) is None:
+            return None
+        try:
+            return pgbackrest_repo.tls_files(self.layout)["cert"].read_bytes()
+        except FileNotFoundError:
+            return None
 
     def _start(self, defs: list[services.ServiceDef], say: Progress) -> list[str]:
         started = []

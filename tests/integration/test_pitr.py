@@ -311,7 +311,54 @@ def test_a_repository_in_a_bucket_of_the_embedded_store_over_its_tls_port():
             assert c.execute("SELECT count(*), max(id) FROM s3pitr").fetchone() == (100, 100)
         r = cli("--json", "doctor", "--only", "backup.pitr-archiving", "--timeout", "30")
         assert {f["check"]: f["status"] for f in r.json["findings"]} == {"backup.pitr-archiving": "ok"}, r.output
+
+        # a certificate within 30 days of its end: `stack up` makes a new one (and a new CA) and the running store
+        # serves it from then on, so pgBackRest, which trusts only the new CA, still reaches the repository
+        cert_file = cfg.state / "s3" / "tls" / "cert.pem"
+        served_before = _served_cert(cfg.host, tls)
+        assert served_before == _pem_der(cert_file.read_bytes())
+        cert_file.write_bytes(_expiring_cert(cfg.host))
+        r = cli("--json", "stack", "up", timeout=240)
+        assert r.code == 0, r.output
+        assert "stopped s3 (a new HTTPS certificate)" in r.json["actions"], r.json
+        served = _served_cert(cfg.host, tls)
+        assert served == _pem_der(cert_file.read_bytes()) and served != served_before
+        r = cli("--json", "doctor", "--only", "backup.pitr-archiving", "--timeout", "30")
+        assert {f["check"]: f["status"] for f in r.json["findings"]} == {"backup.pitr-archiving": "ok"}, r.output
+        r = cli("--json", "stack", "up", timeout=240)  # nothing renewed: the store keeps running
+        assert r.code == 0 and not any("s3" in a for a in r.json["actions"]), r.json
     finally:
         r = cli("stack", "down", timeout=180)
         if r.code == 0:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _served_cert(host: str, port: int) -> bytes:
+    """The DER of the certificate the store's HTTPS port presents (not verified: only compared)."""
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((host, port), timeout=10))
+
+
+def _pem_der(pem: bytes) -> bytes:
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(pem.decode())
+
+
+def _expiring_cert(host: str) -> bytes:
+    """A self-signed certificate for ``host`` that ends in 10 days."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=800))
+            .not_valid_after(now + timedelta(days=10))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
