@@ -19,6 +19,7 @@ from typing import Any
 from aixsss_ops.backup import objects, rekey
 from aixsss_ops.backup import pitr as engine_mod
 from aixsss_ops.backup.pitr import BaseBackup, Engine, Info, Window, iso
+from aixsss_ops.backup.pitr_sites import RestoreNotStopped
 from aixsss_ops.context.deployment import PREVIOUS_KEY, Deployment
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
 from aixsss_ops.fsutil import atomic_write_json, read_json
@@ -210,7 +211,7 @@ def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Ca
         f.add_done_callback(lambda f: f.exception() is not None and abort.set())
     try:
         restore(abort)
-    except engine_mod.RestoreNotStopped:
+    except RestoreNotStopped:
         raise  # a process of it still writes: that outranks why it was stopped
     except Exception:
         if not abort.is_set():
@@ -286,7 +287,7 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
         arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
                                       [lambda: _archived(dep, eng, info, target),
                                        lambda: (_objects_at if with_objects else _no_objects)(dep, target)])
-    except engine_mod.RestoreNotStopped as e:
+    except RestoreNotStopped as e:
         # the folder and the journal stay: the next run stops what is left of the restore, then removes it
         raise OpsError(str(e), hint=f"{e.hint}; the live cluster was not touched; the next `restore --to-time` "
                                     f"stops that restore and removes {new.name}") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aixsss_ops.backup import pitr
+from aixsss_ops.backup import pitr, pitr_sites
 from aixsss_ops.errors import UsageError
 from aixsss_ops.runtime.pg_cluster import Archiving, Cluster
 
@@ -275,7 +275,7 @@ def test_an_aborted_pgbackrest_command_stops_with_its_worker_processes():
     cluster = Cluster(Path("/nonexistent"), 5432, "127.0.0.1", getpass.getuser())
     arch = SimpleNamespace(stanza="aixsss", root=Path("/nonexistent"),
                            command=lambda *a: ["sh", "-c", f"sleep {marker} & wait"])
-    site = pitr.HostSite(cluster, arch, None)
+    site = pitr_sites.HostSite(cluster, arch, None)
     abort = threading.Event()
     threading.Timer(0.3, abort.set).start()
     t = time.monotonic()
@@ -436,7 +436,7 @@ class _StuckEngine(_Engine):
             self.site.log.append(("restore", timeline))
             self.restores.append((timeline, True))
             assert abort is not None and abort.wait(5)
-            raise pitr.RestoreNotStopped(f"the pgBackRest restore into {into} did not stop", hint="its log: here")
+            raise pitr_sites.RestoreNotStopped(f"the pgBackRest restore into {into} did not stop", hint="its log: here")
         super().restore(into, label, target, timeline, abort)
 
 
@@ -510,11 +510,11 @@ def test_a_container_restore_keeps_its_pid_file_only_when_its_stop_failed(tmp_pa
     from aixsss_ops.errors import OpsError
 
     runtime = _Runtime(stop_rc)
-    site = pitr.ContainerSite(_cfg(tmp_path, runtime="docker", pitr=True), runtime)
+    site = pitr_sites.ContainerSite(_cfg(tmp_path, runtime="docker", pitr=True), runtime)
     monkeypatch.setattr(site, "STOP_WAIT", 0.5)
     abort = threading.Event()
     abort.set()
-    expected = pitr.RestoreNotStopped if stop_rc else OpsError
+    expected = pitr_sites.RestoreNotStopped if stop_rc else OpsError
     with pytest.raises(expected, match="did not stop" if stop_rc else "restore stopped"):
         site.run(("restore", "--pg1-path=/var/lib/postgresql/data.pitr-x.partial"), 60, abort)
     removed = ["rm", "-f", f"{site.specs.PG_HOME}/{site.PIDFILE}"] in runtime.calls
@@ -535,7 +535,7 @@ def test_settle_stops_a_local_restore_left_running_into_the_partial_folder(tmp_p
     bystander = subprocess.Popen([*sleeper, f"--pg1-path={other}"])
     try:
         arch = SimpleNamespace(stanza="aixsss", root=tmp_path)
-        site = pitr.HostSite(SimpleNamespace(datadir=tmp_path / "data"), arch, None)
+        site = pitr_sites.HostSite(SimpleNamespace(datadir=tmp_path / "data"), arch, None)
         done = site.settle(None, tmp_path / "kept", new)
         assert done == ["stopped the pgBackRest restore still running"]
         assert left.wait(5) == -9 and bystander.poll() is None

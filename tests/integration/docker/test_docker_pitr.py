@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from aixsss_ops.backup.pitr import ContainerSite
+from aixsss_ops.backup.pitr_sites import ContainerSite
 from aixsss_ops.config import load_config
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.runtime import docker_specs as specs
