@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
@@ -28,6 +29,11 @@ from aixsss_ops.runtime import local_specs
 
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# an ERROR or HINT line of pgBackRest's output: bare on stderr, after a timestamp and process id on stdout
+_LOGGED = re.compile(r"^(?:\d{4}-\d\d-\d\d [\d:.]+ P\d+ +)?(ERROR|HINT): *(.*)$")
+# the stanza statuses of a repository info read: ok, missing stanza path, no valid backups, missing stanza data,
+# backup/expire running (the others: 4 different across repos, 5 database mismatch, 99 other)
+_READABLE = (0, 1, 2, 3, 6)
 
 
 def parse_target(text: str, now: datetime | None = None) -> datetime:
@@ -37,7 +43,7 @@ def parse_target(text: str, now: datetime | None = None) -> datetime:
     s = text.strip()
     m = _RELATIVE.match(s)
     if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        return _in_range(text, lambda: now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]))
     try:
         t = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -45,7 +51,17 @@ def parse_target(text: str, now: datetime | None = None) -> datetime:
                          hint="e.g. 2026-12-06T12:00:00Z, 2026-12-06T13:00:00+01:00, -15m, -2h") from None
     if t.tzinfo is None:
         raise UsageError(f"--to-time {text!r} has no time zone", hint="add Z or an offset such as +01:00")
-    return t.astimezone(UTC)
+    return _in_range(text, lambda: t.astimezone(UTC))
+
+
+def _in_range(text: str, compute: Callable[[], datetime]) -> datetime:
+    """``compute()``, or a UsageError naming ``text`` when its instant falls outside the years 1 to 9999 in UTC
+    (datetime's range: OverflowError, or ValueError for a too large timedelta)."""
+    try:
+        return compute()
+    except (OverflowError, ValueError):
+        raise UsageError(f"--to-time {text!r} is out of range: outside the years 1 to 9999 in UTC",
+                         hint="e.g. 2026-12-06T12:00:00Z, -15m, -2h") from None
 
 
 def iso(t: datetime | None) -> str | None:
@@ -85,11 +101,23 @@ class Info:
     archive_id: str | None = None
     wal_min: str | None = None
     wal_max: str | None = None
+    repo_status: list[str] = field(default_factory=list)  # "repo<key>: <message>" of each repository not ok
 
     @property
     def exists(self) -> bool:
         # 1: missing stanza path, 3: missing stanza data, 99: other (e.g. the repository's bucket does not exist)
         return self.status_code not in (1, 3, 99)
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why pgBackRest could not read the repository, in one line (the stanza's status, then the first line of
+        each repository's); None for a status that answers (``_READABLE``) and for a bucket that does not exist
+        (status 99, the store's NoSuchBucket: stanza-create makes the bucket)."""
+        if self.status_code in _READABLE or any("NoSuchBucket" in m for m in self.repo_status):
+            return None
+        status = self.status or f"status {self.status_code}"
+        repos = "; ".join(m.strip().splitlines()[0] for m in self.repo_status if m.strip())
+        return f"{status} ({repos})" if repos else status
 
 
 def parse_info(text: str, stanza: str) -> Info:
@@ -111,7 +139,17 @@ def parse_info(text: str, stanza: str) -> Info:
                                   b.get("prior")))
     backups.sort(key=lambda b: b.stopped)
     return Info(stanza, int(st.get("code", 99)), st.get("message", ""), backups, current.get("id"),
-                current.get("min"), current.get("max"))
+                current.get("min"), current.get("max"), _repo_status(one.get("repo") or []))
+
+
+def _repo_status(repos: list[dict[str, Any]]) -> list[str]:
+    """``repo<key>: <message>`` of each repository whose status is not ok (pgBackRest 2.x lists them per stanza)."""
+    out = []
+    for n, r in enumerate(repos, 1):
+        st = r.get("status") or {}
+        if st.get("code", 0) != 0:
+            out.append(f"repo{r.get('key', n)}: {st.get('message') or 'status ' + str(st.get('code'))}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -187,6 +225,18 @@ def wal_after(files: list[WalFile], start_segment: str) -> list[WalFile]:
     return [w for w in files if w.segment[8:] >= start_segment[8:]]
 
 
+def _command_failed(command: str, r: subprocess.CompletedProcess, log_hint: str) -> OpsError:
+    """A failed pgBackRest command as one error: the message its first ERROR line (else its last line), the hint
+    its HINT lines then where its log is, the details its last 20 lines."""
+    lines = [ln for ln in (r.stderr or r.stdout or "").strip().splitlines() if ln.strip()]
+    logged = [m.groups() for m in (_LOGGED.match(ln.strip()) for ln in lines) if m]
+    errors = [text.strip() for level, text in logged if level == "ERROR"]
+    hints = [text.strip() for level, text in logged if level == "HINT"]
+    said = errors[0] if errors else lines[-1].strip() if lines else "no message"
+    return OpsError(f"pgbackrest {command} failed (exit {r.returncode}): {said}", details="\n".join(lines[-20:]),
+                    hint="; ".join([*hints, f"its log: {log_hint}"]))
+
+
 class Engine:
     """pgBackRest's commands against the stack's cluster, wherever pgBackRest runs (``site``: a ``HostSite`` for
     the local runtime, a ``ContainerSite`` for docker)."""
@@ -200,17 +250,22 @@ class Engine:
         """``abort``: an event that stops the command (a restore) when set."""
         r = self.site.run(args, timeout, abort) if abort is not None else self.site.run(args, timeout)
         if check and r.returncode != 0:
-            lines = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]
-            raise OpsError(f"pgbackrest {args[0]} failed (exit {r.returncode}): "
-                           f"{lines[-1] if lines else 'no message'}", details="\n".join(lines[-20:]),
-                           hint=f"its log: {self.site.log_hint}")
+            raise _command_failed(args[0], r, self.site.log_hint)
         return r
 
     def info(self) -> Info:
+        """The stanza as pgBackRest's info reads it; an OpsError when it cannot read the repository (info exits 0
+        then, with the cause in the stanza's and the repository's status)."""
         r = self.run("info", "--output=json", timeout=60, check=False)
         if r.returncode != 0 and not r.stdout.strip():
             raise OpsError(f"pgbackrest info failed: {(r.stderr or '').strip().splitlines()[-1:] or r.returncode}")
-        return parse_info(r.stdout, self.stanza)
+        info = parse_info(r.stdout, self.stanza)
+        why = info.unreadable
+        if why:
+            details = "\n".join([*info.repo_status, *(r.stderr or "").strip().splitlines()])
+            raise OpsError(f"pgbackrest info: the repository cannot be read: {why}",
+                           hint=f"its log: {self.site.log_hint}", details=details or None)
+        return info
 
     def stanza_create(self) -> None:
         self.site.prepare_repo()

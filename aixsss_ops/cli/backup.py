@@ -444,8 +444,9 @@ def _rewind_objects(st: State, to_time: str, dry_run: bool, database_url: str | 
             f"rewind bucket {o['bucket']} to {d['target']}: {o['copy']} version(s) would be made current, "
             f"{o['delete_marker']} delete marker(s) added, {o['unchanged']} unchanged", markup=False))
         return
-    confirm(st, f"rewind the objects (not the database) to {to_time}?")
-    res = pitr_restore.rewind_objects(dep, to_time, say=out.info)
+    at = pitr_restore.resolve_target(to_time)  # bad input is refused before the question; T does not move while asked
+    confirm(st, f"rewind the objects (not the database) to {at}?")
+    res = pitr_restore.rewind_objects(dep, at, say=out.info)
     out.emit(res, lambda d: out.console.print(f"{_objects_line(d['objects'])} (as at {d['target']})", markup=False))
 
 
@@ -469,9 +470,10 @@ def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str |
 
         out.emit(res, plan_human)
         return
+    at = pitr_restore.resolve_target(to_time)
     objs = " and rewind the objects" if with_objects else " (not the objects)"
-    confirm(st, f"replace the live database cluster{objs} to {to_time}? (the live data folder is kept)")
-    res = pitr_restore.restore_to_time(dep, to_time, with_objects=with_objects, say=out.info)
+    confirm(st, f"replace the live database cluster{objs} to {at}? (the live data folder is kept)")
+    res = pitr_restore.restore_to_time(dep, at, with_objects=with_objects, say=out.info)
 
     def human(d):
         c = out.console

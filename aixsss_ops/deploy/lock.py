@@ -47,7 +47,7 @@ class DeployLock:
                 if time.monotonic() - start >= timeout:
                     os.close(fd)
                     raise LockBusy(
-                        f"another deploy holds the lock: {describe(read_json(self.note))}",
+                        f"another operation holds the lock: {describe(read_json(self.note))}",
                         hint="wait for it, or check 'aixsss-ops deploy lock status'",
                     ) from None
                 if say and not told:

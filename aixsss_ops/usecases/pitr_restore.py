@@ -9,6 +9,7 @@ the data folders are; everything here is the same for both.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,7 +71,13 @@ def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = l
     new, kept = path(j["new"]), path(j["kept"])
     stack = _stack(dep)
     done = site.settle(stack.runtime, kept, new)
-    if site.exists(kept):
+    if j.get("phase") == "swapping" and site.exists(kept) and not site.exists(new):
+        # killed once the restored folder had taken the live one's place, before the restored cluster was seen
+        # promoted: the restored folder goes aside (for a look), the live one comes back
+        failed = kept.parent / kept.name.replace("pre_pitr_", "failed_pitr_")
+        site.switch(stack.runtime, [(site.data, failed), (kept, site.data)], strict=False)
+        done.append(f"moved the restored data folder to {failed.name} and {kept.name} back")
+    elif site.exists(kept):
         done.append(f"the data folder live before it is kept as {kept}")
     if new != site.data and site.exists(new):
         site.rmtree(new)
@@ -89,13 +96,15 @@ def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = l
 def _marker(dep: Deployment) -> bool:
     """A committed transaction after T and a switched, archived WAL segment: replay to any T <= now then finds a
     commit past T and stops there instead of running out of WAL before reaching it."""
+    import psycopg
+
     from aixsss_ops.backup.postgres import admin_target
 
     try:
         with admin_target(database(dep)).connect(timeout=5) as c:
             c.execute("SELECT pg_catalog.txid_current()")
         return True
-    except OpsError:
+    except (OpsError, psycopg.Error):  # not reachable, or read-only (a cluster still in recovery)
         return False
 
 
@@ -219,27 +228,47 @@ def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Ca
     return [f.result() for f in futures]
 
 
-def _recovery_point(dep: Deployment) -> tuple[datetime | None, bool]:
-    """Wait until the restored cluster has promoted; the last replayed commit's time (None: none replayed)."""
+NOT_REACHED = "recovery ended before configured recovery target was reached"  # Postgres's FATAL message
+
+
+def _recovery_point(dep: Deployment, runtime) -> datetime | None:
+    """Wait until the restored cluster has promoted; the last replayed commit's time (None: none replayed). A
+    cluster the engine reports failed (exited, restarting, given up) twice, a second apart, is an error at once:
+    replay that stops short of T makes Postgres exit, and the engine restarts it to the same end."""
+    import psycopg
+
     from aixsss_ops.backup.postgres import admin_target
+    from aixsss_ops.runtime.base import FAILED_STATES
 
     target = admin_target(database(dep))
+    failed_at: list[float] = []
 
     def promoted():
+        if runtime.state("postgres") in FAILED_STATES:
+            failed_at.append(time.monotonic())
+            if failed_at[-1] - failed_at[0] >= 1:
+                return ("failed",)
+            return None
         try:
             with target.connect(timeout=3) as c:
                 if c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     return None
                 return (c.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()[0],)
-        except OpsError:
+        except (OpsError, psycopg.Error):
             return None
 
     got = poll_until(promoted, RECOVERY_TIMEOUT, interval=0.05)
-    if got is None:
-        raise OpsError("the restored cluster did not finish recovery",
-                       hint=f"see `aixsss-ops stack logs postgres`; the previous data folder is kept in "
-                            f"{dep.layout.pg_data.parent}")
-    return got[0], True
+    if got is None or got == ("failed",):
+        log = runtime.logs("postgres", lines=30) if got else ""
+        if NOT_REACHED in log:
+            raise OpsError("the restored cluster ended its replay before reaching the target: no commit after it "
+                           "was archived", details=log.strip(),
+                           hint="the restore commits a transaction after T when the live database answers; "
+                                "start it (`aixsss-ops stack up`) or choose a T before the last archived commit")
+        raise OpsError("the restored cluster did not finish recovery" + (" (Postgres keeps exiting)" if got else ""),
+                       details=log.strip() or None,
+                       hint="see `aixsss-ops stack logs postgres`")
+    return got[0]
 
 
 def rewind_objects(dep: Deployment, target_text: str, *, dry_run: bool = False,
@@ -248,12 +277,19 @@ def rewind_objects(dep: Deployment, target_text: str, *, dry_run: bool = False,
     versions the lifecycle rule keeps); the database and the app are left as they are."""
     eng = engine(dep)
     target, _info, _chosen = _start(dep, target_text, eng, datetime.now(UTC))
-    obj_plan = _object_plan(dep, target)
     if dry_run:
-        return {"dry_run": True, "target": iso(target), "objects": obj_plan.to_dict()}
-    say(f"rewinding bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made current, "
-        f"{len(obj_plan.hide)} delete marker(s)")
-    return {"target": iso(target), "objects": objects.apply_restore(dep.s3, obj_plan)}
+        return {"dry_run": True, "target": iso(target), "objects": _object_plan(dep, target).to_dict()}
+    with _exclusive(dep, f"restore --to-time {target_text} --objects-only"):
+        obj_plan = _object_plan(dep, target)
+        say(f"rewinding bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made current, "
+            f"{len(obj_plan.hide)} delete marker(s)")
+        return {"target": iso(target), "objects": objects.apply_restore(dep.s3, obj_plan)}
+
+
+def resolve_target(target_text: str) -> str:
+    """``T`` as given (ISO 8601 with a zone, or relative to now) as the absolute instant it names now, in UTC: what
+    a prompt shows and what the restore is then given, so an answer that takes a while does not move T."""
+    return iso(engine_mod.parse_target(target_text, datetime.now(UTC)))
 
 
 def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False, with_objects: bool = True,
@@ -262,9 +298,29 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     cluster runs, what fails after it (the objects, the keys, the app's start) does not stop the rest: the app is
     started again whatever happened, and the failures are raised together at the end."""
     eng = engine(dep)
-    recover_interrupted(dep, eng, say)
-    if dry_run:
-        return {"dry_run": True, "plan": plan(dep, target_text, eng, with_objects=with_objects).to_dict()}
+    if dry_run:  # changes nothing, an interrupted run's leftovers included
+        p = plan(dep, target_text, eng, with_objects=with_objects)
+        pending = read_json(_journal(dep), None)
+        if pending:
+            p.warnings.append(f"an interrupted restore --to-time left {pending['new']}: the next restore undoes what "
+                              "it left first")
+        return {"dry_run": True, "plan": p.to_dict()}
+    with _exclusive(dep, f"restore --to-time {target_text}"):
+        recover_interrupted(dep, eng, say)
+        return _restore(dep, eng, target_text, with_objects, say)
+
+
+def _exclusive(dep: Deployment, action: str):
+    """The deploy lock for the length of a restore: no deploy, rollback or other restore meanwhile (LockBusy, naming
+    the holder, when one runs)."""
+    from aixsss_ops.deploy.lock import DeployLock
+
+    lock = DeployLock(dep.layout.deploy_dir)
+    lock.acquire(0, {"action": action})
+    return lock
+
+
+def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool, say: Say) -> dict[str, Any]:
     site = eng.site
     data = site.data
     now = datetime.now(UTC)
@@ -328,7 +384,7 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     say(f"restarting postgres on the restored data folder; the live one is kept as {kept}")
     try:
         site.switch(stack.runtime, [(data, kept), (new, data)])
-        reached, _ = _recovery_point(dep)
+        reached = _recovery_point(dep, stack.runtime)
     except Exception:
         _roll_back(dep, site, stack, kept, stamp, units, say)
         raise
@@ -354,14 +410,10 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     except OpsError as e:
         failed.append(("provider keys were not re-encrypted", e,
                        "`aixsss-ops keys check` names the values the current key cannot open"))
-    if units:
-        for service, color in units:
-            stack.runtime.start(service, color)
-        defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in set(units)]
-        try:
-            stack.wait_ready(defs, say)
-        except OpsError as e:
-            failed.append(("the app did not get ready", e, "`aixsss-ops stack status`, `aixsss-ops stack logs`"))
+    try:
+        _restart_app(stack, units, say)
+    except OpsError as e:
+        failed.append(("the app did not get ready", e, "`aixsss-ops stack status`, `aixsss-ops stack logs`"))
     result["restarted"] = [f"{s}-{c}" for s, c in units]
     if failed:
         raise OpsError(f"the database is restored to {result['recovery_point']} (the previous data folder is kept "
@@ -378,8 +430,20 @@ def _roll_back(dep: Deployment, site, stack, kept, stamp: str, units, say: Say) 
     say(f"the restored cluster did not come up: moving it to {failed.name} and the previous one back")
     site.switch(stack.runtime, [(data, failed), (kept, data)], strict=False)
     _journal(dep).unlink(missing_ok=True)
+    try:
+        _restart_app(stack, units, say)
+    except OpsError as e:  # the restore's own error is the one raised
+        say(f"after the roll-back the app is not ready: {e.message}")
+
+
+def _restart_app(stack, units: list, say: Say) -> None:
+    """The app units a restore stopped, started again and waited for (OpsError when one does not get ready)."""
+    if not units:
+        return
     for service, color in units:
         stack.runtime.start(service, color)
+    defs = [d for c in {c for _s, c in units} for d in stack.app_defs(c) if (d.service, d.color) in set(units)]
+    stack.wait_ready(defs, say)
 
 
 def _rekey(dep: Deployment, warnings: list[str]) -> dict[str, int] | None:

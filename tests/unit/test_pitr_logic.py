@@ -360,7 +360,7 @@ class _Engine:
 def _dep(data: Path):
     from types import SimpleNamespace
 
-    return SimpleNamespace(layout=SimpleNamespace(pg_data=data), s3=None,
+    return SimpleNamespace(layout=SimpleNamespace(pg_data=data, deploy_dir=data.parent / "deploy"), s3=None,
                            cfg=SimpleNamespace(supervisor=SimpleNamespace(stop_timeout=1)))
 
 
@@ -386,7 +386,7 @@ def _restore_env(tmp_path: Path, monkeypatch, listings: list, engine_cls=None):
     monkeypatch.setattr(uc, "_marker", lambda _dep: True)
     monkeypatch.setattr(uc, "_objects_at", lambda _dep, _t: (None, None))
     monkeypatch.setattr(uc, "_stack", lambda _dep: SimpleNamespace(runtime=runtime))
-    monkeypatch.setattr(uc, "_recovery_point", lambda _dep: (NOW - timedelta(minutes=31), True))
+    monkeypatch.setattr(uc, "_recovery_point", lambda _dep, _rt: NOW - timedelta(minutes=31))
     monkeypatch.setattr(uc, "_rekey", lambda _dep, _w: None)
     return data, site, eng
 
@@ -630,3 +630,132 @@ def test_db_only_lists_no_objects_and_rewinds_none(tmp_path: Path, monkeypatch):
     assert plan["objects"] is None and not any("objects" in s for s in plan["steps"])
     res = uc.restore_to_time(_dep(data), "-30m", with_objects=False)
     assert res["objects"] is None and (data / "restored_on").exists()
+
+
+def test_a_run_killed_after_the_swap_is_undone_by_the_next_one(tmp_path: Path, monkeypatch):
+    """Killed once the restored folder had taken the live one's place (journal phase "swapping"), before the restored
+    cluster was seen promoted: the next run moves the restored folder aside as data.failed_pitr_*, brings the live
+    one back and starts the app units the killed run had stopped."""
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [])
+    runtime = _AppRuntime()
+    runtime.states = {("api", "blue"): "STOPPED", ("worker", "blue"): "STOPPED"}
+    monkeypatch.setattr(uc, "_stack", lambda _dep: __import__("types").SimpleNamespace(runtime=runtime))
+    kept = data.parent / "data.pre_pitr_20261206T120000Z"
+    data.rename(kept)
+    data.mkdir()
+    (data / "restored_on").write_text("2")
+    journal = data.parent / "pitr-restore.json"
+    journal.write_text(json.dumps({"target": "2026-12-06T11:30:00Z", "new": str(data.parent / "data.pitr-x.partial"),
+                                   "kept": str(kept), "stopped": [["api", "blue"], ["worker", "blue"]],
+                                   "phase": "swapping"}))
+    done = uc.recover_interrupted(_dep(data), eng)
+    assert done == ["moved the restored data folder to data.failed_pitr_20261206T120000Z and "
+                    "data.pre_pitr_20261206T120000Z back"]
+    assert (data / "live").exists() and not kept.exists()
+    assert (data.parent / "data.failed_pitr_20261206T120000Z" / "restored_on").exists()
+    assert ("start", "api") in runtime.log and ("start", "worker") in runtime.log and not journal.exists()
+
+
+def test_a_dry_run_leaves_an_interrupted_run_as_it_is_and_says_so(tmp_path: Path, monkeypatch):
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 2)
+    partial = data.parent / "data.pitr-x.partial"
+    partial.mkdir()
+    journal = data.parent / "pitr-restore.json"
+    journal.write_text(json.dumps({"target": "2026-12-06T11:30:00Z", "new": str(partial),
+                                   "kept": str(data.parent / "data.pre_pitr_x"), "stopped": []}))
+    plan = uc.restore_to_time(_dep(data), "-30m", dry_run=True)["plan"]
+    assert partial.exists() and journal.exists() and site.log == []
+    assert any(f"an interrupted restore --to-time left {partial}" in w for w in plan["warnings"]), plan["warnings"]
+
+
+def test_a_second_restore_while_one_runs_is_refused_naming_it(tmp_path: Path, monkeypatch):
+    """The deploy lock is held for a restore's length: a second restore (or a deploy) is refused and names the first;
+    nothing of the second one runs."""
+    from aixsss_ops.deploy.lock import DeployLock, LockBusy
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 2)
+    dep = _dep(data)
+    with DeployLock(dep.layout.deploy_dir) as first:
+        first.acquire(0, {"action": "restore --to-time 2026-12-06T11:00:00Z"})
+        with pytest.raises(LockBusy, match=r"holds the lock: .*\(restore --to-time 2026-12-06T11:00:00Z"):
+            uc.restore_to_time(dep, "-30m")
+        with pytest.raises(LockBusy):
+            uc.rewind_objects(dep, "-30m")
+    assert site.log == [] and eng.restores == []
+    uc.restore_to_time(dep, "-30m")  # the lock is free again
+    assert (data / "restored_on").exists()
+
+
+def test_a_replay_that_stops_short_of_t_fails_fast_with_the_reason(monkeypatch):
+    """Postgres exits (and the engine restarts it) when replay ends before T: the wait for promotion ends after a
+    second of that, not after an hour, with Postgres's reason and what to do."""
+    import time
+    from types import SimpleNamespace
+
+    from aixsss_ops.backup import postgres
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    class Unreachable:
+        def connect(self, timeout=None):
+            raise OpsError("connection refused")
+
+    monkeypatch.setattr(uc, "database", lambda _dep: None)
+    monkeypatch.setattr(postgres, "admin_target", lambda _db: Unreachable())
+    states = iter(["STARTING", "BACKOFF", "STARTING", "BACKOFF", "BACKOFF"] + ["FATAL"] * 1000)
+    runtime = SimpleNamespace(state=lambda *_a: next(states), logs=lambda *_a, **_k: (
+        "LOG:  starting point-in-time recovery\nFATAL:  " + uc.NOT_REACHED + "\nLOG:  startup process exited"))
+    t = time.monotonic()
+    with pytest.raises(OpsError, match="ended its replay before reaching the target") as e:
+        uc._recovery_point(SimpleNamespace(), runtime)
+    assert time.monotonic() - t < 5
+    assert uc.NOT_REACHED in e.value.details and "stack up" in e.value.hint
+
+
+def test_the_marker_of_a_cluster_in_recovery_is_no_marker(monkeypatch):
+    """A live cluster still in recovery refuses the marker transaction (read-only): that is "does not answer" (the
+    restore warns), not an internal error."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import psycopg
+
+    from aixsss_ops.backup import postgres
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    class ReadOnly:
+        def execute(self, *_a):
+            raise psycopg.errors.ReadOnlySqlTransaction("cannot execute txid_current() during recovery")
+
+    monkeypatch.setattr(uc, "database", lambda _dep: None)
+    monkeypatch.setattr(postgres, "admin_target", lambda _db: SimpleNamespace(
+        connect=lambda timeout=None: contextlib.nullcontext(ReadOnly())))
+    assert uc._marker(SimpleNamespace()) is False
+
+
+def test_the_prompt_names_the_absolute_instant_and_bad_input_is_refused_before_it(tmp_path: Path):
+    """`restore --to-time -15m` asks about the instant -15m names when the command starts (it does not move while the
+    question waits); a T that cannot be read is refused before any question (exit 2)."""
+    from tests.cli import run_cli
+
+    cfg = _cfg_file(tmp_path)
+    before = datetime.now(UTC)
+    r = run_cli("restore", "--to-time", "-15m", config=cfg)  # no terminal, no --yes: refused with the question
+    after = datetime.now(UTC)
+    assert r.code == 2 and "refusing without a terminal" in r.stderr, r.stderr
+    asked = datetime.fromisoformat(r.stderr.split(" to ", 1)[1].split("?", 1)[0].replace("Z", "+00:00"))
+    assert before - timedelta(minutes=15, seconds=1) <= asked <= after - timedelta(minutes=15), r.stderr
+    for args in (("--to-time", "garbage"), ("--to-time", "garbage", "--objects-only")):
+        r = run_cli("restore", *args, config=cfg)
+        assert r.code == 2 and "garbage" in r.stderr and "refusing" not in r.stderr, r.stderr
+
+
+def _cfg_file(tmp_path: Path) -> Path:
+    from tests.conftest import stack_config
+
+    return stack_config(tmp_path, backup={"pitr": True})
