@@ -31,6 +31,9 @@ Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0)]
 NonEmpty = Annotated[str, Meta(min_length=1)]
+# a systemd OnCalendar expression: weekdays, dates, times, ranges, lists, repetitions, a time zone; nothing that
+# could end the line of the unit it goes into
+Calendar = Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9*:,./~_ +-]+$")]
 
 
 def is_loopback(host: str) -> bool:
@@ -241,8 +244,8 @@ class BackupSection(_Section):
     # versions kept for point-in-time recovery
     rpo_seconds: Positive = 60.0  # pitr: doctor fails when the newest archived WAL is older; also the
     # archive_timeout of an idle database
-    pitr_full_calendar: NonEmpty = "Sun *-*-* 03:00:00"  # pitr: systemd OnCalendar of the full base backup
-    pitr_incr_calendar: NonEmpty = "Mon..Sat *-*-* 03:00:00"  # pitr: systemd OnCalendar of the incremental
+    pitr_full_calendar: Calendar = "Sun *-*-* 03:00:00"  # pitr: systemd OnCalendar of the full base backup
+    pitr_incr_calendar: Calendar = "Mon..Sat *-*-* 03:00:00"  # pitr: systemd OnCalendar of the incremental
     # base backups
 
     def __post_init__(self) -> None:

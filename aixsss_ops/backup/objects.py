@@ -47,7 +47,10 @@ def _s3_error(target: S3Target, e: Exception) -> OpsError:
 
     if isinstance(e, S3Error):
         return OpsError(f"s3 at {target.endpoint}: {e.code}: {e.message}")
-    return ServiceUnavailable(f"s3 at {target.endpoint} is unreachable: {e}")
+    reason = str(getattr(e, "reason", None) or e).rsplit(">: ", 1)[-1]  # urllib3's, without the connection's repr
+    return ServiceUnavailable(f"s3 at {target.endpoint} is unreachable: {reason}",
+                              hint="is the object store running? `aixsss-ops stack status`, "
+                                   "`aixsss-ops doctor --only s3.reachable`")
 
 
 def _parse_time(text: str) -> datetime:

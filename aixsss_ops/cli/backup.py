@@ -524,7 +524,7 @@ def base_cmd(
 @app.command("schedule")
 def schedule_cmd(ctx: typer.Context) -> None:
     """Print the systemd service + timer units (backup.pitr_full_calendar, pitr_incr_calendar) and the cron lines
-    of the default calendars that run `backup base`."""
+    of the same calendars that run `backup base`."""
     from aixsss_ops.usecases import pitr
 
     st = state(ctx)
@@ -536,8 +536,9 @@ def schedule_cmd(ctx: typer.Context) -> None:
             c.print(f"# /etc/systemd/system/{name}\n{text}", markup=False)
         c.print("# enable: systemctl daemon-reload && systemctl enable --now aixsss-ops-backup-full.timer "
                 "aixsss-ops-backup-incr.timer", markup=False)
-        c.print("# or cron (the default calendars):", markup=False)
-        for line in d["cron"]:
-            c.print(line, markup=False)
+        c.print("# or cron:", markup=False)
+        for kind, line in d["cron"].items():
+            c.print(line or f"# no cron line says OnCalendar={d['calendars'][kind]} ({kind}): use its timer",
+                    markup=False)
 
     st.out.emit(res, human)

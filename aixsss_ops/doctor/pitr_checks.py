@@ -39,9 +39,29 @@ def archiving(ctx: Context) -> list[Finding]:
     try:
         eng.check(timeout=max(1.0, ctx.timeout - 0.3))
     except OpsError as e:
-        return [Finding(name, "fail", e.message, "`aixsss-ops backup base` creates the stanza; see pgBackRest's log "
-                                                 f"in {eng.site.log_hint} and `aixsss-ops stack logs postgres`")]
+        return [Finding(name, "fail", e.message, (f"{e.hint}; " if e.hint else "") + "`aixsss-ops backup base` "
+                        "creates the stanza when there is none; `aixsss-ops stack logs postgres`")]
     return [Finding(name, "ok", f"pgbackrest check: WAL archived to stanza {eng.stanza}")]
+
+
+def interrupted_restore(ctx: Context) -> list[Finding]:
+    """A ``restore --to-time`` killed on its way: its journal names the folder it left and the app units it stopped
+    (a running restore holds the deploy lock: that one is not interrupted)."""
+    from aixsss_ops.backup.pitr import journal_path
+    from aixsss_ops.fsutil import flock_held, read_json
+
+    if not ctx.cfg.backup.pitr:
+        return []
+    name = "backup.pitr-restore"
+    j = read_json(journal_path(ctx.dep.layout), None)
+    if not j:
+        return [Finding(name, "ok", "no interrupted restore --to-time")]
+    if flock_held(ctx.dep.layout.deploy_dir / "deploy.lock"):
+        return [Finding(name, "ok", f"a restore --to-time to {j.get('target')} is running")]
+    stopped = ", ".join(f"{s}-{c}" if c else s for s, c in j.get("stopped") or [])
+    return [Finding(name, "warn", f"an interrupted restore --to-time (to {j.get('target')}) left {j.get('new')}"
+                    + (f" and stopped {stopped}" if stopped else ""),
+                    "the next `aixsss-ops restore --to-time T` undoes what it left first (`--dry-run` changes nothing)")]
 
 
 def wal_age(ctx: Context) -> list[Finding]:

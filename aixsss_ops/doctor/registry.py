@@ -45,6 +45,7 @@ CHECKS: tuple[Check, ...] = (
     Check("backup.pitr-wal", pitr.wal_age),
     Check("backup.pitr-base", pitr.base_backup),
     Check("backup.pitr-lifecycle", pitr.lifecycle_and_space, "s3.reachable"),
+    Check("backup.pitr-restore", pitr.interrupted_restore),
     Check("deploy.active", c.deploy_proxy),
     Check("deploy.state", c.deploy_state),
     Check("deploy.proxy-config", c.proxy_config),

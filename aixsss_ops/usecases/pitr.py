@@ -25,15 +25,19 @@ from aixsss_ops.errors import OpsError, UsageError
 Say = Callable[[str], None]
 
 
-def _require(dep: Deployment) -> None:
+def _require_on(dep: Deployment) -> None:
     if not dep.cfg.backup.pitr:
         raise UsageError("point-in-time recovery is off", hint="set backup.pitr = true in ops.toml, then "
                          "`aixsss-ops stack up` (restarts Postgres with WAL archiving) and `aixsss-ops backup base`")
+    if dep.cfg.runtime not in ("local", "docker"):
+        raise UsageError(f"point-in-time recovery runs on the local and docker runtimes, not {dep.cfg.runtime!r}")
+
+
+def _require(dep: Deployment) -> None:
+    _require_on(dep)
     if dep.admin_database.source != EMBEDDED_ADMIN:
         raise UsageError(f"point-in-time recovery restores the embedded stack's cluster, but the database comes from "
                          f"{dep.admin_database.source}", hint="drop --database-url / DATABASE_URL for this command")
-    if dep.cfg.runtime not in ("local", "docker"):
-        raise UsageError(f"point-in-time recovery runs on the local and docker runtimes, not {dep.cfg.runtime!r}")
 
 
 def engine(dep: Deployment) -> Engine:
@@ -110,10 +114,15 @@ def base(dep: Deployment, kind: str = "full", say: Say = lambda _m: None) -> dic
 
 
 def schedule(dep: Deployment) -> dict[str, Any]:
+    """The systemd units and timers of the base backups on the configured calendars, and their cron lines (None for
+    a calendar cron cannot say)."""
+    _require_on(dep)
     b = dep.cfg.backup
     exe = str(Path(sys.executable).parent / "aixsss-ops")
     cfg_path = dep.cfg.config_path or Path("ops.toml").resolve()
     units = engine_mod.schedule_lines(exe, cfg_path, b.pitr_full_calendar, b.pitr_incr_calendar)
-    return {"units": units, "cron": [f"0 3 * * 0 {exe} --config {cfg_path} --yes backup base --type full",
-                                     f"0 3 * * 1-6 {exe} --config {cfg_path} --yes backup base --type incr"],
-            "calendars": {"full": b.pitr_full_calendar, "incr": b.pitr_incr_calendar}}
+    cron = {}
+    for kind, cal in (("full", b.pitr_full_calendar), ("incr", b.pitr_incr_calendar)):
+        when = engine_mod.cron_of(cal)
+        cron[kind] = f"{when} {exe} --config {cfg_path} --yes backup base --type {kind}" if when else None
+    return {"units": units, "cron": cron, "calendars": {"full": b.pitr_full_calendar, "incr": b.pitr_incr_calendar}}

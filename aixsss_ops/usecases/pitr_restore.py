@@ -57,7 +57,7 @@ class PitrPlan:
 
 
 def _journal(dep: Deployment) -> Path:
-    return dep.layout.pg_data.parent / "pitr-restore.json"
+    return engine_mod.journal_path(dep.layout)
 
 
 def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = lambda _m: None) -> list[str]:

@@ -220,8 +220,18 @@ def test_a_sigkilled_restore_leaves_the_live_cluster_usable_and_a_rerun_finishes
         assert c.execute("SELECT count(*) FROM killed").fetchone()[0] == 2
     journal = json.loads((pgdir / "pitr-restore.json").read_text())
     assert Path(journal["new"]).exists()
+
+    def doctor() -> dict:
+        r = stack.cli("--json", "doctor", "--only", "backup.pitr-restore")
+        return next(f for f in r.json["findings"] if f["check"] == "backup.pitr-restore")
+
+    found = doctor()
+    assert found["status"] == "warn" and journal["new"] in found["message"], found
+    plan = _restore(stack, t, "--dry-run")["plan"]  # changes nothing, says what is pending
+    assert Path(journal["new"]).exists() and any(journal["new"] in w for w in plan["warnings"]), plan
     _restore(stack, t)  # the rerun removes the partial folder first
     assert not list(pgdir.glob("data.pitr-*.partial"))
+    assert doctor()["status"] == "ok"
     with stack.pg() as c:
         assert c.execute("SELECT count(*) FROM killed").fetchone()[0] == 1
 

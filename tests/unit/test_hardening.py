@@ -158,3 +158,19 @@ def test_doctor_prints_one_finding_per_line_at_80_columns(tmp_path):
         assert any(re.search(pattern, line) for line in lines), r.stdout
         if f["fix"]:
             assert any(line.strip() == f"fix: {f['fix']}" for line in lines), r.stdout
+
+
+def test_an_object_store_that_does_not_answer_is_one_line_with_a_hint():
+    """A listing of a store nobody listens on: the reason without urllib3's object repr and retry text, and where to
+    look."""
+    from datetime import UTC, datetime
+
+    from aixsss_ops.backup import objects
+    from aixsss_ops.errors import ServiceUnavailable
+    from aixsss_ops.s3 import S3Target
+
+    with pytest.raises(ServiceUnavailable) as e:
+        objects.take_snapshot(S3Target("http://127.0.0.1:1", "a", "b"), "bucket", datetime.now(UTC))
+    assert e.value.message.startswith("s3 at http://127.0.0.1:1 is unreachable: ")
+    assert "Connection refused" in e.value.message and "object at 0x" not in e.value.message
+    assert "Max retries" not in e.value.message and "stack status" in e.value.hint

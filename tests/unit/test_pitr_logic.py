@@ -111,6 +111,45 @@ def test_schedule_units_run_backup_base_on_the_calendars():
     assert "backup base --type incr" in units["aixsss-ops-backup-incr.service"]
 
 
+@pytest.mark.parametrize(("calendar", "cron"), [
+    ("Sun *-*-* 03:00:00", "0 3 * * 0"), ("Mon..Sat *-*-* 03:00:00", "0 3 * * 1-6"), ("*-*-* 01:30:00", "30 1 * * *"),
+    ("Mon,Thu 01:30", "30 1 * * 1,4"), ("Monday..Friday 02:00", "0 2 * * 1-5"), ("Sat..Sun 04:00", "0 4 * * 6-7"),
+    ("hourly", "0 * * * *"), ("daily", "0 0 * * *"),
+    ("*-*-01 03:00:00", None), ("Sun *-*-* 03:00:30", None), ("Fri..Mon 01:00", None), ("Wed 25:00", None),
+    ("Monxyz 01:00", None),
+])
+def test_the_cron_line_of_a_calendar_or_none(calendar, cron):
+    assert pitr.cron_of(calendar) == cron
+
+
+def test_schedule_follows_the_configured_calendars_and_needs_pitr(tmp_path: Path):
+    """`backup schedule`: the cron lines say the configured calendars (a calendar cron cannot say is named, its timer
+    stays); with pitr off it is refused (exit 2), as `backup base` would be; a calendar that could end its unit's
+    line is refused when the config is read."""
+    from tests.cli import run_cli
+
+    on = tmp_path / "on"
+    on.mkdir()
+    _cfg(on, pitr=True, pitr_full_calendar="*-*-* 01:30:00", pitr_incr_calendar="*-*-01 02:00:00")
+    r = run_cli("--json", "backup", "schedule", config=on / "ops.toml")
+    assert r.code == 0, r.output
+    assert r.json["cron"]["full"].startswith("30 1 * * * ") and r.json["cron"]["full"].endswith("--type full")
+    assert r.json["cron"]["incr"] is None
+    assert "OnCalendar=*-*-01 02:00:00" in r.json["units"]["aixsss-ops-backup-incr.timer"]
+    r = run_cli("backup", "schedule", config=on / "ops.toml")
+    assert "# no cron line says OnCalendar=*-*-01 02:00:00 (incr): use its timer" in r.stdout, r.output
+    off = tmp_path / "off"
+    off.mkdir()
+    _cfg(off)
+    r = run_cli("backup", "schedule", config=off / "ops.toml")
+    assert r.code == 2 and "point-in-time recovery is off" in r.stderr, r.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ops.toml").write_text('[backup]\npitr = true\npitr_full_calendar = "daily\\nExecStartPre=/bin/true"\n')
+    r = run_cli("backup", "schedule", config=bad / "ops.toml")
+    assert r.code == 2 and "pitr_full_calendar" in r.stderr, r.output
+
+
 def test_a_stanza_whose_repository_cannot_be_read_does_not_exist_yet():
     """pgBackRest's status 99 ("other", e.g. the repository's bucket is missing): create the stanza (which makes the
     bucket first) rather than take it for an existing one."""
