@@ -798,3 +798,29 @@ def _cfg_file(tmp_path: Path) -> Path:
     from tests.conftest import stack_config
 
     return stack_config(tmp_path, backup={"pitr": True})
+
+
+def test_archiving_that_fails_now_is_a_warning_and_the_window_still_bounds_t(tmp_path: Path, monkeypatch):
+    """`pgbackrest check` fails (archive-push broken): a T inside what was archived before still restores, with a
+    warning naming the failure; a T past the newest archived WAL is refused by the window."""
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 4)
+
+    def broken():
+        raise OpsError("pgbackrest check failed (exit 82): [082]: WAL segment 0000000100000000000000AA was not "
+                       "archived before the 60000ms timeout")
+
+    monkeypatch.setattr(eng, "check", broken)
+    res = uc.restore_to_time(_dep(data), "-30m")
+    assert any(w.startswith("WAL archiving fails now (pgbackrest check failed (exit 82)") for w in res["warnings"])
+    assert (data / "restored_on").exists()
+
+    older = {"0000000100000000/000000010000000000000007-aa.lz4": {"type": "file", "size": 100,
+                                                                   "time": _epoch(NOW - timedelta(minutes=10))}}
+    data, site, eng = _restore_env(tmp_path / "later", monkeypatch, [pitr.parse_repo_ls(json.dumps(older))] * 2)
+    monkeypatch.setattr(eng, "check", broken)
+    with pytest.raises(UsageError, match="outside the point-in-time recovery window"):
+        uc.restore_to_time(_dep(data), "-1m")  # after the newest archived WAL
+    assert not list(data.parent.glob("data.pre_pitr_*")) and not list(data.parent.glob("*.partial"))
