@@ -824,3 +824,17 @@ def test_archiving_that_fails_now_is_a_warning_and_the_window_still_bounds_t(tmp
     with pytest.raises(UsageError, match="outside the point-in-time recovery window"):
         uc.restore_to_time(_dep(data), "-1m")  # after the newest archived WAL
     assert not list(data.parent.glob("data.pre_pitr_*")) and not list(data.parent.glob("*.partial"))
+
+
+def test_a_check_named_alone_that_does_not_apply_is_reported_skipped(tmp_path: Path):
+    """`doctor --only backup.pitr-archiving` with pitr off: one skipped finding that says the check does not apply,
+    not an empty report."""
+    from tests.cli import run_cli
+
+    _cfg(tmp_path)
+    r = run_cli("--json", "doctor", "--only", "backup.pitr-archiving", "--only", "backup.pitr-restore",
+                config=tmp_path / "ops.toml")
+    assert r.code == 0, r.output
+    assert [(f["check"], f["status"]) for f in r.json["findings"]] == [
+        ("backup.pitr-archiving", "skipped"), ("backup.pitr-restore", "skipped")], r.json
+    assert all(f["message"] == "does not apply to this deployment" for f in r.json["findings"])
