@@ -97,7 +97,9 @@ def _q(value: str) -> str:
 def registry_config(cfg: OpsConfig, access_key: str, secret_key: str, endpoint: str = S3_ENDPOINT) -> str:
     """docker-registry's config.yml: S3 storage in ``<project>-registry`` (no redirects: nodes never talk to the
     store), the storage health check behind /v2/, an HTTP secret shared by every replica (derived, so the config is
-    the same on every run)."""
+    the same on every run). The upload purger is off: in docker-registry 2.8 (Debian's) its walk of an S3 bucket
+    panics on an empty folder (distribution issues #4358, #4590; fixed only in 3.x) and takes the replica down at a
+    random minute of its first hour and every day after; what an aborted push leaves in ``_uploads`` stays."""
     http_secret = hmac.new(secret_key.encode(), f"aixsss-registry:{cfg.project}".encode(), hashlib.sha256).hexdigest()
     return f"""version: 0.1
 log:
@@ -131,10 +133,7 @@ storage:
     blobdescriptor: inmemory
   maintenance:
     uploadpurging:
-      enabled: true
-      age: 168h
-      interval: 24h
-      dryrun: false
+      enabled: false
 health:
   storagedriver:
     enabled: true
