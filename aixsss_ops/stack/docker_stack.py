@@ -153,7 +153,11 @@ class DockerStack(Stack):
         return engine_host(self.cfg).startswith("unix://")
 
     def _probe_s3_volumes(self) -> tuple[bool, str]:
-        r = self.runtime.exec("s3", ["python3", "-c", SEAWEED_READY_SCRIPT, "/data", "http://127.0.0.1:9333"], timeout=10)
+        try:
+            r = self.runtime.exec("s3", ["python3", "-c", SEAWEED_READY_SCRIPT, "/data", "http://127.0.0.1:9333"],
+                                  timeout=10)
+        except OpsError as e:  # no container to ask yet (a swarm task still being placed): not ready, not an error
+            return False, e.message
         out = (r.stdout or b"").decode(errors="replace").strip() or (r.stderr or b"").decode(errors="replace")[-200:]
         return r.returncode == 0, out
 

@@ -116,3 +116,17 @@ def test_status_keeps_what_the_engine_says_of_a_starting_process_beside_its_prob
     mailer = units["mailer-blue"]
     assert not mailer.healthy and mailer.detail == "starting; engine: non-zero exit (1); restarted"
     assert units["worker-blue"].detail == f"no log line matches {READY_LINE!r} yet"  # nothing said by the engine
+
+
+def test_a_store_whose_container_is_not_there_yet_is_not_ready_rather_than_an_error():
+    """The object store's volume probe runs in its container: on a swarm, the published port can answer before this
+    node's task container is found. That is "not ready yet" (the wait goes on), not an error ending `stack up`."""
+    from types import SimpleNamespace
+
+    from aixsss_ops.stack.docker_stack import DockerStack
+
+    def no_replica(service, argv, timeout=None):
+        raise OpsError("no replica of s3 runs on this node (vm)")
+
+    ok, detail = DockerStack._probe_s3_volumes(SimpleNamespace(runtime=SimpleNamespace(exec=no_replica)))
+    assert not ok and detail == "no replica of s3 runs on this node (vm)"
