@@ -48,7 +48,8 @@ def interrupted_restore(ctx: Context) -> list[Finding]:
     """A ``restore --to-time`` killed on its way: its journal names the folder it left and the app units it stopped
     (a running restore holds the deploy lock: that one is not interrupted)."""
     from aixsss_ops.backup.pitr import journal_path
-    from aixsss_ops.fsutil import flock_held, read_json
+    from aixsss_ops.deploy.lock import DeployLock
+    from aixsss_ops.fsutil import read_json
 
     if not ctx.cfg.backup.pitr:
         return []
@@ -56,7 +57,7 @@ def interrupted_restore(ctx: Context) -> list[Finding]:
     j = read_json(journal_path(ctx.dep.layout), None)
     if not j:
         return [Finding(name, "ok", "no interrupted restore --to-time")]
-    if flock_held(ctx.dep.layout.deploy_dir / "deploy.lock"):
+    if DeployLock(ctx.dep.layout.deploy_dir).info().held:
         return [Finding(name, "ok", f"a restore --to-time to {j.get('target')} is running")]
     stopped = ", ".join(f"{s}-{c}" if c else s for s, c in j.get("stopped") or [])
     return [Finding(name, "warn", f"an interrupted restore --to-time (to {j.get('target')}) left {j.get('new')}"

@@ -838,3 +838,24 @@ def test_a_check_named_alone_that_does_not_apply_is_reported_skipped(tmp_path: P
     assert [(f["check"], f["status"]) for f in r.json["findings"]] == [
         ("backup.pitr-archiving", "skipped"), ("backup.pitr-restore", "skipped")], r.json
     assert all(f["message"] == "does not apply to this deployment" for f in r.json["findings"])
+
+
+def test_doctor_names_an_interrupted_restore_but_not_one_running_now(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from aixsss_ops.deploy.lock import DeployLock
+    from aixsss_ops.doctor.pitr_checks import interrupted_restore
+
+    data = tmp_path / "pg" / "data"
+    data.mkdir(parents=True)
+    dep = SimpleNamespace(layout=SimpleNamespace(pg_data=data, deploy_dir=tmp_path / "deploy"))
+    ctx = SimpleNamespace(cfg=SimpleNamespace(backup=SimpleNamespace(pitr=True)), dep=dep)
+    assert [f.status for f in interrupted_restore(ctx)] == ["ok"]
+    (data.parent / "pitr-restore.json").write_text(json.dumps(
+        {"target": "2026-12-06T11:30:00Z", "new": str(data.parent / "data.pitr-x.partial"), "stopped": [["api", "blue"]]}))
+    found = interrupted_restore(ctx)[0]
+    assert found.status == "warn" and "data.pitr-x.partial" in found.message and "api-blue" in found.message
+    with DeployLock(dep.layout.deploy_dir) as lock:
+        lock.acquire(0, {"action": "restore --to-time 2026-12-06T11:30:00Z"})
+        found = interrupted_restore(ctx)[0]
+        assert found.status == "ok" and "is running" in found.message
