@@ -3,10 +3,9 @@ import logging
 import signal
 import sys
 
-from bullmq import Worker
-
 from aixsss_ops.errors import OpsError
 from common.settings import load_env_or_exit
+from worker.drain import Worker, drain, start
 from worker.processor import Processor
 
 
@@ -16,12 +15,14 @@ async def run(env, processor: Processor) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     worker = Worker(
-        env.AI_QUEUE_NAME, processor.process, {"connection": env.REDIS_URL, "concurrency": env.WORKER_CONCURRENCY},
+        env.AI_QUEUE_NAME, processor.process,
+        {"connection": env.REDIS_URL, "concurrency": env.WORKER_CONCURRENCY, "autorun": False},
     )
+    loop_task = start(worker)
     logging.info("worker consuming queue %s with concurrency %d", env.AI_QUEUE_NAME, env.WORKER_CONCURRENCY)
     await stop.wait()
     logging.info("stopping: waiting for active jobs to finish")
-    await worker.close()
+    await drain(worker, loop_task)
     logging.info("stopped")
 
 

@@ -202,7 +202,7 @@ def test_jobs_enqueued_during_the_switch_complete_exactly_once(env):
                 break
             time.sleep(0.5)
     assert len(ids) >= 5
-    assert all(s == "succeeded" for s in statuses.values()), statuses
+    assert all(s == "succeeded" for s in statuses.values()), {i: s for i, s in statuses.items() if s != "succeeded"}
     logs = "".join(stack.sup.logfile(f"worker-{c}").read_text() for c in ("blue", "green"))
     for i in ids:
         assert len(re.findall(rf"job {i} \S+ succeeded", logs)) == 1, i
