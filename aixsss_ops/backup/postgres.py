@@ -616,12 +616,28 @@ def create_database(admin: PgTarget, name: str, owner: str | None) -> None:
         c.execute(q)
 
 
+def end_sessions(conn, databases: list[str]) -> list[str]:
+    """End the other sessions on ``databases`` (``conn`` in autocommit). Returns those this role may not end: a
+    superuser's, or a process with no role such as an autovacuum worker, which Postgres itself stops when the
+    database is renamed or dropped."""
+    import psycopg
+
+    kept = []
+    rows = conn.execute("SELECT pid, coalesce(usename, backend_type), datname FROM pg_stat_activity "
+                        "WHERE datname = ANY(%s) AND pid <> pg_backend_pid()", (databases,)).fetchall()
+    for pid, who, database in rows:
+        try:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        except psycopg.errors.InsufficientPrivilege:
+            kept.append(f"{who} (pid {pid}) on {database}")
+    return kept
+
+
 def drop_database(admin: PgTarget, name: str) -> None:
     from psycopg import sql
 
     with admin.connect(timeout=10) as c:
-        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                  (name,))
+        end_sessions(c, [name])
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 

@@ -353,10 +353,8 @@ def _swap(admin: PgTarget, d: dict[str, Any], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     with admin.connect(timeout=10, autocommit=True) as c:
         while True:
-            # the live database's sessions (the app is stopped), and autovacuum at work on the freshly loaded
-            # scratch copy: a rename waits for neither
-            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ANY(%s) "
-                      "AND pid <> pg_backend_pid()", ([d["name"], d["scratch"]] if d["exists"] else [d["scratch"]],))
+            # the live database's sessions (the app is stopped); the rename itself stops autovacuum workers
+            kept = pgb.end_sessions(c, [d["name"], d["scratch"]] if d["exists"] else [d["scratch"]])
             try:
                 with c.transaction():  # both renames or neither
                     if d["exists"]:
@@ -375,6 +373,8 @@ def _swap(admin: PgTarget, d: dict[str, Any], timeout: float = 15.0) -> None:
             except psycopg.Error as e:
                 err = e
             break
+    if isinstance(err, psycopg.errors.ObjectInUse) and kept:
+        err = f"sessions this role may not end are still open: {', '.join(kept)}"
     raise OpsError(
         f"could not switch {d['name']} to the restored database: {str(err).strip().splitlines()[0]}",
         hint=f"{d['name']} is unchanged; the restored copy is the database {d['scratch']} (rename it by hand, "
