@@ -433,7 +433,7 @@ def _objects_line(o: dict) -> str:
 
 
 def _rewind_objects(st: State, to_time: str, dry_run: bool, database_url: str | None) -> None:
-    from aixsss_ops.usecases import pitr_restore
+    from aixsss_ops.usecases import pitr_plan, pitr_restore
 
     dep = _dep(st, database_url)
     out = st.out
@@ -444,7 +444,7 @@ def _rewind_objects(st: State, to_time: str, dry_run: bool, database_url: str | 
             f"rewind bucket {o['bucket']} to {d['target']}: {o['copy']} version(s) would be made current, "
             f"{o['delete_marker']} delete marker(s) added, {o['unchanged']} unchanged", markup=False))
         return
-    at = pitr_restore.resolve_target(to_time)  # bad input is refused before the question; T does not move while asked
+    at = pitr_plan.resolve_target(to_time)  # bad input is refused before the question; T does not move while asked
     confirm(st, f"rewind the objects (not the database) to {at}?")
     res = pitr_restore.rewind_objects(dep, at, say=out.info)
     out.emit(res, lambda d: out.console.print(f"{_objects_line(d['objects'])} (as at {d['target']})", markup=False))
@@ -452,7 +452,7 @@ def _rewind_objects(st: State, to_time: str, dry_run: bool, database_url: str | 
 
 def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str | None,
                      with_objects: bool = True) -> None:
-    from aixsss_ops.usecases import pitr_restore
+    from aixsss_ops.usecases import pitr_plan, pitr_restore
 
     dep = _dep(st, database_url)
     out = st.out
@@ -470,7 +470,7 @@ def _restore_to_time(st: State, to_time: str, dry_run: bool, database_url: str |
 
         out.emit(res, plan_human)
         return
-    at = pitr_restore.resolve_target(to_time)
+    at = pitr_plan.resolve_target(to_time)
     objs = " and rewind the objects" if with_objects else " (not the objects)"
     confirm(st, f"replace the live database cluster{objs} to {at}? (the live data folder is kept)")
     res = pitr_restore.restore_to_time(dep, at, with_objects=with_objects, say=out.info)

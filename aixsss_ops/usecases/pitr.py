@@ -1,6 +1,6 @@
 """Point-in-time recovery of a deployment, its archiving side: the engine (pgBackRest) of the stack's cluster, physical
 base backups, their schedule, the recovery window and the lifecycle rule that makes objects expire with it.
-``restore --to-time T`` is in ``pitr_restore``.
+``restore --to-time T`` is in ``pitr_plan`` (what it would do) and ``pitr_restore``.
 
 Only the embedded stack's cluster (``backup.pitr``), local runtime (pgBackRest a process of this machine) or docker
 (pgBackRest in the Postgres container, its repository a volume): the engine's ``site`` says where it runs and where

@@ -3,7 +3,8 @@ in, the objects rewound to T, provider keys re-encrypted when the key changed si
 
 Only the embedded stack's cluster (``backup.pitr``), local runtime (pgBackRest a process of this machine) or docker
 (pgBackRest in the Postgres container, its repository a volume): the engine's ``site`` says where it runs and where
-the data folders are; everything here is the same for both.
+the data folders are; everything here is the same for both. What it would do, and what it checks before it changes
+anything, is ``pitr_plan``.
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aixsss_ops.backup import objects, rekey
 from aixsss_ops.backup import pitr as engine_mod
-from aixsss_ops.backup.pitr import BaseBackup, Engine, Info, Window, iso
+from aixsss_ops.backup.pitr import Engine, iso
 from aixsss_ops.backup.pitr_sites import RestoreNotStopped
 from aixsss_ops.context.deployment import PREVIOUS_KEY, Deployment
-from aixsss_ops.errors import CheckFailed, OpsError, UsageError
+from aixsss_ops.errors import OpsError
 from aixsss_ops.fsutil import atomic_write_json, read_json
 from aixsss_ops.poll import poll_until
+from aixsss_ops.usecases import pitr_plan as planning
 from aixsss_ops.usecases.backup import api_key, database
 from aixsss_ops.usecases.pitr import Say, engine
 
@@ -35,25 +36,6 @@ def _stack(dep: Deployment):
     from aixsss_ops.stack.engines import open_stack
 
     return open_stack(dep)
-
-
-@dataclass
-class PitrPlan:
-    target: datetime
-    backup: BaseBackup
-    timeline: int | None
-    window: Window
-    wal_segments: int  # archived segments from the base backup's start on: replay reads at most these
-    wal_bytes: int
-    objects: objects.ObjectPlan | None
-    steps: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": iso(self.target), "base_backup": self.backup.to_dict(), "timeline": self.timeline,
-                "window": self.window.to_dict(), "wal_segments_at_most": self.wal_segments,
-                "wal_bytes_at_most": self.wal_bytes, "objects": self.objects.to_dict() if self.objects else None,
-                "steps": self.steps, "warnings": self.warnings}
 
 
 def _journal(dep: Deployment) -> Path:
@@ -91,125 +73,6 @@ def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = l
     for d in done:
         say(f"interrupted restore: {d}")
     return done
-
-
-def _marker(dep: Deployment) -> bool:
-    """A committed transaction after T and a switched, archived WAL segment: replay to any T <= now then finds a
-    commit past T and stops there instead of running out of WAL before reaching it."""
-    import psycopg
-
-    from aixsss_ops.backup.postgres import admin_target
-
-    try:
-        with admin_target(database(dep)).connect(timeout=5) as c:
-            c.execute("SELECT pg_catalog.txid_current()")
-        return True
-    except (OpsError, psycopg.Error):  # not reachable, or read-only (a cluster still in recovery)
-        return False
-
-
-def _start(dep: Deployment, target_text: str, eng: Engine, now: datetime) -> tuple[datetime, Info, BaseBackup]:
-    """The target and the base backup it needs, from ``pgbackrest info`` alone (no WAL read yet): a T in the future,
-    before the oldest base backup or with none is refused."""
-    target = engine_mod.parse_target(target_text, now)
-    info = eng.info()
-    if not info.exists or not info.backups:
-        raise UsageError(f"{iso(target)} is outside the point-in-time recovery window (empty: no base backup yet)",
-                         hint="take one: `aixsss-ops backup base`")
-    if target > now:
-        raise UsageError(f"{iso(target)} is in the future; the window is "
-                         f"{engine_mod.window(info, now).text()}")
-    return target, info, engine_mod.choose_backup(info, target)  # refuses T before the oldest base backup
-
-
-@dataclass
-class _Archived:
-    files: list[engine_mod.WalFile]
-    timelines: dict[int, datetime]
-    window: Window
-    warnings: list[str]
-
-
-def _archived(dep: Deployment, eng: Engine, info: Info, target: datetime) -> _Archived:
-    """The WAL switched and archived (everything committed up to now is in the repository), then the archive
-    listed: the window's end, the timelines; a T past the end is refused. Archiving that fails now (the check)
-    is a warning: what was archived before still restores, and a T past it is refused by the window."""
-    warnings = []
-    if _marker(dep):
-        try:
-            eng.check()
-        except OpsError as e:
-            warnings.append(f"WAL archiving fails now ({e.message}): only WAL archived before it can be replayed")
-    else:
-        warnings.append("the live database does not answer: WAL not yet archived cannot be replayed")
-    files, timelines = eng.wal_files(info.archive_id)
-    win = engine_mod.window(info, engine_mod.newest_wal(files))
-    if win.end is not None and target > win.end + timedelta(seconds=1):  # repository times are whole seconds
-        raise UsageError(f"{iso(target)} is outside the point-in-time recovery window ({win.text()})")
-    return _Archived(files, timelines, win, warnings)
-
-
-def _object_plan(dep: Deployment, target: datetime) -> objects.ObjectPlan:
-    """What rewinds the bucket to ``target``; versions of T that no longer exist are refused (CheckFailed)."""
-    _snap, obj_plan = objects.rewind_plan(dep.s3, dep.bucket, target)
-    if obj_plan.missing:
-        raise CheckFailed(f"{len(obj_plan.missing)} object version(s) of {iso(target)} no longer exist in "
-                          f"{obj_plan.bucket} (expired?), e.g. "
-                          + ", ".join(f"{m['key']}@{m['version_id']}" for m in obj_plan.missing[:3]),
-                          hint="check the bucket's lifecycle rule against backup.pitr_retention_days (doctor)")
-    return obj_plan
-
-
-def _objects_at(dep: Deployment, target: datetime) -> tuple[objects.ObjectPlan | None, str | None]:
-    """``_object_plan``, or None and why when the store does not answer."""
-    try:
-        return _object_plan(dep, target), None
-    except CheckFailed:
-        raise
-    except OpsError as e:
-        return None, (f"objects not rewound: {e.message} (`aixsss-ops restore --to-time {iso(target)} "
-                      "--objects-only` rewinds them once the store answers)")
-
-
-def _no_objects(_dep: Deployment, _target: datetime) -> tuple[None, None]:
-    return None, None
-
-
-def _assemble(target: datetime, chosen: BaseBackup, arch: _Archived,
-              objs: tuple[objects.ObjectPlan | None, str | None]) -> PitrPlan:
-    obj_plan, obj_warning = objs
-    replay = engine_mod.wal_after(arch.files, chosen.wal_start)
-    tl = engine_mod.timeline_at(arch.timelines, target)
-    warnings = arch.warnings + ([obj_warning] if obj_warning else [])
-    p = PitrPlan(target, chosen, tl, arch.window, len(replay), sum(w.size for w in replay), obj_plan,
-                 warnings=warnings)
-    p.steps = [
-        f"restore base backup {chosen.label} ({chosen.type}, consistent at {iso(chosen.stopped)}) into a new data "
-        f"folder, replaying at most {len(replay)} archived WAL segment(s) to {iso(target)}"
-        + (f" on timeline {tl}" if tl else ""),
-        "stop the app and Postgres, move the live data folder aside (kept), the restored one into place, start "
-        "Postgres: it replays to the target and promotes",
-    ]
-    if obj_plan is not None:
-        p.steps.append(f"rewind bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made "
-                       f"current, {len(obj_plan.hide)} delete marker(s), {obj_plan.unchanged} unchanged")
-    elif obj_warning:
-        p.steps.append("objects: skipped (the store does not answer)")
-    p.steps.append("re-encrypt provider keys the current key cannot read (with API_KEY_ENCRYPTION_KEY_PREVIOUS), "
-                   "start the app again")
-    return p
-
-
-def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: datetime | None = None,
-         with_objects: bool = True) -> PitrPlan:
-    """What ``restore --to-time`` would do (``--dry-run``). The object listing runs beside the WAL switch check."""
-    eng = eng or engine(dep)
-    now = now or datetime.now(UTC)
-    target, info, chosen = _start(dep, target_text, eng, now)
-    with ThreadPoolExecutor(1, thread_name_prefix="pitr-objects") as pool:
-        objs = pool.submit(_objects_at if with_objects else _no_objects, dep, target)
-        arch = _archived(dep, eng, info, target)
-        return _assemble(target, chosen, arch, objs.result())
 
 
 def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Callable[[], Any]]) -> list[Any]:
@@ -280,20 +143,14 @@ def rewind_objects(dep: Deployment, target_text: str, *, dry_run: bool = False,
     """``restore --to-time T --objects-only``: the bucket alone as it was at T (a T inside the window, whose
     versions the lifecycle rule keeps); the database and the app are left as they are."""
     eng = engine(dep)
-    target, _info, _chosen = _start(dep, target_text, eng, datetime.now(UTC))
+    target, _info, _chosen = planning.start(dep, target_text, eng, datetime.now(UTC))
     if dry_run:
-        return {"dry_run": True, "target": iso(target), "objects": _object_plan(dep, target).to_dict()}
+        return {"dry_run": True, "target": iso(target), "objects": planning.object_plan(dep, target).to_dict()}
     with _exclusive(dep, f"restore --to-time {target_text} --objects-only"):
-        obj_plan = _object_plan(dep, target)
+        obj_plan = planning.object_plan(dep, target)
         say(f"rewinding bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made current, "
             f"{len(obj_plan.hide)} delete marker(s)")
         return {"target": iso(target), "objects": objects.apply_restore(dep.s3, obj_plan)}
-
-
-def resolve_target(target_text: str) -> str:
-    """``T`` as given (ISO 8601 with a zone, or relative to now) as the absolute instant it names now, in UTC: what
-    a prompt shows and what the restore is then given, so an answer that takes a while does not move T."""
-    return iso(engine_mod.parse_target(target_text, datetime.now(UTC)))
 
 
 def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False, with_objects: bool = True,
@@ -303,7 +160,7 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
     started again whatever happened, and the failures are raised together at the end."""
     eng = engine(dep)
     if dry_run:  # changes nothing, an interrupted run's leftovers included
-        p = plan(dep, target_text, eng, with_objects=with_objects)
+        p = planning.plan(dep, target_text, eng, with_objects=with_objects)
         pending = read_json(_journal(dep), None)
         if pending:
             p.warnings.append(f"an interrupted restore --to-time left {pending['new']}: the next restore undoes what "
@@ -335,7 +192,7 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
     # no WAL (Postgres fetches it when it starts on the folder, after both have passed), and the first of them to
     # fail stops it; the timeline comes from the archive as listed before the switch (a history file archived by T
     # is in it), and the restore is made again should the listing after the switch differ
-    target, info, chosen = _start(dep, target_text, eng, now)
+    target, info, chosen = planning.start(dep, target_text, eng, now)
     timeline = engine_mod.timeline_at(eng.wal_files(info.archive_id)[1], target)
     journal = {"target": iso(target), "new": str(new), "kept": str(kept), "stopped": []}
     _journal(dep).parent.mkdir(parents=True, exist_ok=True)
@@ -345,8 +202,8 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
     started = datetime.now(UTC)
     try:
         arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
-                                      [lambda: _archived(dep, eng, info, target),
-                                       lambda: (_objects_at if with_objects else _no_objects)(dep, target)])
+                                      [lambda: planning.archived(dep, eng, info, target),
+                                       lambda: (planning.objects_at if with_objects else planning.no_objects)(dep, target)])
     except RestoreNotStopped as e:
         # the folder and the journal stay: the next run stops what is left of the restore, then removes it
         raise OpsError(str(e), hint=f"{e.hint}; the live cluster was not touched; the next `restore --to-time` "
@@ -355,7 +212,7 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
         site.rmtree(new)  # the live cluster was not touched
         _journal(dep).unlink(missing_ok=True)
         raise
-    p = _assemble(target, chosen, arch, objs)
+    p = planning.assemble(target, chosen, arch, objs)
     if p.timeline != timeline:
         say(f"timeline {p.timeline} was live at {iso(target)}: restoring again on it")
         site.rmtree(new)

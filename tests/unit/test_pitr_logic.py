@@ -407,6 +407,7 @@ def _restore_env(tmp_path: Path, monkeypatch, listings: list, engine_cls=None):
     """restore_to_time's collaborators on folders of tmp_path, at NOW; (data folder, site, engine)."""
     from types import SimpleNamespace
 
+    from aixsss_ops.usecases import pitr_plan as planning
     from aixsss_ops.usecases import pitr_restore as uc
 
     class Clock(datetime):
@@ -420,10 +421,11 @@ def _restore_env(tmp_path: Path, monkeypatch, listings: list, engine_cls=None):
     site = _Site(data)
     eng = (engine_cls or _Engine)(site, tmp_path / "pg" / "pitr-restore.json", listings)
     runtime = SimpleNamespace(status=lambda: [], state=lambda *a: "RUNNING", start=lambda *a: None)
-    monkeypatch.setattr(uc, "datetime", Clock)
-    monkeypatch.setattr(uc, "engine", lambda _dep: eng)
-    monkeypatch.setattr(uc, "_marker", lambda _dep: True)
-    monkeypatch.setattr(uc, "_objects_at", lambda _dep, _t: (None, None))
+    for module in (uc, planning):
+        monkeypatch.setattr(module, "datetime", Clock)
+        monkeypatch.setattr(module, "engine", lambda _dep: eng)
+    monkeypatch.setattr(planning, "marker", lambda _dep: True)
+    monkeypatch.setattr(planning, "objects_at", lambda _dep, _t: (None, None))
     monkeypatch.setattr(uc, "_stack", lambda _dep: SimpleNamespace(runtime=runtime))
     monkeypatch.setattr(uc, "_recovery_point", lambda _dep, _rt: NOW - timedelta(minutes=31))
     monkeypatch.setattr(uc, "_rekey", lambda _dep, _w: None)
@@ -485,11 +487,12 @@ def test_a_restore_that_outlives_its_stop_keeps_its_folder_and_journal_and_the_n
     the check's), the partial folder is not removed under a writer and the journal stays; the next run settles
     what is left first (the site stops that restore), removes the folder and restores."""
     from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_plan as planning
     from aixsss_ops.usecases import pitr_restore as uc
 
     data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 4, engine_cls=_StuckEngine)
     dep = _dep(data)
-    calls, real = iter([UsageError("no WAL archived past T"), None]), uc._archived
+    calls, real = iter([UsageError("no WAL archived past T"), None]), planning.archived
 
     def archived(*a):
         err = next(calls)
@@ -497,7 +500,7 @@ def test_a_restore_that_outlives_its_stop_keeps_its_folder_and_journal_and_the_n
             raise err
         return real(*a)
 
-    monkeypatch.setattr(uc, "_archived", archived)
+    monkeypatch.setattr(planning, "archived", archived)
     partial = data.parent / "data.pitr-20261206T120000Z.partial"
     journal = data.parent / "pitr-restore.json"
     with pytest.raises(OpsError) as e:
@@ -618,6 +621,7 @@ def test_what_fails_after_the_swap_leaves_the_app_started_and_is_raised_with_wha
 
     from aixsss_ops.backup import objects
     from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_plan as planning
     from aixsss_ops.usecases import pitr_restore as uc
 
     data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 2)
@@ -632,7 +636,7 @@ def test_what_fails_after_the_swap_leaves_the_app_started_and_is_raised_with_wha
                             app_defs=lambda c: [SimpleNamespace(service=s, color=c) for s in ("api", "worker")])
     monkeypatch.setattr(uc, "_stack", lambda _dep: stack)
     plan = objects.ObjectPlan("app", copy=[{"key": "k", "version_id": "v"}])
-    monkeypatch.setattr(uc, "_objects_at", lambda _dep, _t: (plan, None))
+    monkeypatch.setattr(planning, "objects_at", lambda _dep, _t: (plan, None))
     monkeypatch.setattr(uc.objects, "rewind_plan", lambda *_a: (None, plan))
 
     def store_gone(*_a, **_k):
@@ -656,6 +660,7 @@ def test_what_fails_after_the_swap_leaves_the_app_started_and_is_raised_with_wha
 
 
 def test_db_only_lists_no_objects_and_rewinds_none(tmp_path: Path, monkeypatch):
+    from aixsss_ops.usecases import pitr_plan as planning
     from aixsss_ops.usecases import pitr_restore as uc
 
     data, _site, _eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 4)
@@ -663,7 +668,7 @@ def test_db_only_lists_no_objects_and_rewinds_none(tmp_path: Path, monkeypatch):
     def no_store(*_a):
         raise AssertionError("the store was asked")
 
-    monkeypatch.setattr(uc, "_objects_at", no_store)
+    monkeypatch.setattr(planning, "objects_at", no_store)
     monkeypatch.setattr(uc.objects, "rewind_plan", no_store)
     plan = uc.restore_to_time(_dep(data), "-30m", dry_run=True, with_objects=False)["plan"]
     assert plan["objects"] is None and not any("objects" in s for s in plan["steps"])
@@ -765,16 +770,16 @@ def test_the_marker_of_a_cluster_in_recovery_is_no_marker(monkeypatch):
     import psycopg
 
     from aixsss_ops.backup import postgres
-    from aixsss_ops.usecases import pitr_restore as uc
+    from aixsss_ops.usecases import pitr_plan as planning
 
     class ReadOnly:
         def execute(self, *_a):
             raise psycopg.errors.ReadOnlySqlTransaction("cannot execute txid_current() during recovery")
 
-    monkeypatch.setattr(uc, "database", lambda _dep: None)
+    monkeypatch.setattr(planning, "database", lambda _dep: None)
     monkeypatch.setattr(postgres, "admin_target", lambda _db: SimpleNamespace(
         connect=lambda timeout=None: contextlib.nullcontext(ReadOnly())))
-    assert uc._marker(SimpleNamespace()) is False
+    assert planning.marker(SimpleNamespace()) is False
 
 
 def test_the_prompt_names_the_absolute_instant_and_bad_input_is_refused_before_it(tmp_path: Path):
