@@ -123,7 +123,8 @@ def create(
 
 @app.command("list")
 def list_cmd(ctx: typer.Context) -> None:
-    """Backups ordered by snapshot time (oldest first): id, time, label, sizes, objects, status, age, last verified."""
+    """Backups ordered by snapshot time (oldest first): id, time, label, sizes, objects, status, age, last verified;
+    with backup.pitr on, the point-in-time window and base backups too. --json: {"backups": [...], "pitr": ...}."""
     st = state(ctx)
     cat = _uc().catalog(st.deployment)
     rows = [e.summary() for e in cat.entries()]
@@ -137,10 +138,10 @@ def list_cmd(ctx: typer.Context) -> None:
         except OpsError as e:  # the logical backups are listed all the same
             pitr_status = {"error": e.message}
 
-    def human(data):
+    def human(doc):
         if pitr_status is not None:
             _show_pitr(st, pitr_status)
-            data = data["backups"]
+        data = doc["backups"]
         if not data:
             st.out.info(f"no backups in {cat.location}")
             return
@@ -152,8 +153,7 @@ def list_cmd(ctx: typer.Context) -> None:
              "-" if not r["last_verified"] else f"{r['last_verified']} ({'ok' if r['last_verify_ok'] else 'FAILED'})")
             for r in data], whole=["id"])  # the id is what restore needs: never cut
 
-    # with backup.pitr on: {"backups": [...], "pitr": {...}}; else the list of backups as before
-    st.out.emit(rows if pitr_status is None else {"backups": rows, "pitr": pitr_status}, human)
+    st.out.emit({"backups": rows, "pitr": pitr_status}, human)  # pitr: None with backup.pitr off
 
 
 def _show_pitr(st: State, p: dict) -> None:

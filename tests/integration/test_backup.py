@@ -76,8 +76,8 @@ def test_round_trip_restores_every_row_and_object(env):
     assert table_dump(env.url) != rows_at_t and objects_state(env.client, env.bucket) != objs_at_t
 
     listed = env.cli("--json", "backup", "list")
-    assert listed.code == 0 and [b["id"] for b in listed.json] == [created["id"]]
-    assert listed.json[0]["status"] == "complete" and listed.json[0]["label"] == "before-mutation"
+    assert listed.code == 0 and [b["id"] for b in listed.json["backups"]] == [created["id"]]
+    assert listed.json["backups"][0]["status"] == "complete" and listed.json["backups"][0]["label"] == "before-mutation"
 
     # without --yes and without a TTY a live restore refuses (exit 2) and changes nothing
     refused = env.cli("restore", created["id"])
@@ -135,9 +135,9 @@ def test_sigkill_during_create_leaves_nothing_complete_and_next_run_cleans(env):
 
     listed = env.cli("--json", "backup", "list")
     assert listed.code == 0, listed.output
-    assert [b["status"] for b in listed.json] == ["incomplete"]
+    assert [b["status"] for b in listed.json["backups"]] == ["incomplete"]
     assert env.cli("backup", "verify", "latest").code == 2  # nothing complete to verify
-    assert env.cli("backup", "verify", listed.json[0]["id"]).code == 3  # named, but not complete
+    assert env.cli("backup", "verify", listed.json["backups"][0]["id"]).code == 3  # named, but not complete
 
     # pg_dump died with its parent (PR_SET_PDEATHSIG): nothing keeps writing into the remains
     deadline = time.monotonic() + 20
@@ -150,7 +150,7 @@ def test_sigkill_during_create_leaves_nothing_complete_and_next_run_cleans(env):
 
     done = env.create("--no-objects")
     assert done["cleaned"] == [partial.name] and not partial.exists()
-    assert [b["status"] for b in env.cli("--json", "backup", "list").json] == ["complete"]
+    assert [b["status"] for b in env.cli("--json", "backup", "list").json["backups"]] == ["complete"]
 
 
 def test_tampered_file_is_detected_and_restore_refuses(env):
@@ -175,7 +175,7 @@ def test_tampered_file_is_detected_and_restore_refuses(env):
     with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
         assert not c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'never_created%%' OR datname LIKE %s "
                              "OR datname LIKE %s", (f"{env.db}_restoring_%", f"{env.db}_pre_restore_%")).fetchall()
-    assert env.cli("--json", "backup", "list").json[0]["last_verify_ok"] is False
+    assert env.cli("--json", "backup", "list").json["backups"][0]["last_verify_ok"] is False
     # a file planted in the dump is named too
     (env.dir / b["id"] / "db" / "9999.dat.gz").write_bytes(b"x")
     assert "9999.dat.gz" in env.cli("backup", "verify", b["id"]).stderr
@@ -231,7 +231,7 @@ def test_verify_restore_proves_the_backup_and_names_a_missing_object_version(env
     assert set(methods.values()) == {"columns"}
     with psycopg.connect(env.pg.url(schema=None), autocommit=True) as c:
         assert not c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'aixsss_verify_%'").fetchall()
-    assert env.cli("--json", "backup", "list").json[0]["last_verify_ok"] is True
+    assert env.cli("--json", "backup", "list").json["backups"][0]["last_verify_ok"] is True
 
     snap = json.loads((env.dir / b["id"] / "objects.json").read_text())
     victim = snap["objects"][0]
@@ -329,7 +329,7 @@ def test_prune_keeps_what_the_policy_says(pg_server, s3_server):
     assert env.cli("backup", "prune").code == 2  # destructive: refuses without --yes and without a TTY
     r = env.cli("--json", "--yes", "backup", "prune")
     assert r.code == 0, r.output
-    assert sorted(b["id"] for b in env.cli("--json", "backup", "list").json) == sorted([ids[0], ids[2], ids[3]])
+    assert sorted(b["id"] for b in env.cli("--json", "backup", "list").json["backups"]) == sorted([ids[0], ids[2], ids[3]])
     assert not (env.dir / ids[1]).exists()
 
 

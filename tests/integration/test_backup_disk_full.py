@@ -80,12 +80,12 @@ def test_create_on_a_full_destination_fails_clearly_and_leaves_nothing(env):
         assert "internal error" not in r.stderr
 
         listed = env.cli("--json", "backup", "list")
-        assert listed.code == 0 and [b for b in listed.json if b["status"] == "complete"] == [], listed.output
+        assert listed.code == 0 and [b for b in listed.json["backups"] if b["status"] == "complete"] == [], listed.output
         assert list(env.dir.iterdir()) == []  # the failed runs removed their partial directories themselves
         # space again: the next run succeeds and nothing of the failed runs is left over
         _resize(env.dir, 64 * 1024)
         done = env.create("--no-objects")
-        assert [b["status"] for b in env.cli("--json", "backup", "list").json] == ["complete"]
+        assert [b["status"] for b in env.cli("--json", "backup", "list").json["backups"]] == ["complete"]
         assert sorted(p.name for p in env.dir.iterdir()) == [done["id"]]
         assert env.cli("backup", "verify", done["id"]).code == 0
 
@@ -103,7 +103,7 @@ def test_encrypting_on_a_full_destination_fails_in_our_own_writes(env, tmp_path)
         err = r.json["error"]
         assert "out of disk space" in err and "while encrypting the files" in err and str(env.dir) in err, err
         assert KEY["AIXSSS_BACKUP_ENCRYPTION_KEY"] not in r.output
-        assert [b for b in env.cli("--json", "backup", "list").json if b["status"] == "complete"] == []
+        assert [b for b in env.cli("--json", "backup", "list").json["backups"] if b["status"] == "complete"] == []
         assert [p.name for p in env.dir.iterdir() if p.name.endswith(".partial")] == []
 
 

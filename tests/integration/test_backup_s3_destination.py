@@ -54,14 +54,14 @@ def test_create_uploads_to_the_bucket_and_round_trips(env):
 
     listed = env.cli("--json", "backup", "list")
     assert listed.code == 0, listed.output
-    assert [(x["id"], x["status"], x["label"]) for x in listed.json] == [(b["id"], "complete", "remote")]
+    assert [(x["id"], x["status"], x["label"]) for x in listed.json["backups"]] == [(b["id"], "complete", "remote")]
 
     r = env.cli("--json", "backup", "verify", b["id"])
     assert r.code == 0 and r.json["ok"], r.output
     r = env.cli("--json", "backup", "verify", b["id"], "--restore")
     assert r.code == 0, r.output
     assert r.json["tables_compared"] == 5 and r.json["objects_checked"] == 5
-    assert env.cli("--json", "backup", "list").json[0]["last_verify_ok"] is True  # meta.json in the bucket
+    assert env.cli("--json", "backup", "list").json["backups"][0]["last_verify_ok"] is True  # meta.json in the bucket
     assert base + "meta.json" in _keys(env, b["id"])
 
     rows_at_t, objs_at_t = table_dump(env.url), objects_state(env.client, env.bucket)
@@ -87,7 +87,7 @@ def test_tampered_object_in_the_bucket_is_detected(env):
     assert r.code == 3 and name in r.stderr, r.output
     r = env.cli("--yes", "restore", b["id"], "--target-db", "never_created")
     assert r.code == 3 and name in r.stderr, r.output
-    assert env.cli("--json", "backup", "list").json[0]["last_verify_ok"] is False
+    assert env.cli("--json", "backup", "list").json["backups"][0]["last_verify_ok"] is False
     env.client.remove_object(env.dest, victim)  # a missing file is named too
     r = env.cli("backup", "verify", b["id"])
     assert r.code == 3 and f"{name}: missing" in r.stderr, r.output
@@ -98,12 +98,12 @@ def test_upload_without_manifest_is_incomplete_and_cleaned(env):
     b = env.create("--no-objects")
     # an interrupted upload: files but no manifest
     env.client.put_object(env.dest, f"{PREFIX}/20000101T000000Z-dead/db/toc.dat", io.BytesIO(b"x"), 1)
-    listed = env.cli("--json", "backup", "list").json
+    listed = env.cli("--json", "backup", "list").json["backups"]
     assert [(x["id"], x["status"]) for x in listed] == [(b["id"], "complete"), ("20000101T000000Z-dead", "incomplete")]
     assert env.cli("backup", "verify", "20000101T000000Z-dead").code == 3
     done = env.create("--no-objects")
     assert f"s3://{env.dest}/{PREFIX}/20000101T000000Z-dead" in done["cleaned"]
-    assert [x["id"] for x in env.cli("--json", "backup", "list").json] == [b["id"], done["id"]]
+    assert [x["id"] for x in env.cli("--json", "backup", "list").json["backups"]] == [b["id"], done["id"]]
 
 
 def test_prune_deletes_from_the_bucket(pg_server, s3_server):
@@ -115,7 +115,7 @@ def test_prune_deletes_from_the_bucket(pg_server, s3_server):
     assert dry.code == 0 and dry.json["delete"] == [ids[1]]
     r = env.cli("--json", "--yes", "backup", "prune")
     assert r.code == 0, r.output
-    assert sorted(x["id"] for x in env.cli("--json", "backup", "list").json) == sorted([ids[0], ids[2], ids[3]])
+    assert sorted(x["id"] for x in env.cli("--json", "backup", "list").json["backups"]) == sorted([ids[0], ids[2], ids[3]])
     assert _keys(env, ids[1]) == [] and _keys(env, ids[2])
 
 

@@ -109,10 +109,10 @@ def test_postgres_failing_mid_backup_is_one_clear_error_and_the_next_run_cleans(
     assert proc.returncode == 1, err
     assert "internal error" not in err and "Traceback" not in err
     assert "PostgreSQL" in err or "postgres" in err.lower(), err
-    listed = env.cli("--json", "backup", "list").json
+    listed = env.cli("--json", "backup", "list").json["backups"]
     assert all(b["status"] != "complete" for b in listed)
     done = env.create("--no-objects")
-    assert [b["status"] for b in env.cli("--json", "backup", "list").json] == ["complete"]
+    assert [b["status"] for b in env.cli("--json", "backup", "list").json["backups"]] == ["complete"]
     assert done["id"]
 
 

@@ -259,7 +259,7 @@ def test_deploy_takes_a_pre_deploy_backup_and_records_it(env):
     assert r.code == 0, r.output
     backup_id = r.json["backup_id"]
     assert backup_id
-    listed = run_cli("--json", "backup", "list", config=cfg).json
+    listed = run_cli("--json", "backup", "list", config=cfg).json["backups"]
     entry = next(b for b in listed if b["id"] == backup_id)
     assert entry["status"] == "complete" and entry["label"].startswith("pre-deploy 9.1.0-")
     assert run_cli("--json", "deploy", "releases", config=cfg).json[-1]["backup_id"] == backup_id
@@ -274,12 +274,12 @@ def test_a_deploy_refused_by_its_migrations_takes_no_backup(env):
         m = src / "migrations" / "29990101000000_drop_audit_action"
         m.mkdir()
         (m / "migration.sql").write_text('ALTER TABLE "AuditLog" DROP COLUMN "action";\n')
-    backups = len(run_cli("--json", "backup", "list", config=cfg).json)
+    backups = len(run_cli("--json", "backup", "list", config=cfg).json["backups"])
     r = run_cli("--json", "deploy", "--source", str(src), "--version", "10.9.0", config=cfg,
                 env={"AIXSSS_OPS_DEPLOY__BACKUP": "true"}, timeout=240)
     assert r.code == 3, r.output
     assert "29990101000000_drop_audit_action" in r.json["error"]
-    assert len(run_cli("--json", "backup", "list", config=cfg).json) == backups  # refused before the backup
+    assert len(run_cli("--json", "backup", "list", config=cfg).json["backups"]) == backups  # refused before the backup
     assert health(url)["version"] == before
 
 

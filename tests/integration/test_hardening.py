@@ -94,7 +94,7 @@ def test_a_backup_directory_renamed_to_another_id_is_not_complete(env):
     b = env.create("--no-objects")
     renamed = "20200101T000000Z-beef"
     (env.dir / b["id"]).rename(env.dir / renamed)
-    rows = env.cli("--json", "backup", "list").json
+    rows = env.cli("--json", "backup", "list").json["backups"]
     assert [(x["id"], x["status"]) for x in rows] == [(renamed, "mismatched")], rows
     assert b["id"] in rows[0]["problem"] and renamed in rows[0]["problem"]
     r = env.cli("backup", "verify", renamed)

@@ -21,7 +21,7 @@ def _migrations(root: Path, items: dict[str, str]) -> Path:
 def _backups(e: Env) -> list[dict]:
     r = e.cli("--json", "backup", "list")
     assert r.code == 0, r.output
-    return r.json
+    return r.json["backups"]
 
 
 def test_backup_flag_takes_a_backup_only_when_something_is_pending(pg_server, s3_server):

@@ -46,7 +46,7 @@ def test_json_after_the_subcommand(tmp_path):
     cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[backup]\ndir = "{tmp_path / "backups"}"\n')
     r = run_cli("backup", "list", "--json", config=cfg)
     assert r.code == 0, r.output
-    assert one_document(r.stdout) == []
+    assert one_document(r.stdout) == {"backups": [], "pitr": None}
     r = run_cli("config", "show", "--json", config=cfg)
     assert r.code == 0 and one_document(r.stdout)["state_dir"] == str(tmp_path / "state")
     # after `--` it is an argument, not the option
