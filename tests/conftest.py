@@ -321,11 +321,12 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    reader: tuple[str, str] = ("", "")  # a key of its own that may read and list, not write
 
-    def target(self):
+    def target(self, key: tuple[str, str] | None = None):
         from aixsss_ops.s3 import S3Target
 
-        return S3Target(self.endpoint, self.access_key, self.secret_key)
+        return S3Target(self.endpoint, *(key or (self.access_key, self.secret_key)))
 
     def new_bucket(self, versioned: bool = False) -> str:
         from minio.commonconfig import ENABLED
@@ -352,6 +353,11 @@ def s3_server():
     layout = Layout(cfg.state)
     (layout.s3_dir / "data").mkdir(parents=True)
     services.write_s3_identities(cfg, layout)
+    reader = (f"reader{uuid.uuid4().hex[:8]}", uuid.uuid4().hex)
+    ident = json.loads(layout.s3_identities.read_text())
+    ident["identities"].append({"name": "reader", "credentials": [{"accessKey": reader[0], "secretKey": reader[1]}],
+                                "actions": ["Read", "List"]})
+    layout.s3_identities.write_text(json.dumps(ident))
     proc = subprocess.Popen(services.s3(cfg, layout).program.argv, stdout=open(root / "weed.log", "wb"),
                             stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{cfg.ports.s3}"
@@ -361,7 +367,7 @@ def s3_server():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"SeaweedFS did not start: {(root / 'weed.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        server = S3Server(endpoint, cfg.s3.access_key, cfg.s3.secret_key.get_secret_value())
+        server = S3Server(endpoint, cfg.s3.access_key, cfg.s3.secret_key.get_secret_value(), reader)
         deadline = time.monotonic() + 30
         while True:  # the filer can lag the S3 port by a moment
             try:

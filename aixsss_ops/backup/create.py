@@ -111,7 +111,7 @@ def create_backup(
     jobs = opts.jobs or cores()
     started = time.monotonic()
 
-    with pg.connect(timeout=10) as ctl:
+    with pgb.session(pg) as ctl:
         server_num = int(ctl.execute("SHOW server_version_num").fetchone()[0])
         pg_dump, dump_major = pgb.check_versions(server_num, "pg_dump")
         skew = None
@@ -152,7 +152,8 @@ def create_backup(
     stage = "writing the dump"
     try:
         db_dir = partial / mf.DB_DIR
-        snap_conn = pg.connect(timeout=10, autocommit=False)
+        # held open, idle in its transaction, until pg_dump is done: no idle_in_transaction_session_timeout
+        snap_conn = pgb.session(pg, autocommit=False)
         snap_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snap_id, at, db_size, owner, dbname = snap_conn.execute(
             "SELECT pg_export_snapshot(), statement_timestamp(), pg_database_size(current_database()), "

@@ -53,6 +53,38 @@ def _s3_error(target: S3Target, e: Exception) -> OpsError:
                                    "`aixsss-ops doctor --only s3.reachable`")
 
 
+PROBE_PREFIX = ".aixsss-ops/write-probe-"
+
+
+def check_writable(target: S3Target, bucket: str) -> None:
+    """Whether this key may write to ``bucket``, asked with an empty probe object whose version is deleted again
+    (hidden by a delete marker where the key may not delete versions): a restore changes the bucket only after it
+    has replaced the live database."""
+    import io
+    import secrets
+
+    from minio.error import S3Error
+
+    client = target.client()
+    key = PROBE_PREFIX + secrets.token_hex(6)
+    try:
+        written = client.put_object(bucket, key, io.BytesIO(b""), 0)
+        try:
+            client.remove_object(bucket, key, version_id=written.version_id)
+        except S3Error as e:
+            if e.code != "AccessDenied" or not written.version_id:
+                raise
+            client.remove_object(bucket, key)
+    except S3Error as e:
+        if e.code == "AccessDenied":
+            raise CheckFailed(f"the S3 key may not write to {bucket} ({e.code}: {e.message}): the restore would "
+                              "replace the database, then fail on the objects; nothing was changed",
+                              hint="give the key write access to the bucket, or restore with --db-only") from None
+        raise _s3_error(target, e) from None
+    except Exception as e:  # noqa: BLE001 - the store unreachable: one error naming it
+        raise _s3_error(target, e) from None
+
+
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 

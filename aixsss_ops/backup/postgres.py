@@ -30,6 +30,11 @@ STABLE_SETTINGS = (
     "SET bytea_output = 'hex'",
     "SET synchronize_seqscans = off",
 )
+# Timeouts a role or database may set for every session (a managed service's statement_timeout = '200ms', say) that
+# would cancel or end the long reads of a backup: off in the tool's own sessions, as pg_dump and pg_restore turn them
+# off in theirs (transaction_timeout exists from PostgreSQL 17).
+NO_TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+NO_TIMEOUTS_17 = ("transaction_timeout",)
 _SYSTEM_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
 
 
@@ -311,7 +316,29 @@ def table_sum(conn, schema: str, table: str, method: str = "columns") -> TableSu
     return TableSum(schema, table, int(rows), checksum, method)
 
 
+def no_timeouts(conn) -> None:
+    """Turn off the timeouts of ``NO_TIMEOUTS`` for the session. Plain SETs: they take no snapshot, so they may come
+    before ``SET TRANSACTION ISOLATION LEVEL`` / ``SET TRANSACTION SNAPSHOT``."""
+    names = NO_TIMEOUTS + (NO_TIMEOUTS_17 if conn.info.server_version >= 170000 else ())
+    for name in names:
+        conn.execute(f"SET {name} = 0")
+
+
+def session(target: PgTarget, *, timeout: float = 10.0, autocommit: bool = True):
+    """A connection for backup work: the role's or database's timeouts off (``no_timeouts``)."""
+    conn = target.connect(timeout=timeout, autocommit=True)
+    try:
+        no_timeouts(conn)
+        conn.autocommit = autocommit
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def stable_session(conn) -> None:
+    """The row text settings of ``STABLE_SETTINGS``, and no timeouts (a checksum reads a whole table)."""
+    no_timeouts(conn)
     for s in STABLE_SETTINGS:
         conn.execute(s)
 
@@ -333,7 +360,7 @@ def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
     import queue
     import threading
 
-    with target.connect(autocommit=False) as conn:
+    with session(target, autocommit=False) as conn:
         _begin(conn, snapshot)
         blocks = {(s, t): n for s, t, n in list_tables(conn, with_blocks=True)}
         method = {(s, t): (methods or {}).get(f"{s}.{t}") or "columns" for s, t in blocks}
@@ -354,7 +381,7 @@ def table_sums(target: PgTarget, jobs: int = 1, snapshot: str | None = None,
 
     def worker() -> None:
         try:
-            with target.connect(autocommit=False) as c:
+            with session(target, autocommit=False) as c:
                 _begin(c, snapshot)
                 stable_session(c)
                 while True:
@@ -394,7 +421,7 @@ def loaded_rows(target: PgTarget, timeout: float = 60.0) -> dict[str, TableSum]:
 
     from psycopg import sql
 
-    with target.connect(timeout=10, autocommit=True) as c:
+    with session(target) as c:
         def others_gone() -> bool:
             return not c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
                                  "backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
@@ -462,7 +489,7 @@ class TableSummer:
 
     def _plan_conn(self):
         if self._planner is None:
-            self._planner = self.target.connect(timeout=10, autocommit=True)
+            self._planner = session(self.target)
         return self._planner
 
     def add(self, schema: str, table: str) -> bool:
@@ -606,14 +633,36 @@ def role_exists(admin: PgTarget, name: str) -> bool:
         return c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
 
 
+def may_create_databases(admin: PgTarget) -> tuple[str, bool]:
+    """The connecting role, and whether it may create databases (CREATEDB or superuser)."""
+    with admin.connect(timeout=10) as c:
+        return c.execute("SELECT current_user, rolsuper OR rolcreatedb FROM pg_roles "
+                         "WHERE rolname = current_user").fetchone()
+
+
+def no_createdb(role: str, why: str) -> OpsError:
+    return OpsError(f"the role {role} may not create databases: {why}",
+                    hint=f"grant it CREATEDB (`ALTER ROLE \"{role}\" CREATEDB`, as a superuser or the managed "
+                         "service's console), or give a role that has it (--database-url)")
+
+
 def create_database(admin: PgTarget, name: str, owner: str | None) -> None:
+    import psycopg
     from psycopg import sql
 
     q = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(name))
     if owner:
         q = q + sql.SQL(" OWNER {}").format(sql.Identifier(owner))
     with admin.connect(timeout=10) as c:
-        c.execute(q)
+        try:
+            c.execute(q)
+        except psycopg.errors.InsufficientPrivilege as e:
+            role = c.info.user
+            if owner and "member of role" in str(e):
+                raise OpsError(f"the role {role} may not create a database owned by {owner} (the backed-up "
+                               f"database's owner): {str(e).strip()}",
+                               hint=f"`GRANT \"{owner}\" TO \"{role}\"`, or connect as {owner}") from None
+            raise no_createdb(role, f"{name} cannot be created ({str(e).strip()})") from None
 
 
 def end_sessions(conn, databases: list[str]) -> list[str]:

@@ -128,6 +128,11 @@ def plan_restore(
                                     env_hint)
         name = target_db or pg.database
         live = target_db is None
+        role, may = pgb.may_create_databases(pgb.admin_target(pg))
+        if not may:
+            raise pgb.no_createdb(role, "a restore loads the backup into a new database before it replaces "
+                                        f"{name}; nothing was changed")
+        _check_owner(pgb.admin_target(pg), role, m["database"].get("owner"))
         exists = pgb.database_exists(pgb.admin_target(pg), name)
         if target_db and exists:
             raise UsageError(f"--target-db {target_db} already exists; name a new database")
@@ -192,6 +197,38 @@ def plan_restore(
     return plan
 
 
+def _check_owner(admin: PgTarget, role: str, owner: str | None) -> None:
+    """The restored copy is created owned by the backed-up database's owner (where that role exists here): the
+    connecting role must be a member of it."""
+    if not owner:
+        return
+    with admin.connect(timeout=10) as c:
+        row = c.execute("SELECT pg_has_role(oid, 'MEMBER') FROM pg_roles WHERE rolname = %s", (owner,)).fetchone()
+    if row is not None and not row[0]:
+        raise CheckFailed(f"the role {role} may not create a database owned by {owner} (the backed-up database's "
+                          "owner), as the restored copy is; nothing was changed",
+                          hint=f'`GRANT "{owner}" TO "{role}"`, or restore connected as {owner}')
+
+
+def _no_sessions_it_may_not_end(admin: PgTarget, name: str) -> None:
+    """The switch renames ``name``, which needs every session on it ended: refuse before any work when some belong
+    to a role the connecting one may not signal (a superuser's, another role's without pg_signal_backend).
+    Processes with no role (autovacuum) are not counted: the rename stops them itself."""
+    with admin.connect(timeout=10) as c:
+        rows = c.execute(
+            "SELECT a.pid, a.usename, a.application_name FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid "
+            "WHERE a.datname = %s AND a.pid <> pg_backend_pid() "
+            "AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+            "AND (r.rolsuper OR NOT (pg_has_role(r.oid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE')))",
+            (name,)).fetchall()
+        role = c.info.user
+    if rows:
+        who = ", ".join(f"{u} (pid {pid}{', ' + app if app else ''})" for pid, u, app in rows)
+        raise CheckFailed(f"{name} has sessions the role {role} may not end, and the switch to the restored copy "
+                          f"renames it: {who}; nothing was changed",
+                          hint="end them (pg_terminate_backend as a superuser, or close those clients) and rerun")
+
+
 @dataclass
 class RestoreResult:
     plan: RestorePlan
@@ -225,6 +262,10 @@ def execute_restore(
         if plan.database is not None:
             d = plan.database
             admin = pgb.admin_target(pg)
+            if d["exists"]:
+                _no_sessions_it_may_not_end(admin, d["name"])
+            if plan.objects is not None and d["live"]:
+                objects.check_writable(s3, plan.objects.bucket)
             for name in drop_orphans(admin):
                 say(f"dropped {name}, the scratch database of a killed run")
             guard = ExitStack()

@@ -36,10 +36,12 @@ def held(admin: PgTarget, name: str) -> Iterator[None]:
 
 
 def orphans(admin: PgTarget) -> list[str]:
-    """Scratch databases whose owner is gone (their lock is free)."""
+    """Scratch databases whose owner is gone (their lock is free), among those the connecting role owns (directly
+    or through a role it belongs to; all of them for a superuser): on a shared server, other roles' are theirs."""
     out = []
     with admin.connect(timeout=10, autocommit=True) as c:
-        for (name,) in c.execute("SELECT datname FROM pg_database ORDER BY datname").fetchall():
+        for (name,) in c.execute("SELECT datname FROM pg_database WHERE pg_has_role(datdba, 'MEMBER') "
+                                 "ORDER BY datname").fetchall():
             if is_scratch(name) and c.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
                                               (LOCK_CLASS, name)).fetchone()[0]:
                 c.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, name))

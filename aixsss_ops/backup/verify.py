@@ -253,6 +253,9 @@ def verify_backup(catalog: Catalog, entry: Entry, *, key: bytes | None, key_env:
     if restore and not res.problems:
         if pg is None:
             raise UsageError("verify --restore needs a PostgreSQL server (--database-url or the embedded stack)")
+        role, may = pgb.may_create_databases(pgb.admin_target(pg))
+        if not may:
+            raise pgb.no_createdb(role, "verify --restore loads the backup into a scratch database")
         key = require_key(entry, key, key_env)
         scratch = f"aixsss_verify_{secrets.token_hex(6)}"
         with catalog.work_dir("verify", entry.id) as work:  # a killed run's is removed by the next one

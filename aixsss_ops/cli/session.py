@@ -78,6 +78,28 @@ def dependency_failure(e: BaseException) -> OpsError | None:
     return None
 
 
+# what PostgreSQL refused, by SQLSTATE: (what it means here, what to do)
+_PG_REFUSALS = {
+    "42501": ("the PostgreSQL role lacks a privilege this operation needs",
+              "grant it (docs/external.md says what the role needs), or give a role that has it (--database-url)"),
+    "25006": ("the PostgreSQL session is read-only (default_transaction_read_only, or a standby)",
+              "point DATABASE_URL at the primary, with a role whose transactions may write"),
+    "57014": ("PostgreSQL cancelled a statement (a statement_timeout of the role or database, or an administrator)",
+              "lift the timeout for this role (`ALTER ROLE … RESET statement_timeout`) and rerun"),
+    "55P03": ("PostgreSQL could not take a lock in time: another session holds it",
+              "find the session in pg_locks / pg_stat_activity, let it finish, and rerun"),
+}
+
+
+def postgres_refusal(e: BaseException) -> OpsError | None:
+    """One clear error (exit 1) for what PostgreSQL refused to do (privileges, read-only, a timeout), rather than
+    "internal error" or "PostgreSQL failed"."""
+    if not type(e).__module__.startswith("psycopg") or getattr(e, "sqlstate", None) not in _PG_REFUSALS:
+        return None
+    meaning, hint = _PG_REFUSALS[e.sqlstate]
+    return OpsError(f"{meaning}: {' '.join(str(e).split())[:300]}", hint=hint)
+
+
 def report_error(st: State, e: BaseException) -> int:
     """Print ``e`` as the command's end (masked; one JSON document with --json) and return the exit code: a domain
     error's own, 130 for an interrupt, 1 for a service that failed mid-operation or anything unexpected (the
@@ -87,7 +109,7 @@ def report_error(st: State, e: BaseException) -> int:
         message, hint, code, details = "interrupted", None, 130, None
     elif isinstance(e, OpsError):
         message, hint, code, details = e.message, e.hint, e.exit_code, e.details
-    elif (dep := dependency_failure(e)) is not None:
+    elif (dep := postgres_refusal(e) or dependency_failure(e)) is not None:
         message, hint, code, details = dep.message, dep.hint, dep.exit_code, None
     else:
         if out.verbose:

@@ -18,6 +18,16 @@ from aixsss_ops.findings import Finding
 from aixsss_ops.output import mask_url
 
 STACK_UP = "start it: `aixsss-ops stack up` (or check the service and its URL)"
+_URL_OF = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "s3": "S3_ENDPOINT / S3_ACCESS_KEY / S3_SECRET_KEY"}
+
+
+def bring_up(ctx: Context, service: str) -> str:
+    """What to do about a service that does not answer: start the embedded one; a managed one is not ours to
+    start."""
+    if getattr(ctx.cfg, service).external:
+        return (f"check the managed service and what names it ({_URL_OF[service]} in the env files; "
+                "`aixsss-ops stack up` with the right value in its environment writes it)")
+    return STACK_UP
 
 
 # -- configuration and env --
@@ -71,7 +81,8 @@ def postgres_reachable(ctx: Context) -> Finding:
             num = int(conn.execute("SHOW server_version_num").fetchone()[0])
             version = conn.execute("SHOW server_version").fetchone()[0]
     except OpsError as e:
-        return Finding(name, "fail", " ".join(e.message.split()), f"PostgreSQL is down or unreachable: {STACK_UP}")
+        return Finding(name, "fail", " ".join(e.message.split()),
+                       f"PostgreSQL is down or unreachable: {bring_up(ctx, 'postgres')}")
     where = f"PostgreSQL {version.split()[0]} at {target.masked}"
     if num < 130000:
         return Finding(name, "warn", f"{where}: versions before 13 are out of support", "upgrade to PostgreSQL 16")
@@ -175,7 +186,7 @@ def redis_reachable(ctx: Context) -> Finding:
         with _redis(ctx) as r:
             version = r.info("server").get("redis_version", "?")
     except OpsError as e:
-        return Finding(name, "fail", e.message, f"Redis is down or unreachable: {STACK_UP}")
+        return Finding(name, "fail", e.message, f"Redis is down or unreachable: {bring_up(ctx, 'redis')}")
     major_minor = tuple(int(x) for x in str(version).split(".")[:2] if x.isdigit())
     if major_minor and major_minor < (6, 2):
         return Finding(name, "warn", f"Redis {version} at {url}: BullMQ 5 needs 6.2 or later", "upgrade Redis to 7")
@@ -258,7 +269,7 @@ def s3_reachable(ctx: Context) -> Finding:
     ok, detail = probes.http(t.endpoint.rstrip("/") + "/", timeout=ctx.net_timeout, expect_any_status=True)
     if not ok:
         return Finding(name, "fail", f"object store at {t.endpoint} is unreachable: {detail}",
-                       f"the S3/MinIO store is down: {STACK_UP}")
+                       f"the S3/MinIO store is down: {bring_up(ctx, 's3')}")
     return Finding(name, "ok", f"object store at {t.endpoint} answers ({detail})")
 
 

@@ -42,7 +42,8 @@ def unavailable(url: str, err: BaseException) -> ServiceUnavailable:
     reason = " ".join(str(err).split()) or type(err).__name__
     return ServiceUnavailable(
         f"Redis at {mask_url(url)} is unreachable: {reason}",
-        hint="start it (aixsss-ops stack up) or pass the right --redis-url / REDIS_URL",
+        hint="start it (`aixsss-ops stack up`, for the embedded Redis), check the managed one, or pass the right "
+             "--redis-url / REDIS_URL",
     )
 
 

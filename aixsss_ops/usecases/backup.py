@@ -116,20 +116,27 @@ def plan(dep: Deployment, entry: Entry, req: RestoreRequest) -> RestorePlan:
     has_objects = entry.manifest.get("objects") is not None
     if req.objects_only and not has_objects:
         raise UsageError(f"backup {entry.id} has no object manifest")
+    if req.target_db and req.objects_only:
+        raise UsageError("--target-db restores a database; --objects-only restores no database")
     db = not req.objects_only
-    objs = req.objects_only or (not req.db_only and has_objects)
+    # a restore into another database leaves the live app's objects as they are
+    objs = req.objects_only or (not req.db_only and not req.target_db and has_objects)
     if req.old_key:
         scrubber.add(req.old_key)
         old, old_source = derive_key(req.old_key), "--old-key"
     else:
         old, old_source = api_key(dep, PREVIOUS_KEY)
-    return plan_restore(
+    p = plan_restore(
         entry, pg=database(dep) if db else None, s3=dep.s3 if objs else None, db=db, objs=objs,
         target_db=req.target_db or None, migrations_dir=appspec.migrations_dir(dep.cfg, dep.cfg.app_source), force=req.force,
         backup_key=backup_key(dep, required=False), backup_key_env=dep.cfg.backup.encryption_key_env,
         current_api_key=api_key(dep)[0], old_api_key=old, old_api_key_source=old_source,
         env_hint=str(dep.layout.env_file("api")), apply_globals=req.apply_globals, checksums=req.checksums,
     )
+    if req.target_db and has_objects and not req.db_only:
+        p.warnings.append(f"objects are not restored into the live bucket with --target-db (the live app's); "
+                          f"`restore {entry.id} --objects-only` restores them")
+    return p
 
 
 def execute(dep: Deployment, cat, entry: Entry, the_plan: RestorePlan, *, requested_jobs: int | None = None,
@@ -155,11 +162,25 @@ def restore(dep: Deployment, backup_id: str = "latest", req: RestoreRequest = Re
         return execute(dep, cat, entry, p, say=say)
 
 
+def _runs_on(dep: Deployment, pg: PgTarget) -> bool:
+    """Whether the stack's app uses ``pg`` (its env files' DATABASE_URL names the same server and database)."""
+    for env in dep.envs.values():
+        url = env.get("DATABASE_URL")
+        if url:
+            try:
+                app = parse_database_url(url)
+            except UsageError:
+                continue
+            if (app.host, app.port, app.database) == (pg.host, pg.port, pg.database):
+                return True
+    return False
+
+
 def _app_control(dep: Deployment, say: Say):
-    """Callbacks that stop the api and worker for a live restore and start them again once it is done; nothing to
-    stop when the database is not the embedded stack's."""
-    if dep.admin_database.source != EMBEDDED_ADMIN:
-        return (lambda: []), (lambda _units: None)
+    """Callbacks that stop the stack's api and worker for a live restore of the database they use (embedded or
+    external) and start them again once it is done; nothing to stop for another database."""
+    if dep.admin_database.source != EMBEDDED_ADMIN and not _runs_on(dep, database(dep)):
+        return None, None
     from aixsss_ops.runtime.base import is_app
     from aixsss_ops.stack.engines import open_stack
 

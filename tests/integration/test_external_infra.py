@@ -134,13 +134,25 @@ def test_smoke_queue_backup_keys_and_doctor_work_against_the_managed_services(ex
     # a row written after the backup is gone after restoring it, in the managed database
     with psycopg.connect(ext["url"].split("?")[0], autocommit=True) as c:
         c.execute("CREATE TABLE IF NOT EXISTS after_backup (x int)")
+    before = _app_pids(cfg)
     r = run_cli("--yes", "backup", "restore", backup["id"], config=cfg, timeout=400)
     assert r.code == 0, r.output
     with psycopg.connect(ext["url"].split("?")[0]) as c:
         gone = c.execute("SELECT to_regclass('public.after_backup') IS NULL").fetchone()[0]
     assert gone
+    # the app on the managed database was stopped for the switch and started again: new processes
+    assert "stopping the api and worker" in r.output and "starting the api and worker again" in r.output
+    after = _app_pids(cfg)
+    assert before.keys() == after.keys() and not set(before.values()) & set(after.values()), (before, after)
     r = run_cli("stack", "status", "--json", config=cfg)
     assert r.code == 0 and r.json["healthy"], r.output
+
+
+def _app_pids(cfg) -> dict[str, int]:
+    r = run_cli("stack", "status", "--json", config=cfg)
+    assert r.code == 0, r.output
+    return {s["unit"]: s["pid"] for s in r.json["services"] if s["unit"].split("-")[0] in ("api", "worker")
+            and s.get("pid")}
 
 
 def test_down_leaves_the_managed_services_running(ext, pg_server, redis_server):

@@ -62,3 +62,14 @@ def test_the_container_engines_leave_the_external_services_out_and_their_urls_as
     assert "DATABASE_URL=postgres:5432" in api.command and "S3_ENDPOINT" not in " ".join(api.command)
     infra = render_files(cfg)["infra.yml"]
     assert "weed" not in infra and "postgres:" in infra
+
+
+@pytest.mark.parametrize("service,names", [("postgres", "DATABASE_URL"), ("redis", "REDIS_URL"), ("s3", "S3_ENDPOINT")])
+def test_doctor_sends_a_managed_service_that_does_not_answer_to_what_names_it_not_to_a_start(service, names):
+    from types import SimpleNamespace
+
+    from aixsss_ops.doctor.checks import STACK_UP, bring_up
+
+    managed = bring_up(SimpleNamespace(cfg=cfg_with(service)), service)
+    assert names in managed and "managed service" in managed and not managed.startswith("start it")
+    assert bring_up(SimpleNamespace(cfg=cfg_with()), service) == STACK_UP
