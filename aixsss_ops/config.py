@@ -214,6 +214,11 @@ class DeploySection(_Section):
     health_timeout: Positive = 60.0  # seconds the new color has to pass the gate
     warm_minutes: NonNegative = 30.0  # how long the previous color's api stays up for rollback
     lock_timeout: NonNegative = 60.0  # seconds a second deploy waits for the lock
+    # seconds each migration statement waits for a table or row lock (PostgreSQL's lock_timeout) held by another
+    # session, e.g. an app transaction left open, before the migration fails: rolled back, recorded as rolled back,
+    # the blocking session named, retried by the next deploy. While it waits, the app's queries on that table queue
+    # behind it, so keep it short; 0 = no limit. A script may set its own (SET lock_timeout = ...).
+    migration_statement_lock_timeout: NonNegative = 5.0
     hooks_dir: FsPath = Path("hooks")
     backup: bool = True
 

@@ -384,6 +384,7 @@ class Deployer:
             self.stack.app_database_url(),
             appspec.migrations_dir(self.cfg, release.path),
             allow_destructive=allow_destructive,
+            statement_lock_timeout=self.cfg.deploy.migration_statement_lock_timeout,
             progress=self.say,
         )
         return list(result.applied)

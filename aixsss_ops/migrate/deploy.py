@@ -10,7 +10,7 @@ from pathlib import Path
 from aixsss_ops.dburl import parse_database_url
 from aixsss_ops.errors import CheckFailed
 from aixsss_ops.migrate import ledger, lock
-from aixsss_ops.migrate.apply import FOLDER_PREFIX, apply_migration
+from aixsss_ops.migrate.apply import FOLDER_PREFIX, STATEMENT_LOCK_TIMEOUT, apply_migration
 from aixsss_ops.migrate.history import (
     APPLIED,
     FAILED,
@@ -141,10 +141,14 @@ def deploy(
     allow_drift: bool = False,
     allow_destructive: bool = False,
     lock_timeout: float = 60.0,
+    statement_lock_timeout: float = STATEMENT_LOCK_TIMEOUT,
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> DeployResult:
     """Apply every pending migration of ``migrations_dir`` in lexical order, each in its own transaction.
+
+    ``lock_timeout``: seconds to wait for the migration lock (another deploy); ``statement_lock_timeout``: seconds
+    each statement of a migration waits for a table or row lock before the migration fails, rolled back (0: no limit).
 
     Raises LayoutError (bad folder), ServiceUnavailable (database down), LockTimeout,
     CheckFailed (failed/modified migrations, destructive findings, unmanaged non-empty database)
@@ -193,7 +197,7 @@ def deploy(
                     unfinished[r.migration_name].append(r.id)
             for i, name in enumerate(todo, 1):
                 say(f"applying {name} ({i}/{len(todo)})")
-                apply_migration(conn, layout.get(name), unfinished.get(name, []))
+                apply_migration(conn, layout.get(name), unfinished.get(name, []), statement_lock_timeout)
                 result.applied.append(name)
         finally:
             result.duration_s = round(time.monotonic() - started, 3)

@@ -7,6 +7,7 @@ timeout and names who holds the lock (from pg_locks and pg_stat_activity).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
@@ -30,6 +31,22 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s A
   AND l.pid <> pg_backend_pid()
 LIMIT 1
 """
+
+
+# Sessions holding (or queued for) a lock on a relation of this database: who a migration statement that gave up
+# waiting for a table lock (lock_timeout) was waiting for. Granted locks first, oldest transaction first.
+_RELATION_HOLDERS_SQL = """
+SELECT a.pid, a.application_name, a.usename, host(a.client_addr), a.backend_start, a.state, a.query,
+       l.mode, l.granted, c.relname
+FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'
+ORDER BY l.granted DESC, a.xact_start NULLS LAST, l.pid
+"""
+_QUOTED = re.compile(r'"((?:[^"]|"")+)"')
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,24 @@ class Holder:
         return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class RelationHolder:
+    """A session holding (or queued for) a lock on a relation a migration statement names."""
+
+    session: Holder
+    mode: str
+    granted: bool
+    relation: str
+
+    @property
+    def pid(self) -> int:
+        return self.session.pid
+
+    def describe(self) -> str:
+        how = "holding" if self.granted else "waiting for"
+        return f"{self.session.describe()}, {how} {self.mode} on \"{self.relation}\""
+
+
 class LockTimeout(OpsError):
     """Another migrator held the lock for longer than the timeout (exit 1)."""
 
@@ -64,6 +99,31 @@ def holder(conn: psycopg.Connection) -> Holder | None:
     """Who holds the migration lock on this database right now (None when free or held by us)."""
     row = conn.execute(_HOLDER_SQL, (LOCK_KEY,)).fetchone()
     return Holder(*row) if row else None
+
+
+def _names_in(text: str) -> tuple[set[str], set[str]]:
+    """Quoted identifiers (exact) and bare words (folded to lower case, as PostgreSQL folds them) of ``text``."""
+    quoted = {m.group(1).replace('""', '"') for m in _QUOTED.finditer(text)}
+    bare = {w.lower() for w in _BARE.findall(_QUOTED.sub(" ", text))}
+    return quoted, bare
+
+
+def relation_holders(conn: psycopg.Connection, statement: str | None) -> list[RelationHolder]:
+    """The other sessions holding (or queued for) a lock on a relation ``statement`` names, one entry per session
+    (its first lock: granted ones first); on every user relation when ``statement`` names none of them."""
+    rows = conn.execute(_RELATION_HOLDERS_SQL).fetchall()
+    found = [RelationHolder(Holder(*r[:7]), r[7], bool(r[8]), r[9]) for r in rows]
+    if statement:
+        quoted, bare = _names_in(statement)
+        named = [h for h in found if h.relation in quoted or h.relation in bare]
+        found = named or found
+    seen: set[int] = set()
+    out = []
+    for h in found:
+        if h.pid not in seen:
+            seen.add(h.pid)
+            out.append(h)
+    return out
 
 
 def try_acquire(conn: psycopg.Connection) -> bool:

@@ -30,6 +30,7 @@ def deploy_with_backup(dep: Deployment, migrations: Path, *, backup_first: bool,
     lets lint findings through: nothing is taken when nothing is pending. The backup's id is in the result."""
     say = progress or (lambda _m: None)
     url = database_url(dep)
+    kwargs.setdefault("statement_lock_timeout", dep.cfg.deploy.migration_statement_lock_timeout)
     plan = deploy(url, migrations, allow_destructive=allow_destructive, dry_run=True, **kwargs)
     backup_id, notes = None, []
     if plan.plan and (backup_first or (allow_destructive and plan.findings)):
