@@ -43,8 +43,9 @@ class DockerStack(Stack):
         lay = self.layout
         lay.root.mkdir(parents=True, exist_ok=True)
         ensure_secrets(lay)
-        envgen.write_env_files(self.cfg, lay, self.dep.environ)
         self._check_external_reachable()
+        self.check_external(say)  # a wrong URL or password is refused before the env files would keep it
+        envgen.write_env_files(self.cfg, lay, self.dep.environ)
         colors = self.colors(say)
         colors.active = self.live_color() or colors.active
         self.deploy_state.save(colors)
@@ -94,7 +95,10 @@ class DockerStack(Stack):
         from aixsss_ops.config import is_loopback
 
         for service in self.cfg.external:
-            host = urlsplit(self.external_url(service)).hostname or ""
+            try:
+                host = urlsplit(self.external_url(service)).hostname or ""
+            except UsageError:  # named nowhere: check_external says so, naming the setting
+                continue
             if host and is_loopback(host):
                 raise UsageError(f"{service}.external: the address {host} is the loopback of this machine, which "
                                  "the app's containers cannot reach",

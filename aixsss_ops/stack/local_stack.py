@@ -76,6 +76,7 @@ class LocalStack(Stack):
         for d in (lay.root, lay.logs, lay.redis_dir, lay.s3_dir / "data", lay.nginx_dir, lay.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         secrets = ensure_secrets(lay)
+        self.check_external(say)  # a wrong URL or password is refused before the env files would keep it
         envgen.write_env_files(self.cfg, lay, self.dep.environ)
         services.write_s3_identities(self.cfg, lay)
         services.write_redis_conf(lay, secrets["redis_password"])

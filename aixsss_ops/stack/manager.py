@@ -8,16 +8,18 @@ object store's volumes are probed, what the engine itself is. ``stack.engines.op
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from aixsss_ops import appspec, probes, releases
+from aixsss_ops import appspec, envfile, probes, releases
 from aixsss_ops.context import embedded
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.context.deploystate import Colors, ColorSpec
+from aixsss_ops.context.envgen import EXTERNAL_VARS, external_settings
 from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.output import scrubber, secret_values
 from aixsss_ops.poll import poll_until
 from aixsss_ops.runtime.base import (
     COLORS,
@@ -34,6 +36,10 @@ from aixsss_ops.s3 import S3Target, ensure_bucket
 from aixsss_ops.stack.postgres import ensure_role_and_database
 
 Progress = Callable[[str], None]
+# what a PostgreSQL server says when it answers but will not take the credentials (or database) given
+_PG_REFUSED = re.compile(r"authentication failed|no pg_hba\.conf entry|does not exist|permission denied|"
+                         r"password must be supplied|not permitted to log in", re.I)
+_S3_REFUSED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 # after the app; Postgres before the store and Redis (its WAL archiving may write to a bucket of the store)
 INFRA_STOP_ORDER = (("proxy",), ("postgres",), ("s3", "redis"))
 
@@ -84,6 +90,25 @@ def _probed(d: Unit, state: str) -> bool:
     """Whether ``d``'s probe decides its readiness in ``state``: when running, and for a process of the app also while
     the engine's start check runs (``Stack.ready`` then asks a readiness that proves it works)."""
     return state == "RUNNING" or (state == "STARTING" and is_app(d.service))
+
+
+def _check_redis(url: str, timeout: float = 2.0) -> tuple[str, str]:
+    """AUTH (with the URL's user and password) and PING: ``("ok" | "refused" | "down", detail)``."""
+    import redis
+
+    r = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        r.ping()
+        return "ok", "answers PING"
+    except redis.AuthenticationError as e:
+        return "refused", f"AUTH refused ({e})"
+    except redis.ResponseError as e:  # NOAUTH / WRONGPASS / NOPERM from a server that took the connection
+        refused = str(e).split(" ", 1)[0] in ("NOAUTH", "WRONGPASS", "NOPERM")
+        return ("refused" if refused else "down"), f"{type(e).__name__}: {e}"
+    except (redis.RedisError, OSError) as e:
+        return "down", f"{type(e).__name__}: {e}"
+    finally:
+        r.close()
 
 
 def color_spec(release: releases.Release) -> ColorSpec:
@@ -198,6 +223,8 @@ class Stack:
         """The app's role and database (an external server's are the operator's), its migrations, its bucket:
         what the app needs before it starts."""
         actions = []
+        if "redis" in self.cfg.external:
+            self._wait_external("redis", say)
         if "postgres" in self.cfg.external:
             self._wait_external("postgres", say)
         else:
@@ -219,35 +246,104 @@ class Stack:
         return {"postgres": lambda: self.dep.database.value, "redis": lambda: self.dep.redis.value,
                 "s3": lambda: self.dep.s3.endpoint}[service]()
 
-    def probe_external(self, service: str) -> tuple[bool, str]:
-        url = self.external_url(service)
+    def _external_now(self, service: str) -> dict[str, str]:
+        """The settings naming the external ``service`` as this command resolves them (flag, environment, env
+        files): the variables of ``envgen.EXTERNAL_VARS``."""
+        if service == "s3":
+            t = self.dep.s3
+            return {"S3_ENDPOINT": t.endpoint, "S3_ACCESS_KEY": t.access_key, "S3_SECRET_KEY": t.secret_key,
+                    "S3_REGION": t.region, "S3_BUCKET": self.dep.bucket}
+        return {EXTERNAL_VARS[service][0][0]: self.external_url(service)}
+
+    def _check_external(self, service: str, settings: Mapping[str, str]) -> tuple[str, str]:
+        """Ask the external ``service`` named by ``settings``, with their credentials: ``("ok" | "refused" |
+        "down", detail)``. Refused: it answers but will not take the credentials (or the database, bucket) given,
+        which waiting does not mend; down: it does not answer (yet)."""
+        if service == "s3":
+            return self._check_external_s3(settings)
+        url = settings[EXTERNAL_VARS[service][0][0]]
         where = urlsplit(url).netloc.rpartition("@")[2]  # host:port, never the credentials
         if service == "postgres":
             from aixsss_ops.dburl import parse_database_url
 
             ok, detail = probes.postgres(parse_database_url(url).conninfo)
-        elif service == "redis":
-            try:
-                probes.redis_client_names(url)
-                ok, detail = True, "answers"
-            except Exception as e:  # unreachable or refused: say why
-                ok, detail = False, f"{type(e).__name__}: {e}"
+            state = "ok" if ok else ("refused" if _PG_REFUSED.search(detail) else "down")
         else:
-            ok, detail = probes.http(f"{url.rstrip('/')}/", expect_any_status=True)
-        return ok, f"external {where}: {detail}"
+            state, detail = _check_redis(url)
+        return state, f"external {where}: {detail}"
 
-    def _wait_external(self, service: str, say: Progress) -> None:
-        """Return once the external ``service`` answers; an error naming it otherwise."""
-        if not poll_until(lambda: self.probe_external(service)[0], self.cfg.supervisor.start_timeout, interval=0.5):
-            raise OpsError(f"the external {service} does not answer: {self.probe_external(service)[1]}",
-                           hint=f"check the address in {self.layout.env_file('api')} (or the environment) and that "
-                                "this machine may reach it")
+    def _check_external_s3(self, settings: Mapping[str, str]) -> tuple[str, str]:
+        import urllib3
+        from minio.error import S3Error
+
+        endpoint = settings["S3_ENDPOINT"]
+        where = urlsplit(endpoint).netloc.rpartition("@")[2]
+        bucket = settings.get("S3_BUCKET") or self.cfg.s3.bucket
+        target = S3Target(endpoint, settings["S3_ACCESS_KEY"], settings["S3_SECRET_KEY"],
+                          settings.get("S3_REGION") or self.cfg.s3.region)
+        try:
+            exists = target.client(timeout=3.0).bucket_exists(bucket)  # a signed request: the keys are checked
+        except S3Error as e:
+            status = getattr(e.response, "status", 0) or 0
+            refused = status in (401, 403) or e.code in _S3_REFUSED
+            return ("refused" if refused else "down"), f"external {where}: {e.code}: {e.message}"
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            return "down", f"external {where}: {type(e).__name__}: {e}"
+        return "ok", f"external {where}: answers (bucket {bucket} {'exists' if exists else 'to be created'})"
+
+    def probe_external(self, service: str) -> tuple[bool, str]:
+        try:
+            settings = self._external_now(service)
+        except OpsError as e:
+            return False, e.message
+        state, detail = self._check_external(service, settings)
+        return state == "ok", detail
+
+    def check_external(self, say: Progress) -> None:
+        """Before anything is written (the env files above all): every service ops.toml marks ``external`` answers
+        with the settings this ``stack up`` will write (the environment's, else the env files'), credentials
+        included; an error naming the first that does not, the env files left as they were."""
+        if not self.cfg.external:
+            return
+        old = {name: envfile.read(path) for name in ("api", "worker")
+               if (path := self.layout.env_file(name)).exists()}
+        settings = external_settings(self.cfg, old, self.dep.environ)  # one naming nothing: the usage error
+        scrubber.add(*secret_values({"external": settings}))
+        for service in self.cfg.external:
+            self._wait_external(service, say, settings)
+
+    def _wait_external(self, service: str, say: Progress, settings: Mapping[str, str] | None = None) -> None:
+        """Return once the external ``service`` answers (``settings``: what names it, else this command's
+        settings); an error naming it otherwise, at once when it refuses the credentials."""
+        settings = self._external_now(service) if settings is None else settings
+        last = ("down", "")
+
+        def answered() -> bool:
+            nonlocal last
+            last = self._check_external(service, settings)
+            return last[0] != "down"
+
+        poll_until(answered, self.cfg.supervisor.start_timeout, interval=0.5)
+        state, detail = last
+        required = EXTERNAL_VARS[service][0]
+        where = f"(the environment of this command, else {self.layout.env_file('api')})"
+        if state == "refused":
+            what = {"postgres": "the role, password and database in DATABASE_URL",
+                    "redis": "the user and password in REDIS_URL"}.get(service, "S3_ACCESS_KEY and S3_SECRET_KEY")
+            raise OpsError(f"the external {service} refuses the credentials given: {detail}",
+                           hint=f"check {what} {where}; an external service is the operator's: aixsss-ops neither "
+                                "starts it nor changes its accounts")
+        if state == "down":
+            raise OpsError(f"the external {service} does not answer: {detail}",
+                           hint=f"check the address in {required[0]} {where} and that this machine may reach it; "
+                                "an external service is not started by aixsss-ops")
         say(f"external {service} answers")
 
     def _migrate(self, spec: ColorSpec, say: Progress) -> list[str]:
         from aixsss_ops.migrate import deploy
 
-        result = deploy(self.app_database_url(), appspec.migrations_dir(self.cfg, spec.path))
+        result = deploy(self.app_database_url(), appspec.migrations_dir(self.cfg, spec.path),
+                        statement_lock_timeout=self.cfg.deploy.migration_statement_lock_timeout)
         if result.applied:
             say(f"applied {len(result.applied)} migration(s)")
         return list(result.applied)
