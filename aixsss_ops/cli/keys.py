@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -45,13 +46,20 @@ class _Bar:
         self.bar.update(self.tasks[task], advance=n)
 
 
-def _sigterm_interrupts() -> None:
-    """SIGTERM behaves like Ctrl-C, so a rotation stopped before its env step reverts cleanly."""
+def _sigterm_interrupts(interrupt=lambda: None) -> None:
+    """SIGTERM behaves like Ctrl-C, so a rotation stopped before its env step reverts cleanly: ``interrupt`` (the
+    rotation's: it cancels its writes waiting for a row lock), then KeyboardInterrupt, in this process only. A process
+    forked from it (a pool worker, before its initializer sets its own handling) ignores it: the revert is ours."""
+    main = os.getpid()
 
     def handler(_signum, _frame):
+        if os.getpid() != main:
+            return
+        interrupt()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @app.command()
@@ -144,6 +152,10 @@ def rotate(
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Rows per transaction (default 2500).",
                                    show_default=False),
     workers: int = Workers,
+    lock_timeout: float = typer.Option(None, "--lock-timeout", min=0.001, help="Seconds a write waits for a row "
+                                                                                "another session holds locked before "
+                                                                                "the rotation fails and reverts "
+                                                                                "(default 60).", show_default=False),
 ) -> None:
     """Re-encrypt every stored provider key with a new key and switch api and worker to it, losing no job."""
     from aixsss_ops.keys.service import RotateOptions
@@ -151,7 +163,8 @@ def rotate(
 
     st = state(ctx)
     opts = RotateOptions(new_key=_read_key(new_key), generate=generate, old_key=_read_key(old_key), db_only=db_only,
-                         rollback=rollback, drain_timeout=drain_timeout, batch=batch_size, workers=workers)
+                         rollback=rollback, drain_timeout=drain_timeout, batch=batch_size, workers=workers,
+                         lock_timeout=lock_timeout)
     dep = st.deployment.with_flags(DATABASE_URL=database_url, REDIS_URL=redis_url, AI_QUEUE_NAME=queue)
     with _Bar(st) as bar:
         rot = keys.prepare_rotation(dep, opts, say=st.out.info, progress=bar)
@@ -161,7 +174,7 @@ def rotate(
             what = ("revert the unfinished rotation" if rot.revert_only else
                     f"rotate API_KEY_ENCRYPTION_KEY {rot.old_fp} -> {rot.new_fp} ({rot.mode})")
             confirm(st, f"{what}?")
-            _sigterm_interrupts()
+            _sigterm_interrupts(rot.interrupt)
             res = keys.rotate(rot)
 
     def human(r) -> None:

@@ -46,6 +46,7 @@ from aixsss_ops.keys.ranges import copy_out, count_written, groups, read_bounds,
 from aixsss_ops.keys.staging import Staging
 
 BATCH = 2500
+LOCK_TIMEOUT = 60.0  # seconds a write waits for a row lock held elsewhere before its batch fails
 MEMO_ROWS = 250_000  # rows whose new values a check may keep for the rotation that follows (~100 MB at most)
 SCAN_CHUNK = 5000
 STRAY_ROWS = 10_000  # rows a verification reads in one COPY rather than range by range
@@ -71,8 +72,11 @@ class Engine:
     that pool workers read themselves, on their own connections, in a snapshot the engine exports; the main process
     only hands out ranges and writes batches."""
 
-    def __init__(self, target: PgTarget, keys: Sequence[bytes], *, workers: int | None = None, batch: int = BATCH):
+    def __init__(self, target: PgTarget, keys: Sequence[bytes], *, workers: int | None = None, batch: int = BATCH,
+                 lock_timeout: float = LOCK_TIMEOUT, application_name: str | None = None):
         self.target = target
+        self.lock_timeout = lock_timeout  # seconds a write waits for a row held elsewhere: the batch then fails
+        self.application_name = application_name  # of the writer connections: who they are in pg_stat_activity
         self.nkeys = len(keys)
         self.bounds: list[str] | None = None  # range i is bounds[i-1] <= id < bounds[i]
         # ranges re-sealed during a check, in id order, for the next reencrypt(*memo_pair): ranges 0..len(memo)-1
@@ -267,7 +271,8 @@ class Engine:
     # -- re-encryption ---------------------------------------------------------------------------------
     def _conn(self):
         conn = self.target.connect(autocommit=False, timeout=10)
-        conn.execute("SET lock_timeout = '60s'")  # a row held elsewhere for that long fails the batch, never hangs
+        conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('application_name', %s, false)",
+                     (f"{max(1, round(self.lock_timeout * 1000))}ms", self.application_name or "aixsss-ops keys"))
         # The batches commit without waiting for their WAL flush. A crash of the server may then lose the last few
         # committed batches: WAL replay stops at a consistent point, each batch is one transaction, so the lost ones
         # are back to the values they replaced (old-key values, still decryptable; the rerun redoes them), and no

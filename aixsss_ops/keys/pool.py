@@ -22,11 +22,13 @@ _INVALID_TAG: list = []  # cryptography's InvalidTag, imported with the keys
 
 
 def init_worker(keys: Sequence[bytes], parent: int | None = None) -> None:
-    """Pool worker start: Ctrl-C is the parent's business (it reverts), and a parent killed by SIGKILL takes us along."""
+    """Pool worker start: Ctrl-C and SIGTERM are the parent's business (it reverts, with this pool), and a parent killed
+    by SIGKILL takes us along."""
     global _CIPHERS
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    term_from_parent_only(parent)
     die_with_parent(parent)  # a parent killed by SIGKILL (even before this ran) takes the pool along
     _CIPHERS = [KeyCipher(k) for k in keys]
     from cryptography.exceptions import InvalidTag
@@ -34,6 +36,32 @@ def init_worker(keys: Sequence[bytes], parent: int | None = None) -> None:
 
     _AEADS[:] = [AESGCM(k) for k in keys]
     _INVALID_TAG[:] = [InvalidTag]
+
+
+def term_from_parent_only(parent: int | None) -> None:
+    """A worker dies of SIGTERM only when ``parent`` (the pool's process) sends it: ``ProcessPoolExecutor`` terminates
+    the workers of a broken pool that way. One sent by anyone else (a supervisor stopping the whole process group or
+    cgroup, ``kill -- -PGID``) is the parent's business: it reverts, with this pool, which must outlive the signal.
+    Nor does a worker run the handler it inherited from the parent (``keys rotate``'s raises KeyboardInterrupt).
+
+    SIGTERM is blocked and a thread takes it with ``sigwaitinfo``, which tells who sent it."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent is None:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # this thread takes it: the default,
+                os.kill(os.getpid(), signal.SIGTERM)  # the process ends as terminate() means it to
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=wait, name="sigterm", daemon=True).start()
 
 
 _a2b = binascii.a2b_base64

@@ -11,6 +11,11 @@
 6. api and worker restart blue/green through the runtime, the old color's api is stopped (it still holds the old
    key), a last sweep re-encrypts what it wrote meanwhile, everything is verified again, the queue resumes.
 
+What would refuse step 6 (``Hooks.preflight``: the migration ledger the redeploy checks) is checked before step 1, so
+such a refusal changes nothing. The writes wait at most ``lock_timeout`` seconds for a row lock held elsewhere; the
+failure names the sessions holding the rows. SIGTERM (``interrupt``, then KeyboardInterrupt) cancels the writes
+waiting for a lock at once.
+
 A handled failure before step 5 re-encrypts back to the old key (the services still run with it), resumes the
 queue and says so. A SIGKILL leaves each value in exactly one of the two keys, the queue paused and the progress
 file (phase, counts, fingerprints, never keys) naming the phase: rerunning finishes, ``--rollback`` reverts.
@@ -20,6 +25,8 @@ value is re-encrypted, so a generated key survives a kill.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,8 +36,9 @@ from aixsss_ops.crypto import fingerprint
 from aixsss_ops.dburl import PgTarget
 from aixsss_ops.errors import CheckFailed, OpsError
 from aixsss_ops.fsutil import atomic_write_json, read_json
-from aixsss_ops.keys.engine import LOCK_KEY, Engine
-from aixsss_ops.keys.model import BadValues, PassResult, ScanResult
+from aixsss_ops.keys.engine import LOCK_KEY, LOCK_TIMEOUT, Engine
+from aixsss_ops.keys.locks import HOLDERS, describe_holders, lock_error
+from aixsss_ops.keys.model import TABLE, BadValues, PassResult, ScanResult
 
 Say = Callable[[str], None]
 
@@ -68,6 +76,7 @@ class Hooks:
     unstage_new_key: Callable[[], None] | None = None
     write_env: Callable[[], list[str]] | None = None  # step 5; returns the files written
     restart: Callable[[Say], dict] | None = None  # step 6; returns what it did
+    preflight: Callable[[], None] | None = None  # raises what would refuse step 6; run before step 1
     pause: Callable[[], bool] | None = None  # returns whether the queue was already paused
     drain: Callable[[float], tuple[bool, int]] | None = None  # (drained, active)
     resume: Callable[[], None] | None = None
@@ -111,7 +120,7 @@ class Rotation:
     def __init__(self, *, target: PgTarget, old: bytes, new: bytes, mode: str, state_dir: Path, hooks: Hooks,
                  queue: str | None = None, drain_timeout: float = 120.0, workers: int | None = None,
                  batch: int | None = None, say: Say | None = None,
-                 progress: Callable[[str, int, int | None], None] | None = None):
+                 progress: Callable[[str, int, int | None], None] | None = None, lock_timeout: float = LOCK_TIMEOUT):
         if fingerprint(old) == fingerprint(new):
             raise CheckFailed("the new key is the old key (both derive the same AES key): nothing to rotate")
         self.target, self.old, self.new, self.mode = target, old, new, mode
@@ -122,6 +131,10 @@ class Rotation:
         self.say = say or (lambda _m: None)
         self.progress = progress or (lambda _task, _n, _total: None)
         self.state: dict = {}
+        self.lock_timeout = lock_timeout
+        self.app = f"aixsss-ops keys rotate {os.getpid()}"  # the application_name of its writer connections
+        self._interrupted = threading.Event()
+        self._watching = False
 
     # -- progress file ---------------------------------------------------------------------------------
     def resumable(self) -> dict | None:
@@ -144,7 +157,57 @@ class Rotation:
     # -- steps -----------------------------------------------------------------------------------------
     def _engine(self) -> Engine:
         kw = {"batch": self.batch} if self.batch else {}
-        return Engine(self.target, [self.old, self.new], workers=self.workers, **kw)
+        return Engine(self.target, [self.old, self.new], workers=self.workers, lock_timeout=self.lock_timeout,
+                      application_name=self.app, **kw)
+
+    # -- lock waits ------------------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """SIGTERM or Ctrl-C arrived (called from the signal handler, just before KeyboardInterrupt is raised): the
+        writes of this rotation waiting for a row lock are cancelled at once (by a thread started with the run), so
+        its writers end and the revert starts now, not after the lock timeout. Safe in a signal handler: it only
+        sets an event."""
+        self._interrupted.set()
+
+    def _watch(self) -> None:
+        if self._watching:
+            return
+        self._watching = True
+
+        def cancel_waits() -> None:
+            while True:
+                self._interrupted.wait()
+                self._interrupted.clear()
+                try:
+                    with self.target.connect(timeout=5) as conn:
+                        conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
+                                     "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()", (self.app,))
+                except Exception:  # noqa: BLE001, S110 - the lock timeout still ends the wait
+                    pass
+
+        threading.Thread(target=cancel_waits, name="keys-interrupt", daemon=True).start()
+
+    def _lock_failure(self, e: BaseException) -> RotationFailed:
+        """A lock timeout as one clear error naming the sessions that hold rows of the table (or lock it whole)."""
+        try:
+            with self.target.connect(timeout=5) as conn:
+                conn.execute("SET statement_timeout = '10s'")
+                rows = conn.execute(HOLDERS, (self.app,)).fetchall()
+        except Exception as e2:  # noqa: BLE001 - the error is still worth giving
+            rows, why = [], f"they could not be listed: {type(e2).__name__}"
+        else:
+            why = "no session holds a lock on it any more"
+        who = describe_holders(rows) if rows else None
+        pids = ", ".join(str(r[0]) for r in rows)
+        return RotationFailed(
+            f'a write waited more than the lock timeout ({self.lock_timeout:g}s) for rows of "{TABLE}" locked by '
+            + (who or f"another session ({why})"),
+            hint=(f"end that transaction (commit or roll it back; `SELECT pg_terminate_backend(pid)` for pid {pids} "
+                  "ends the session), then rerun `aixsss-ops keys rotate`" if rows else
+                  "rerun `aixsss-ops keys rotate`") + "; --lock-timeout SECONDS waits longer",
+            details=str(e).strip() or None)
+
+    def _explain(self, e: BaseException) -> BaseException:
+        return self._lock_failure(e) if lock_error(e) else e
 
     def _lock(self):
         conn = self.target.connect(timeout=10)
@@ -164,8 +227,14 @@ class Rotation:
                 details="\n".join(str(e) for e in scan.errors))
         return scan
 
+    def _preflight(self, prior: dict | None) -> None:
+        """What would refuse the restart of step 6, before step 1 (nothing is changed yet)."""
+        if self.hooks.preflight and (not prior or prior.get("phase") in (*DB_PHASES, "env-written")):
+            self.hooks.preflight()
+
     def plan(self) -> RotationResult:
         st = self.resumable()
+        self._preflight(st)
         res = RotationResult(self.mode, self.old_fp, self.new_fp, dry_run=True, queue=self.queue,
                              resumed_from=st.get("phase") if st else None)
         with self._engine() as eng:
@@ -202,7 +271,9 @@ class Rotation:
                                "started_at": now_iso(), "reencrypted": 0, "batches": 0}
         if prior:
             self.say(f"resuming the rotation {self.old_fp} -> {self.new_fp} left in phase {prior['phase']}")
+        self._preflight(prior)
         lock = self._lock()
+        self._watch()
         try:
             with self._engine() as eng:
                 if not prior or prior["phase"] in DB_PHASES:
@@ -228,11 +299,17 @@ class Rotation:
         self.state = prior
         res = RotationResult(self.mode, self.old_fp, self.new_fp, queue=self.queue, resumed_from=prior["phase"])
         lock = self._lock()
+        self._watch()
         try:
             with self._engine() as eng:
                 self.say(f"reverting the unfinished rotation: re-encrypting values of {self.new_fp} back to "
                          f"{self.old_fp}")
-                p = eng.reencrypt(1, 0, on_batch=lambda b, _last: self.progress("revert", b.rows, None))
+                try:
+                    p = eng.reencrypt(1, 0, on_batch=lambda b, _last: self.progress("revert", b.rows, None))
+                except Exception as e:  # noqa: BLE001 - a lock timeout becomes one clear error
+                    if lock_error(e):
+                        raise self._lock_failure(e) from None
+                    raise
                 check = eng.scan((0, 1), progress=lambda n: self.progress("verify", n, None))
                 if check.by_key[1] or check.bad:
                     raise RotationFailed(f"{check.by_key[1] + check.bad} value(s) are still not in the old key")
@@ -292,7 +369,7 @@ class Rotation:
             self.say("step 4: verifying every value with the new key")
             res.late_writes, res.verified = self._verify(eng, "verify", settle=bool(self.hooks.write_env))
         except BaseException as e:  # noqa: BLE001 - anything, Ctrl-C included, before step 5 is reverted
-            self._revert_after(eng, e)
+            self._revert_after(eng, self._explain(e))
         self._phase("verifying", verified=res.verified)  # still a database phase until the env files change
 
     def _verify(self, eng: Engine, task: str, settle: bool = False) -> tuple[int, int]:
@@ -337,6 +414,7 @@ class Rotation:
             resumed = self._resume_queue()
             self._phase("reverted", error=why)
         except BaseException as e2:  # noqa: BLE001
+            e2 = self._explain(e2)
             why2 = e2.message if isinstance(e2, OpsError) else f"{type(e2).__name__}: {e2}"
             self.state["error"] = why
             self.file.save(self.state)
@@ -346,11 +424,13 @@ class Rotation:
                 "paused",
                 hint="fix the cause and rerun the same `aixsss-ops keys rotate` to finish, "
                      "or `aixsss-ops keys rotate --rollback` to go back to the old key") from None
-        details = "\n".join(str(x) for x in cause.errors) if isinstance(cause, BadValues) else None
+        details = "\n".join(str(x) for x in cause.errors) if isinstance(cause, BadValues) else (
+            cause.details if isinstance(cause, OpsError) else None)
         exc = CheckFailed if isinstance(cause, (BadValues, CheckFailed)) else RotationFailed
         raise exc(f"rotation failed before the env files were changed ({why}); every value is decryptable with the "
                   f"old key {self.old_fp} again, the env files are unchanged"
-                  + ("; the queue was resumed" if resumed else ""), details=details) from None
+                  + ("; the queue was resumed" if resumed else ""), details=details,
+                  hint=cause.hint if isinstance(cause, OpsError) else None) from None
 
     def _env_steps(self, eng: Engine, res: RotationResult) -> None:
         if self.state.get("phase") in DB_PHASES:
@@ -372,7 +452,10 @@ class Rotation:
         except BadValues as e:
             raise CheckFailed(f"after the env files changed: {e}; the queue stays paused",
                               details="\n".join(str(x) for x in e.errors)) from None
-        except OpsError as e:
+        except Exception as e:  # noqa: BLE001 - a lock timeout becomes an OpsError, anything else goes on
+            if not isinstance(e, OpsError) and not lock_error(e):
+                raise
+            e = self._explain(e)
             raise RotationFailed(
                 f"the env files hold the new key {self.new_fp} and the database is re-encrypted, but the restart "
                 f"or the final sweep failed: {e.message}; the queue stays paused",

@@ -211,6 +211,7 @@ class RotateOptions:
     drain_timeout: float = 120.0
     batch: int | None = None
     workers: int | None = None
+    lock_timeout: float | None = None  # seconds a write waits for a row lock (default: rotate.LOCK_TIMEOUT)
 
 
 def _env_files_key(dep: Deployment, name: str) -> Key | None:
@@ -246,17 +247,21 @@ def _edit_env_files(dep: Deployment, change: Callable[[dict[str, str]], None]) -
 
 
 def prepare(dep: Deployment, opts: RotateOptions, *, say=None, progress=None,
-            restart: Callable[[Callable[[str], None]], dict] | None = None) -> Rotation:
+            restart: Callable[[Callable[[str], None]], dict] | None = None,
+            preflight: Callable[[], None] | None = None) -> Rotation:
     """Resolve keys, targets and hooks for ``keys rotate`` (nothing is changed here). ``restart`` restarts the app
-    with the new key (a blue/green restart, handed in by the use-case layer); a full rotation needs it."""
+    with the new key (a blue/green restart, handed in by the use-case layer); a full rotation needs it.
+    ``preflight`` raises what would refuse that restart; a full rotation runs it before its first step."""
     from aixsss_ops.dburl import parse_database_url
-    from aixsss_ops.keys.rotate import DB_PHASES, FINAL_PHASES, ProgressFile, Rotation
+    from aixsss_ops.keys.rotate import DB_PHASES, FINAL_PHASES, LOCK_TIMEOUT, ProgressFile, Rotation
 
     register_known(dep)
     if opts.generate and opts.new_key:
         raise UsageError("pass either --new-key or --generate")
     if opts.rollback and (opts.generate or opts.new_key):
         raise UsageError("--rollback goes back to the kept previous key; it takes no --new-key/--generate")
+    if opts.lock_timeout is not None and opts.lock_timeout <= 0:
+        raise UsageError("--lock-timeout takes a number of seconds above 0")
     if opts.db_only and opts.generate:
         raise UsageError("--db-only cannot keep a generated key anywhere: generate one with `aixsss-ops keys "
                          "generate`, store it in your secret manager, then pass it with --new-key")
@@ -334,9 +339,11 @@ def prepare(dep: Deployment, opts: RotateOptions, *, say=None, progress=None,
     if not db_only and restart is None:
         raise UsageError("a full rotation restarts the app: nothing here can restart it (use --db-only)")
     hooks = _hooks(dep, dep.redis.value, dep.queue.value, old, new, db_only=db_only, restart=restart)
+    if not db_only:
+        hooks.preflight = preflight
     rot = Rotation(target=target, old=old.derived, new=new.derived, mode=mode, state_dir=keys_dir(dep), hooks=hooks,
                    queue=dep.queue.value, drain_timeout=opts.drain_timeout, workers=opts.workers, batch=opts.batch, say=say,
-                   progress=progress)
+                   progress=progress, lock_timeout=opts.lock_timeout or LOCK_TIMEOUT)
     rot.revert_only = bool(prior and opts.rollback and prior["phase"] in DB_PHASES)
     rot.new_source = new.source
     return rot

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aixsss_ops import appspec
+from aixsss_ops import appspec, releases
 from aixsss_ops.context.deployment import Deployment
-from aixsss_ops.errors import OpsError
+from aixsss_ops.errors import CheckFailed, OpsError
 from aixsss_ops.keys import service
 from aixsss_ops.keys.rotate import Rotation, RotationResult
 from aixsss_ops.stack.engines import open_stack
@@ -16,15 +16,43 @@ from aixsss_ops.usecases.deploy import deployer
 Say = Callable[[str], None]
 
 
+def _running_live(stack) -> str | None:
+    """The live color when its api is running (the rotation restarts it then), else None."""
+    try:
+        live = stack.live_color()
+        return live if live and stack.runtime.state("api", live) == "RUNNING" else None
+    except OpsError:
+        return None
+
+
+def restart_preflight(dep: Deployment) -> None:
+    """What would refuse the rotation's restart (step 6), checked before its step 1 so that the refusal changes
+    nothing: the redeploy of the live release first checks its migrations against the ledger (a migration recorded
+    as failed or still being applied, drift), the check ``restart_app``'s deploy makes."""
+    from aixsss_ops.migrate import deploy as migrate_deploy
+
+    stack = open_stack(dep)
+    live = _running_live(stack)
+    spec = stack.colors().spec(live) if live else None
+    if spec is None:  # nothing to restart: the services read the new key when they start
+        return
+    release = releases.find(stack.layout.releases, spec.release)
+    plan = migrate_deploy(stack.app_database_url(), appspec.migrations_dir(dep.cfg, release.path), dry_run=True)
+    if plan.blockers:
+        raise CheckFailed(
+            f"the rotation ends with a blue/green restart of release {release.id}, which the migrations would refuse: "
+            f"{plan.blockers[0]}",
+            hint="nothing was changed; fix the migrations first (`aixsss-ops migrate status`), then rerun "
+                 "`aixsss-ops keys rotate`",
+            details="\n".join(plan.blockers[1:]) or None)
+
+
 def restart_app(dep: Deployment, say: Say) -> dict:
     """Blue/green restart of the live release (the api keeps serving), then stop the old color's api: it still
     holds the old key, so it must neither write again nor be the target of a warm rollback."""
     stack = open_stack(dep)
-    try:
-        live = stack.live_color()
-        running = bool(live) and stack.runtime.state("api", live) == "RUNNING"
-    except OpsError:
-        live, running = None, False
+    live = _running_live(stack)
+    running = live is not None
     if not running:
         return {"restarted": False,
                 "note": "the embedded stack's api is not running: api and worker read the new key when they start"}
@@ -40,7 +68,8 @@ def restart_app(dep: Deployment, say: Say) -> dict:
 
 def prepare_rotation(dep: Deployment, opts: service.RotateOptions, *, say: Say | None = None,
                      progress=None) -> Rotation:
-    return service.prepare(dep, opts, say=say, progress=progress, restart=lambda s: restart_app(dep, s))
+    return service.prepare(dep, opts, say=say, progress=progress, restart=lambda s: restart_app(dep, s),
+                           preflight=lambda: restart_preflight(dep))
 
 
 def rotate(rot: Rotation) -> RotationResult:

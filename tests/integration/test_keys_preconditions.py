@@ -1,0 +1,163 @@
+"""`keys rotate` meeting what it cannot get past: a row another session keeps locked (SIGTERM while it waits; a
+wait longer than the lock timeout) and a migration recorded as failed, which would refuse its restart. Each ends
+with every value decryptable with the old key and the env files unchanged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+import redis
+
+from aixsss_ops import crypto, envfile
+from aixsss_ops.config import load_config
+from aixsss_ops.dburl import parse_database_url
+from aixsss_ops.stack.engines import open_stack
+from tests.cli import EXE, REPO, run_cli
+from tests.conftest import stack_config, state_tmpdir
+from tests.integration.keys_helpers import insert_profiles, make_deployment
+
+OLD = crypto.generate_key()
+
+
+@pytest.fixture
+def dep(pg_server, redis_server, queue_name):
+    d = make_deployment(pg_server, redis_server, queue_name)
+    d.write_env(OLD)
+    return d
+
+
+def queue_paused(dep) -> bool:
+    return redis.Redis.from_url(dep.redis_url).hexists(f"bull:{dep.queue}:meta", "paused")
+
+
+def new_key_values(dep, new: str) -> int:
+    key = crypto.derive_key(new)
+    n = 0
+    for vals in dep.values().values():
+        for v in vals:
+            if v is not None:
+                try:
+                    crypto.decrypt(v, key)
+                    n += 1
+                except crypto.CryptoError:
+                    pass
+    return n
+
+
+def lock_row(dep, rid: str, app: str):
+    """A session holding ``rid`` with SELECT … FOR UPDATE in an open transaction (until it is closed)."""
+    conn = parse_database_url(dep.database_url).connect(autocommit=False, application_name=app)
+    conn.execute('SELECT "id" FROM "AIProfile" WHERE "id" = %s FOR UPDATE', (rid,))
+    return conn
+
+
+def waiting_on_locks(dep) -> int:
+    with dep.connect() as c:
+        return c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND wait_event_type = 'Lock'").fetchone()[0]
+
+
+def assert_reverted(dep, plain, new) -> None:
+    assert dep.plaintexts(OLD) == plain and new_key_values(dep, new) == 0
+    assert dep.env("api")["API_KEY_ENCRYPTION_KEY"] == OLD and "API_KEY_ENCRYPTION_KEY_NEXT" not in dep.env("api")
+    assert not queue_paused(dep) and dep.progress()["phase"] == "reverted"
+
+
+def test_sigterm_to_the_process_group_while_a_row_lock_blocks_the_rotation_reverts_cleanly(dep):
+    """As a supervisor stops a command (systemd's control group, `kill -- -PGID`): the pool workers get the SIGTERM
+    too; they must neither print tracebacks nor die under the revert, and the blocked write must not hold it up."""
+    plain = insert_profiles(dep, OLD, 300)
+    new = crypto.generate_key()
+    locker = lock_row(dep, "p000150", "test-locker")
+    try:
+        p = subprocess.Popen([EXE, "--config", str(dep.cfg), "--yes", "keys", "rotate", "--new-key", new,
+                              "--batch-size", "20", "--workers", "2"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env={**os.environ, "NO_COLOR": "1"})
+        deadline = time.monotonic() + 60
+        while not ((pr := dep.progress()) and pr.get("phase") == "reencrypting" and waiting_on_locks(dep)):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        os.killpg(p.pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=90)
+        took = time.monotonic() - t0
+    finally:
+        locker.close()
+    assert p.returncode == 1, out + err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in err, err
+    assert "interrupted" in err and "decryptable with the old key" in err and "env files are unchanged" in err, err
+    assert took < 30, f"the revert (default lock timeout 60 s) waited {took:.0f}s: the blocked write was not cancelled"
+    assert_reverted(dep, plain, new)
+
+
+def test_a_row_locked_longer_than_the_lock_timeout_fails_naming_the_session_and_reverts(dep):
+    plain = insert_profiles(dep, OLD, 300)
+    new = crypto.generate_key()
+    locker = lock_row(dep, "p000150", "test-locker")
+    try:
+        pid = locker.info.backend_pid
+        user = locker.execute("SELECT current_user").fetchone()[0]
+        r = run_cli("--yes", "keys", "rotate", "--new-key", new, "--batch-size", "20", "--lock-timeout", "1",
+                    config=dep.cfg, timeout=120)
+        assert r.code == 1, r.output
+        assert "Traceback" not in r.output
+        assert "lock timeout (1s)" in r.stderr and f"session pid {pid} (user {user}, application_name 'test-locker'" \
+            in r.stderr, r.stderr
+        assert "row locks on 1 profile(s)" in r.stderr and f"pid {pid} ends the session" in r.stderr, r.stderr
+        assert "decryptable with the old key" in r.stderr and "env files are unchanged" in r.stderr, r.stderr
+        assert_reverted(dep, plain, new)
+    finally:
+        locker.close()
+
+
+# -- a failed migration refuses the rotation before its first step --------------------------------------------
+
+DEPLOY = {"health_interval": 0.2, "health_threshold": 3, "health_timeout": 8.0, "lock_timeout": 60.0, "backup": False}
+
+
+@pytest.fixture(scope="module")
+def stack_env():
+    root = state_tmpdir("aixsss-keys-pre-")
+    cfg = stack_config(root, deploy=DEPLOY)
+    r = run_cli("stack", "up", config=cfg, timeout=240)
+    assert r.code == 0, r.output
+    yield {"cfg": cfg, "stack": open_stack(load_config(cfg))}
+    run_cli("stack", "down", config=cfg, timeout=180)
+
+
+@pytest.mark.slow
+def test_a_migration_recorded_as_failed_refuses_the_rotation_before_step_1(stack_env):
+    cfg, stack = stack_env["cfg"], stack_env["stack"]
+    env_before = {svc: stack.layout.env_file(svc).read_bytes() for svc in ("api", "worker")}
+    old_raw = envfile.read(stack.layout.env_file("api"))["API_KEY_ENCRYPTION_KEY"]
+    db = parse_database_url(stack.app_database_url())
+    with httpx.Client(base_url=stack.url + "/api", timeout=10) as c:
+        for i in range(5):
+            r = c.post("/ai-profiles", json={"name": f"p{i}", "provider": "deepseek", "apiKey": f"sk-pre-{i}"})
+            assert r.status_code == 201, r.text
+    with db.connect() as conn:
+        before = conn.execute('SELECT "id", "apiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall()
+        conn.execute("INSERT INTO _prisma_migrations (id, checksum, started_at, migration_name, logs) "
+                     "VALUES ('failed-row', 'x', now(), '20991231000000_broken', 'ERROR: relation \"x\" does not exist')")
+    try:
+        r = run_cli("--yes", "keys", "rotate", "--generate", config=cfg, timeout=300)
+        assert r.code == 3, r.output
+        assert "20991231000000_broken is recorded as failed" in r.stderr and "nothing was changed" in r.stderr, r.stderr
+        assert "step 1" not in r.stderr and "Traceback" not in r.output
+        with db.connect() as conn:
+            assert conn.execute('SELECT "id", "apiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall() == before
+        assert {svc: stack.layout.env_file(svc).read_bytes() for svc in ("api", "worker")} == env_before
+        key = crypto.derive_key(old_raw)
+        assert sorted(crypto.decrypt(v, key) for _i, v in before) == [f"sk-pre-{i}" for i in range(5)]
+        dry = run_cli("--yes", "keys", "rotate", "--generate", "--dry-run", config=cfg)
+        assert dry.code == 3 and "recorded as failed" in dry.stderr, dry.output
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM _prisma_migrations WHERE id = 'failed-row'")
