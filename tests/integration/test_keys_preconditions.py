@@ -9,16 +9,12 @@ import signal
 import subprocess
 import time
 
-import httpx
 import pytest
 import redis
 
-from aixsss_ops import crypto, envfile
-from aixsss_ops.config import load_config
+from aixsss_ops import crypto
 from aixsss_ops.dburl import parse_database_url
-from aixsss_ops.stack.engines import open_stack
 from tests.cli import EXE, REPO, run_cli
-from tests.conftest import stack_config, state_tmpdir
 from tests.integration.keys_helpers import insert_profiles, make_deployment
 
 OLD = crypto.generate_key()
@@ -115,49 +111,3 @@ def test_a_row_locked_longer_than_the_lock_timeout_fails_naming_the_session_and_
         assert_reverted(dep, plain, new)
     finally:
         locker.close()
-
-
-# -- a failed migration refuses the rotation before its first step --------------------------------------------
-
-DEPLOY = {"health_interval": 0.2, "health_threshold": 3, "health_timeout": 8.0, "lock_timeout": 60.0, "backup": False}
-
-
-@pytest.fixture(scope="module")
-def stack_env():
-    root = state_tmpdir("aixsss-keys-pre-")
-    cfg = stack_config(root, deploy=DEPLOY)
-    r = run_cli("stack", "up", config=cfg, timeout=240)
-    assert r.code == 0, r.output
-    yield {"cfg": cfg, "stack": open_stack(load_config(cfg))}
-    run_cli("stack", "down", config=cfg, timeout=180)
-
-
-@pytest.mark.slow
-def test_a_migration_recorded_as_failed_refuses_the_rotation_before_step_1(stack_env):
-    cfg, stack = stack_env["cfg"], stack_env["stack"]
-    env_before = {svc: stack.layout.env_file(svc).read_bytes() for svc in ("api", "worker")}
-    old_raw = envfile.read(stack.layout.env_file("api"))["API_KEY_ENCRYPTION_KEY"]
-    db = parse_database_url(stack.app_database_url())
-    with httpx.Client(base_url=stack.url + "/api", timeout=10) as c:
-        for i in range(5):
-            r = c.post("/ai-profiles", json={"name": f"p{i}", "provider": "deepseek", "apiKey": f"sk-pre-{i}"})
-            assert r.status_code == 201, r.text
-    with db.connect() as conn:
-        before = conn.execute('SELECT "id", "apiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall()
-        conn.execute("INSERT INTO _prisma_migrations (id, checksum, started_at, migration_name, logs) "
-                     "VALUES ('failed-row', 'x', now(), '20991231000000_broken', 'ERROR: relation \"x\" does not exist')")
-    try:
-        r = run_cli("--yes", "keys", "rotate", "--generate", config=cfg, timeout=300)
-        assert r.code == 3, r.output
-        assert "20991231000000_broken is recorded as failed" in r.stderr and "nothing was changed" in r.stderr, r.stderr
-        assert "step 1" not in r.stderr and "Traceback" not in r.output
-        with db.connect() as conn:
-            assert conn.execute('SELECT "id", "apiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall() == before
-        assert {svc: stack.layout.env_file(svc).read_bytes() for svc in ("api", "worker")} == env_before
-        key = crypto.derive_key(old_raw)
-        assert sorted(crypto.decrypt(v, key) for _i, v in before) == [f"sk-pre-{i}" for i in range(5)]
-        dry = run_cli("--yes", "keys", "rotate", "--generate", "--dry-run", config=cfg)
-        assert dry.code == 3 and "recorded as failed" in dry.stderr, dry.output
-    finally:
-        with db.connect() as conn:
-            conn.execute("DELETE FROM _prisma_migrations WHERE id = 'failed-row'")

@@ -150,3 +150,35 @@ def test_db_is_unreachable_error_is_one_masked_line(env):
     r = run_cli("keys", "check", "--database-url", bad, config=env["cfg"])
     assert r.code == 1 and "hunter2hunter2" not in r.output and "unreachable" in r.output
     assert len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_a_migration_recorded_as_failed_refuses_the_rotation_before_step_1(env):
+    cfg, stack = env["cfg"], env["stack"]
+    env_before = {svc: stack.layout.env_file(svc).read_bytes() for svc in ("api", "worker")}
+    old_raw = envfile.read(stack.layout.env_file("api"))["API_KEY_ENCRYPTION_KEY"]
+    db = parse_database_url(stack.app_database_url())
+    made = {}
+    with httpx.Client(base_url=stack.url + "/api", timeout=10) as c:
+        for i in range(5):
+            r = c.post("/ai-profiles", json={"name": f"p{i}", "provider": "deepseek", "apiKey": f"sk-pre-{i}"})
+            assert r.status_code == 201, r.text
+            made[r.json()["id"]] = f"sk-pre-{i}"
+    with db.connect() as conn:
+        before = conn.execute('SELECT "id", "apiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall()
+        conn.execute("INSERT INTO _prisma_migrations (id, checksum, started_at, migration_name, logs) "
+                     "VALUES ('failed-row', 'x', now(), '20991231000000_broken', 'ERROR: relation \"x\" does not exist')")
+    try:
+        r = run_cli("--yes", "keys", "rotate", "--generate", config=cfg, timeout=300)
+        assert r.code == 3, r.output
+        assert "20991231000000_broken is recorded as failed" in r.stderr and "nothing was changed" in r.stderr, r.stderr
+        assert "step 1" not in r.stderr and "Traceback" not in r.output
+        with db.connect() as conn:
+            assert conn.execute('SELECT "id", "apiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall() == before
+        assert {svc: stack.layout.env_file(svc).read_bytes() for svc in ("api", "worker")} == env_before
+        key = crypto.derive_key(old_raw)
+        assert {i: crypto.decrypt(v, key) for i, v in before if i in made} == made
+        dry = run_cli("--yes", "keys", "rotate", "--generate", "--dry-run", config=cfg)
+        assert dry.code == 3 and "recorded as failed" in dry.stderr, dry.output
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM _prisma_migrations WHERE id = 'failed-row'")
