@@ -356,24 +356,14 @@ class SwarmRuntime(DockerRuntime):
                        interval=0.2)
 
     def find(self, service: str, color: str | None = None):
-        """The running replica of the service on the manager's own node (for exec and container calls)."""
-        import docker
-
+        """The running replica of the service on the manager's own node (for exec and container calls): the
+        newest running container of this engine that Swarm labelled with the service's name. The engine's own
+        containers are the ground truth of "on this node"; the task list can lag them after a service was
+        removed and created again under the same name."""
         name = sw.service_name(self.cfg, unit_name(service, color))
-        node = self.self_node()["ID"]
-        try:
-            tasks = self.tasks(name)
-        except docker.errors.NotFound:
-            return None
-        here = [t for t in tasks if t.get("NodeID") == node and t["Status"]["State"] == "running"
-                and (t["Status"].get("ContainerStatus") or {}).get("ContainerID")]
-        if not here:
-            return None
-        cid = max(here, key=lambda t: t.get("CreatedAt", ""))["Status"]["ContainerStatus"]["ContainerID"]
-        try:
-            return self.client.containers.get(cid)
-        except docker.errors.NotFound:
-            return None
+        here = self.client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}",
+                                                    "status": "running"})
+        return max(here, key=lambda c: c.attrs.get("Created", "")) if here else None
 
     def _need(self, service: str, color: str | None = None):
         c = self.find(service, color)
