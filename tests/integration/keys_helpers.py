@@ -65,6 +65,13 @@ def make_deployment(pg_server, redis_server, queue: str) -> Deployment:
     return Deployment(root, cfg, root / "state", url, redis_server.url, queue)
 
 
+def deployment_with_key(pg_server, redis_server, queue: str, key: str) -> Deployment:
+    """``make_deployment`` whose env files hold ``key`` as API_KEY_ENCRYPTION_KEY."""
+    d = make_deployment(pg_server, redis_server, queue)
+    d.write_env(key)
+    return d
+
+
 def plaintext(i: int, col: int) -> str:
     return f"sk-plain-{col}-{i:05d}-{secrets.token_hex(8)}"
 

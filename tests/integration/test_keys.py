@@ -15,7 +15,7 @@ import redis
 
 from aixsss_ops import crypto
 from tests.cli import EXE, REPO, run_cli
-from tests.integration.keys_helpers import all_secret_texts, insert_profiles, make_deployment
+from tests.integration.keys_helpers import all_secret_texts, deployment_with_key, insert_profiles
 from tests.unit.test_crypto import node
 
 OLD = crypto.generate_key()
@@ -23,9 +23,7 @@ OLD = crypto.generate_key()
 
 @pytest.fixture
 def dep(pg_server, redis_server, queue_name):
-    d = make_deployment(pg_server, redis_server, queue_name)
-    d.write_env(OLD)
-    return d
+    return deployment_with_key(pg_server, redis_server, queue_name, OLD)
 
 
 def fp(raw: str) -> str:

@@ -15,16 +15,14 @@ import redis
 from aixsss_ops import crypto
 from aixsss_ops.dburl import parse_database_url
 from tests.cli import EXE, REPO, run_cli
-from tests.integration.keys_helpers import insert_profiles, make_deployment
+from tests.integration.keys_helpers import deployment_with_key, insert_profiles
 
 OLD = crypto.generate_key()
 
 
 @pytest.fixture
 def dep(pg_server, redis_server, queue_name):
-    d = make_deployment(pg_server, redis_server, queue_name)
-    d.write_env(OLD)
-    return d
+    return deployment_with_key(pg_server, redis_server, queue_name, OLD)
 
 
 def queue_paused(dep) -> bool:
