@@ -221,20 +221,14 @@ class Stack:
 
     def _prepare_data(self, spec: ColorSpec, say: Progress) -> list[str]:
         """The app's role and database (an external server's are the operator's), its migrations, its bucket:
-        what the app needs before it starts."""
+        what the app needs before it starts. The external services answered ``check_external`` already."""
         actions = []
-        if "redis" in self.cfg.external:
-            self._wait_external("redis", say)
-        if "postgres" in self.cfg.external:
-            self._wait_external("postgres", say)
-        else:
+        if "postgres" not in self.cfg.external:
             sec = embedded.ensure_secrets(self.layout)
             created = ensure_role_and_database(self.admin_url(), self.cfg.postgres.database, self.cfg.postgres.user,
                                                sec["postgres_app_password"])
             actions += [f"created {c}" for c in created]
         actions += [f"applied migration {m}" for m in self._migrate(spec, say)]
-        if "s3" in self.cfg.external:
-            self._wait_external("s3", say)
         bucket = self.dep.bucket if "s3" in self.cfg.external else self.cfg.s3.bucket
         if ensure_bucket(self.s3_target(), bucket):
             actions.append(f"created bucket {bucket}")
@@ -312,10 +306,9 @@ class Stack:
         for service in self.cfg.external:
             self._wait_external(service, say, settings)
 
-    def _wait_external(self, service: str, say: Progress, settings: Mapping[str, str] | None = None) -> None:
-        """Return once the external ``service`` answers (``settings``: what names it, else this command's
-        settings); an error naming it otherwise, at once when it refuses the credentials."""
-        settings = self._external_now(service) if settings is None else settings
+    def _wait_external(self, service: str, say: Progress, settings: Mapping[str, str]) -> None:
+        """Return once the external ``service`` named by ``settings`` answers; an error naming it otherwise, at once
+        when it refuses the credentials."""
         last = ("down", "")
 
         def answered() -> bool:
