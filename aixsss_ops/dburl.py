@@ -27,6 +27,17 @@ _PRISMA_ONLY = {
     "single_use_connections",
 }
 
+# libpq parameters whose value is one of a few words: a wrong one is refused by libpq before any connection
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+}
+# how libpq says it refused the connection string itself (no server was asked)
+_LIBPQ_REFUSALS = re.compile(r"^(invalid .* value|invalid URI query parameter|invalid connection option)")
+
 
 @dataclass(frozen=True)
 class PgTarget:
@@ -52,8 +63,13 @@ class PgTarget:
                 options=options,
                 **kwargs,
             )
+        except psycopg.ProgrammingError as e:  # psycopg's own parse of the connection string
+            raise UsageError(f"the PostgreSQL URL {self.masked} is refused by libpq: {e}") from None
         except psycopg.OperationalError as e:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            bare = reason.removeprefix("connection is bad: ")
+            if _LIBPQ_REFUSALS.match(bare):
+                raise UsageError(f"the PostgreSQL URL {self.masked} is refused by libpq: {bare}") from None
             raise ServiceUnavailable(f"postgres at {self.masked} is unreachable: {reason}") from None
 
     def with_database(self, name: str) -> PgTarget:
@@ -105,6 +121,9 @@ def parse_database_url(url: str, name: str = "DATABASE_URL / --database-url") ->
         got = f"{parts.scheme}://..." if parts.scheme else "(value)"
         raise UsageError(f"{name} must start with postgresql:// (got {got})")
     params = parse_qsl(parts.query, keep_blank_values=True)
+    for k, v in params:
+        if k in _CHOICES and v not in _CHOICES[k]:
+            raise UsageError(f"{name} has an invalid {k}: {v!r} (one of {', '.join(_CHOICES[k])}): {mask_url(url)}")
     schema = next((v for k, v in params if k == "schema"), None)
     kept = [(k, v) for k, v in params if k not in _PRISMA_ONLY]
     conninfo = urlunsplit(parts._replace(query=urlencode(kept)))

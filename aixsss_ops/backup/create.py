@@ -114,6 +114,9 @@ def create_backup(
     with pgb.session(pg) as ctl:
         server_num = int(ctl.execute("SHOW server_version_num").fetchone()[0])
         pg_dump, dump_major = pgb.check_versions(server_num, "pg_dump")
+        refused = pgb.unreadable(ctl)
+        if refused:
+            raise pgb.cannot_read(ctl.info.user, refused)
         skew = None
         if s3 is not None:
             if objects.ensure_versioning(s3, bucket):

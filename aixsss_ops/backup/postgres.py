@@ -220,6 +220,29 @@ def list_tables(conn, with_blocks: bool = False) -> list[tuple]:
     ).fetchall()]
 
 
+def unreadable(conn) -> list[str]:
+    """What pg_dump would be refused, as ``schema.name``: a schema it may not use, and in the others the tables,
+    partitioned tables and sequences it may not SELECT (pg_dump locks and reads every one; extension members left
+    out)."""
+    return [r[0] for r in conn.execute(
+        "SELECT format('%I', n.nspname) || CASE WHEN has_schema_privilege(n.oid, 'USAGE') THEN '.' || "
+        "format('%I', c.relname) ELSE ' (the schema)' END FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind IN ('r', 'p', 'S') AND {_SYSTEM_SCHEMAS} "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') "
+        "AND NOT (has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')) "
+        "GROUP BY 1 ORDER BY 1"
+    ).fetchall()]
+
+
+def cannot_read(role: str, names: list[str]) -> CheckFailed:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return CheckFailed(f"the role {role} may not read {len(names)} of the database's tables, sequences or schemas "
+                       f"({shown}); a backup reads every one: nothing was written",
+                       hint=f"grant it: `GRANT USAGE ON SCHEMA … TO \"{role}\"; GRANT SELECT ON ALL TABLES IN "
+                            f"SCHEMA … TO \"{role}\"; GRANT SELECT ON ALL SEQUENCES IN SCHEMA … TO \"{role}\"`, "
+                            "or back up with the database owner's URL (--database-url)")
+
+
 # How a row is hashed. "columns" (what backups record now): the XOR of one 64-bit hash per column, each by its
 # type's own extended hash function seeded with the column's position (NULL: a constant per position). "record":
 # hash_record_extended over the row, which builds a composite value per row (about 20% slower). Both hash by text

@@ -121,6 +121,8 @@ def report_error(st: State, e: BaseException) -> int:
     if out.json_mode:
         out.emit({"ok": False, "error": message, "hint": hint, "exit_code": code})
     out.error(message, hint)
-    if details and not out.quiet:
-        out.info(details)
+    if details and not out.quiet:  # a tool's output, less the line the message already quotes
+        details = "\n".join(ln for ln in details.splitlines() if ln.strip() and ln.strip() not in message)
+        if details:
+            out.info(details)
     return code

@@ -1,5 +1,6 @@
-"""Restores and verifies as a role that is not a superuser (a managed Postgres's main user), through the CLI on real
-PostgreSQL and SeaweedFS: what the role may not do is named before anything changes, never an internal error."""
+"""Backups, restores and verifies as a role that is not a superuser (a managed Postgres's main user), through the CLI
+on real PostgreSQL and SeaweedFS: what the role may not do is named before anything changes, never an internal
+error."""
 
 from __future__ import annotations
 
@@ -148,3 +149,26 @@ def test_an_s3_key_that_may_not_write_stops_the_restore_before_the_database_is_r
         assert list(env.client.list_objects(bucket, prefix=objects.PROBE_PREFIX, include_version=True)) == []
     with pytest.raises(CheckFailed, match="may not write"):
         objects.check_writable(s3_server.target(s3_server.reader), env.bucket)
+
+
+def test_a_backup_by_a_role_that_may_not_read_every_table_names_them_before_writing(role_env):
+    env = role_env
+    seed(env.url)
+    with psycopg.connect(env.pg.url(env.db, schema=None), autocommit=True) as c:  # a superuser's, not the role's
+        c.execute("CREATE TABLE public.audit_t (a int)")
+        c.execute("CREATE SCHEMA hidden")
+        c.execute("CREATE TABLE hidden.h (a int)")
+        c.execute("CREATE SEQUENCE public.audit_seq")
+    for args in (("backup", "create", "--no-objects"), ("--json", "backup", "create", "--no-objects")):
+        r = env.cli(*args)
+        assert r.code == 3, r.output
+        assert f"the role {env.role} may not read 3 of" in r.output, r.output
+        for name in ("public.audit_t", "public.audit_seq", "hidden (the schema)"):
+            assert name in r.output, r.output
+        assert "GRANT SELECT" in r.output and "snapshot taken" not in r.output and env.password not in r.output
+    assert env.cli("--json", "backup", "list").json["backups"] == []
+    with psycopg.connect(env.pg.url(env.db, schema=None), autocommit=True) as c:
+        c.execute(f'GRANT SELECT ON public.audit_t, public.audit_seq TO "{env.role}"')
+        c.execute(f'GRANT USAGE ON SCHEMA hidden TO "{env.role}"')
+        c.execute(f'GRANT SELECT ON hidden.h TO "{env.role}"')
+    env.create("--no-objects")  # granted, the same role backs it up

@@ -64,6 +64,8 @@ def test_add_url_registers_the_password_and_a_value_that_is_not_a_url():
     ("postgresql://u:Secr%zzetPw@127.0.0.1:1/x", "invalid percent-escape"),
     ("postgresql://u:Secr3tPw@127.0.0.1:notaport/x", "invalid port"),
     ("SecretPw6", "must start with postgresql://"),
+    ("postgresql://u:Secr3tPw@127.0.0.1:1/x?sslmode=bogus", "invalid sslmode: 'bogus' (one of disable"),
+    ("postgresql://u:Secr3tPw@127.0.0.1:1/x?schema=s&target_session_attrs=rw", "invalid target_session_attrs"),
 ])
 def test_bad_database_urls_are_usage_errors_without_the_secret(url, says):
     with pytest.raises(UsageError) as e:
@@ -72,6 +74,13 @@ def test_bad_database_urls_are_usage_errors_without_the_secret(url, says):
     assert says in msg and "--database-url" in msg
     for secret in ("Secr3tPw", "Secr%zzetPw", "SecretPw6"):
         assert secret not in msg, msg
+
+
+def test_a_url_libpq_refuses_before_connecting_is_a_usage_error_without_the_secret():
+    target = parse_database_url("postgresql://u:Secr3tPw@127.0.0.1:1/x?no_such_option=1")
+    with pytest.raises(UsageError) as e:
+        target.connect(timeout=1).close()
+    assert "no_such_option" in e.value.message and "Secr3tPw" not in e.value.message
 
 
 def test_a_password_with_at_and_slash_reaches_libpq_percent_encoded():
@@ -88,6 +97,7 @@ def test_a_password_with_at_and_slash_reaches_libpq_percent_encoded():
     ["migrate", "status", "--database-url", "postgresql://u:Secr3tPw@[::1/x"],
     ["migrate", "status", "--database-url", "postgresql://u:Secr%zzetPw@127.0.0.1:1/x"],
     ["migrate", "status", "--database-url", "SecretPw6"],
+    ["migrate", "status", "--database-url", "postgresql://u:Secr3tPw@127.0.0.1:1/x?sslmode=bogus"],
     ["queue", "stats", "--redis-url", "redis://:Secret R3@[bad/0"],
     ["queue", "stats", "--redis-url", "redis://:Secr3tPw@[::1:6379/0"],
 ])
