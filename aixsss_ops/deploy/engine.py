@@ -204,7 +204,8 @@ class Deployer:
             ran.append(hook.name)
         return ran
 
-    def _validate_env(self) -> None:
+    def validate_env(self) -> None:
+        """The env files of api, worker and web against their contracts (``EnvInvalid`` lists every problem)."""
         from aixsss_ops.contracts.env import load_service_env
 
         for svc in ("api", "worker", "web"):
@@ -318,7 +319,7 @@ class Deployer:
                 res.warnings.append(note)
             live, target = state.active, other(state.active)
             res.color, res.previous_color = target, live
-            self._validate_env()
+            self.validate_env()
             hook_env = {
                 "AIXSSS_RELEASE": release.id,
                 "AIXSSS_VERSION": release.version,

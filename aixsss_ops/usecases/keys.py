@@ -27,8 +27,11 @@ def _running_live(stack) -> str | None:
 
 def restart_preflight(dep: Deployment) -> None:
     """What would refuse the rotation's restart (step 6), checked before its step 1 so that the refusal changes
-    nothing: the redeploy of the live release first checks its migrations against the ledger (a migration recorded
-    as failed or still being applied, drift), the check ``restart_app``'s deploy makes."""
+    nothing: the redeploy of the live release needs the deploy lock (held now by another deploy, rollback or
+    rotation: refused rather than waited for), env files its contracts accept (step 5 changes only the key in them),
+    and migrations the ledger accepts (a migration recorded as failed or still being applied, drift): the checks
+    ``restart_app``'s deploy makes. Its pre-deploy hooks run only then."""
+    from aixsss_ops.deploy.lock import describe
     from aixsss_ops.migrate import deploy as migrate_deploy
 
     stack = open_stack(dep)
@@ -36,6 +39,19 @@ def restart_preflight(dep: Deployment) -> None:
     spec = stack.colors().spec(live) if live else None
     if spec is None:  # nothing to restart: the services read the new key when they start
         return
+    restart = "the rotation ends with a blue/green restart of the live release"
+    d = deployer(dep)
+    lock = d.lock.info()
+    if lock.held:
+        raise CheckFailed(f"{restart}, and another operation holds the deploy lock: {describe(lock.holder)}",
+                          hint="nothing was changed; rerun `aixsss-ops keys rotate` when it is done "
+                               "(`aixsss-ops deploy lock status`)")
+    try:
+        d.validate_env()
+    except CheckFailed as e:
+        raise CheckFailed(f"{restart}, whose env files the contracts refuse: {e.message}",
+                          hint="nothing was changed; fix the env files (`aixsss-ops env validate`), then rerun "
+                               "`aixsss-ops keys rotate`", details=e.details) from None
     release = releases.find(stack.layout.releases, spec.release)
     plan = migrate_deploy(stack.app_database_url(), appspec.migrations_dir(dep.cfg, release.path), dry_run=True)
     if plan.blockers:

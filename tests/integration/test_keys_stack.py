@@ -182,3 +182,42 @@ def test_a_migration_recorded_as_failed_refuses_the_rotation_before_step_1(env):
     finally:
         with db.connect() as conn:
             conn.execute("DELETE FROM _prisma_migrations WHERE id = 'failed-row'")
+
+
+def _at_rest(stack) -> tuple[dict, list]:
+    """The env files and the stored provider keys: what a refused rotation must leave byte-identical."""
+    with parse_database_url(stack.app_database_url()).connect() as conn:
+        rows = conn.execute('SELECT "id", "apiKeyEncrypted" FROM "AIProfile" ORDER BY "id"').fetchall()
+    return {svc: stack.layout.env_file(svc).read_bytes() for svc in ("api", "worker", "web")}, rows
+
+
+def test_a_deploy_lock_held_elsewhere_refuses_the_rotation_before_step_1(env):
+    from aixsss_ops.deploy.lock import DeployLock
+
+    cfg, stack = env["cfg"], env["stack"]
+    before = _at_rest(stack)
+    with DeployLock(stack.layout.deploy_dir) as held:
+        held.acquire(1, {"action": "deploy", "version": "r-held-by-test"})
+        r = run_cli("--yes", "keys", "rotate", "--generate", config=cfg, timeout=300)
+    assert r.code == 3, r.output
+    assert "holds the deploy lock" in r.stderr and "r-held-by-test" in r.stderr and "nothing was changed" in r.stderr
+    assert "step 1" not in r.stderr and _at_rest(stack) == before
+
+
+def test_env_files_the_contracts_refuse_stop_the_rotation_before_step_1(env):
+    cfg, stack = env["cfg"], env["stack"]
+    path = stack.layout.env_file("api")
+    good = path.read_bytes()
+    values = envfile.read(path)
+    values["JWT_SECRET"] = "short"
+    envfile.write(path, values)
+    try:
+        before = _at_rest(stack)
+        for args in ((), ("--dry-run",)):
+            r = run_cli("--yes", "keys", "rotate", "--generate", *args, config=cfg, timeout=300)
+            assert r.code == 3, r.output
+            assert "env files the contracts refuse" in r.stderr and "JWT_SECRET" in r.stderr, r.stderr
+            assert "nothing was changed" in r.stderr and "step 1" not in r.stderr
+            assert _at_rest(stack) == before
+    finally:
+        path.write_bytes(good)
