@@ -6,6 +6,11 @@ worker's stalled check moves it back (one to three ``stalledInterval``s, 30-90 s
 such jobs (taskforcesh/bullmq#3059, #3349); the Python port 3.4 does not. Here a fetch that returns once the
 worker is closing processes its job itself, and ``drain`` closes the connections only after the worker's loop has
 ended and every job it started is done.
+
+The loop of a closing worker also ends at the first pass that brings no job (the cancelled idle fetch is one), and
+closes the lock renewal as it ends, while jobs may still run: their locks would expire after ``lockDuration``, their
+completion be refused, and another worker's stalled check run them again. Here the renewal closes once the last
+running job is done.
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ import bullmq
 
 class Worker(bullmq.Worker):
     """A bullmq worker whose late fetches are processed; build it with ``autorun: False`` and ``start`` it."""
+
+    async def run(self):
+        close = self.lockManager.close
+
+        async def close_when_done() -> None:  # the loop's own end calls it; the jobs still running keep their locks
+            while self.closing and (running := [t for t in self.processing if not t.done()]):
+                await asyncio.wait(running)
+            await close()
+
+        self.lockManager.close = close_when_done
+        return await super().run()
 
     async def getNextJob(self, token: str):
         job = await super().getNextJob(token)

@@ -72,3 +72,43 @@ def test_bullmq_close_alone_leaves_that_job_active(redis_server):
 
     processed, state, active, _ = asyncio.run(stop_during_a_fetch(redis_server.url, bullmq.Worker, close_only))
     assert (processed, state, active) == ([], "active", 1)
+
+
+async def lock_during_a_drained_job(url: str) -> tuple[list[bool], str]:
+    """A job longer than the lock's duration runs while the worker drains (its idle fetch cancelled, so the loop
+    ends at once): whether the job's lock was present at each sample, and the job's end state."""
+    drain = drain_module()
+    name = f"drain-{uuid.uuid4().hex[:8]}"
+    queue = bullmq.Queue(name, {"connection": url})
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def process(job, token):
+        started.set()
+        await finish.wait()
+        return "done"
+
+    worker = drain.Worker(name, process, {"connection": url, "concurrency": 2, "autorun": False,
+                                          "lockDuration": 1000, "lockRenewTime": 500})
+    job = await queue.add("long", {})
+    loop = drain.start(worker)
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.sleep(0.3)  # the second slot's fetch is waiting for a job
+    stopping = asyncio.ensure_future(drain.drain(worker, loop))
+    client = queue.redisConnection.conn
+    seen = []
+    for _ in range(30):  # 3 s: three lock durations
+        await asyncio.sleep(0.1)
+        seen.append(bool(await client.exists(f"bull:{name}:{job.id}:lock")))
+    finish.set()
+    await asyncio.wait_for(stopping, 20)
+    state = await queue.getJobState(job.id)
+    await queue.obliterate(force=True)
+    await queue.close()
+    return seen, state
+
+
+def test_a_job_still_running_keeps_its_lock_while_the_worker_drains(redis_server):
+    """Another worker's stalled check takes back an active job whose lock expired: the draining worker renews the
+    locks of its running jobs until the last one ends."""
+    seen, state = asyncio.run(lock_during_a_drained_job(redis_server.url))
+    assert all(seen) and state == "completed", (str(seen), state)
