@@ -1,5 +1,6 @@
 """The bundled worker's graceful stop on a real Redis: a job a fetch moves to active while the worker closes is
-processed before the connections close, not left active for another worker's stalled check."""
+processed before the connections close, not left active for another worker's stalled check; and a job still running
+keeps its lock until it ends."""
 
 from __future__ import annotations
 
