@@ -351,9 +351,6 @@ class OpsConfig(_Section):
         if self.backup.pitr and self.postgres.external:
             raise ValueError("backup.pitr: point-in-time recovery archives the WAL of the Postgres aixsss-ops runs; "
                              "with postgres.external use the managed service's own point-in-time recovery")
-        if self.backup.pitr and self.runtime == "swarm":
-            raise ValueError("backup.pitr: point-in-time recovery runs on the local and docker runtimes; the swarm "
-                             "runtime has none yet (backup create/restore work there)")
         if self.backup.pitr and self.backup.destination == "s3" and self.s3.external and not (
                 self.backup.s3_endpoint and self.backup.s3_access_key):
             raise ValueError("backup.pitr with destination = \"s3\" and s3.external: name the repository's store "

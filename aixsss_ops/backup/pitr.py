@@ -4,7 +4,7 @@ recovery window, the base backup a target time needs, and the target time itself
 pgBackRest does the work (base backups, WAL archiving, restore with replay to a time); this module only decides
 what to ask it and reads its answers. Every command runs as the account that owns the cluster, with the config
 file the embedded stack wrote, where the cluster is: one engine, two sites (``pitr_sites``: a subprocess of this
-machine for the local runtime, an exec in the Postgres container for docker).
+machine for the local runtime, an exec in the Postgres container for docker and swarm).
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _command_failed(command: str, r: subprocess.CompletedProcess, log_hint: str)
 
 class Engine:
     """pgBackRest's commands against the stack's cluster, wherever pgBackRest runs (``site``: a ``HostSite`` for
-    the local runtime, a ``ContainerSite`` for docker)."""
+    the local runtime, a ``ContainerSite`` for docker and swarm)."""
 
     def __init__(self, site: HostSite | ContainerSite):
         self.site = site
@@ -316,16 +316,18 @@ def repo_bucket(cfg: OpsConfig) -> tuple[Any, str] | None:
             b.s3_bucket)
 
 
-def engine_for(cfg: OpsConfig, layout: Layout, write_config: bool = True) -> Engine | None:
+def engine_for(cfg: OpsConfig, layout: Layout, write_config: bool = True, runtime: Any = None) -> Engine | None:
     """pgBackRest against the embedded stack's cluster; None when ``backup.pitr`` is off. Local runtime:
     ``write_config`` writes pgbackrest.conf first (the same file ``stack up`` writes; doctor only reads it).
-    Docker: pgBackRest in the Postgres container, whose config the container writes itself at start."""
+    Docker and swarm: pgBackRest in the Postgres container of ``runtime``, the stack's runtime (the one
+    ``stack.engines.open_stack`` picks: this module does not choose an engine), whose config the container writes
+    itself at start."""
     if not cfg.backup.pitr:
         return None
-    if cfg.runtime == "docker":
-        from aixsss_ops.runtime.docker import DockerRuntime
-
-        return Engine(ContainerSite(cfg, DockerRuntime(cfg, layout), repo_bucket(cfg)))
+    if cfg.runtime != "local":
+        if runtime is None:
+            raise TypeError(f"engine_for: runtime {cfg.runtime!r} runs Postgres in a container: pass the stack's runtime")
+        return Engine(ContainerSite(cfg, runtime, repo_bucket(cfg)))
     arch = local_specs.write_pgbackrest_conf(cfg, layout) if write_config else local_specs.archiving(cfg, layout)
     if arch is None:
         return None

@@ -1,5 +1,5 @@
 """Where pgBackRest runs for ``backup.pitr``: ``HostSite``, a subprocess of this machine as the cluster's account
-(the local runtime), and ``ContainerSite``, an exec in the Postgres container (docker). A site runs pgBackRest's
+(the local runtime), and ``ContainerSite``, an exec in the Postgres container (docker, swarm). A site runs pgBackRest's
 commands (a restore stoppable by an event), makes and removes folders, swaps the restored data folder in, and
 settles what an interrupted restore left."""
 
@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aixsss_ops.config import OpsConfig
-from aixsss_ops.errors import OpsError
+from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.procutil import die_with_parent
 from aixsss_ops.runtime.pg_cluster import Archiving, Cluster, os_account
 
@@ -183,10 +183,13 @@ class HostSite:
 
 
 class ContainerSite:
-    """Where pgBackRest runs for the docker runtime: inside the Postgres container, through the runtime's exec (as
-    the postgres account), with the config the container writes at start (docker_specs.postgres). Folders are
-    paths inside the container; the live data folder is swapped by the container itself before Postgres starts
-    (``docker_specs.PITR_SWAP``): the file with the moves is written into the container whatever its state."""
+    """Where pgBackRest runs for the docker and swarm runtimes: inside the Postgres container (swarm: the replica of
+    the Postgres service, on the node of the engine aixsss-ops talks to, which the runtime's exec requires), through
+    the runtime's exec (as the postgres account), with the config the container writes at start
+    (docker_specs.postgres, which the swarm's service is made from). Folders are paths inside the container; the
+    live data folder is swapped by the container itself before Postgres starts (``docker_specs.PITR_SWAP``, in the
+    pgdata volume): the file with the moves is written into the newest container of the service whatever its
+    state (swarm: one of this node's, every one mounting the same volume), and the next one to start makes them."""
 
     PIDFILE = "pitr-restore.pid"
     STOP_WAIT = 60  # seconds an aborted restore has to be gone, its stop asked again and again
@@ -292,9 +295,19 @@ class ContainerSite:
 
     def config_problem(self) -> str | None:
         state = self.runtime.state("postgres")
-        if state != "RUNNING":
+        if state not in ("RUNNING", "STARTING"):
             return f"the Postgres container is {state}"
-        if self._exec(["test", "-s", self.specs.PGBACKREST_CONF], 20).returncode != 0:
+        try:
+            found = self._exec(["test", "-s", self.specs.PGBACKREST_CONF], 20).returncode == 0
+        except UsageError:
+            raise
+        except OpsError:
+            # STARTING: no container to exec in yet; on swarm also a running replica whose health check has not
+            # passed yet (Postgres may answer already: a restore returns once it has promoted)
+            if state == "STARTING":
+                return "the Postgres container is STARTING"
+            raise
+        if not found:
             return (f"no pgBackRest config at {self.specs.PGBACKREST_CONF} in the Postgres container "
                     "(created before backup.pitr was on?)")
         return None
@@ -317,9 +330,12 @@ class ContainerSite:
         import tarfile
         import time
 
-        c = self.runtime.find("postgres")
-        if c is None:
+        # any state (a stopped container takes files too): on swarm, ``find`` names only a running replica, and
+        # the restored cluster's that does not come up may be between two of Swarm's restarts
+        found = self.runtime.containers("postgres")
+        if not found:
             raise OpsError("the postgres container does not exist", hint="`aixsss-ops stack up`")
+        c = max(found, key=lambda c: c.attrs.get("Created", ""))
         data = "".join(f"{a} {b}\n" for a, b in moves).encode()
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -16,9 +16,9 @@ SPACE_MIN_FREE = 0.10
 def _engine(ctx: Context):
     from aixsss_ops.backup.pitr import engine_for
 
-    if not ctx.cfg.backup.pitr or ctx.cfg.runtime not in ("local", "docker"):
+    if not ctx.cfg.backup.pitr:
         return None
-    return engine_for(ctx.cfg, ctx.dep.layout, write_config=False)
+    return engine_for(ctx.cfg, ctx.dep.layout, write_config=False, runtime=ctx.stack.runtime)
 
 
 def _secs(s: float) -> str:

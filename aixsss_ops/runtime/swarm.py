@@ -14,7 +14,8 @@ cluster whose manager is the engine ``[docker] host`` names (the Engine API, thr
   every node switches by one atomic rename of its ``live`` link and the switch is done once every node's job
   completed. The color last switched to is a label of the proxy service (``routed_color``).
 - ``exec`` and the container-level calls run in the replica on the manager's own node (where the infra runs
-  unless ``swarm.infra_node`` says otherwise).
+  unless ``swarm.infra_node`` says otherwise; an infra service pinned to another node is refused naming that node,
+  so point-in-time recovery, pgBackRest exec'd in the Postgres replica, runs against the infra node's engine).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aixsss_ops.errors import OpsError, UsageError
 from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime import docker_specs as specs
 from aixsss_ops.runtime import swarm_specs as sw
-from aixsss_ops.runtime.base import COLORS, UnitStatus, is_app, unit_name
+from aixsss_ops.runtime.base import COLORS, INFRA, UnitStatus, is_app, unit_name
 from aixsss_ops.runtime.docker import DockerRuntime
 from aixsss_ops.runtime.docker_engine import L_COLOR, L_PROJECT, L_SERVICE, L_SPEC
 from aixsss_ops.runtime.swarm_nodes import L_LIVE
@@ -365,7 +366,24 @@ class SwarmRuntime(DockerRuntime):
                                                     "status": "running"})
         return max(here, key=lambda c: c.attrs.get("Created", "")) if here else None
 
+    def pinned_elsewhere(self, service: str) -> str | None:
+        """The node an infra service (postgres, redis, s3: pinned to ``swarm.infra_node``) runs on when that is not
+        the node of the engine aixsss-ops talks to; None when it is this one, or the service is not pinned."""
+        if service not in INFRA or service == "proxy":
+            return None
+        node, here = self.infra_node(), self.self_node()["Description"]["Hostname"]
+        return node if node != here else None
+
     def _need(self, service: str, color: str | None = None):
+        """The replica of the service on this engine's node (exec, signals and container calls run in it). An
+        infra service pinned to another node is a usage error naming that node: what needs its container (an exec
+        in Postgres: pgBackRest for point-in-time recovery) must be run against that node's engine."""
+        node = self.pinned_elsewhere(service)
+        if node is not None:
+            here = self.self_node()["Description"]["Hostname"]
+            raise UsageError(f"{service} runs on the swarm node {node} (swarm.infra_node), not on {here}, the node of "
+                             f"the engine aixsss-ops talks to: run this command on {node}, with [docker] host (or "
+                             f"DOCKER_HOST) naming {node}'s engine, a manager of the swarm")
         c = self.find(service, color)
         if c is None:
             raise OpsError(f"no replica of {unit_name(service, color)} runs on this node "

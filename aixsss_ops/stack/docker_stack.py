@@ -132,7 +132,7 @@ class DockerStack(Stack):
         ``<project>-pgbackrest`` volume), so the cluster's WAL archiving succeeds from the start."""
         from aixsss_ops.backup import pitr
 
-        eng = pitr.engine_for(self.cfg, self.layout)
+        eng = pitr.engine_for(self.cfg, self.layout, runtime=self.runtime)
         if eng is None or eng.info().exists:
             return []
         eng.stanza_create()

@@ -6,7 +6,8 @@ does not mark ``external``) pinned to the infra node with their volumes and thei
 are unchanged), the app's processes per color with their replicas, the proxy on every proxy node. App images
 reach the nodes through the registry (``swarm.registry``); the infra and proxy run from the base and runtime
 images, which must be on the nodes that run them (``images base`` on the infra node; the base image on every
-proxy node).
+proxy node). With ``backup.pitr`` the Postgres service is the docker runtime's container (pgBackRest in it, its
+``<project>-pgbackrest`` volume on the infra node) and ``up`` creates the stanza as on docker.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class SwarmStack(DockerStack):
             actions += self._ensure_service(spec, 1, say)
         self.wait_ready(backing, say)
         actions += self._prepare_data(live, say)
+        actions += self._archiving()  # backup.pitr: the stanza, pgBackRest exec'd in the Postgres replica
         if cfg.swarm.registry == "embedded":
             from aixsss_ops.runtime import swarm_registry
 

@@ -2,9 +2,9 @@
 base backups, their schedule, the recovery window and the lifecycle rule that makes objects expire with it.
 ``restore --to-time T`` is in ``pitr_plan`` (what it would do) and ``pitr_restore``.
 
-Only the embedded stack's cluster (``backup.pitr``), local runtime (pgBackRest a process of this machine) or docker
-(pgBackRest in the Postgres container, its repository a volume): the engine's ``site`` says where it runs and where
-the data folders are; everything here is the same for both.
+Only the embedded stack's cluster (``backup.pitr``), local runtime (pgBackRest a process of this machine), docker or
+swarm (pgBackRest in the Postgres container, its repository a volume): the engine's ``site`` says where it runs and
+where the data folders are; everything here is the same for all of them.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ def _require_on(dep: Deployment) -> None:
     if not dep.cfg.backup.pitr:
         raise UsageError("point-in-time recovery is off", hint="set backup.pitr = true in ops.toml, then "
                          "`aixsss-ops stack up` (restarts Postgres with WAL archiving) and `aixsss-ops backup base`")
-    if dep.cfg.runtime not in ("local", "docker"):
-        raise UsageError(f"point-in-time recovery runs on the local and docker runtimes, not {dep.cfg.runtime!r}")
 
 
 def _require(dep: Deployment) -> None:
@@ -41,9 +39,13 @@ def _require(dep: Deployment) -> None:
 
 
 def engine(dep: Deployment) -> Engine:
-    """pgBackRest against the stack's cluster (writes its config: the same file ``stack up`` writes)."""
+    """pgBackRest against the stack's cluster, where the stack's runtime runs it (local: writes its config, the same
+    file ``stack up`` writes; docker, swarm: in the Postgres container, whose exec on swarm runs on the engine's own
+    node only, and refuses naming the node Postgres is pinned to when that is another one)."""
+    from aixsss_ops.stack.engines import open_stack
+
     _require(dep)
-    return engine_mod.engine_for(dep.cfg, dep.layout)
+    return engine_mod.engine_for(dep.cfg, dep.layout, runtime=open_stack(dep).runtime)
 
 
 @dataclass

@@ -220,12 +220,22 @@ def test_an_s3_repository_on_docker_goes_through_the_store_container_https_port(
     assert "-s3.port.https" not in plain.command[-1] and "s3_tls_cert" not in plain.secrets
 
 
-def test_pitr_is_refused_on_swarm_and_by_compose_render(tmp_path: Path):
+def test_pitr_runs_on_swarm_as_on_docker_and_compose_render_refuses_it(tmp_path: Path):
+    """The swarm's Postgres service is the docker container spec (pgBackRest's volume, config secret, archiving, the
+    folder moves before Postgres starts), pinned to the infra node; compose has no source for the config secret."""
     from aixsss_ops.compose.render import render_files
-    from aixsss_ops.errors import ConfigError
+    from aixsss_ops.runtime import docker_specs as specs
+    from aixsss_ops.runtime import swarm_specs as sw
 
-    with pytest.raises((ConfigError, ValueError), match="swarm"):
-        _cfg(tmp_path, "swarm", pitr=True)
+    cfg = _cfg(tmp_path, "swarm", pitr=True)
+    pg = next(s for s in sw.infra(cfg) if s.service == "postgres")
+    assert pg == specs.postgres(cfg)
+    assert pg.volumes == {"pgdata": specs.PG_HOME, "pgbackrest": specs.PGBACKREST} and pg.init
+    assert pg.secrets["pgbackrest_conf"] == ("pgbackrest", "conf")
+    kw = sw.service_kwargs(cfg, pg, image=pg.image, digest="d", infra_node="n1", secrets=[], count=1)
+    assert kw["constraints"] == ["node.hostname==n1"] and kw["init"] is True
+    assert {m["Target"]: m["Source"] for m in kw["mounts"]} == {specs.PG_HOME: "aixsss-pgdata",
+                                                               specs.PGBACKREST: "aixsss-pgbackrest"}
     with pytest.raises(UsageError, match="backup.pitr"):
         render_files(_cfg(tmp_path, "docker", pitr=True))
 
