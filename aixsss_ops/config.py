@@ -146,6 +146,22 @@ class Readiness(_Section):
             raise ValueError("give one of http, log, redis_client")
 
 
+def inside_release(key: str, value: str) -> None:
+    """Refuse a folder of the app description that is not inside the release: an absolute path (other than one
+    under ``{release}``) or one whose ``..`` climbs out of it."""
+    rel = value[len("{release}"):].lstrip("/") if value.startswith("{release}") else value
+    parts: list[str] = []
+    for part in rel.replace("\\", "/").split("/"):
+        if part == "..":
+            if not parts:
+                raise ValueError(f"{key}: {value!r} must be inside the release")
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    if rel.startswith("/") or "{release}" in rel:
+        raise ValueError(f"{key}: {value!r} must be inside the release (a path relative to it)")
+
+
 class ProcessSpec(_Section):
     """One process of the app, run per color. Placeholders in ``command``, ``cwd`` and ``env`` values:
     ``{release}`` (the release folder), ``{python}`` (this Python), ``{color}``, ``{version}``."""
@@ -156,11 +172,15 @@ class ProcessSpec(_Section):
     port_env: str | None = None  # the variable that carries its port (the proxy routes /api there)
     socket_env: str | None = None  # the variable that carries a unix socket path it also listens on (the proxy
     # then connects there directly)
-    env: dict[str, str] = field(default_factory=dict)  # extra environment, never a secret
+    env: dict[str, str] = field(default_factory=dict)  # extra environment; a secret-looking value (its name, a URL
+    # with a password) reaches the process through a 0600 env file, never a command line (runtime/local_specs.py)
     ready: Readiness = field(default_factory=Readiness)
     stop_signal: Signal = "TERM"
     stop_timeout: Positive = 30.0  # seconds between the stop signal and SIGKILL
     count: Annotated[int, Meta(ge=1, le=16)] = 1  # processes per color: <role>, <role>.2 … <role>.<count>
+
+    def __post_init__(self) -> None:
+        inside_release("cwd", self.cwd)
 
 
 def bundled_processes() -> dict[str, ProcessSpec]:
@@ -190,6 +210,7 @@ class AppSection(_Section):
     processes: dict[str, ProcessSpec] = field(default_factory=bundled_processes)
 
     def __post_init__(self) -> None:
+        inside_release("web_root", self.web_root)
         bad = [n for n in self.processes if not re.fullmatch(r"[a-z][a-z0-9]*", n)]
         if bad:
             raise ValueError(f"processes: process names are lowercase letters and digits: {', '.join(bad)}")
@@ -223,6 +244,129 @@ class DeploySection(_Section):
     backup: bool = True
 
 
+# -- the backup section's types: a strict boolean, the base backups' calendars --
+
+StrictBool = Literal[True, False]  # a TOML boolean only (``pitr = 1`` is refused); a variable's word is one
+
+_WEEKDAY_NAMES = {name: n for n, full in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday",
+                                                    "saturday", "sunday")) for name in (full[:3], full)}
+CALENDAR_SHORTHANDS = {"minutely": "*-*-* *:*:00", "hourly": "*-*-* *:00:00", "daily": "*-*-* 00:00:00",
+                       "weekly": "Mon *-*-* 00:00:00", "monthly": "*-*-01 00:00:00",
+                       "quarterly": "*-01,04,07,10-01 00:00:00", "semiannually": "*-01,07-01 00:00:00",
+                       "yearly": "*-01-01 00:00:00", "annually": "*-01-01 00:00:00"}
+_ITEM = re.compile(r"(?P<start>\*|\d+(?:\.\d+)?)(?:\.\.(?P<end>\d+))?(?:/(?P<step>\d+(?:\.\d+)?))?")
+
+
+class CalendarEvent(NamedTuple):
+    """An OnCalendar expression as systemd.time(7) reads it; None in a field: every value."""
+
+    weekdays: frozenset[int] | None  # 0 = Monday .. 6 = Sunday (systemd's order: a range runs Monday to Sunday)
+    years: frozenset[int] | None
+    months: frozenset[int] | None
+    days: frozenset[int] | None
+    last_days: bool  # ``~``: the days count back from the month's end
+    hours: frozenset[int] | None
+    minutes: frozenset[int] | None
+    seconds: frozenset[float] | None
+    zone: str | None
+
+
+def _calendar_values(text: str, what: str, lo: int, hi: int, fraction: bool = False) -> frozenset | None:
+    """A component: ``*``, or a list of values, ranges ``a..b`` and repetitions ``a/n``, ``a..b/n``."""
+    if text == "*":
+        return None
+    out: set = set()
+    for item in text.split(","):
+        m = _ITEM.fullmatch(item)
+        if not m:
+            raise ValueError(f"{what} {item!r}: not a value, a range a..b or a repetition a/n")
+        start, end, step = m["start"], m["end"], m["step"]
+        if not fraction and ("." in start or (step and "." in step)):
+            raise ValueError(f"{what} {item!r}: a whole number is needed")
+        if start == "*":  # alone it is every value; systemd takes no list or repetition of it
+            raise ValueError(f"{what} {item!r}: not a value, a range a..b or a repetition a/n")
+        first = float(start)
+        last = float(end) if end else (hi if step else first)
+        top = hi + 1 if fraction else hi
+        for v in (first, last):
+            if not (lo <= v < top if fraction else lo <= v <= hi):
+                raise ValueError(f"{what} {v:g} is outside {lo}..{hi}")
+        if last < first:
+            raise ValueError(f"{what} range {item!r} runs backwards")
+        if step and float(step) <= 0:
+            raise ValueError(f"{what} {item!r}: a repetition needs a step above 0")
+        v = first
+        while v <= last:
+            out.add(int(v) if v == int(v) else v)
+            if not step and not end:
+                break
+            v += float(step) if step else 1
+    return frozenset(out)
+
+
+def _calendar_weekdays(text: str) -> frozenset[int] | None:
+    out: set[int] = set()
+    for item in text.lower().split(","):
+        ends = item.split("..") if ".." in item else item.split("-")
+        if len(ends) > 2 or any(e not in _WEEKDAY_NAMES for e in ends):
+            raise ValueError(f"weekday {item!r}: not a day name (Mon..Sun, Monday..Sunday) or a range of two")
+        first, last = _WEEKDAY_NAMES[ends[0]], _WEEKDAY_NAMES[ends[-1]]
+        if last < first:
+            raise ValueError(f"weekday range {item!r} runs backwards (a range runs from Monday to Sunday)")
+        out.update(range(first, last + 1))
+    return frozenset(out) if len(out) < 7 else None
+
+
+def _calendar_zone(text: str) -> str:
+    import zoneinfo
+
+    if text.upper() == "UTC":
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise ValueError(f"{text!r} is not a time zone") from None
+    return text
+
+
+def parse_calendar(text: str) -> CalendarEvent:
+    """``[weekdays] [[year-]month-day] [hour:minute[:second]] [time zone]`` or a shorthand (``daily``, ...);
+    ValueError naming what is wrong (an hour past 23, a minute past 59, a day name systemd does not know)."""
+    tokens = text.split()
+    if len(tokens) == 1 and tokens[0].lower() in CALENDAR_SHORTHANDS:
+        tokens = CALENDAR_SHORTHANDS[tokens[0].lower()].split()
+    if not tokens:
+        raise ValueError("empty")
+    weekdays = _calendar_weekdays(tokens.pop(0)) if tokens[0][:1].isalpha() else None
+    date = tokens.pop(0) if tokens and ":" not in tokens[0] and not tokens[0][:1].isalpha() else None
+    clock = tokens.pop(0) if tokens and ":" in tokens[0] else None
+    zone = _calendar_zone(tokens.pop(0)) if len(tokens) == 1 and tokens[0][:1].isalpha() else None
+    if tokens:
+        raise ValueError(f"{tokens[0]!r} is not in its place (weekdays, then the date, the time, a time zone)")
+    years = months = days = None
+    last_days = False
+    if date is not None:
+        head, sep, day = date.rpartition("~")
+        if not sep:
+            head, sep, day = date.rpartition("-")
+        parts = head.split("-") if sep else []
+        if not sep or "~" in head or len(parts) not in (1, 2):
+            raise ValueError(f"date {date!r}: not [year-]month-day")
+        last_days = "~" in date
+        years = _calendar_values(parts[0], "year", 1970, 2199) if len(parts) == 2 else None
+        months = _calendar_values(parts[-1], "month", 1, 12)
+        days = _calendar_values(day, "day", 1, 31)
+    hours = minutes = seconds = frozenset({0})
+    if clock is not None:
+        parts = clock.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"time {clock!r}: not hour:minute[:second]")
+        hours = _calendar_values(parts[0], "hour", 0, 23)
+        minutes = _calendar_values(parts[1], "minute", 0, 59)
+        seconds = _calendar_values(parts[2], "second", 0, 59, fraction=True) if len(parts) == 3 else frozenset({0})
+    return CalendarEvent(weekdays, years, months, days, last_days, hours, minutes, seconds, zone)
+
+
 class BackupSection(_Section):
     dir: FsPath = Path(".aixsss/backups")
     destination: Literal["local", "s3"] = "local"  # where backups are kept: backup.dir or a bucket
@@ -233,7 +377,7 @@ class BackupSection(_Section):
     s3_secret_key: SecretStr = field(default_factory=lambda: SecretStr(""))
     jobs: Count = 0  # pg_dump/pg_restore parallel jobs; 0 = the number of cores
     compression: Annotated[int, Meta(ge=0, le=9)] = 1  # gzip level of the dump files (pg_dump --compress)
-    encrypt: bool = False
+    encrypt: StrictBool = False
     encryption_key_env: NonEmpty = "AIXSSS_BACKUP_ENCRYPTION_KEY"
     keep_last: Count = 7
     keep_daily: Count = 7
@@ -243,12 +387,14 @@ class BackupSection(_Section):
     verify_max_age_days: Positive = 7.0  # doctor warns when no verify is this recent
     pre_restore_keep_days: NonNegative = 7.0  # backup cleanup drops databases a restore kept
     # (<db>_pre_restore_<time>) once this old
-    pitr: bool = False  # continuous WAL archiving with pgBackRest: restore --to-time any instant inside
+    pitr: StrictBool = False  # continuous WAL archiving with pgBackRest: restore --to-time any instant inside
     # pitr_retention_days
-    pitr_retention_days: Annotated[int, Meta(ge=1)] = 7  # days of base backups, WAL and noncurrent object
-    # versions kept for point-in-time recovery
-    rpo_seconds: Positive = 60.0  # pitr: doctor fails when the newest archived WAL is older; also the
-    # archive_timeout of an idle database
+    # days of base backups, WAL and noncurrent object versions kept for point-in-time recovery (at most
+    # pgBackRest's repo1-retention-full maximum)
+    pitr_retention_days: Annotated[int, Meta(ge=1, le=9999999)] = 7
+    # pitr: doctor fails when the newest archived WAL is older; also the archive_timeout of an idle database (at
+    # most PostgreSQL's maximum of it)
+    rpo_seconds: Annotated[float, Meta(gt=0, le=1073741823)] = 60.0
     pitr_full_calendar: Calendar = "Sun *-*-* 03:00:00"  # pitr: systemd OnCalendar of the full base backup
     pitr_incr_calendar: Calendar = "Mon..Sat *-*-* 03:00:00"  # pitr: systemd OnCalendar of the incremental
     # base backups
@@ -256,6 +402,12 @@ class BackupSection(_Section):
     def __post_init__(self) -> None:
         if self.destination == "s3" and not self.s3_bucket:
             raise ValueError('destination = "s3" needs s3_bucket (a bucket other than the app\'s)')
+        for key in ("pitr_full_calendar", "pitr_incr_calendar"):
+            text = getattr(self, key)
+            try:
+                parse_calendar(text)
+            except ValueError as e:
+                raise ValueError(f"{key}: {text!r} is not a systemd OnCalendar expression: {e}") from None
 
 
 class CiSection(_Section):
@@ -474,7 +626,7 @@ def _env_value(name: str, key: str, value: str, tp: Any, current: Any) -> Any:
     import typing
 
     origin = typing.get_origin(tp) or tp
-    if tp is bool and value.strip().lower() in BOOL_WORDS:
+    if (tp is bool or tp == StrictBool) and value.strip().lower() in BOOL_WORDS:
         return BOOL_WORDS[value.strip().lower()]
     if not (_is_section(tp) or origin in (dict, list)):
         return value  # a scalar: the (lax) conversion reads numbers from the string

@@ -83,11 +83,21 @@ class BaseBackup:
     size: int | None = None  # database size
     repo_size: int | None = None
     prior: str | None = None
+    lsn_stop: int | None = None  # where the backup ended (pgBackRest's lsn.stop)
+
+    @property
+    def timeline(self) -> int | None:
+        """The timeline the backup was taken on (its start segment's first 8 hex digits)."""
+        return int(self.wal_start[:8], 16) if len(self.wal_start) >= 8 else None
+
+    def ended_by(self, seg_size: int = 16 * 1024 * 1024) -> int:
+        """An LSN at or after the backup's end: its stop LSN, else the end of its stop segment."""
+        return self.lsn_stop if self.lsn_stop is not None else segment_end_lsn(self.wal_stop, seg_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "type": self.type, "started_at": iso(self.started), "stopped_at": iso(self.stopped),
-                "wal_start": self.wal_start, "wal_stop": self.wal_stop, "size": self.size,
-                "repo_size": self.repo_size, "prior": self.prior}
+                "wal_start": self.wal_start, "wal_stop": self.wal_stop, "timeline": self.timeline,
+                "size": self.size, "repo_size": self.repo_size, "prior": self.prior}
 
 
 @dataclass
@@ -136,7 +146,7 @@ def parse_info(text: str, stanza: str) -> Info:
             continue
         backups.append(BaseBackup(b.get("label", ""), b.get("type", ""), started, stopped, ar.get("start") or "",
                                   ar.get("stop") or "", inf.get("size"), (inf.get("repository") or {}).get("delta"),
-                                  b.get("prior")))
+                                  b.get("prior"), parse_lsn((b.get("lsn") or {}).get("stop"))))
     backups.sort(key=lambda b: b.stopped)
     return Info(stanza, int(st.get("code", 99)), st.get("message", ""), backups, current.get("id"),
                 current.get("min"), current.get("max"), _repo_status(one.get("repo") or []))
@@ -154,34 +164,130 @@ def _repo_status(repos: list[dict[str, Any]]) -> list[str]:
 
 @dataclass(frozen=True)
 class Window:
-    """The instants a restore can reach: from the end of the oldest base backup to the newest archived WAL."""
+    """The instants a restore can reach: from the end of the oldest base backup after the newest gap in the archived
+    WAL (``gap``: the last segment missing, None without one) to the newest archived WAL."""
 
     start: datetime | None
     end: datetime | None  # the newest archived WAL segment's time (archiving runs: "now" minus at most the RPO)
+    gap: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"from": iso(self.start), "to": iso(self.end)}
+        return {"from": iso(self.start), "to": iso(self.end), "wal_missing": self.gap}
 
     def text(self) -> str:
+        missing = f"WAL segment {self.gap} is missing from the archive" if self.gap else ""
         if self.start is None:
+            if missing:
+                return f"empty ({missing} and no base backup ends after it: `aixsss-ops backup base`)"
             return "empty (no base backup yet: `aixsss-ops backup base`)"
-        return f"{iso(self.start)} .. {iso(self.end) if self.end else 'now'}"
+        span = f"{iso(self.start)} .. {iso(self.end) if self.end else 'now'}"
+        return f"{span}; {missing}: nothing before the base backup after it restores" if missing else span
 
 
-def window(info: Info, newest_wal: datetime | None) -> Window:
-    if not info.backups:
-        return Window(None, None)
-    return Window(info.backups[0].stopped, max(newest_wal, info.backups[-1].stopped) if newest_wal else None)
+def window(info: Info, newest_wal: datetime | None, gap: str | None = None) -> Window:
+    """``gap``: the newest archived WAL segment missing on the live timeline's path (``Engine.gap``): the window
+    starts at the first base backup that begins after it."""
+    backups = [b for b in info.backups if not gap or segno(b.wal_start) > segno(gap)]
+    if not backups:
+        return Window(None, None, gap)
+    return Window(backups[0].stopped, max(newest_wal, info.backups[-1].stopped) if newest_wal else None, gap)
 
 
-def choose_backup(info: Info, target: datetime) -> BaseBackup:
-    """The newest base backup consistent at or before ``target`` (the one that needs the least WAL replayed)."""
+def parse_lsn(text: Any) -> int | None:
+    """``X/Y`` (hex) as an integer; None for anything else."""
+    m = re.match(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$", text.strip()) if isinstance(text, str) else None
+    return (int(m.group(1), 16) << 32) + int(m.group(2), 16) if m else None
+
+
+def lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_history(text: str) -> dict[int, int]:
+    """A timeline history file (``<tli>.history``: ``parentTLI switchpoint reason`` a line): each ancestor
+    timeline and the LSN where the history left it."""
+    out = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit() and parse_lsn(parts[1]) is not None:
+            out[int(parts[0])] = parse_lsn(parts[1])
+    return out
+
+
+def usable(backup: BaseBackup, timeline: int | None, history: dict[int, int],
+           seg_size: int = 16 * 1024 * 1024) -> bool:
+    """A base backup restores onto ``timeline`` (None: its own) when it was taken on it, or on an ancestor of it
+    (``history``: that timeline's history file) and ended at or before the LSN where the history left it."""
+    b = backup.timeline
+    if timeline is None or b is None or b == timeline:
+        return True
+    return b in history and backup.ended_by(seg_size) <= history[b]
+
+
+def choose_backup(info: Info, target: datetime, timeline: int | None = None,
+                  history: dict[int, int] | None = None, gap: str | None = None) -> BaseBackup:
+    """The newest base backup consistent at or before ``target`` (the one that needs the least WAL replayed) that
+    restores onto ``timeline`` (``usable``), beginning after the archived WAL missing at ``gap`` when there is one."""
     fit = [b for b in info.backups if b.stopped <= target]
     if not fit:
         raise UsageError(f"{iso(target)} is outside the point-in-time recovery window "
-                         f"({window(info, None).text()}): no base backup ends before it",
+                         f"({window(info, None, gap).text()}): no base backup ends before it",
                          hint="pick a time inside the window (`aixsss-ops backup list` shows it)")
-    return fit[-1]
+    ok = [b for b in fit if usable(b, timeline, history or {})]
+    if not ok:
+        b = fit[-1]
+        left = (history or {}).get(b.timeline or 0)
+        why = (f"timeline {timeline} left timeline {b.timeline} at {lsn_text(left)}, before it ended"
+               if left is not None else f"timeline {b.timeline} is not an ancestor of timeline {timeline}")
+        raise UsageError(f"{iso(target)} is on timeline {timeline}, and no base backup ending before it is on that "
+                         f"timeline's history: the newest, {b.label}, was taken on timeline {b.timeline} and "
+                         f"{why} (a restore --to-time began timeline {timeline})",
+                         hint="take a base backup (`aixsss-ops backup base`): every T after its end restores")
+    return ok[-1]
+
+
+def segno(segment: str, seg_size: int = 16 * 1024 * 1024) -> int:
+    """The segment number of WAL segment ``segment`` (24 hex digits: timeline, log, seg)."""
+    return int(segment[8:16], 16) * (0x100000000 // seg_size) + int(segment[16:24], 16)
+
+
+def segment_name(timeline: int, number: int, seg_size: int = 16 * 1024 * 1024) -> str:
+    per_log = 0x100000000 // seg_size
+    return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
+
+
+def missing_wal(files: list[WalFile], start_segment: str, timeline: int | None, history: dict[int, int],
+                until: datetime | None = None, seg_size: int = 16 * 1024 * 1024) -> list[tuple[str, str]]:
+    """The runs of WAL segments (first, last) a replay from ``start_segment`` onto ``timeline`` (following the
+    switches of its ``history``; None: the start segment's timeline) needs that the archive lacks while a later
+    segment of that path is archived; up to the first segment archived at or after ``until`` when given (the one
+    that holds that instant). Empty: the archived WAL is contiguous."""
+    base = int(start_segment[:8], 16)
+    target = timeline or base
+    begins = []  # (first segment number, timeline) along the path, oldest first
+    start_of = 0
+    for tli, switch in sorted(history.items()):
+        begins.append((start_of, tli))
+        start_of = switch // seg_size
+    begins.append((start_of, target))
+
+    def tli_of(n: int) -> int:
+        return [tli for first, tli in begins if first <= n][-1]
+
+    first = segno(start_segment, seg_size)
+    on_path = sorted((segno(w.segment, seg_size), w) for w in files
+                     if int(w.segment[:8], 16) == tli_of(segno(w.segment, seg_size))
+                     and segno(w.segment, seg_size) >= first)
+    if until is not None:
+        reached = next((i for i, (_n, w) in enumerate(on_path) if w.time and w.time >= until), None)
+        if reached is not None:
+            on_path = on_path[:reached + 1]
+    gaps, expect = [], first
+    for n, _w in on_path:
+        if n > expect:
+            gaps.append((segment_name(tli_of(expect), expect, seg_size), segment_name(tli_of(n - 1), n - 1, seg_size)))
+        expect = max(expect, n + 1)
+    return gaps
 
 
 @dataclass(frozen=True)
@@ -210,12 +316,20 @@ def parse_repo_ls(text: str) -> tuple[list[WalFile], dict[int, datetime]]:
         elif re.match(r"^[0-9A-F]{24}-", name) and ".backup" not in name:
             out.append(WalFile(name, int(meta.get("size") or 0), _epoch(meta.get("time"))))
     out.sort(key=lambda w: w.segment)
+    # a timeline begins at its promotion, before its history file is archived: right after the previous cluster's
+    # last segment, which its shutdown switched and archived (the newest segment of an older timeline archived by
+    # then); an instant between the two is replayed on the new timeline, the old one holding no commit after it
+    for tl, archived_at in timelines.items():
+        before = [w.time for w in out if w.time and w.time <= archived_at and int(w.segment[:8], 16) < tl]
+        if before:
+            timelines[tl] = max(before)
     return out, timelines
 
 
 def timeline_at(timelines: dict[int, datetime], target: datetime) -> int | None:
     """The timeline that was live at ``target``: the newest one begun before it (None: the base backup's own).
-    A restore to an instant before an earlier restore must not follow the timeline that restore began."""
+    A restore to an instant before an earlier restore must not follow the timeline that restore began.
+    ``timelines``: when each began (``parse_repo_ls``)."""
     begun = [tl for tl, t in timelines.items() if t <= target]
     return max(begun) if begun else None
 
@@ -244,6 +358,7 @@ class Engine:
     def __init__(self, site: HostSite | ContainerSite):
         self.site = site
         self.stanza = site.stanza
+        self._histories: dict[tuple[str, int], dict[int, int]] = {}  # history files do not change once archived
 
     def run(self, *args: str, timeout: float = 600, check: bool = True,
             abort: threading.Event | None = None) -> subprocess.CompletedProcess:
@@ -283,6 +398,29 @@ class Engine:
             return [], {}
         r = self.run("repo-ls", "--recurse", "--output=json", f"archive/{self.stanza}/{archive_id}", timeout=120)
         return parse_repo_ls(r.stdout)
+
+    def history(self, archive_id: str | None, timeline: int | None) -> dict[int, int]:
+        """The ancestors of ``timeline`` and where its history left each (its archived history file; empty for
+        timeline 1 or None)."""
+        if not archive_id or not timeline or timeline <= 1:
+            return {}
+        if (archive_id, timeline) not in self._histories:
+            r = self.run("repo-get", f"archive/{self.stanza}/{archive_id}/{timeline:08X}.history", timeout=60)
+            self._histories[archive_id, timeline] = parse_history(r.stdout)
+        return self._histories[archive_id, timeline]
+
+    def gap(self, info: Info, files: list[WalFile], timelines: dict[int, datetime]) -> str | None:
+        """The last segment of the newest gap in the archived WAL on the live (newest) timeline's path from the
+        oldest base backup on (None: contiguous): no instant before the base backup that begins after it restores."""
+        if not info.backups or not files:
+            return None
+        live = max([*timelines, *(int(w.segment[:8], 16) for w in files)])
+        hist = self.history(info.archive_id, live)
+        backups = [b for b in info.backups if usable(b, live, hist)]
+        if not backups:
+            return None
+        gaps = missing_wal(files, backups[0].wal_start, live, hist)
+        return gaps[-1][1] if gaps else None
 
     def restore(self, into: PurePath, label: str, target: datetime, timeline: int | None,
                 abort: threading.Event | None = None) -> None:

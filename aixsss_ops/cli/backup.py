@@ -124,22 +124,26 @@ def create(
 @app.command("list")
 def list_cmd(ctx: typer.Context) -> None:
     """Backups ordered by snapshot time (oldest first): id, time, label, sizes, objects, status, age, last verified;
-    with backup.pitr on, the point-in-time window and base backups too. --json: {"backups": [...], "pitr": ...}."""
+    with backup.pitr on, the point-in-time window and base backups too. --json: {"backups": [...], "pitr": ...}.
+    With backup.pitr on and a repository that cannot be read, the backups are listed, then the error (in --json:
+    pitr = {"error": ..., "hint": ...}), exit 1."""
     st = state(ctx)
     cat = _uc().catalog(st.deployment)
     rows = [e.summary() for e in cat.entries()]
     pitr_status = None
+    failed = None
     if st.config.backup.pitr:
         from aixsss_ops.errors import OpsError
         from aixsss_ops.usecases import pitr
 
         try:
             pitr_status = pitr.status(st.deployment).to_dict()
-        except OpsError as e:  # the logical backups are listed all the same
-            pitr_status = {"error": e.message}
+        except OpsError as e:  # the logical backups are listed all the same; the command fails with its code
+            pitr_status = {"error": e.message, "hint": e.hint}
+            failed = e
 
     def human(doc):
-        if pitr_status is not None:
+        if pitr_status is not None and failed is None:
             _show_pitr(st, pitr_status)
         data = doc["backups"]
         if not data:
@@ -154,13 +158,14 @@ def list_cmd(ctx: typer.Context) -> None:
             for r in data], whole=["id"])  # the id is what restore needs: never cut
 
     st.out.emit({"backups": rows, "pitr": pitr_status}, human)  # pitr: None with backup.pitr off
+    if failed is not None:
+        if not st.out.json_mode:
+            st.out.error(f"point-in-time recovery: {failed.message}", failed.hint)
+        raise typer.Exit(failed.exit_code)
 
 
 def _show_pitr(st: State, p: dict) -> None:
     c = st.out.console
-    if "error" in p:
-        st.out.warn(f"point-in-time recovery: {p['error']}")
-        return
     w = p["window"]
     c.print(f"point-in-time recovery window: {w['from'] or 'empty (no base backup: `aixsss-ops backup base`)'}"
             f"{' .. ' + w['to'] if w['from'] and w['to'] else ''}; archived WAL {p['wal_segments']} segment(s), "
@@ -534,8 +539,7 @@ def schedule_cmd(ctx: typer.Context) -> None:
         c = st.out.console
         for name, text in d["units"].items():
             c.print(f"# /etc/systemd/system/{name}\n{text}", markup=False)
-        c.print("# enable: systemctl daemon-reload && systemctl enable --now aixsss-ops-backup-full.timer "
-                "aixsss-ops-backup-incr.timer", markup=False)
+        c.print(f"# enable: systemctl daemon-reload && systemctl enable --now {' '.join(d['timers'])}", markup=False)
         c.print("# or cron:", markup=False)
         for kind, line in d["cron"].items():
             c.print(line or f"# no cron line says OnCalendar={d['calendars'][kind]} ({kind}): use its timer",

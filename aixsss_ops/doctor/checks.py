@@ -455,11 +455,15 @@ def deploy_state(ctx: Context) -> list[Finding]:
     lock = st["lock"]
     if lock["held"]:
         h = lock["holder"] or {}
-        out.append(Finding("deploy.lock", "warn", f"a deploy holds the lock: pid {h.get('pid')} since {h.get('since')}",
-                           "wait for it (`aixsss-ops deploy lock status`)"))
+        out.append(Finding("deploy.lock", "warn", f"a {h.get('action', 'deploy')} holds the lock: pid {h.get('pid')} "
+                           f"since {h.get('since')}", "wait for it (`aixsss-ops deploy lock status`)"))
     elif lock["stale_note"]:
-        out.append(Finding("deploy.lock", "warn", "a killed deploy left its lock note behind (the lock itself is free)",
-                           "clear it: `aixsss-ops deploy lock release`"))
+        from aixsss_ops.deploy.lock import DeployLock
+        from aixsss_ops.fsutil import read_json
+
+        note = read_json(DeployLock(ctx.dep.layout.deploy_dir).note) or {}  # the holder that died: its action
+        out.append(Finding("deploy.lock", "warn", f"a killed {note.get('action', 'deploy')} left its lock note behind "
+                           "(the lock itself is free)", "clear it: `aixsss-ops deploy lock release`"))
     else:
         out.append(Finding("deploy.lock", "ok", "no deploy in progress, no stale lock"))
     return out

@@ -10,7 +10,8 @@ from aixsss_ops.doctor.context import Context
 from aixsss_ops.findings import Finding
 
 BASE_MAX_AGE_S = 2 * 86400  # the default calendars take one every day: two days without one is a missed run
-SPACE_MIN_FREE = 0.10
+SPACE_MIN_FREE = 0.10  # below it a warning
+SPACE_FAIL_FREE = 0.02  # below it a failure: archiving and base backups are about to fail
 
 
 def _engine(ctx: Context):
@@ -39,8 +40,15 @@ def archiving(ctx: Context) -> list[Finding]:
     try:
         eng.check(timeout=max(1.0, ctx.timeout - 0.3))
     except OpsError as e:
-        return [Finding(name, "fail", e.message, (f"{e.hint}; " if e.hint else "") + "`aixsss-ops backup base` "
-                        "creates the stanza when there is none; `aixsss-ops stack logs postgres`")]
+        try:
+            exists = eng.info().exists
+        except OpsError as unreadable:  # the cause: no stanza-create helps there
+            return [Finding(name, "fail", f"{e.message}; {unreadable.message}",
+                            "pgBackRest (the cluster's account) cannot read the repository: check its ownership, "
+                            f"permissions and info files; {unreadable.hint}")]
+        hints = [h for h in (e.hint or "").split("; ") if h and (not exists or "stanza-create" not in h)]
+        hints += [] if exists else ["`aixsss-ops backup base` creates the stanza"]
+        return [Finding(name, "fail", e.message, "; ".join([*hints, "`aixsss-ops stack logs postgres`"]))]
     return [Finding(name, "ok", f"pgbackrest check: WAL archived to stanza {eng.stanza}")]
 
 
@@ -60,16 +68,19 @@ def interrupted_restore(ctx: Context) -> list[Finding]:
     if DeployLock(ctx.dep.layout.deploy_dir).info().held:
         return [Finding(name, "ok", f"a restore --to-time to {j.get('target')} is running")]
     stopped = ", ".join(f"{s}-{c}" if c else s for s, c in j.get("stopped") or [])
-    return [Finding(name, "warn", f"an interrupted restore --to-time (to {j.get('target')}) left {j.get('new')}"
-                    + (f" and stopped {stopped}" if stopped else ""),
-                    "the next `aixsss-ops restore --to-time T` undoes what it left first (`--dry-run` changes nothing)")]
+    # the app stopped or the restored folder swapped in: unfinished (and `stack up` refuses until it is finished)
+    return [Finding(name, "fail" if j.get("phase") or stopped else "warn",
+                    f"an interrupted restore --to-time (to {j.get('target')}) left {j.get('new')}"
+                    + (f" and stopped {stopped}" if stopped else "") + (f" (phase {j['phase']})" if j.get("phase") else ""),
+                    f"`aixsss-ops --yes restore --to-time {j.get('target')}` finishes it (undoes it when it was killed "
+                    "before the swap); `stack up` is refused until then")]
 
 
 def wal_age(ctx: Context) -> list[Finding]:
     """The newest archived WAL against the RPO. An idle database closes no segment (archive_timeout switches only
     after writes), so an old newest segment fails only when more than the current segment is unarchived or the
     archiver reports failures."""
-    from aixsss_ops.backup.pitr import newest_wal, segment_end_lsn
+    from aixsss_ops.backup.pitr import newest_wal, segment_end_lsn, window
     from aixsss_ops.dburl import parse_database_url
 
     eng = _engine(ctx)
@@ -81,10 +92,16 @@ def wal_age(ctx: Context) -> list[Finding]:
     if not info.exists:
         return [Finding(name, "fail", "the pgBackRest stanza does not exist: no WAL is archived",
                         "`aixsss-ops backup base` creates it")]
-    files, _ = eng.wal_files(info.archive_id)
+    files, timelines = eng.wal_files(info.archive_id)
     newest = newest_wal(files)
     if newest is None:
         return [Finding(name, "fail", "no WAL archived yet", "`aixsss-ops doctor --only backup.pitr-archiving`")]
+    gap = eng.gap(info, files, timelines)
+    if gap:
+        return [Finding(name, "fail", f"the archived WAL has a gap: the point-in-time recovery window is "
+                                      f"{window(info, newest, gap).text()}",
+                        "an instant before the gap cannot be restored; take a base backup (`aixsss-ops backup "
+                        "base`) if none ends after it")]
     age = (datetime.now(UTC) - newest).total_seconds()
     msg = f"newest archived WAL {files[-1].segment} is {_secs(age)} old (RPO {rpo:g}s)"
     if age <= rpo:
@@ -100,7 +117,7 @@ def wal_age(ctx: Context) -> list[Finding]:
     newest_seg = max(files, key=lambda w: w.segment[8:]).segment
     behind = lsn - segment_end_lsn(newest_seg, seg_size)
     if behind > seg_size and not failed_after:  # listed before the LSN was read: a segment switched in between (by
-        files, _ = eng.wal_files(info.archive_id)  # backup.pitr-archiving's `pgbackrest check`, running beside this
+        files, _tl = eng.wal_files(info.archive_id)  # backup.pitr-archiving's `pgbackrest check`, running beside this
         newest_seg = max(files, key=lambda w: w.segment[8:]).segment  # one) may be archived by now: list again
         behind = lsn - segment_end_lsn(newest_seg, seg_size)
     if failed_after:
@@ -164,7 +181,7 @@ def lifecycle_and_space(ctx: Context) -> list[Finding]:
     if usage is not None:
         where, free_b, total = usage
         free = free_b / total if total else 0.0
-        f = Finding("backup.pitr-space", "ok" if free >= SPACE_MIN_FREE else "warn",
+        f = Finding("backup.pitr-space", "ok" if free >= SPACE_MIN_FREE else "warn" if free >= SPACE_FAIL_FREE else "fail",
                     f"repository file system ({where}) {free:.0%} free ({free_b / 2**30:.1f} GB)",
                     None if free >= SPACE_MIN_FREE else "free space or shorten backup.pitr_retention_days")
         out.append(f)

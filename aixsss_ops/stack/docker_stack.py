@@ -54,7 +54,7 @@ class DockerStack(Stack):
             require_image(self.runtime.client, image, "infra")
         return colors, infra
 
-    def up(self, progress: Progress | None = None) -> StackReport:
+    def up(self, progress: Progress | None = None, infra_only: bool = False) -> StackReport:
         say = progress or (lambda _m: None)
         actions: list[str] = []
         rt = self.runtime
@@ -72,6 +72,8 @@ class DockerStack(Stack):
         for spec in backing:
             actions += self._ensure_running(spec, say)
         self.wait_ready(backing, say)
+        if infra_only:
+            return self.status(actions)
         actions += self._prepare_data(live, say)
         actions += self._archiving()
 

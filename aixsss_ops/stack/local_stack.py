@@ -67,7 +67,7 @@ class LocalStack(Stack):
         spec = self.colors().spec(color)
         return services.app_processes(self.cfg, self.layout, color, spec.path, spec.version)
 
-    def up(self, progress: Progress | None = None) -> StackReport:
+    def up(self, progress: Progress | None = None, infra_only: bool = False) -> StackReport:
         say = progress or (lambda _m: None)
         actions: list[str] = []
         for prog in REQUIRED:
@@ -96,8 +96,12 @@ class LocalStack(Stack):
         self._check_ports(defs)
         if self.sup.ensure_started():
             actions.append("started supervisord")
+        kept = self._kept_as_deployed(defs)
         for d in defs:
-            self.sup.write_program(d.program)
+            if d.unit not in kept:
+                self.sup.write_program(d.program)
+        for unit in kept:
+            say(f"warning: {kept[unit]}")
         proxy_changed = self._configure_proxy(colors)
         changes = self.sup.apply()
         actions += [f"configured {n}" for n in changes["added"] + changes["changed"]]
@@ -109,6 +113,8 @@ class LocalStack(Stack):
         infra = [d for d in defs if d.service in ("postgres", "redis", "s3")]
         actions += self._start(infra, say)
         self.wait_ready(infra, say)
+        if infra_only:
+            return self.status(actions)
         actions += self._prepare_data(colors.spec(colors.active), say)
         actions += self._archiving()
         app = self.app_defs(colors.active)
@@ -123,7 +129,28 @@ class LocalStack(Stack):
             self.runtime.signal("proxy", "HUP")
             actions.append("reloaded proxy")
         self.wait_ready([proxy], say)
-        return self.status(actions)
+        report = self.status(actions)
+        report.warnings = list(kept.values())
+        return report
+
+    def _kept_as_deployed(self, defs: list[services.ServiceDef]) -> dict[str, str]:
+        """The app's running processes whose description in ops.toml is no longer the one they run, and why each
+        is left alone: a running color keeps what it was deployed with (a changed description goes live through
+        `deploy`, behind its health gate). A stopped one starts from the current description."""
+        kept = {}
+        for d in defs:
+            if d.color is None or self.unit_state(d.unit) not in ("RUNNING", "STARTING"):
+                continue
+            conf = self.sup.include_dir / f"{d.program.name}.conf"
+            try:
+                deployed = conf.read_text()
+            except FileNotFoundError:
+                continue
+            if deployed != d.program.render(self.sup.logfile(d.program.name)):
+                kept[d.unit] = (f"{d.unit} keeps running as deployed: its description in ops.toml "
+                                f"(app.processes.{d.service}) differs from the deployed one; `aixsss-ops deploy --force` "
+                                "applies it behind the health gate")
+        return kept
 
     def _tls_cert(self) -> bytes | None:
         """The embedded store's HTTPS certificate as its files hold it now (None: no HTTPS port, or none yet)."""

@@ -76,6 +76,7 @@ class StackReport:
     active_color: str | None
     services: list[ServiceReport]
     actions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what `stack up` left as it was, and why
     nodes: list[dict] = field(default_factory=list)  # a cluster's nodes and what runs on each (swarm)
 
     @property
@@ -131,7 +132,9 @@ class Stack:
     def app_defs(self, color: str) -> list[Unit]:
         raise NotImplementedError
 
-    def up(self, progress: Progress | None = None) -> StackReport:
+    def up(self, progress: Progress | None = None, infra_only: bool = False) -> StackReport:
+        """Start or repair the stack; ``infra_only``: postgres, redis and s3 alone (no data preparation, no app, no
+        proxy)."""
         raise NotImplementedError
 
     def engine_problem(self) -> str | None:

@@ -33,7 +33,7 @@ class SwarmStack(DockerStack):
         return sw.infra(self.cfg)
 
     # -- up --
-    def up(self, progress: Progress | None = None) -> StackReport:
+    def up(self, progress: Progress | None = None, infra_only: bool = False) -> StackReport:
         say = progress or (lambda _m: None)
         actions: list[str] = []
         rt, cfg = self.runtime, self.cfg
@@ -50,6 +50,8 @@ class SwarmStack(DockerStack):
         for spec in backing:
             actions += self._ensure_service(spec, 1, say)
         self.wait_ready(backing, say)
+        if infra_only:
+            return self.status(actions)
         actions += self._prepare_data(live, say)
         actions += self._archiving()  # backup.pitr: the stanza, pgBackRest exec'd in the Postgres replica
         if cfg.swarm.registry == "embedded":

@@ -4,6 +4,7 @@ base backup it needs, the WAL switched and archived (the window's end, the timel
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,18 +53,86 @@ def marker(dep: Deployment) -> bool:
         return False
 
 
-def start(dep: Deployment, target_text: str, eng: Engine, now: datetime) -> tuple[datetime, Info, BaseBackup]:
-    """The target and the base backup it needs, from ``pgbackrest info`` alone (no WAL read yet): a T in the future,
-    before the oldest base backup or with none is refused."""
+HISTORY_WAIT_S = 30.0  # a promoted cluster archives its timeline's history file within a second or two
+
+
+def live(dep: Deployment) -> int:
+    """The live cluster's timeline; CheckFailed, before anything changes, when the live database does not answer
+    (no commit after T could be archived: replay would stop short of T) or its WAL archiving fails now (the
+    archiver's last failure newer than its last success: the WAL since is not in the repository)."""
+    import psycopg
+
+    from aixsss_ops.backup.postgres import admin_target
+
+    try:
+        with admin_target(database(dep)).connect(timeout=5) as c:
+            tl = c.execute(
+                "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN (SELECT timeline_id FROM "
+                "pg_catalog.pg_control_checkpoint()) ELSE ('x' || substr(pg_catalog.pg_walfile_name("
+                "pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END").fetchone()[0]
+            failing = c.execute(
+                "SELECT last_failed_wal, last_failed_time, last_archived_time FROM pg_catalog.pg_stat_archiver "
+                "WHERE last_failed_time > coalesce(last_archived_time, '-infinity')").fetchone()
+    except (OpsError, psycopg.Error) as e:
+        said = (e.message if isinstance(e, OpsError) else str(e)).strip().splitlines()
+        raise CheckFailed(f"the live database does not answer ({said[0] if said else type(e).__name__}): a restore "
+                          "needs it to commit and archive a transaction after T",
+                          hint="start it (`aixsss-ops stack up`; `aixsss-ops stack logs postgres`), then restore "
+                               "again") from None
+    if failing:
+        wal, failed_at, archived_at = failing
+        raise CheckFailed(f"WAL archiving fails now: the archiver last failed at {iso(failed_at)} on {wal}, last "
+                          f"archived at {iso(archived_at) if archived_at else 'never'}: WAL since is not in the "
+                          "repository", hint="see pgBackRest's log; `aixsss-ops doctor --only backup.pitr-archiving`")
+    return int(tl)
+
+
+def _archive_of(eng: Engine, info: Info, timeline: int) -> tuple[list[engine_mod.WalFile], dict[int, datetime]]:
+    """The archive listed once the history file of the live ``timeline`` is in it (a restore begins a timeline and
+    archives its history file just after the promotion), waiting at most HISTORY_WAIT_S."""
+    deadline = time.monotonic() + HISTORY_WAIT_S
+    while True:
+        files, timelines = eng.wal_files(info.archive_id)
+        if timeline <= 1 or timeline in timelines or not info.archive_id:
+            return files, timelines
+        if time.monotonic() >= deadline:
+            raise OpsError(f"the history file of the live timeline {timeline} ({timeline:08X}.history) is not in the "
+                           f"archive after {HISTORY_WAIT_S:.0f} s: the timeline live at T cannot be told",
+                           hint="its archiving fails: `aixsss-ops doctor --only backup.pitr-archiving`")
+        time.sleep(0.25)
+
+
+def start(dep: Deployment, target_text: str, eng: Engine, now: datetime,
+          with_database: bool = True) -> tuple[datetime, Info, BaseBackup]:
+    """The target and the base backup it needs, from ``pgbackrest info`` and the archive's listing: a T in the
+    future, before the oldest base backup, with none, or needing archived WAL that is missing is refused (exit 2),
+    as is a base backup not on the history of the timeline live at T. ``with_database``: the database is restored, so
+    the live one must answer and archive (``live``), named before the window is read."""
     target = engine_mod.parse_target(target_text, now)
+    live_tl = live(dep) if with_database else 1
     info = eng.info()
     if not info.exists or not info.backups:
         raise UsageError(f"{iso(target)} is outside the point-in-time recovery window (empty: no base backup yet)",
                          hint="take one: `aixsss-ops backup base`")
+    files, timelines = _archive_of(eng, info, live_tl)
+    gap = eng.gap(info, files, timelines)
+    win = engine_mod.window(info, engine_mod.newest_wal(files), gap)
     if target > now:
         raise UsageError(f"{iso(target)} is in the future; the window is "
-                         f"{engine_mod.window(info, now).text()}")
-    return target, info, engine_mod.choose_backup(info, target)  # refuses T before the oldest base backup
+                         f"{engine_mod.window(info, now, gap).text()}")
+    if not with_database:  # the objects alone: no base backup is restored, no WAL replayed
+        return target, info, engine_mod.choose_backup(info, target)
+    tl = engine_mod.timeline_at(timelines, target)
+    hist = eng.history(info.archive_id, tl)
+    chosen = engine_mod.choose_backup(info, target, tl, hist, gap)  # refuses T before the oldest base backup
+    missing = engine_mod.missing_wal(files, chosen.wal_start, tl, hist, until=target)
+    if missing:
+        first, last = missing[0]
+        raise UsageError(f"{iso(target)} cannot be restored: archived WAL is missing between base backup "
+                         f"{chosen.label} and it ({first}" + (f" .. {last}" if last != first else "")
+                         + f"); the point-in-time recovery window is {win.text()}",
+                         hint="pick a time inside the window (`aixsss-ops backup list` shows it)")
+    return target, info, chosen
 
 
 @dataclass
@@ -87,7 +156,7 @@ def archived(dep: Deployment, eng: Engine, info: Info, target: datetime) -> Arch
     else:
         warnings.append("the live database does not answer: WAL not yet archived cannot be replayed")
     files, timelines = eng.wal_files(info.archive_id)
-    win = engine_mod.window(info, engine_mod.newest_wal(files))
+    win = engine_mod.window(info, engine_mod.newest_wal(files), eng.gap(info, files, timelines))
     if win.end is not None and target > win.end + timedelta(seconds=1):  # repository times are whole seconds
         raise UsageError(f"{iso(target)} is outside the point-in-time recovery window ({win.text()})")
     return Archived(files, timelines, win, warnings)

@@ -22,7 +22,7 @@ from aixsss_ops.backup import pitr as engine_mod
 from aixsss_ops.backup.pitr import Engine, iso
 from aixsss_ops.backup.pitr_sites import RestoreNotStopped
 from aixsss_ops.context.deployment import PREVIOUS_KEY, Deployment
-from aixsss_ops.errors import OpsError
+from aixsss_ops.errors import CheckFailed, OpsError
 from aixsss_ops.fsutil import atomic_write_json, read_json
 from aixsss_ops.poll import poll_until
 from aixsss_ops.usecases import pitr_plan as planning
@@ -42,37 +42,85 @@ def _journal(dep: Deployment) -> Path:
     return engine_mod.journal_path(dep.layout)
 
 
-def recover_interrupted(dep: Deployment, eng: Engine | None = None, say: Say = lambda _m: None) -> list[str]:
-    """Undo what a killed ``restore --to-time`` left: a partial data folder goes; a live folder moved aside and not
-    replaced comes back; Postgres and the app units it had stopped are started again."""
+def pending_message(j: dict) -> tuple[str, str]:
+    """(message, hint) of a pending ``restore --to-time`` journal ``j``: what refuses ``stack up`` meanwhile."""
+    return (f"an interrupted restore --to-time (to {j.get('target')}) is pending",
+            f"`aixsss-ops --yes restore --to-time {j.get('target')}` finishes it")
+
+
+def stack_down(dep: Deployment) -> str | None:
+    """Why the stack is not running (None when it runs): its engine does not answer, or none of its own services
+    (postgres, redis, s3, the proxy; the external ones left out) runs, as after `stack down`."""
+    stack = _stack(dep)
+    problem = stack.engine_problem()
+    if problem is not None:
+        return problem
+    states = {s: stack.runtime.state(s) for s in ("postgres", "redis", "s3", "proxy") if s not in dep.cfg.external}
+    if any(st in ("RUNNING", "STARTING") for st in states.values()):
+        return None
+    return ", ".join(f"{s} {st}" for s, st in states.items())
+
+
+def _require_running(dep: Deployment, pending: dict | None) -> None:
+    """A stack that is not running is refused before anything changes (CheckFailed); with a pending journal, naming
+    the restore that finishes it (`stack up` then starts the infrastructure alone for it). Postgres alone stopped is
+    not this: the planning names a live database that does not answer."""
+    problem = stack_down(dep)
+    if problem is None:
+        return
+    if pending:
+        msg, hint = pending_message(pending)
+        raise CheckFailed(f"{msg} and the stack is not running ({problem})",
+                          hint=f"`aixsss-ops stack up` (it starts the infrastructure alone), then {hint}")
+    raise CheckFailed("the stack is not running: `aixsss-ops stack up` first", details=problem)
+
+
+def recover_interrupted(dep: Deployment, eng: Engine | None = None,
+                        say: Say = lambda _m: None) -> dict[str, Any] | None:
+    """What a killed ``restore --to-time`` left. Before the restored folder took the live one's place it is undone:
+    a partial data folder goes, a live folder moved aside comes back, Postgres and the app units it had stopped are
+    started again (None). Once the restored folder is live it is finished forward: the restored cluster is started
+    and must promote (else ``_roll_back``), then the objects are rewound to the journal's target, the keys
+    re-encrypted and the stopped units started; the finished restore's result is returned."""
     j = read_json(_journal(dep), None)
     if not j:
-        return []
+        return None
     site = (eng or engine(dep)).site
     path = type(site.data)
     new, kept = path(j["new"]), path(j["kept"])
+    units = [tuple(u) for u in j.get("stopped") or []]
     stack = _stack(dep)
-    done = site.settle(stack.runtime, kept, new)
-    if j.get("phase") == "swapping" and site.exists(kept) and not site.exists(new):
-        # killed once the restored folder had taken the live one's place, before the restored cluster was seen
-        # promoted: the restored folder goes aside (for a look), the live one comes back
-        failed = kept.parent / kept.name.replace("pre_pitr_", "failed_pitr_")
-        site.switch(stack.runtime, [(site.data, failed), (kept, site.data)], strict=False)
-        done.append(f"moved the restored data folder to {failed.name} and {kept.name} back")
-    elif site.exists(kept):
-        done.append(f"the data folder live before it is kept as {kept}")
-    if new != site.data and site.exists(new):
-        site.rmtree(new)
-        done.append(f"removed the partial restore {new.name}")
-    if stack.runtime.state("postgres") not in ("RUNNING", "STARTING"):
-        stack.runtime.start("postgres")
-        done.append("started postgres")
-    for service, color in j.get("stopped") or []:
-        stack.runtime.start(service, color)
-    _journal(dep).unlink(missing_ok=True)
-    for d in done:
-        say(f"interrupted restore: {d}")
-    return done
+    if j.get("phase") != "finishing":
+        done = site.settle(stack.runtime, kept, new)
+        if j.get("phase") == "swapping" and site.exists(kept) and not site.exists(new):
+            # the restored folder has taken the live one's place: finished forward, never undone
+            say(f"interrupted restore: the restored data folder is live (the previous one is kept as {kept.name}); "
+                "waiting for it to promote")
+            if stack.runtime.state("postgres") not in ("RUNNING", "STARTING"):
+                stack.runtime.start("postgres")
+            try:
+                reached = _recovery_point(dep, stack.runtime)
+            except Exception:
+                _roll_back(dep, site, stack, kept, kept.name.removeprefix("data.pre_pitr_"), units, say)
+                raise
+            j = _finishing(dep, j, reached)
+            return _finish(dep, stack, j, None, say)
+        if site.exists(kept):
+            done.append(f"the data folder live before it is kept as {kept}")
+        if new != site.data and site.exists(new):
+            site.rmtree(new)
+            done.append(f"removed the partial restore {new.name}")
+        if stack.runtime.state("postgres") not in ("RUNNING", "STARTING"):
+            stack.runtime.start("postgres")
+            done.append("started postgres")
+        for service, color in units:
+            stack.runtime.start(service, color)
+        _journal(dep).unlink(missing_ok=True)
+        for d in done:
+            say(f"interrupted restore: {d}")
+        return None
+    say(f"interrupted restore: finishing the restore to {j['target']} (the restored cluster runs)")
+    return _finish(dep, stack, j, None, say)
 
 
 def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Callable[[], Any]]) -> list[Any]:
@@ -143,7 +191,7 @@ def rewind_objects(dep: Deployment, target_text: str, *, dry_run: bool = False,
     """``restore --to-time T --objects-only``: the bucket alone as it was at T (a T inside the window, whose
     versions the lifecycle rule keeps); the database and the app are left as they are."""
     eng = engine(dep)
-    target, _info, _chosen = planning.start(dep, target_text, eng, datetime.now(UTC))
+    target, _info, _chosen = planning.start(dep, target_text, eng, datetime.now(UTC), with_database=False)
     if dry_run:
         return {"dry_run": True, "target": iso(target), "objects": planning.object_plan(dep, target).to_dict()}
     with _exclusive(dep, f"restore --to-time {target_text} --objects-only"):
@@ -163,11 +211,15 @@ def restore_to_time(dep: Deployment, target_text: str, *, dry_run: bool = False,
         p = planning.plan(dep, target_text, eng, with_objects=with_objects)
         pending = read_json(_journal(dep), None)
         if pending:
-            p.warnings.append(f"an interrupted restore --to-time left {pending['new']}: the next restore undoes what "
-                              "it left first")
+            p.warnings.append(f"an interrupted restore --to-time left {pending['new']} (target {pending['target']}): "
+                              "the next restore finishes it first (undoes it when it was killed before the swap)")
         return {"dry_run": True, "plan": p.to_dict()}
     with _exclusive(dep, f"restore --to-time {target_text}"):
-        recover_interrupted(dep, eng, say)
+        pending = read_json(_journal(dep), None)
+        _require_running(dep, pending)
+        finished = recover_interrupted(dep, eng, say)
+        if finished is not None and iso(engine_mod.parse_target(target_text)) == pending.get("target"):
+            return finished  # the pending restore was to this T: not restored a second time
         return _restore(dep, eng, target_text, with_objects, say)
 
 
@@ -194,7 +246,8 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
     # is in it), and the restore is made again should the listing after the switch differ
     target, info, chosen = planning.start(dep, target_text, eng, now)
     timeline = engine_mod.timeline_at(eng.wal_files(info.archive_id)[1], target)
-    journal = {"target": iso(target), "new": str(new), "kept": str(kept), "stopped": []}
+    journal = {"target": iso(target), "new": str(new), "kept": str(kept), "stopped": [],
+               "with_objects": with_objects}
     _journal(dep).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(_journal(dep), journal, mode=0o600)
     site.mkdir(new)
@@ -233,7 +286,9 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
         raise OpsError(f"the app did not stop: {', '.join(f'{s}-{c}' for s, c in units)}",
                        hint="`aixsss-ops stack status`; the live cluster was not touched (the restored folder is "
                             "removed by the next `restore --to-time`)")
-    journal["phase"] = "swapping"
+    journal.update(phase="swapping", base_backup=p.backup.label, timeline=p.timeline, warnings=list(p.warnings),
+                   backup_stopped=iso(p.backup.stopped), started=iso(started),
+                   bucket=p.objects.bucket if p.objects is not None else None)
     atomic_write_json(_journal(dep), journal, mode=0o600)
     # the objects' plan again now that the app is stopped (it wrote on while the database was restored), listed
     # while Postgres replays; applied only once the restored cluster is up
@@ -249,23 +304,46 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
     except Exception:
         _roll_back(dep, site, stack, kept, stamp, units, say)
         raise
-    _journal(dep).unlink(missing_ok=True)
-    db_s = (datetime.now(UTC) - started).total_seconds()
-    result: dict[str, Any] = {"target": iso(p.target), "base_backup": p.backup.label, "timeline": p.timeline,
-                              "recovery_point": iso(reached) if reached else iso(p.backup.stopped),
-                              "recovery_point_source": "last replayed commit" if reached else
-                              "base backup end (no commit replayed after it)",
-                              "kept_data_dir": str(kept), "database_s": db_s, "objects": None, "keys": None,
-                              "warnings": list(p.warnings)}
+    return _finish(dep, stack, _finishing(dep, journal, reached), replanned, say)
+
+
+def _finishing(dep: Deployment, journal: dict, reached: datetime | None) -> dict:
+    """The restored cluster has promoted: the journal's phase "finishing" (kept until the app is started again),
+    with what the result reports of the database."""
+    started = journal.get("started")
+    journal = {**journal, "phase": "finishing",
+               "recovery_point": iso(reached) if reached else journal.get("backup_stopped"),
+               "recovery_point_source": "last replayed commit" if reached else
+               "base backup end (no commit replayed after it)",
+               "database_s": (datetime.now(UTC) - datetime.fromisoformat(started.replace("Z", "+00:00")))
+               .total_seconds() if started else None}
+    atomic_write_json(_journal(dep), journal, mode=0o600)
+    return journal
+
+
+def _finish(dep: Deployment, stack, j: dict, replanned, say: Say) -> dict[str, Any]:
+    """A restored cluster that has promoted (journal ``j``, phase "finishing"): the objects rewound to the target
+    (``replanned``: their plan listed meanwhile; None: listed now), provider keys re-encrypted, the app units the
+    restore stopped started again, then the journal removed. What fails does not stop the rest: the failures are
+    raised together at the end."""
+    target = datetime.fromisoformat(j["target"].replace("Z", "+00:00"))
+    units = [tuple(u) for u in j.get("stopped") or []]
+    kept = j["kept"]
+    result: dict[str, Any] = {"target": j["target"], "base_backup": j.get("base_backup"),
+                              "timeline": j.get("timeline"), "recovery_point": j.get("recovery_point"),
+                              "recovery_point_source": j.get("recovery_point_source"),
+                              "kept_data_dir": kept, "database_s": j.get("database_s"), "objects": None, "keys": None,
+                              "warnings": list(j.get("warnings") or [])}
     failed: list[tuple[str, OpsError, str]] = []  # (what, error, what finishes it)
-    if replanned is not None:
-        say(f"rewinding bucket {p.objects.bucket}")
+    if j.get("with_objects") and j.get("bucket"):
+        say(f"rewinding bucket {j['bucket']}")
         try:
-            _snap, again = replanned.result()
+            _snap, again = replanned.result() if replanned is not None else \
+                objects.rewind_plan(dep.s3, j["bucket"], target)
             result["objects"] = objects.apply_restore(dep.s3, again)
         except OpsError as e:
             failed.append(("the objects were not rewound", e,
-                           f"`aixsss-ops restore --to-time {iso(p.target)} --objects-only` rewinds them alone"))
+                           f"`aixsss-ops restore --to-time {j['target']} --objects-only` rewinds them alone"))
     try:
         result["keys"] = _rekey(dep, result["warnings"])
     except OpsError as e:
@@ -275,6 +353,7 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
         _restart_app(stack, units, say)
     except OpsError as e:
         failed.append(("the app did not get ready", e, "`aixsss-ops stack status`, `aixsss-ops stack logs`"))
+    _journal(dep).unlink(missing_ok=True)  # the app is started again: nothing of the restore is left to do
     result["restarted"] = [f"{s}-{c}" for s, c in units]
     if failed:
         raise OpsError(f"the database is restored to {result['recovery_point']} (the previous data folder is kept "

@@ -17,8 +17,23 @@ from aixsss_ops.usecases.deploy import deployer
 
 def up(dep: Deployment, say: Callable[[str], None] = lambda _m: None) -> StackReport:
     """Start or repair the stack; a color a killed deploy left booting is stopped (before, when the engine answers,
-    else once it runs again)."""
+    else once it runs again). While a ``restore --to-time`` journal is pending the app is not started (it would run
+    on whichever data folder that restore left live, before it is finished): a running stack is left as it is, a
+    stopped one gets its infrastructure alone (what the restore needs to finish), and CheckFailed names the restore
+    that finishes it."""
+    from aixsss_ops.backup.pitr import journal_path
+    from aixsss_ops.fsutil import read_json
+
     d = deployer(dep, say)
+    pending = read_json(journal_path(dep.layout), None)
+    if pending:
+        from aixsss_ops.usecases.pitr_restore import pending_message, stack_down
+
+        msg, hint = pending_message(pending)
+        if stack_down(dep) is None:
+            raise CheckFailed(f"{msg}: the stack is left as it is until it is finished", hint=hint)
+        d.stack.up(progress=say, infra_only=True)
+        raise CheckFailed(f"{msg}: the infrastructure is started, the app is not until it is finished", hint=hint)
     had_state = d.stack.deploy_state.load() is not None
     recovered = d.recover() if had_state and d.stack.engine_problem() is None else None
     report = d.stack.up(progress=say)

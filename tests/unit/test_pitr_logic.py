@@ -135,7 +135,7 @@ def test_schedule_follows_the_configured_calendars_and_needs_pitr(tmp_path: Path
     assert r.code == 0, r.output
     assert r.json["cron"]["full"].startswith("30 1 * * * ") and r.json["cron"]["full"].endswith("--type full")
     assert r.json["cron"]["incr"] is None
-    assert "OnCalendar=*-*-01 02:00:00" in r.json["units"]["aixsss-ops-backup-incr.timer"]
+    assert "OnCalendar=*-*-01 02:00:00" in r.json["units"]["aixsss-ops-aixsss-backup-incr.timer"]
     r = run_cli("backup", "schedule", config=on / "ops.toml")
     assert "# no cron line says OnCalendar=*-*-01 02:00:00 (incr): use its timer" in r.stdout, r.output
     off = tmp_path / "off"
@@ -395,7 +395,12 @@ class _Engine:
         pass
 
     def wal_files(self, archive_id: str | None):
-        return self.listings.pop(0)
+        return self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]  # the last one stays
+
+    def history(self, archive_id: str | None, timeline: int | None) -> dict[int, int]:
+        return {1: 1 << 40} if timeline and timeline > 1 else {}  # timeline 2 left timeline 1 after every backup
+
+    gap = pitr.Engine.gap
 
     def restore(self, into: Path, label: str, target: datetime, timeline: int | None, abort=None) -> None:
         assert label == "20261206-100000F_20261206-110000I"  # the incr: the newest base backup ending before T
@@ -410,7 +415,7 @@ def _dep(data: Path):
     from types import SimpleNamespace
 
     return SimpleNamespace(layout=SimpleNamespace(pg_data=data, deploy_dir=data.parent / "deploy"), s3=None,
-                           cfg=SimpleNamespace(supervisor=SimpleNamespace(stop_timeout=1)))
+                           cfg=SimpleNamespace(supervisor=SimpleNamespace(stop_timeout=1), external=()))
 
 
 def _restore_env(tmp_path: Path, monkeypatch, listings: list, engine_cls=None):
@@ -435,8 +440,9 @@ def _restore_env(tmp_path: Path, monkeypatch, listings: list, engine_cls=None):
         monkeypatch.setattr(module, "datetime", Clock)
         monkeypatch.setattr(module, "engine", lambda _dep: eng)
     monkeypatch.setattr(planning, "marker", lambda _dep: True)
+    monkeypatch.setattr(planning, "live", lambda _dep: 1)
     monkeypatch.setattr(planning, "objects_at", lambda _dep, _t: (None, None))
-    monkeypatch.setattr(uc, "_stack", lambda _dep: SimpleNamespace(runtime=runtime))
+    monkeypatch.setattr(uc, "_stack", lambda _dep: SimpleNamespace(runtime=runtime, engine_problem=lambda: None))
     monkeypatch.setattr(uc, "_recovery_point", lambda _dep, _rt: NOW - timedelta(minutes=31))
     monkeypatch.setattr(uc, "_rekey", lambda _dep, _w: None)
     return data, site, eng
@@ -454,7 +460,7 @@ def test_a_timeline_listed_only_after_the_wal_switch_restores_again_on_it(tmp_pa
     restored again on that one."""
     from aixsss_ops.usecases import pitr_restore as uc
 
-    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing(before), _listing(after)])
+    data, site, eng = _restore_env(tmp_path, monkeypatch, [_listing(before), _listing(before), _listing(after)])
     dep = _dep(data)
     said: list[str] = []
 
@@ -642,7 +648,7 @@ def test_what_fails_after_the_swap_leaves_the_app_started_and_is_raised_with_wha
         ready.append([d.service for d in defs])
         raise OpsError("worker-blue: not ready within 60s")
 
-    stack = SimpleNamespace(runtime=runtime, wait_ready=wait_ready,
+    stack = SimpleNamespace(runtime=runtime, wait_ready=wait_ready, engine_problem=lambda: None,
                             app_defs=lambda c: [SimpleNamespace(service=s, color=c) for s in ("api", "worker")])
     monkeypatch.setattr(uc, "_stack", lambda _dep: stack)
     plan = objects.ObjectPlan("app", copy=[{"key": "k", "version_id": "v"}])
@@ -686,16 +692,17 @@ def test_db_only_lists_no_objects_and_rewinds_none(tmp_path: Path, monkeypatch):
     assert res["objects"] is None and (data / "restored_on").exists()
 
 
-def test_a_run_killed_after_the_swap_is_undone_by_the_next_one(tmp_path: Path, monkeypatch):
+def test_a_run_killed_after_the_swap_is_finished_by_the_next_one(tmp_path: Path, monkeypatch):
     """Killed once the restored folder had taken the live one's place (journal phase "swapping"), before the restored
-    cluster was seen promoted: the next run moves the restored folder aside as data.failed_pitr_*, brings the live
-    one back and starts the app units the killed run had stopped."""
+    cluster was seen promoted: the next run finishes it forward (the restored folder stays live, the previous one
+    kept) and starts the app units the killed run had stopped."""
     from aixsss_ops.usecases import pitr_restore as uc
 
     data, site, eng = _restore_env(tmp_path, monkeypatch, [])
     runtime = _AppRuntime()
     runtime.states = {("api", "blue"): "STOPPED", ("worker", "blue"): "STOPPED"}
-    monkeypatch.setattr(uc, "_stack", lambda _dep: __import__("types").SimpleNamespace(runtime=runtime))
+    monkeypatch.setattr(uc, "_stack", lambda _dep: __import__("types").SimpleNamespace(
+        runtime=runtime, app_defs=lambda _c: [], wait_ready=lambda _defs, _say: None))
     kept = data.parent / "data.pre_pitr_20261206T120000Z"
     data.rename(kept)
     data.mkdir()
@@ -705,10 +712,9 @@ def test_a_run_killed_after_the_swap_is_undone_by_the_next_one(tmp_path: Path, m
                                    "kept": str(kept), "stopped": [["api", "blue"], ["worker", "blue"]],
                                    "phase": "swapping"}))
     done = uc.recover_interrupted(_dep(data), eng)
-    assert done == ["moved the restored data folder to data.failed_pitr_20261206T120000Z and "
-                    "data.pre_pitr_20261206T120000Z back"]
-    assert (data / "live").exists() and not kept.exists()
-    assert (data.parent / "data.failed_pitr_20261206T120000Z" / "restored_on").exists()
+    assert done["target"] == "2026-12-06T11:30:00Z" and done["kept_data_dir"] == str(kept), done
+    assert (data / "restored_on").exists() and (kept / "live").exists()
+    assert not list(data.parent.glob("data.failed_pitr_*"))
     assert ("start", "api") in runtime.log and ("start", "worker") in runtime.log and not journal.exists()
 
 
@@ -869,8 +875,148 @@ def test_doctor_names_an_interrupted_restore_but_not_one_running_now(tmp_path: P
     (data.parent / "pitr-restore.json").write_text(json.dumps(
         {"target": "2026-12-06T11:30:00Z", "new": str(data.parent / "data.pitr-x.partial"), "stopped": [["api", "blue"]]}))
     found = interrupted_restore(ctx)[0]
-    assert found.status == "warn" and "data.pitr-x.partial" in found.message and "api-blue" in found.message
+    assert found.status == "fail" and "data.pitr-x.partial" in found.message and "api-blue" in found.message
+    assert "`aixsss-ops --yes restore --to-time 2026-12-06T11:30:00Z` finishes it" in found.fix
     with DeployLock(dep.layout.deploy_dir) as lock:
         lock.acquire(0, {"action": "restore --to-time 2026-12-06T11:30:00Z"})
         found = interrupted_restore(ctx)[0]
         assert found.status == "ok" and "is running" in found.message
+
+
+def _backup(label: str, wal_start: str, stop_lsn: str | None, stopped: datetime) -> dict:
+    return {"label": label, "type": "full", "timestamp": {"start": _epoch(stopped) - 10, "stop": _epoch(stopped)},
+            "archive": {"start": wal_start, "stop": wal_start}, "info": {"size": 1},
+            **({"lsn": {"start": "0/1", "stop": stop_lsn}} if stop_lsn else {})}
+
+
+def _info(*backups: dict) -> pitr.Info:
+    return pitr.parse_info(json.dumps([{"name": "aixsss", "status": {"code": 0, "message": "ok"},
+                                        "archive": [{"id": "15-1"}], "backup": list(backups)}]), "aixsss")
+
+
+def test_a_base_backup_serves_a_timeline_only_on_its_history():
+    """A backup taken on timeline 1 after timeline 2 left it (a full backup, then a restore to an instant before it)
+    is not chosen for a T on timeline 2: the newest backup on timeline 2's history is; none is refused (exit 2)."""
+    h = pitr.parse_history("1\t0/5000000\tbefore 2026-12-06 10:30:00.000001+00\n")
+    assert h == {1: 0x5000000}
+    first = _backup("F1", "000000010000000000000003", "0/3000100", NOW - timedelta(hours=2))
+    after_fork = _backup("F2", "000000010000000000000007", "0/7000100", NOW - timedelta(hours=1))
+    info = _info(first, after_fork)
+    assert [b.timeline for b in info.backups] == [1, 1] and info.backups[1].lsn_stop == 0x7000100
+    assert pitr.choose_backup(info, NOW, 2, h).label == "F1"
+    assert pitr.choose_backup(info, NOW, None, {}).label == "F2"  # on timeline 1 itself the newest serves
+    on_two = _backup("F3", "000000020000000000000009", "0/9000100", NOW - timedelta(minutes=30))
+    assert pitr.choose_backup(_info(first, after_fork, on_two), NOW, 2, h).label == "F3"
+    # no stop LSN: the stop segment's end bounds it (F2's segment 7 ends past the switch at 0/5000000)
+    assert not pitr.usable(pitr.parse_info(json.dumps([{"name": "aixsss", "status": {"code": 0}, "backup": [
+        _backup("F2", "000000010000000000000007", None, NOW)]}]), "aixsss").backups[0], 2, h)
+    with pytest.raises(UsageError, match="F2, was taken on timeline 1 and timeline 2 left timeline 1 at 0/5000000"):
+        pitr.choose_backup(_info(after_fork), NOW, 2, h)
+
+
+def _wal(*segments: tuple[str, datetime]) -> list[pitr.WalFile]:
+    return [pitr.WalFile(f"{s}-aa.lz4", 10, t) for s, t in segments]
+
+
+def test_missing_archived_wal_on_the_replay_path_is_a_gap_and_moves_the_window():
+    t0 = NOW - timedelta(hours=1)
+    seg = [(f"00000001000000000000000{n}", t0 + timedelta(minutes=n)) for n in (3, 4, 6, 7)]
+    files = _wal(*seg)
+    assert pitr.missing_wal(files, "000000010000000000000003", None, {}) == [
+        ("000000010000000000000005", "000000010000000000000005")]
+    # a T held by segment 4 (archived before 6) needs no WAL past it
+    assert pitr.missing_wal(files, "000000010000000000000003", None, {}, until=t0 + timedelta(minutes=4)) == []
+    assert pitr.missing_wal(files, "000000010000000000000003", None, {}, until=t0 + timedelta(minutes=5)) != []
+    # across a switch: timeline 2 begins at segment 5 (its history), timeline 1's 5 and later are abandoned
+    h = {1: 0x5000000 + 0x100}
+    switched = _wal(seg[0], seg[1], ("000000010000000000000005", t0), ("000000020000000000000005", t0),
+                    ("000000020000000000000006", t0))
+    assert pitr.missing_wal(switched, "000000010000000000000003", 2, h) == []
+    assert pitr.missing_wal([w for w in switched if w.segment != "000000020000000000000005"],
+                            "000000010000000000000003", 2, h) == [
+        ("000000020000000000000005", "000000020000000000000005")]
+    assert pitr.segno("000000010000000100000002") == 258
+    assert pitr.segment_name(1, 258) == "000000010000000100000002"
+    # the window starts again at the first base backup beginning after the gap
+    info = _info(_backup("F1", "000000010000000000000003", "0/3000100", t0),
+                 _backup("F2", "000000010000000000000006", "0/6000100", t0 + timedelta(minutes=6)))
+    win = pitr.window(info, NOW, "000000010000000000000005")
+    assert win.start == t0 + timedelta(minutes=6) and win.gap == "000000010000000000000005"
+    assert "000000010000000000000005 is missing" in win.text()
+    empty = pitr.window(info, NOW, "000000010000000000000009")
+    assert empty.start is None and "no base backup ends after it" in empty.text()
+
+
+def test_a_timeline_begins_when_the_cluster_before_it_stopped_not_when_its_history_was_archived():
+    ls = {"0000000100000000/000000010000000000000007-aa.lz4": {"type": "file", "size": 1,
+                                                               "time": _epoch(NOW - timedelta(seconds=3))},
+          "00000002.history": {"type": "file", "size": 42, "time": _epoch(NOW)},
+          "0000000200000000/000000020000000000000007-bb.lz4": {"type": "file", "size": 1,
+                                                               "time": _epoch(NOW + timedelta(seconds=9))}}
+    _files, timelines = pitr.parse_repo_ls(json.dumps(ls))
+    assert timelines == {2: NOW - timedelta(seconds=3)}
+    assert pitr.timeline_at(timelines, NOW - timedelta(seconds=1)) == 2  # promoted, history not yet archived
+
+
+def test_the_plan_waits_for_the_live_timelines_history_file(monkeypatch):
+    """The live cluster is on timeline 2 whose history file is not yet archived: the listing is read again until it
+    is (a T just after the promotion is then on timeline 2); never archived: an error naming it."""
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_plan as planning
+
+    class Eng:
+        def __init__(self, listings):
+            self.listings = listings
+
+        def wal_files(self, _archive_id):
+            return self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
+
+    info = pitr.parse_info(json.dumps(INFO), "aixsss")
+    eng = Eng([_listing(), _listing(), _listing(NOW)])
+    _files, timelines = planning._archive_of(eng, info, 2)
+    assert 2 in timelines and len(eng.listings) == 1
+    monkeypatch.setattr(planning, "HISTORY_WAIT_S", 0.3)
+    with pytest.raises(OpsError, match=r"live timeline 2 \(00000002.history\) is not in the archive"):
+        planning._archive_of(Eng([_listing()]), info, 2)
+    assert planning._archive_of(Eng([_listing()]), info, 1)[1] == {}
+
+
+def test_a_live_database_that_does_not_answer_or_fails_archiving_is_named_first(monkeypatch):
+    """Before the window is read (and before anything changes): a live database that does not answer, and WAL
+    archiving failing now (the archiver's last failure newer than its last success), are each one error (exit 3)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from aixsss_ops.backup import postgres
+    from aixsss_ops.errors import CheckFailed, OpsError
+    from aixsss_ops.usecases import pitr_plan as planning
+
+    class Down:
+        def connect(self, timeout=None):
+            raise OpsError("connection refused\nis the server running?")
+
+    class Conn:
+        def __init__(self, archiver):
+            self.rows = iter([(2,), archiver])
+
+        def execute(self, *_a):
+            return SimpleNamespace(fetchone=lambda: next(self.rows))
+
+    def info():
+        raise AssertionError("the window was read first")
+
+    eng = SimpleNamespace(info=info)
+    monkeypatch.setattr(planning, "database", lambda _dep: None)
+    monkeypatch.setattr(postgres, "admin_target", lambda _db: Down())
+    with pytest.raises(CheckFailed, match=r"^the live database does not answer \(connection refused\)") as e:
+        planning.start(SimpleNamespace(), "-1m", eng, NOW)
+    assert "stack up" in e.value.hint and e.value.exit_code == 3
+    failing = ("00000001000000000000000A", NOW - timedelta(seconds=2), NOW - timedelta(minutes=5))
+    monkeypatch.setattr(postgres, "admin_target", lambda _db: SimpleNamespace(
+        connect=lambda timeout=None: contextlib.nullcontext(Conn(failing))))
+    with pytest.raises(CheckFailed, match="WAL archiving fails now: the archiver last failed at .* on "
+                                          "00000001000000000000000A"):
+        planning.start(SimpleNamespace(), "-1m", eng, NOW)
+    monkeypatch.setattr(postgres, "admin_target", lambda _db: SimpleNamespace(
+        connect=lambda timeout=None: contextlib.nullcontext(Conn(None))))
+    assert planning.live(SimpleNamespace()) == 2

@@ -191,6 +191,6 @@ def test_every_pitr_command_refuses_on_an_engine_whose_node_does_not_run_postgre
     [f] = r.json["findings"]
     assert f["status"] == "fail" and f"postgres runs on the swarm node {ELSEWHERE}" in f["message"], r.output
     r = stack.cli("--json", "backup", "list", config=other, timeout=120)  # the logical backups are listed all the same
-    assert r.code == 0 and ELSEWHERE in r.json["pitr"]["error"], r.output
+    assert r.code == 2 and ELSEWHERE in r.json["pitr"]["error"] and "backups" in r.json, r.output
     assert stack.state() == before
     assert not (stack.cfg.state / "postgres" / "pitr-restore.json").exists()
