@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from aixsss_ops.config import OpsConfig, ProcessSpec
+from aixsss_ops.errors import OpsError
 
 API = "api"  # the role the proxy routes /api to; it takes the color's port
 
@@ -57,3 +58,13 @@ def fill(text: str, *, release: Path, color: str, version: str, host: str, pytho
 def migrations_dir(cfg: OpsConfig, root: Path) -> Path:
     """The Prisma migrations folder of a release (or of the app source) ``root``."""
     return root / cfg.app.migrations
+
+
+def in_release(release: Path, path: Path, what: str) -> Path:
+    """``path`` resolved (symlinks followed); an OpsError when that is not inside the release folder ``release``
+    (a symlink of the build pointing out of it): nothing outside the release is served or run from."""
+    root, resolved = release.resolve(), path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise OpsError(f"{what} {resolved} must be inside the release {root}",
+                       hint="the build left a symlink pointing out of the release: make it a folder of the release")
+    return resolved

@@ -20,6 +20,8 @@ _SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|PRIVATE|ENCRYPTION_KEY
 _URL_START = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
 _WHITESPACE = re.compile(r"\s")
 _PLAIN_HOSTPORT = re.compile(r"(\[[0-9A-Fa-f:.]*\]|[^:@\[\]\s]*)(:\d*)?")
+# An API key by its shape (OpenAI, Anthropic, Stripe secret keys: ``sk-…``), wherever it appears in a text.
+_API_KEY = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}")
 # A password with spaces in free text: from ``user:`` to the last ``@`` (before a host) on the line.
 _SPACED_USERINFO = re.compile(r"(?P<user>[^:/@\s]*):(?P<pw>[^\n]*\s[^\n]*)@(?=[\w\[])")
 
@@ -177,9 +179,10 @@ class SecretScrubber:
             self.add(value)
 
     def scrub(self, text: str) -> str:
+        """``text`` with the known secrets, URL passwords and API-key-shaped strings masked."""
         for s in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(s, MASK)
-        return _scrub_urls(text)
+        return _API_KEY.sub("sk-" + MASK, _scrub_urls(text))
 
 
 scrubber = SecretScrubber()
@@ -248,10 +251,12 @@ class Output:
         """A table; the columns named in ``whole`` (an id the user must copy) are never truncated or wrapped:
         they keep the width of their longest value and the other columns wrap or shrink instead (folding a long
         word rather than cutting it with an ellipsis: nothing shown is lost)."""
+        from rich.markup import escape
         from rich.table import Table
 
         columns = list(columns)
-        cells = [[scrubber.scrub("" if v is None else str(v)) for v in r] for r in rows]
+        # a cell is text, never markup: ``[worker] ready`` is shown as written
+        cells = [[escape(scrubber.scrub("" if v is None else str(v))) for v in r] for r in rows]
         keep = set(whole)
         t = Table(title=title, show_lines=False)
         for i, c in enumerate(columns):

@@ -7,11 +7,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,18 +103,19 @@ def build(source: Path, version: str, releases_dir: Path, dry_run: bool = False,
     say = say or (lambda _m: None)
     if not source.is_dir():
         raise UsageError(f"the app source {source} is not a folder")
-    if not version or "/" in version or version.startswith("."):
-        raise UsageError(f"invalid version {version!r}")
+    check_version(version)
     d = digest(source, steps)
     rid = f"{version}-{d[:12]}"
     path = releases_dir / rid
     if dry_run:
         return Release(rid, version, d, path), False
     releases_dir.mkdir(parents=True, exist_ok=True)
-    with _building(releases_dir, rid):  # one builder of a release at a time; a killed one's remains go
+    # one builder of a release at a time: the lock is held until the last program of a build step has died, so the
+    # remains of a killed builder (its folder still holds BUILDING) are removed here while nothing writes into them
+    with _building(releases_dir, rid):
         if path.exists() and not (path / BUILDING).exists():
             return Release(rid, version, d, path), False
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path)
         try:
             path.mkdir()
             (path / BUILDING).write_text(f"{os.getpid()}\n")
@@ -130,17 +133,41 @@ def build(source: Path, version: str, releases_dir: Path, dry_run: bool = False,
                     f.chmod(f.stat().st_mode & ~0o222)
             os.chmod(path, 0o755)
             (path / BUILDING).unlink()
-        except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
+        except BaseException:  # a failed step, an interrupt (Ctrl-C, SIGTERM): the half-built release goes
+            _discard(path)
             raise
     return Release(rid, version, d, path), True
+
+
+def _discard(path: Path) -> None:
+    """Remove a half-built release: renamed first (a hidden name no reader takes for a release), then deleted."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".{path.name}.discarded-{os.getpid()}")
+    try:
+        path.rename(trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_version(version: str) -> None:
+    """A release version: 1 to 128 of letters, digits and ``._+-``, not starting with a dot (it names a folder)."""
+    if not _VERSION.fullmatch(version or ""):
+        shown = version if len(version or "") <= 40 else f"{version[:40]}... ({len(version)} characters)"
+        raise UsageError(f"invalid version {shown!r}",
+                         hint="a version is 1 to 128 letters, digits and . _ + -, starting with a letter or digit")
 
 
 def run_steps(release: Path, version: str, steps: Sequence[BuildStep], say: Say) -> None:
     """The build steps, run in ``release`` on this host."""
     for i, step in enumerate(steps, 1):
         say(f"build {release.name} step {i}/{len(steps)}: {shlex.join(step.run)}")
-        _run_step(release, step, i, len(steps), {"AIXSSS_RELEASE": release.name, "AIXSSS_VERSION": version})
+        _run_step(release, step, i, len(steps), {"AIXSSS_RELEASE": release.name, "AIXSSS_VERSION": version},
+                  _held.get())
 
 
 class BuildFailed(OpsError):
@@ -156,21 +183,32 @@ def _build_env(extra: dict[str, str]) -> dict[str, str]:
     return {**env, **extra}
 
 
-def _run_step(release: Path, step: BuildStep, i: int, n: int, extra: dict[str, str]) -> None:
+def _program(argv0: str, cwd: Path, env: dict[str, str]) -> str | None:
+    """The executable ``argv0`` names as exec finds it (a name with a slash: from ``cwd``); None: there is none."""
+    if "/" in argv0:
+        p = cwd / argv0
+        return str(p) if p.is_file() and os.access(p, os.X_OK) else None
+    return shutil.which(argv0, path=env.get("PATH", os.defpath))
+
+
+def _run_step(release: Path, step: BuildStep, i: int, n: int, extra: dict[str, str],
+              hold_fds: Sequence[int] = ()) -> None:
+    """One build step, in a process group of its own (``procutil.run_group``): on its timeout, on an interrupt and
+    when this process dies the whole group is killed, and so are programs a step left running in the background.
+    ``hold_fds``: the release's build lock, held by the group's leader until the group is gone."""
+    from aixsss_ops.procutil import run_group
+
     cwd = (release / step.cwd).resolve()
     if cwd != release.resolve() and release.resolve() not in cwd.parents:
         raise UsageError(f"build step {i}: cwd {step.cwd!r} is outside the release")
-    log = release / f".build-{i}.log"
-    try:
-        with log.open("wb") as out:
-            r = subprocess.run(step.run, cwd=cwd, env=_build_env({**extra, **step.env}), stdin=subprocess.DEVNULL,
-                               stdout=out, stderr=subprocess.STDOUT, timeout=step.timeout, start_new_session=True)
-        code = r.returncode
-    except FileNotFoundError:
+    env = _build_env({**extra, **step.env})
+    if _program(step.run[0], cwd, env) is None:
         raise BuildFailed(f"build step {i}/{n} ({shlex.join(step.run)}): {step.run[0]} was not found",
-                          hint="install it, or change app.build in ops.toml") from None
-    except subprocess.TimeoutExpired:
-        code = None
+                          hint="install it, or change app.build in ops.toml")
+    log = release / f".build-{i}.log"
+    with log.open("wb") as out:
+        code = run_group(step.run, timeout=step.timeout, hold_fds=hold_fds, cwd=cwd, env=env,
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     if code != 0:
         tail = log.read_bytes()[-4000:].decode(errors="replace").splitlines()[-30:]
         what = f"did not finish within {step.timeout:g}s" if code is None else f"exited {code}"
@@ -178,13 +216,20 @@ def _run_step(release: Path, step: BuildStep, i: int, n: int, extra: dict[str, s
                           details="last lines of its output:\n" + "\n".join(tail))
 
 
+_held: ContextVar[tuple[int, ...]] = ContextVar("held", default=())  # the build lock, while a release is built
+
+
 @contextmanager
 def _building(releases_dir: Path, rid: str) -> Iterator[None]:
     fd = os.open(releases_dir / f".{rid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    token = None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        token = _held.set((fd,))
         yield
     finally:
+        if token is not None:
+            _held.reset(token)
         os.close(fd)
 
 

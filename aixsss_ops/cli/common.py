@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import typer
 
-from aixsss_ops.cli.session import State, report_error
+from aixsss_ops.cli.session import State, report_error, sigterm_interrupts
 from aixsss_ops.errors import OpsError, UsageError
 
 __all__ = ["CLICK_ERROR", "State", "confirm", "errors_mapped", "state"]
@@ -39,9 +39,10 @@ CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Click
 def errors_mapped(st: State) -> Iterator[None]:
     """Domain exceptions become one masked line on stderr (one JSON document with --json) and the documented exit
     code (cli/session.py); anything else is an internal error (exit 1, the traceback with --verbose). The command
-    line parser's own exits and usage errors pass through."""
+    line parser's own exits and usage errors pass through. SIGTERM interrupts the command as Ctrl-C does."""
     try:
-        yield
+        with sigterm_interrupts():
+            yield
     except (typer.Exit, typer.Abort, SystemExit, CLICK_ERROR):
         raise
     except (Exception, KeyboardInterrupt) as e:

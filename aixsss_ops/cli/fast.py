@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from aixsss_ops.cli.session import State, report_error
+from aixsss_ops.cli.session import State, report_error, sigterm_interrupts
 
 FLAGS = {"--json": "json_mode", "--yes": "yes", "-y": "yes", "--verbose": "verbose", "-v": "verbose",
          "--quiet": "quiet", "-q": "quiet"}
@@ -55,11 +55,12 @@ def run(args: list[str]) -> int | None:
         return None
     st, action, color = parsed
     try:
-        from aixsss_ops.cli.deploy_render import show_deploy_result
-        from aixsss_ops.usecases.deploy import deployer
+        with sigterm_interrupts():  # SIGTERM stops it as Ctrl-C does
+            from aixsss_ops.cli.deploy_render import show_deploy_result
+            from aixsss_ops.usecases.deploy import deployer
 
-        d = deployer(st.deployment, st.out.info)
-        show_deploy_result(st, d.rollback(None, restore_db=None) if action == "rollback" else d.switch(color))
-        return 0
+            d = deployer(st.deployment, st.out.info)
+            show_deploy_result(st, d.rollback(None, restore_db=None) if action == "rollback" else d.switch(color))
+            return 0
     except (Exception, KeyboardInterrupt) as e:
         return report_error(st, e)

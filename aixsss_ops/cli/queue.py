@@ -15,6 +15,9 @@ app = typer.Typer(help="Inspect and control the BullMQ queue: depth, workers, pa
 RedisUrl = typer.Option(None, "--redis-url", help="Redis URL (default: REDIS_URL, the env files, then ops.toml).")
 QueueName = typer.Option(None, "--queue", help="Queue name (default: AI_QUEUE_NAME, the env files, then ops.toml).")
 JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+WATCH_MAX = 86400.0  # seconds: the slowest --watch refresh
+LIMIT_MAX = 1_000_000_000  # the largest --limit (queue.control.LIMIT_MAX: checked again there)
+TIMEOUT_MAX = 7 * 86400.0  # the longest drain-wait --timeout (queue.control.TIMEOUT_MAX)
 
 
 def _target(ctx: typer.Context, redis_url: str | None, queue: str | None, json_out: bool):
@@ -59,7 +62,7 @@ def stats_cmd(
     queue: str = QueueName,
     json_out: bool = JsonFlag,
     fmt: str = typer.Option("table", "--format", help="table or prometheus (text exposition format)."),
-    watch: float = typer.Option(0, "--watch", help="Refresh every N seconds until Ctrl-C.", min=0),
+    watch: float = typer.Option(0, "--watch", help="Refresh every N seconds until Ctrl-C.", min=0, max=WATCH_MAX),
 ) -> None:
     """Job counts exactly as BullMQ's getJobCounts, plus paused flag, oldest waiting age and failure rate."""
     from aixsss_ops.queue.inspect import stats
@@ -157,7 +160,7 @@ def drain_wait_cmd(
     redis_url: str = RedisUrl,
     queue: str = QueueName,
     json_out: bool = JsonFlag,
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait at most.", min=0),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait at most.", min=0, max=TIMEOUT_MAX),
 ) -> None:
     """Wait until no job is active (pause first so no new job starts). Exit 1 on timeout."""
     from aixsss_ops.queue.control import drain_wait
@@ -173,18 +176,25 @@ def drain_wait_cmd(
     raise typer.Exit(1)
 
 
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 @app.command("failed")
 def failed_cmd(
     ctx: typer.Context,
     redis_url: str = RedisUrl,
     queue: str = QueueName,
     json_out: bool = JsonFlag,
-    limit: int = typer.Option(20, "--limit", help="How many (most recent first).", min=1),
+    limit: int = typer.Option(20, "--limit", help="How many (most recent first).", min=1,
+                               max=LIMIT_MAX),
 ) -> None:
     """Recently failed jobs: name, attempts, failedReason (truncated) and timestamps."""
+    from aixsss_ops.output import scrubber
     from aixsss_ops.queue.control import failed_jobs
 
     st, t = _target(ctx, redis_url, queue, json_out)
+    scrubber.add(*st.deployment.secrets())  # a failedReason may echo any of them (a provider's error)
     jobs = failed_jobs(t.redis_url, t.queue, limit)
 
     def human(_d):
@@ -193,7 +203,7 @@ def failed_cmd(
             return
         st.out.table(f"failed jobs on {t.queue}", ["id", "name", "attempts", "failed at", "reason"], [
             (j.id, j.name, f"{j.attempts_made}/{j.attempts}" if j.attempts else j.attempts_made, j.finished_at,
-             (j.failed_reason or "")[:80]) for j in jobs])
+             _cut(j.failed_reason or "", 80)) for j in jobs])
 
     st.out.emit({"queue": t.queue, "count": len(jobs), "jobs": [j.to_dict() for j in jobs]}, human)
 
@@ -205,7 +215,8 @@ def retry_failed_cmd(
     queue: str = QueueName,
     json_out: bool = JsonFlag,
     name: list[str] = typer.Option(None, "--name", help="Only jobs with this name (repeatable)."),
-    limit: int = typer.Option(None, "--limit", help="At most N jobs (oldest failures first).", min=1),
+    limit: int = typer.Option(None, "--limit", help="At most N jobs (oldest failures first).",
+                               min=1, max=LIMIT_MAX),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be retried; change nothing."),
 ) -> None:
     """Move failed jobs back to waiting, as BullMQ's retryJobs does."""
@@ -237,7 +248,7 @@ def clean_cmd(
     json_out: bool = JsonFlag,
     job_state: str = typer.Option(..., "--state", help="completed or failed."),
     older_than: str = typer.Option(..., "--older-than", help="Finished more than this long ago: 30m, 12h, 7d…"),
-    limit: int = typer.Option(None, "--limit", help="At most N jobs.", min=1),
+    limit: int = typer.Option(None, "--limit", help="At most N jobs.", min=1, max=LIMIT_MAX),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed; change nothing."),
 ) -> None:
     """Remove completed or failed jobs older than a duration, as BullMQ's Queue.clean does."""

@@ -4,6 +4,10 @@ documented exit code. Free of the command-line parser, so the fast path (cli/fas
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +55,36 @@ class State:
 
             self._deployment = Deployment(self.config)
         return self._deployment
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the command stops as on Ctrl-C (the same cleanup), and ends with exit 143."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM (a supervisor, ``kill``, a CI runner's cancel) interrupts it as Ctrl-C does:
+    ``Terminated``, a KeyboardInterrupt, raised in the main thread. A command may install its own handler inside; the
+    one found before is put back on the way out. A process forked from this one (before it sets its own handling)
+    dies of SIGTERM as by default."""
+    main = os.getpid()
+
+    def handler(signum, _frame):
+        if os.getpid() != main:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    try:
+        before = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals are not this code's to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 # errors of the client libraries that mean the service itself failed or went away, by the module that raises them
@@ -102,11 +136,11 @@ def postgres_refusal(e: BaseException) -> OpsError | None:
 
 def report_error(st: State, e: BaseException) -> int:
     """Print ``e`` as the command's end (masked; one JSON document with --json) and return the exit code: a domain
-    error's own, 130 for an interrupt, 1 for a service that failed mid-operation or anything unexpected (the
-    traceback with --verbose)."""
+    error's own, 130 for an interrupt (143 for SIGTERM), 1 for a service that failed mid-operation or anything
+    unexpected (the traceback with --verbose)."""
     out = st.out  # made after the global options are read
     if isinstance(e, KeyboardInterrupt):
-        message, hint, code, details = "interrupted", None, 130, None
+        message, hint, code, details = "interrupted", None, 143 if isinstance(e, Terminated) else 130, None
     elif isinstance(e, OpsError):
         message, hint, code, details = e.message, e.hint, e.exit_code, e.details
     elif (dep := postgres_refusal(e) or dependency_failure(e)) is not None:

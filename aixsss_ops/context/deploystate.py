@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aixsss_ops.errors import OpsError
 from aixsss_ops.fsutil import atomic_write_json, read_json
 
 HISTORY_LIMIT = 200
@@ -78,8 +79,19 @@ class DeployState:
         self.history_file = directory / "history.json"
 
     def load(self) -> Colors | None:
-        data = read_json(self.colors_file)
-        return Colors.from_dict(data) if data else None
+        """The saved state; None before the first deploy. An unreadable file is an OpsError naming it."""
+        try:
+            data = read_json(self.colors_file)
+            if not data:
+                return None
+            state = Colors.from_dict(data)
+            if state.active not in COLORS or set(state.colors) - set(COLORS) or state.active not in state.colors:
+                raise ValueError("the live color or a color is not blue or green, or the live color has no release")
+            return state
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise OpsError(f"the deploy state {self.colors_file} is unreadable or invalid: {type(e).__name__}: {e}",
+                           hint="fix it (\"active\": blue or green; \"colors\": the release each one runs) or restore it; "
+                                "'aixsss-ops deploy releases' lists what was deployed") from None
 
     def save(self, state: Colors) -> None:
         atomic_write_json(self.colors_file, state.to_dict())

@@ -145,8 +145,26 @@ class Deployer:
             raise DeployFailed(f"api-{color} answers, but the dependencies of its settings do not: {e.message}",
                                hint=e.hint, details=self._failure_logs(color)) from None
 
+    def _stop_limit(self, role: str) -> float:
+        spec = appspec.spec_of(self.cfg, role)
+        return spec.stop_timeout if spec else self.cfg.supervisor.stop_timeout
+
+    def _await_stopped(self, roles, color: str) -> None:
+        """A stop of these processes of ``color`` still in progress (a drain of an earlier switch) ends before they
+        are started again: a start during it is lost, and the color would serve with no worker. Bounded by their
+        stop timeout (the runtime kills them then) plus a margin; an OpsError naming the one still stopping after."""
+        for role in roles:
+            if self.rt.state(role, color) != "STOPPING":
+                continue
+            limit = self._stop_limit(role) + 30
+            self.say(f"{role}-{color} is still stopping (its active jobs finish): waiting up to {limit:g}s for it")
+            if not wait_stopped(self.rt, [(role, color)], limit):
+                raise OpsError(f"{role}-{color} was still stopping after {limit:g}s: it was not started again",
+                               hint=f"check 'aixsss-ops stack status', then start it: 'aixsss-ops deploy switch {color}'")
+
     def _start_workers(self, color: str, timeout: float) -> None:
         pending = list(self._workers)
+        self._await_stopped(pending, color)
         for role in pending:
             if self.rt.state(role, color) != "RUNNING":
                 self.say(f"api-{color} passed: starting {role}-{color}")
@@ -166,6 +184,42 @@ class Deployer:
             role = pending[0]
             raise DeployFailed(f"{role}-{color} was not ready within {timeout:.0f}s: {self.stack.ready(role, color)[1]}",
                                details=self._failure_logs(color))
+
+    def _active_jobs(self) -> set[str] | None:
+        """The ids of the queue's active jobs (BullMQ's active list); None when the queue cannot be read."""
+        from aixsss_ops.queue.conn import connect
+        from aixsss_ops.queue.keys import QueueKeys
+
+        env_file = appspec.env_file_of(API, self.cfg.app.processes[API])
+        path = self.stack.layout.env_file(env_file) if env_file else None
+        env = envfile.read(path) if path is not None and path.exists() else {}
+        if not env.get("REDIS_URL"):
+            return None
+        try:
+            with connect(env["REDIS_URL"], timeout=3) as r:
+                return {i.decode() if isinstance(i, bytes) else str(i)
+                        for i in r.lrange(QueueKeys(self.cfg.app.queue).active, 0, -1)}
+        except Exception:  # noqa: BLE001 - the warning is best effort; the drain itself is done
+            return None
+
+    def _drain(self, old: str) -> list[str]:
+        """Stop the workers of ``old``, each waited for (its active jobs finish, or the runtime kills it at its
+        stop timeout); a warning per worker killed with jobs still active: they run again."""
+        warnings = []
+        for role in self._others_of(old):
+            limit = self._stop_limit(role)
+            self.say(f"draining {old}: stopping {role}-{old} (active jobs finish; killed after {limit:g}s)")
+            before = self._active_jobs()
+            t0 = time.monotonic()
+            self.rt.stop(role, old)
+            took = time.monotonic() - t0
+            after = self._active_jobs()
+            left = (before & after) if before is not None and after is not None else set()
+            if left and took >= limit - 1:
+                warnings.append(
+                    f"{len(left)} active job(s) were still running when the drain of {role}-{old} ended at its stop "
+                    f"timeout ({limit:g}s): the worker was killed and they will run again (once their lock expires)")
+        return warnings
 
     def _failure_logs(self, color: str) -> str:
         parts = []
@@ -210,6 +264,16 @@ class Deployer:
 
         for svc in ("api", "worker", "web"):
             load_service_env(svc, envfile.read(self.stack.layout.env_file(svc)), bundled=svc != "web")
+
+    def _is_live(self, state: Colors, release: releases.Release) -> bool:
+        spec = state.spec(state.active)
+        return bool(spec and spec.release == release.id and self.rt.state("api", state.active) == "RUNNING")
+
+    @staticmethod
+    def _noop(res: DeployResult, release: releases.Release, live: str) -> DeployResult:
+        res.noop, res.color, res.previous_color = True, live, live
+        res.plan = [f"release {release.id} is already live on {live}: nothing to do"]
+        return res
 
     def _state(self) -> Colors:
         state = self.stack.colors()
@@ -275,7 +339,9 @@ class Deployer:
         if release_id:
             release, created = releases.find(self.stack.layout.releases, release_id), False
         else:
-            release, created = releases.build(source or self.cfg.app_source, version or self.cfg.app.version,
+            version = self.cfg.app.version if version is None else version
+            releases.check_version(version)
+            release, created = releases.build(source or self.cfg.app_source, version,
                                               self.stack.layout.releases, dry_run=dry_run, steps=self.cfg.app.build,
                                               say=self.say, builder=self.rt.build_release)
         if created:
@@ -284,12 +350,8 @@ class Deployer:
         live = state.active
         target = other(live)
         res = DeployResult(release.id, release.version, target, live, dry_run=dry_run)
-        live_spec = state.spec(live)
-        if (not force and live_spec and live_spec.release == release.id
-                and self.rt.state("api", live) == "RUNNING"):
-            res.noop, res.color = True, live
-            res.plan.append(f"release {release.id} is already live on {live}: nothing to do")
-            return res
+        if not force and self._is_live(state, release):
+            return self._noop(res, release, live)
         res.plan = [
             "take the deploy lock",
             "validate the env of api, worker and web",
@@ -302,6 +364,13 @@ class Deployer:
             f"stop worker-{live} gracefully; keep api-{live} warm for {self.cfg.deploy.warm_minutes:g} min",
             "record the release, run post-deploy hooks, smoke check through the proxy",
         ]
+        if dry_run and not release.path.is_dir():  # not built yet: its migrations exist only after the build
+            built = (f"build release {release.id} from {source or self.cfg.app_source}"
+                     + (f" ({len(self.cfg.app.build)} build step(s))" if self.cfg.app.build else ""))
+            step = next(i for i, p in enumerate(res.plan) if p.startswith("apply pending migrations"))
+            res.plan[step] += ": checked after the build (the release is not built yet)"
+            res.plan.insert(0, built)
+            return res
         if dry_run:
             from aixsss_ops.migrate import deploy as migrate_deploy
 
@@ -314,10 +383,12 @@ class Deployer:
 
         with self.lock:
             self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "deploy", "version": release.id}, self.say)
-            state = self._state()
+            state = self._state()  # what the deploy that held the lock before left
             if (note := self._recover_locked(state)) is not None:
                 res.warnings.append(note)
             live, target = state.active, other(state.active)
+            if not force and self._is_live(state, release):
+                return self._noop(res, release, live)
             res.color, res.previous_color = target, live
             self.validate_env()
             hook_env = {
@@ -340,8 +411,7 @@ class Deployer:
             except BaseException:
                 self.say(f"tearing {target} down; {live} keeps serving")
                 self._stop_color(target)
-                if target in state.colors:
-                    state.colors[target] = state.colors[target].with_status("failed")
+                state.colors[target] = color_spec(release).with_status("failed")
                 self.stack.deploy_state.save(state)
                 self._record(res, "failed", t0, actor)
                 raise
@@ -351,12 +421,10 @@ class Deployer:
             if live in state.colors:
                 state.colors[live] = state.colors[live].with_status("warm", _later(self.cfg.deploy.warm_minutes))
             self.stack.deploy_state.save(state)
-            for role in self._others_of(live):
-                self.say(f"draining {live}: stopping {role}-{live} (active jobs finish)")
-                self.rt.stop(role, live)
+            self._record(res, "live", t0, actor)  # before the drain: a deploy killed while draining went live
+            res.warnings += self._drain(live)
             if self.cfg.deploy.warm_minutes <= 0:
                 self.rt.stop("api", live)
-            self._record(res, "live", t0, actor)
             try:
                 self._hooks("post-deploy", hook_env)
                 self._smoke(release)
@@ -424,54 +492,66 @@ class Deployer:
 
     # -- switch / rollback --
     def switch(self, color: str | None = None, actor: str = "cli") -> DeployResult:
-        state = self._state()
-        live = state.active
-        target = color or other(live)
-        spec = state.spec(target)
-        if spec is None:
-            raise UsageError(f"nothing was ever deployed to {target}")
-        res = DeployResult(spec.release, spec.version, target, live)
-        if target == live:
-            res.noop = True
-            res.plan.append(f"{live} is already live")
-            return res
         t0 = time.monotonic()
         with self.lock:
-            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "switch", "version": spec.release}, self.say)
+            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "switch", "version": color or "the idle color"},
+                              self.say)
+            state = self._state()  # read under the lock: what a deploy that held it before left
+            live = state.active
+            target = color or other(live)
+            spec = state.spec(target)
+            if spec is None:
+                raise UsageError(f"nothing was ever deployed to {target}")
+            res = DeployResult(spec.release, spec.version, target, live)
+            if target == live:
+                res.noop = True
+                res.plan.append(f"{live} is already live")
+                return res
             self._ensure_running(target, state)
             res.health_checks = self._gate(target)
             res.switch_seconds = self._switch(target)
-            self._after_switch(state, target, live)
-            self._record(res, "live", t0, actor)
+            self._mark_switched(state, target, live)
+            self._record(res, "live", t0, actor)  # before the drain: a switch killed while draining went live
+            res.warnings += self._drain(live)
         res.seconds = round(time.monotonic() - t0, 3)
         return res
 
     def rollback(self, to: str | None = None, restore_db: str | None = None, actor: str = "cli") -> DeployResult:
         """Back to ``to`` (default: the previous release); ``restore_db`` then restores that backup's database
         (api and worker are stopped while it is swapped in), for migrations that are not backward compatible."""
-        state = self._state()
-        live = state.active
-        idle = other(live)
-        idle_spec = state.spec(idle)
-        if to is None:
-            if not idle_spec or idle_spec.status == "failed":
-                live_release = state.colors[live].release
-                prev = next((h for h in reversed(self.stack.deploy_state.history())
-                             if h["outcome"] == "live" and h["release"] != live_release), None)
-                if prev is None:
-                    raise UsageError("there is no previous release to roll back to")
-                to = prev["release"]
-            else:
-                to = idle_spec.release
-        release = releases.find(self.stack.layout.releases, to)
-        res = DeployResult(release.id, release.version, idle, live)
+        if to is not None:
+            releases.find(self.stack.layout.releases, to)  # an unknown release is refused before the lock
         t0 = time.monotonic()
-        res.warnings += self._migrations_since(release.id)
         with self.lock:
-            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "rollback", "version": release.id}, self.say)
+            self.lock.acquire(self.cfg.deploy.lock_timeout, {"action": "rollback", "version": to or "the previous"},
+                              self.say)
+            state = self._state()  # read under the lock: what a deploy that held it before left
+            live = state.active
+            idle = other(live)
+            idle_spec = state.spec(idle)
+            live_spec = state.spec(live)
+            if to is None:
+                if not idle_spec or idle_spec.status == "failed":
+                    live_release = live_spec.release if live_spec else None
+                    prev = next((h for h in reversed(self.stack.deploy_state.history())
+                                 if h["outcome"] == "live" and h["release"] != live_release), None)
+                    if prev is None:
+                        raise CheckFailed("there is no previous release to roll back to",
+                                          hint="see 'aixsss-ops deploy releases'")
+                    to = prev["release"]
+                else:
+                    to = idle_spec.release
+            release = releases.find(self.stack.layout.releases, to)
+            if live_spec and live_spec.release == release.id and self.rt.state(API, live) == "RUNNING":
+                res = DeployResult(release.id, release.version, live, live, noop=True)
+                res.plan.append(f"{release.id} on {live} is already live: nothing to do")
+                return res
+            res = DeployResult(release.id, release.version, idle, live)
+            res.warnings += self._migrations_since(release.id)
             warm = idle_spec and idle_spec.release == release.id and self.rt.state("api", idle) == "RUNNING"
             if warm:
                 res.health_checks = self._quick_gate(idle)
+                self._await_stopped(self._workers, idle)  # before the switch: the live color keeps its workers meanwhile
             else:
                 self.say(f"{idle} is cold: booting {release.id} on it")
                 try:
@@ -525,15 +605,20 @@ class Deployer:
         if self.rt.state("api", color) != "RUNNING":
             self.rt.start("api", color)
 
+    def _mark_switched(self, state: Colors, target: str, old: str) -> None:
+        """Record ``target`` live and ``old`` warm."""
+        state.active = target
+        state.colors[target] = state.colors[target].with_status("live")
+        if old in state.colors:
+            state.colors[old] = state.colors[old].with_status("warm", _later(self.cfg.deploy.warm_minutes))
+        self.stack.deploy_state.save(state)
+
     def _after_switch(self, state: Colors, target: str, old: str, drain_wait: bool = True,
                       units: list | None = None) -> None:
         """Record ``target`` live and ``old`` warm, and drain ``old``'s workers (their active jobs finish). Without
         ``drain_wait`` (a rollback) the runtime stops them on its own, SIGKILL after their stop timeout, and the
         command does not wait for it."""
-        state.active = target
-        state.colors[target] = state.colors[target].with_status("live")
-        state.colors[old] = state.colors[old].with_status("warm", _later(self.cfg.deploy.warm_minutes))
-        self.stack.deploy_state.save(state)
+        self._mark_switched(state, target, old)
         for role in self._others_of(old, units):
             if not drain_wait:
                 spec = appspec.spec_of(self.cfg, role)
@@ -559,6 +644,9 @@ class Deployer:
     def status(self, recover: bool = True) -> dict:
         """Both colors, the proxy's target and the lock. ``recover``: first tear down what a killed deploy left
         booting (``recovered`` says what was done); without it such a color is listed under ``interrupted``."""
+        if self.stack.deploy_state.load() is None:
+            raise CheckFailed("nothing was deployed yet: the stack was never brought up",
+                              hint="start it with 'aixsss-ops stack up'")
         recovered = self.recover() if recover else None
         interrupted = [] if recover else self.interrupted()
         state = self._state()

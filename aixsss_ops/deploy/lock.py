@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aixsss_ops.errors import OpsError
+from aixsss_ops.errors import CheckFailed, OpsError
 from aixsss_ops.fsutil import atomic_write_json, flock_held, read_json
 
 
@@ -90,8 +90,9 @@ class DeployLock:
     def clear_stale(self) -> bool:
         """Remove the note of a holder that died; refuses while a live process holds the lock."""
         info = self.info()
-        if info.held:
-            raise LockBusy(f"the deploy lock is held by a live process: {describe(info.holder)}")
+        if info.held:  # a precondition: nothing to clear while its holder lives
+            raise CheckFailed(f"the deploy lock is held by a live process: {describe(info.holder)}",
+                              hint="wait for it to end; only the note of a killed holder is cleared")
         if info.stale_note:
             self.note.unlink(missing_ok=True)
             return True

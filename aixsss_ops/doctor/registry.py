@@ -15,14 +15,24 @@ class Check:
     name: str
     fn: Callable
     needs: str | None = None  # the name of a reachability check; skipped when that one failed
+    emits: tuple[str, ...] = ()  # the other names its findings carry (doctor prints them): ``--only``/``--skip``
+    # take them too, for this check
 
     @property
     def group(self) -> str:
         return self.name.split(".", 1)[0]
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name that selects it: its own, the names of its findings, and their groups."""
+        own = (self.name, *self.emits)
+        return (*own, *dict.fromkeys(n.split(".", 1)[0] for n in own))
+
 
 CHECKS: tuple[Check, ...] = (
-    Check("env", c.env_rules),
+    Check("env", c.env_rules, emits=("env.contract", "env.database-url", "env.file", "env.localhost", "env.shared",
+                                     "prod.cors", "prod.default-secret", "prod.key-fallback", "prod.tls",
+                                     "prod.weak-secret")),
     Check("config.clock-skew", c.clock_skew, "postgres.reachable"),
     Check("postgres.reachable", c.postgres_reachable),
     Check("postgres.migrations", c.migrations, "postgres.reachable"),
@@ -33,7 +43,7 @@ CHECKS: tuple[Check, ...] = (
     Check("redis.persistence", c.redis_persistence, "redis.reachable"),
     Check("redis.memory", c.redis_memory, "redis.reachable"),
     Check("queue.name-match", c.queue_name_match),
-    Check("queue.jobs", c.queue_jobs, "redis.reachable"),
+    Check("queue.jobs", c.queue_jobs, "redis.reachable", emits=("queue.workers",)),
     Check("s3.reachable", c.s3_reachable),
     Check("s3.bucket", c.s3_bucket, "s3.reachable"),
     Check("s3.versioning", c.s3_versioning, "s3.reachable"),
@@ -44,31 +54,33 @@ CHECKS: tuple[Check, ...] = (
     Check("backup.pitr-archiving", pitr.archiving, "postgres.reachable"),  # the pitr checks: none when it is off
     Check("backup.pitr-wal", pitr.wal_age),
     Check("backup.pitr-base", pitr.base_backup),
-    Check("backup.pitr-lifecycle", pitr.lifecycle_and_space, "s3.reachable"),
+    Check("backup.pitr-lifecycle", pitr.lifecycle_and_space, "s3.reachable", emits=("backup.pitr-space",)),
     Check("backup.pitr-restore", pitr.interrupted_restore),
     Check("deploy.active", c.deploy_proxy),
-    Check("deploy.state", c.deploy_state),
+    Check("deploy.state", c.deploy_state,
+          emits=("deploy.idle-color", "deploy.interrupted", "deploy.consistent", "deploy.lock")),
     Check("deploy.proxy-config", c.proxy_config),
     Check("deploy.api-bind", c.api_bind),
     Check("swarm.engine", swarm.engine),  # the swarm checks: none unless runtime = "swarm"
     Check("swarm.nodes", swarm.nodes, "swarm.engine"),
     Check("swarm.quorum", swarm.quorum, "swarm.engine"),
     Check("swarm.replicas", swarm.replicas, "swarm.engine"),
-    Check("host.disk", c.host_disk),
+    Check("host.disk", c.host_disk, emits=("host.disk-state", "host.disk-backup")),
 )
 
 
 def select(only: list[str] | None = None, skip: list[str] | None = None) -> list[Check]:
-    """``--only``/``--skip`` take check names (``redis.memory``) or groups (``redis``)."""
+    """``--only``/``--skip`` take check names (``redis.memory``), the names of their findings (``deploy.lock``: the
+    check that reports it) or groups (``redis``)."""
     from aixsss_ops.errors import UsageError
 
-    names = {ch.name for ch in CHECKS} | {ch.group for ch in CHECKS}
+    names = {n for ch in CHECKS for n in ch.names}
     unknown = sorted({n for n in (only or []) + (skip or []) if n not in names})
     if unknown:
         raise UsageError(f"unknown check(s): {', '.join(unknown)}",
                          hint="one of: " + ", ".join(sorted(names)))
 
     def hit(ch: Check, wanted: list[str]) -> bool:
-        return ch.name in wanted or ch.group in wanted
+        return any(n in wanted for n in ch.names)
 
     return [ch for ch in CHECKS if (not only or hit(ch, only)) and not (skip and hit(ch, skip))]

@@ -53,6 +53,11 @@ def switch_live(prefix: Path, color: str) -> None:
     _replace_symlink(live_link(prefix), f"colors/{color}")
 
 
+def quote(value: object) -> str:
+    """One argument of an nginx directive, double-quoted (a path with a space, ``;`` or ``{`` is still one)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _worker_user() -> str | None:
     if os.geteuid() != 0:
         return None
@@ -101,7 +106,7 @@ def _color_servers(run_dir: Path, tcp: dict[str, tuple[str, int]], resolver: str
         out.append(f"""
 
     server {{
-        listen unix:{color_socket(run_dir, color)};
+        listen {quote(f"unix:{color_socket(run_dir, color)}")};
         location / {{
             {target}
             proxy_http_version 1.1;
@@ -122,12 +127,12 @@ def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path, run_
     """The config. ``tcp``: color -> (host, port) of an api that has no unix socket (see ``_color_servers``)."""
     user = _worker_user()
     colors = _color_servers(run_dir, tcp, resolver) if tcp and run_dir else ""
-    temp = "\n".join(f"    {d}_temp_path {prefix / 'tmp' / d};" for d in _TEMP_DIRS)
+    temp = "\n".join(f"    {d}_temp_path {quote(prefix / 'tmp' / d)};" for d in _TEMP_DIRS)
     live = live_link(prefix)
     return f"""# rendered by aixsss-ops; the live color is the target of the symlink {live}
 {f"user {user};" if user else ""}
 worker_processes 2;
-pid {prefix / "nginx.pid"};
+pid {quote(prefix / "nginx.pid")};
 error_log stderr warn;
 
 events {{
@@ -145,7 +150,7 @@ http {{
         image/x-icon ico;
     }}
     default_type application/octet-stream;
-    access_log {logs / "proxy-access.log"};
+    access_log {quote(logs / "proxy-access.log")};
 {temp}
     sendfile on;
     keepalive_timeout 65;
@@ -155,7 +160,7 @@ http {{
 
     upstream aixsss_api {{
         # no upstream keepalive: every request connects anew, so it follows the live symlink
-        server unix:{live}/api.sock max_fails=0;
+        server {quote(f"unix:{live}/api.sock")} max_fails=0;
     }}{colors}
 
     server {{
@@ -182,7 +187,7 @@ http {{
             proxy_read_timeout 3600s;
         }}
         location / {{
-            root {live}/web;
+            root {quote(f"{live}/web")};
             try_files $uri /index.html;
         }}
     }}

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 
 from aixsss_ops.errors import OpsError, UsageError
+from aixsss_ops.output import scrubber
 from aixsss_ops.poll import poll_until
 from aixsss_ops.queue.conn import DEFAULT_TIMEOUT, connect
 from aixsss_ops.queue.inspect import LAYOUT_6, detect_layout
@@ -43,6 +44,15 @@ RETRY_BATCH = 1000
 CLEAN_BATCH = 1000
 PLAN_SAMPLE = 50
 REASON_MAX = 200
+LIMIT_MAX = 1_000_000_000  # a --limit above it is refused (Redis takes no number past 2**63-1, its scripts 2**53)
+TIMEOUT_MAX = 7 * 86400.0  # seconds: the longest --timeout
+DURATION_MAX = 100 * 365 * 86400.0  # seconds: the longest --older-than
+
+
+def check_limit(limit: int | None) -> None:
+    """A ``--limit`` is a count of 1 to LIMIT_MAX (None: no limit); anything else is a UsageError."""
+    if limit is not None and not 1 <= limit <= LIMIT_MAX:
+        raise UsageError(f"--limit must be between 1 and {LIMIT_MAX}")
 
 
 @cache
@@ -174,8 +184,8 @@ class DrainResult:
 def drain_wait(redis_url: str, queue: str, timeout: float, *, prefix: str = DEFAULT_PREFIX, poll: float = 0.25,
                conn_timeout: float = DEFAULT_TIMEOUT) -> DrainResult:
     """Wait until no job of ``queue`` is active, at most ``timeout`` seconds. Pause first, or new jobs start."""
-    if timeout < 0:
-        raise UsageError("--timeout must be >= 0")
+    if not 0 <= timeout <= TIMEOUT_MAX:  # also NaN
+        raise UsageError(f"--timeout must be between 0 and {TIMEOUT_MAX:.0f} seconds")
     k = QueueKeys(queue, prefix)
     start = time.monotonic()
     seen = {}
@@ -228,9 +238,10 @@ def _truncate(s: str | None, n: int) -> str | None:
 
 def read_failed(r, queue: str, limit: int = 20, prefix: str = DEFAULT_PREFIX,
                 reason_max: int = REASON_MAX) -> list[FailedJob]:
-    """The most recently failed jobs first (the failed set is scored by finishedOn)."""
-    if limit <= 0:
-        raise UsageError("--limit must be > 0")
+    """The most recently failed jobs first (the failed set is scored by finishedOn). A failedReason is scrubbed
+    (``output.scrubber``: the secrets registered so far, API-key-shaped strings) before it is truncated, so no
+    cut-off piece of a secret is left."""
+    check_limit(limit)
     k = QueueKeys(queue, prefix)
     ids = r.zrevrange(k.failed, 0, limit - 1)
     p = r.pipeline(transaction=False)
@@ -245,7 +256,8 @@ def read_failed(r, queue: str, limit: int = 20, prefix: str = DEFAULT_PREFIX,
             attempts = None
         out.append(FailedJob(
             id=j, name=name, attempts_made=int(atm or atm_old or 0), attempts=attempts,
-            failed_reason=_truncate(reason, reason_max), created_at=_iso(ts), processed_at=_iso(processed),
+            failed_reason=_truncate(scrubber.scrub(reason) if reason else reason, reason_max),
+            created_at=_iso(ts), processed_at=_iso(processed),
             finished_at=_iso(finished),
         ))
     return out
@@ -294,8 +306,7 @@ def retry_failed(redis_url: str, queue: str, *, names: list[str] | None = None, 
     (BullMQ's ``reprocessJob``). While a 5.x-layout queue is paused the jobs go to its 'paused' list,
     as BullMQ 5 does.
     """
-    if limit is not None and limit <= 0:
-        raise UsageError("--limit must be > 0")
+    check_limit(limit)
     names = [n for n in (names or []) if n] or None
     k = QueueKeys(queue, prefix)
     now = _now_ms()
@@ -352,15 +363,18 @@ def parse_duration(text: str) -> float:
     """Seconds in ``90``, ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or combinations like ``1h30m``."""
     t = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(t):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if not t or pos != len(t):
-        raise UsageError(f"invalid duration {text!r}; use e.g. 30s, 15m, 12h, 7d or 1h30m")
+        total = float(t)
+    else:
+        pos, total = 0, 0.0
+        for m in _DURATION.finditer(t):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNIT_S[m.group(2)]
+            pos = m.end()
+        if not t or pos != len(t):
+            raise UsageError(f"invalid duration {text!r}; use e.g. 30s, 15m, 12h, 7d or 1h30m")
+    if not total <= DURATION_MAX:  # also an infinite one (a number too long for a float)
+        raise UsageError(f"a duration of at most {DURATION_MAX / 86400 / 365:.0f} years is accepted")
     return total
 
 
@@ -384,10 +398,9 @@ def clean(redis_url: str, queue: str, state: str, older_than_s: float, *, limit:
     """Remove completed or failed jobs finished more than ``older_than_s`` ago, like ``Queue.clean(grace, limit, type)``."""
     if state not in ("completed", "failed"):
         raise UsageError("--state must be 'completed' or 'failed'")
-    if older_than_s < 0:
-        raise UsageError("--older-than must be >= 0")
-    if limit is not None and limit <= 0:
-        raise UsageError("--limit must be > 0")
+    if not 0 <= older_than_s <= DURATION_MAX:  # also NaN
+        raise UsageError(f"--older-than must be between 0 and {DURATION_MAX:.0f} seconds")
+    check_limit(limit)
     k = QueueKeys(queue, prefix)
     cutoff = _now_ms() - int(older_than_s * 1000)
     set_key = k.key(state)

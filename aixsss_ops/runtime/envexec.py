@@ -55,7 +55,16 @@ def main(args: list[str]) -> None:
         if env.get(key):
             env[key] = with_host(env[key], hostport)
     env.update(sets)
-    os.execvpe(argv[0], argv, env)
+    if not argv:
+        sys.exit("envexec: no program given after --")
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        print(f"cannot run {argv[0]}: not found", file=sys.stderr)
+        sys.exit(127)
+    except OSError as e:
+        print(f"cannot run {argv[0]}: {e.strerror}", file=sys.stderr)
+        sys.exit(126)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from aixsss_ops import appspec, sysbin
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.fsutil import atomic_write
+from aixsss_ops.output import is_secret_name, url_password
 from aixsss_ops.runtime import pgbackrest_repo
 from aixsss_ops.runtime.base import api_port, unit_name
 from aixsss_ops.runtime.pg_cluster import Archiving, Cluster, drop_archive_conf, ensure_traversable, os_account
@@ -206,7 +207,9 @@ def proxy(cfg: OpsConfig, layout: Layout) -> ServiceDef:
 
 
 def app_processes(cfg: OpsConfig, layout: Layout, color: str, source: Path, version: str) -> list[ServiceDef]:
-    """The programs of ``color`` running the release at ``source``: one per process of the app description."""
+    """The programs of ``color`` running the release at ``source``: one per process of the app description. The
+    web build and every process folder must resolve inside the release (an OpsError before anything is defined)."""
+    appspec.in_release(source, source / cfg.app.web_root, "web_root")
     return [app_process(cfg, layout, role, color, source, version) for role in appspec.roles(cfg)]
 
 
@@ -225,10 +228,20 @@ def app_process(cfg: OpsConfig, layout: Layout, role: str, color: str, source: P
     if spec.socket_env:
         overrides[spec.socket_env] = str(layout.api_socket(color))
     env_file = appspec.env_file_of(role, spec)
-    argv = envexec_argv([layout.env_file(env_file)] if env_file else [], overrides, [fill(a) for a in spec.command])
+    env_files = [layout.env_file(env_file)] if env_file else []
+    # a value that looks secret (as ``config show`` masks it) goes in the program's own 0600 env file, never on the
+    # command line or in supervisord's config
+    secret = {k: v for k, v in overrides.items() if is_secret_name(k) or url_password(v)}
+    secret_file = layout.supervisor / "env" / f"{unit_name(role, color)}.env"
+    if secret:
+        env_files.append(secret_file)
+    plain = {k: v for k, v in overrides.items() if k not in secret}
+    argv = envexec_argv(env_files, plain, [fill(a) for a in spec.command])
     # supervisord's start check: 1 s for a process whose readiness check proves more (an answer, a log line, a
     # Redis client), 2 s for one that can only keep running
     proven = spec.port_env or spec.ready.proves
-    prog = Program(unit_name(role, color), argv, directory=(source / fill(spec.cwd)).resolve(),
-                   stopsignal=spec.stop_signal, stopwaitsecs=int(spec.stop_timeout), startsecs=1 if proven else 2)
+    directory = appspec.in_release(source, source / fill(spec.cwd), f"{role}'s cwd")
+    prog = Program(unit_name(role, color), argv, directory=directory,
+                   stopsignal=spec.stop_signal, stopwaitsecs=int(spec.stop_timeout), startsecs=1 if proven else 2,
+                   secret_env=secret, secret_env_file=secret_file)
     return ServiceDef(role, color, prog, ports)

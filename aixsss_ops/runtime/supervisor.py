@@ -37,6 +37,10 @@ class Program:
     autorestart: str = "unexpected"
     exitcodes: str = "0"
     environment: dict[str, str] = field(default_factory=dict)
+    # variables kept out of the command line and this config: written 0600 to ``secret_env_file``, which ``argv``
+    # then hands to envexec (``--env-file``); with none, that file is removed
+    secret_env: dict[str, str] = field(default_factory=dict)
+    secret_env_file: Path | None = None
 
     def render(self, logfile: Path) -> str:
         """The program's section; ``%`` doubled wherever supervisord expands ``%(name)s``."""
@@ -154,12 +158,22 @@ class Supervisor:
                 "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
                 "",
                 "[include]",
-                f"files={self.include_dir}/*.conf",
+                # relative to this file's folder: supervisord splits the value at whitespace (a state directory
+                # with a space)
+                f"files={self.include_dir.relative_to(self.root)}/*.conf",
                 "",
             ]
         )
 
     def write_program(self, program: Program) -> None:
+        if program.secret_env_file is not None and program.secret_env:
+            from aixsss_ops import envfile
+
+            program.secret_env_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            envfile.write(program.secret_env_file, program.secret_env,
+                          header=f"secret variables of {program.name} (ops.toml app.processes): envexec reads them")
+        elif program.secret_env_file is not None:
+            program.secret_env_file.unlink(missing_ok=True)
         atomic_write(self.include_dir / f"{program.name}.conf", program.render(self.logfile(program.name)), mode=0o600)
 
     def apply(self) -> dict[str, list[str]]:
@@ -249,7 +263,8 @@ def _alive(pid: int) -> bool:
 
 
 def envexec_argv(env_files: list[Path], overrides: dict[str, str], argv: list[str]) -> list[str]:
-    """Run ``argv`` with variables from env files, so secrets never enter supervisord's config."""
+    """Run ``argv`` with variables from env files, so secrets never enter supervisord's config; ``overrides`` go on
+    the command line: never a secret (``output.is_secret_name``, a URL with a password): those go in a file."""
     cmd = [sys.executable, "-m", "aixsss_ops.runtime.envexec"]
     for f in env_files:
         cmd += ["--env-file", str(f)]

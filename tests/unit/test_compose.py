@@ -85,7 +85,7 @@ def test_a_described_node_app_renders_from_its_process_table(tmp_path, monkeypat
     assert "healthcheck" not in worker and "ports" not in worker
     conf = yaml.safe_load(files["proxy.yml"])["services"]["proxy"]["environment"]["NGINX_CONF"]
     assert "resolver 127.0.0.11" in conf and "http://api-blue:3001" in conf and "http://api-green:3001" in conf
-    assert "listen unix:/run/aixsss/proxy-blue.sock" in conf
+    assert 'listen "unix:/run/aixsss/proxy-blue.sock"' in conf
 
 
 def test_a_role_of_count_two_is_two_services(tmp_path, monkeypatch):
