@@ -489,51 +489,6 @@ def segment_end_lsn(segment: str, seg_size: int = 16 * 1024 * 1024) -> int:
     return (log << 32) + (seg + 1) * seg_size
 
 
-_DAYS = {name: n % 7 for n, full in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
-                                                "sunday"), 1) for name in (full[:3], full)}
-_CAL = re.compile(r"^(?:(?P<days>[A-Za-z.,]+) +)?(?:\*-\*-\* +)?(?P<h>\d{1,2}):(?P<m>\d{2})(?::00)?$")
-_SHORTHANDS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1", "monthly": "0 0 1 * *"}
-
-
-def cron_of(calendar: str) -> str | None:
-    """The cron schedule (5 fields) of a systemd OnCalendar expression of the forms a base backup takes (``daily``,
-    ``Sun *-*-* 03:00:00``, ``Mon..Sat 03:00``, ``Mon,Thu 01:30``); None for any other form."""
-    cal = calendar.strip()
-    if cal.lower() in _SHORTHANDS:
-        return _SHORTHANDS[cal.lower()]
-    m = _CAL.match(cal)
-    if not m or int(m["h"]) > 23 or int(m["m"]) > 59:
-        return None
-    days = "*"
-    if m["days"]:
-        parts = []
-        for part in m["days"].lower().split(","):
-            ends = [_DAYS.get(d) for d in part.split("..")]
-            if len(ends) > 2 or None in ends:
-                return None
-            if len(ends) == 2 and ends[1] == 0:
-                ends[1] = 7  # a range ending on Sunday: cron's 7
-            if ends[0] > ends[-1]:
-                return None
-            parts.append("-".join(map(str, ends)) if ends[0] != ends[-1] else str(ends[0]))
-        days = ",".join(parts)
-    return f"{int(m['m'])} {int(m['h'])} * * {days}"
-
-
 def journal_path(layout: Layout) -> Path:
     """Where ``restore --to-time`` records the folders of a restore in progress (what an interrupted one left)."""
     return layout.pg_data.parent / "pitr-restore.json"
-
-
-def schedule_lines(exe: str, config: Path, full_calendar: str, incr_calendar: str) -> dict[str, str]:
-    """systemd units and timers for the base backups."""
-    units = {}
-    for kind, cal in (("full", full_calendar), ("incr", incr_calendar)):
-        name = f"aixsss-ops-backup-{kind}"
-        units[f"{name}.service"] = (
-            "[Unit]\nDescription=aixsss-ops physical base backup (" + kind + ")\n\n[Service]\nType=oneshot\n"
-            f"ExecStart={exe} --config {config} --yes backup base --type {kind}\n")
-        units[f"{name}.timer"] = (
-            f"[Unit]\nDescription=aixsss-ops {kind} base backup\n\n[Timer]\nOnCalendar={cal}\nPersistent=true\n\n"
-            "[Install]\nWantedBy=timers.target\n")
-    return units

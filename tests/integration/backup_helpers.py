@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import time
 import uuid
+from datetime import UTC, datetime
 
 SCHEMA = """
 CREATE TYPE "AIJobStatus" AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
@@ -108,3 +111,39 @@ def mutate_objects(client, bucket: str) -> None:
     put(client, bucket, "assets/team1/img-1.png", os.urandom(50))  # overwrite
     client.remove_object(bucket, "assets/team2/img-2.png")  # delete
     put(client, bucket, "assets/new/after-snapshot.bin", os.urandom(77))  # created after T
+
+
+def instant() -> datetime:
+    """An instant between what was written before and after, at the object store's one-second resolution too."""
+    time.sleep(1.2)
+    t = datetime.now(UTC)
+    time.sleep(1.2)
+    return t
+
+
+def pitr_history(stack, db: str) -> dict:
+    """On a point-in-time-recovery ``stack`` (``cli``, ``pg``, ``url``, ``client``, ``bucket``, ``state``): a base
+    backup, then the database ``db`` and objects at T1, more at T2, deleted and overwritten at T3, with the exact
+    data of each."""
+    r = stack.cli("--json", "backup", "base", timeout=300)
+    assert r.code == 0, r.output
+    base = r.json
+    with stack.pg("postgres") as c:
+        c.execute(f"CREATE DATABASE {db}")
+    seed(stack.url, rows=300)
+    seed_objects(stack.client, stack.bucket, n=12)
+    t1 = instant()
+    s1 = stack.state()
+    mutate_db(stack.url)
+    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T2")
+    put(stack.client, stack.bucket, "assets/new/t2.bin", os.urandom(300))
+    t2 = instant()
+    s2 = stack.state()
+    with stack.pg() as c:
+        c.execute('DELETE FROM "AIJob" WHERE id LIKE \'job%\'')
+        c.execute("""UPDATE "Team" SET name = 'T3'""")
+    stack.client.remove_object(stack.bucket, "assets/team1/img-1.png")
+    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T3")
+    s3 = stack.state()
+    assert s1 != s2 != s3
+    return {"base": base, "t1": t1, "t2": t2, "s1": s1, "s2": s2, "s3": s3}

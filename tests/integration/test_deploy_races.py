@@ -126,9 +126,9 @@ class Lines(threading.Thread):
         return any(text in line for line in self.lines)
 
 
-def popen(cfg: Path, *args: str) -> tuple[subprocess.Popen, Lines]:
+def popen(cfg: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Lines]:
     p = subprocess.Popen([EXE, "--config", str(cfg), *args], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1", **(env or {})})
     t = Lines(p)
     t.start()
     return p, t
@@ -241,10 +241,13 @@ def test_an_interrupted_deploy_marks_the_release_it_was_booting_failed(env):
     running_job(env, 20_000)  # on worker-<live>
     assert run_cli("rollback", config=cfg, timeout=120).code == 0  # worker-<live> drains for its stop timeout
     assert unit(cfg, f"worker-{live}") == "STOPPING"
-    p, lines = popen(cfg, "deploy", "--version", "24.0.1")  # onto <live>: it waits for that drain first
+    # onto <live>, whose gate asks for 50 healthy answers (10 s): the interrupt lands while it boots, however late
+    # this test reads the line that says so
+    p, lines = popen(cfg, "deploy", "--version", "24.0.1", env={"AIXSSS_OPS_DEPLOY__HEALTH_THRESHOLD": "50"})
     assert wait_for(lambda: lines.saw(f"booting {live}"), 120), "".join(lines.lines)
     time.sleep(0.5)
+    assert p.poll() is None, "".join(lines.lines)
     p.send_signal(signal.SIGINT)
-    assert p.wait(60) != 0
+    assert p.wait(60) != 0, "".join(lines.lines)
     spec = status(cfg)["colors"][live]
     assert spec["version"] == "24.0.1" and spec["status"] == "failed", spec

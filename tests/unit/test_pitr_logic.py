@@ -105,23 +105,6 @@ def test_the_archive_command_lives_in_an_included_file_and_the_config_names_ever
             "pg1-user=aixsss_admin"} <= lines
 
 
-def test_schedule_units_run_backup_base_on_the_calendars():
-    units = pitr.schedule_lines("/x/aixsss-ops", Path("/etc/ops.toml"), "Sun *-*-* 03:00:00", "Mon..Sat *-*-* 03:00:00")
-    assert "OnCalendar=Sun *-*-* 03:00:00" in units["aixsss-ops-backup-full.timer"]
-    assert "backup base --type incr" in units["aixsss-ops-backup-incr.service"]
-
-
-@pytest.mark.parametrize(("calendar", "cron"), [
-    ("Sun *-*-* 03:00:00", "0 3 * * 0"), ("Mon..Sat *-*-* 03:00:00", "0 3 * * 1-6"), ("*-*-* 01:30:00", "30 1 * * *"),
-    ("Mon,Thu 01:30", "30 1 * * 1,4"), ("Monday..Friday 02:00", "0 2 * * 1-5"), ("Sat..Sun 04:00", "0 4 * * 6-7"),
-    ("hourly", "0 * * * *"), ("daily", "0 0 * * *"),
-    ("*-*-01 03:00:00", None), ("Sun *-*-* 03:00:30", None), ("Fri..Mon 01:00", None), ("Wed 25:00", None),
-    ("Monxyz 01:00", None),
-])
-def test_the_cron_line_of_a_calendar_or_none(calendar, cron):
-    assert pitr.cron_of(calendar) == cron
-
-
 def test_schedule_follows_the_configured_calendars_and_needs_pitr(tmp_path: Path):
     """`backup schedule`: the cron lines say the configured calendars (a calendar cron cannot say is named, its timer
     stays); with pitr off it is refused (exit 2), as `backup base` would be; a calendar that could end its unit's

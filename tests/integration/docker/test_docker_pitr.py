@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
@@ -25,7 +25,7 @@ from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.runtime import docker_specs as specs
 from tests.cli import EXE, REPO, run_cli
 from tests.conftest import poll
-from tests.integration.backup_helpers import mutate_db, objects_state, put, seed, seed_objects, table_dump
+from tests.integration.backup_helpers import instant, objects_state, pitr_history, table_dump
 from tests.integration.docker.conftest import docker_config, purge
 from tests.integration.docker.test_docker_stack import containers
 
@@ -57,14 +57,6 @@ class Stack:
         return r.exit_code, r.output.decode(errors="replace")
 
 
-def _instant() -> datetime:
-    """An instant between what was written before and after, at the object store's one-second resolution too."""
-    time.sleep(1.2)
-    t = datetime.now(UTC)
-    time.sleep(1.2)
-    return t
-
-
 @pytest.fixture(scope="module")
 def stack(docker_images):
     cfg, project = docker_config("aixsss-dpitr-", backup={"pitr": True, "rpo_seconds": 5}, deploy=DEPLOY)
@@ -82,28 +74,7 @@ def stack(docker_images):
 @pytest.fixture(scope="module")
 def history(stack):
     """A base backup, then T1, T2, T3 with their exact data."""
-    r = stack.cli("--json", "backup", "base", timeout=300)
-    assert r.code == 0, r.output
-    base = r.json
-    with stack.pg("postgres") as c:
-        c.execute(f"CREATE DATABASE {DB}")
-    seed(stack.url, rows=300)
-    seed_objects(stack.client, stack.bucket, n=12)
-    t1 = _instant()
-    s1 = stack.state()
-    mutate_db(stack.url)
-    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T2")
-    put(stack.client, stack.bucket, "assets/new/t2.bin", os.urandom(300))
-    t2 = _instant()
-    s2 = stack.state()
-    with stack.pg() as c:
-        c.execute('DELETE FROM "AIJob" WHERE id LIKE \'job%\'')
-        c.execute("""UPDATE "Team" SET name = 'T3'""")
-    stack.client.remove_object(stack.bucket, "assets/team1/img-1.png")
-    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T3")
-    s3 = stack.state()
-    assert s1 != s2 != s3
-    return {"base": base, "t1": t1, "t2": t2, "s1": s1, "s2": s2, "s3": s3}
+    return pitr_history(stack, DB)
 
 
 def test_pgbackrest_runs_in_the_postgres_container_with_its_repository_in_a_volume(stack, history):
@@ -166,7 +137,7 @@ def test_a_killed_restore_leaves_the_live_cluster_usable_and_a_rerun_finishes(st
     with stack.pg() as c:
         c.execute("CREATE TABLE killed (id int)")
         c.execute("INSERT INTO killed VALUES (1)")
-    t = _instant()
+    t = instant()
     with stack.pg() as c:
         c.execute("INSERT INTO killed VALUES (2)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIXSSS_OPS_")}

@@ -10,10 +10,8 @@ that pins Postgres to another node than the engine's refuses every PITR command 
 
 from __future__ import annotations
 
-import os
 import shutil
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import docker
 import psycopg
@@ -24,7 +22,7 @@ from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.runtime import docker_specs as specs
 from tests.cli import run_cli
 from tests.conftest import poll
-from tests.integration.backup_helpers import mutate_db, objects_state, put, seed, seed_objects, table_dump
+from tests.integration.backup_helpers import objects_state, pitr_history, table_dump
 from tests.integration.docker.conftest import SOCK, purge_swarm, swarm_config
 
 DB = "pitrtest"
@@ -62,14 +60,6 @@ class Stack:
         return r.exit_code, r.output.decode(errors="replace")
 
 
-def _instant() -> datetime:
-    """An instant between what was written before and after, at the object store's one-second resolution too."""
-    time.sleep(1.2)
-    t = datetime.now(UTC)
-    time.sleep(1.2)
-    return t
-
-
 @pytest.fixture(scope="module")
 def stack(swarm_manager, docker_images):
     cfg, project = swarm_config("aixsss-swpitr-", swarm={"registry": "none"}, backup={"pitr": True, "rpo_seconds": 5},
@@ -87,28 +77,7 @@ def stack(swarm_manager, docker_images):
 @pytest.fixture(scope="module")
 def history(stack):
     """A base backup, then T1, T2, T3 with their exact data."""
-    r = stack.cli("--json", "backup", "base", timeout=300)
-    assert r.code == 0, r.output
-    base = r.json
-    with stack.pg("postgres") as c:
-        c.execute(f"CREATE DATABASE {DB}")
-    seed(stack.url, rows=300)
-    seed_objects(stack.client, stack.bucket, n=12)
-    t1 = _instant()
-    s1 = stack.state()
-    mutate_db(stack.url)
-    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T2")
-    put(stack.client, stack.bucket, "assets/new/t2.bin", os.urandom(300))
-    t2 = _instant()
-    s2 = stack.state()
-    with stack.pg() as c:
-        c.execute('DELETE FROM "AIJob" WHERE id LIKE \'job%\'')
-        c.execute("""UPDATE "Team" SET name = 'T3'""")
-    stack.client.remove_object(stack.bucket, "assets/team1/img-1.png")
-    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T3")
-    s3 = stack.state()
-    assert s1 != s2 != s3
-    return {"base": base, "t1": t1, "t2": t2, "s1": s1, "s2": s2, "s3": s3}
+    return pitr_history(stack, DB)
 
 
 def test_stack_up_creates_the_stanza_and_postgres_archives_from_its_replica(stack):
