@@ -23,7 +23,7 @@ from aixsss_ops.config import load_config
 from aixsss_ops.context.deployment import Deployment
 from tests.cli import EXE, REPO, run_cli
 from tests.conftest import poll, stack_config, state_tmpdir
-from tests.integration.backup_helpers import mutate_db, objects_state, put, seed, seed_objects, table_dump
+from tests.integration.backup_helpers import instant, objects_state, pitr_history, put, table_dump
 
 pytestmark = pytest.mark.slow
 DB = "pitrtest"
@@ -54,15 +54,6 @@ class Stack:
         return int((self.cfg.state / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
 
 
-def _instant() -> datetime:
-    """An instant that separates what was written before from what is written after, at the object store's
-    one-second resolution too."""
-    time.sleep(1.2)
-    t = datetime.now(UTC)
-    time.sleep(1.2)
-    return t
-
-
 @pytest.fixture(scope="module")
 def stack():
     s = Stack(state_tmpdir("aixsss-pitr-"))
@@ -79,28 +70,7 @@ def stack():
 @pytest.fixture(scope="module")
 def history(stack):
     """A base backup, then T1, T2, T3 with their exact data."""
-    r = stack.cli("--json", "backup", "base")
-    assert r.code == 0, r.output
-    base = r.json
-    with stack.pg("postgres") as c:
-        c.execute(f"CREATE DATABASE {DB}")
-    seed(stack.url, rows=300)
-    seed_objects(stack.client, stack.bucket, n=12)
-    t1 = _instant()
-    s1 = stack.state()
-    mutate_db(stack.url)  # inserts, updates, deletes, a new table
-    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T2")
-    put(stack.client, stack.bucket, "assets/new/t2.bin", os.urandom(300))
-    t2 = _instant()
-    s2 = stack.state()
-    with psycopg.connect(stack.url.split("?")[0], autocommit=True) as c:
-        c.execute('DELETE FROM "AIJob" WHERE id LIKE \'job%\'')
-        c.execute("""UPDATE "Team" SET name = 'T3'""")
-    stack.client.remove_object(stack.bucket, "assets/team1/img-1.png")
-    put(stack.client, stack.bucket, "assets/team0/img-0.png", b"overwritten at T3")
-    s3 = stack.state()
-    assert s1 != s2 != s3
-    return {"base": base, "t1": t1, "t2": t2, "s1": s1, "s2": s2, "s3": s3}
+    return pitr_history(stack, DB)
 
 
 def _restore(stack, t: datetime, *extra):
@@ -145,7 +115,7 @@ def test_objects_written_while_the_database_is_restored_are_rewound_too(stack, h
     database: what it wrote after the plan was made is rewound too (an object made then is hidden, one
     overwritten then is back at its version of T)."""
     put(stack.client, stack.bucket, "assets/late/kept.bin", b"as it was at T")
-    t = _instant()
+    t = instant()
     at_t = objects_state(stack.client, stack.bucket)
     pgdir = stack.cfg.state / "postgres"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIXSSS_OPS_")}
@@ -196,7 +166,7 @@ def test_wal_archiving_survives_a_postgres_crash_without_a_gap(stack, history):
     poll(answers, timeout=60, interval=0.3, what="postgres back after kill -9")
     with stack.pg() as c:
         c.execute("INSERT INTO crash (id) SELECT generate_series(1001, 1500)")
-    t = _instant()
+    t = instant()
     _restore(stack, t)  # replay across the crash: a missing segment would stop it short of t
     with stack.pg() as c:
         assert c.execute("SELECT count(*), max(id) FROM crash").fetchone() == (1500, 1500)
@@ -206,7 +176,7 @@ def test_a_sigkilled_restore_leaves_the_live_cluster_usable_and_a_rerun_finishes
     with stack.pg() as c:
         c.execute("CREATE TABLE IF NOT EXISTS killed (id int)")
         c.execute("INSERT INTO killed VALUES (1)")
-    t = _instant()
+    t = instant()
     with stack.pg() as c:
         c.execute("INSERT INTO killed VALUES (2)")
     pgdir = stack.cfg.state / "postgres"
@@ -246,7 +216,7 @@ def test_a_live_database_that_does_not_answer_is_named_before_anything_changes(s
     with stack.pg() as c:
         c.execute("CREATE TABLE IF NOT EXISTS unreachable (id int)")
         c.execute("INSERT INTO unreachable VALUES (1)")
-    t = _instant()
+    t = instant()
     pgdir = stack.cfg.state / "postgres"
     folders_before = sorted(p.name for p in pgdir.iterdir())
     runtime = open_stack(stack.dep).runtime
@@ -286,7 +256,7 @@ def test_objects_only_and_db_only_each_rewind_their_half_alone(stack, history):
         c.execute("CREATE TABLE IF NOT EXISTS halves (id int)")
         c.execute("INSERT INTO halves VALUES (1)")
     put(stack.client, stack.bucket, "assets/halves/a.bin", b"a at T")
-    t = _instant()
+    t = instant()
     with stack.pg() as c:
         c.execute("INSERT INTO halves VALUES (2)")
     at_t = objects_state(stack.client, stack.bucket)
@@ -350,7 +320,7 @@ def test_a_repository_in_a_bucket_of_the_embedded_store_over_its_tls_port():
         with psycopg.connect(url.split("?")[0], autocommit=True) as c:
             c.execute("CREATE TABLE s3pitr (id int)")
             c.execute("INSERT INTO s3pitr SELECT generate_series(1, 100)")
-        t1 = _instant()
+        t1 = instant()
         with psycopg.connect(url.split("?")[0], autocommit=True) as c:
             c.execute("INSERT INTO s3pitr SELECT generate_series(101, 200)")
         r = cli("--json", "--yes", "restore", "--to-time", t1.isoformat(), timeout=600)

@@ -18,8 +18,8 @@ import pytest
 
 from tests.cli import EXE, REPO
 from tests.conftest import poll, state_tmpdir
-from tests.integration.backup_helpers import objects_state, put
-from tests.integration.test_pitr import DB, Stack, _instant
+from tests.integration.backup_helpers import instant, objects_state, put
+from tests.integration.test_pitr import DB, Stack
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_a_restore_killed_while_rewinding_the_bucket_is_finished_by_the_rerun(st
         c.execute("CREATE TABLE rewound (id int)")
         c.execute("INSERT INTO rewound VALUES (1)")
     put(stack.client, stack.bucket, "assets/rewound/kept.bin", b"as it was at T")
-    t = _instant()
+    t = instant()
     at_t = objects_state(stack.client, stack.bucket)
     with stack.pg() as c:
         c.execute("INSERT INTO rewound VALUES (2)")
@@ -113,7 +113,7 @@ def test_a_restore_killed_after_the_swap_blocks_stack_up_and_is_finished_forward
     with stack.pg() as c:
         c.execute("CREATE TABLE swapped (id int)")
         c.execute("INSERT INTO swapped VALUES (10)")
-    t = _instant()
+    t = instant()
     with stack.pg() as c:
         c.execute("INSERT INTO swapped VALUES (11)")
     pgdir = stack.cfg.state / "postgres"

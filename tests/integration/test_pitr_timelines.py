@@ -12,7 +12,8 @@ from datetime import datetime
 import pytest
 
 from tests.conftest import poll, state_tmpdir
-from tests.integration.test_pitr import DB, Stack, _instant
+from tests.integration.backup_helpers import instant
+from tests.integration.test_pitr import DB, Stack
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def test_a_base_backup_of_an_abandoned_timeline_is_not_chosen(stack):
     exactly T3's rows; a restore right after it (back to back) succeeds too."""
     first = _base(stack)
     _write(stack, "G1")
-    t1 = _instant()
+    t1 = instant()
     _write(stack, "G2")
     second = _base(stack, "--type", "full")
     assert second["label"] != first["label"]
@@ -76,7 +77,7 @@ def test_a_base_backup_of_an_abandoned_timeline_is_not_chosen(stack):
     assert r.code == 0, r.output
     assert _tags(stack) == {"G1"} and _timeline(stack) == 2
     _write(stack, "G3")
-    t3 = _instant()
+    t3 = instant()
     _write(stack, "G4")
     r = _restore(stack, t3, "--dry-run")
     assert r.code == 0, r.output
@@ -110,7 +111,7 @@ def test_a_segment_missing_from_the_archive_moves_the_window_and_refuses_a_t_beh
     _write(stack, "W1")
     _archived_segment(stack)
     _write(stack, "W2")
-    t_in = _instant()
+    t_in = instant()
     _write(stack, "W3")
     gone = _archived_segment(stack)
     _write(stack, "W4")
@@ -121,7 +122,7 @@ def test_a_segment_missing_from_the_archive_moves_the_window_and_refuses_a_t_beh
     files[0].unlink()
     after = _base(stack)
     _write(stack, "W5")
-    t_after = _instant()
+    t_after = instant()
 
     r = stack.cli("--json", "backup", "list")
     assert r.code == 0, r.output
