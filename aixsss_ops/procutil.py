@@ -25,21 +25,48 @@ def die_with_parent(parent: int | None = None, sig: int = signal.SIGKILL) -> Non
         os._exit(137)
 
 
-# The leader of a group run by ``run_group``: it runs the program as its child in the same group and passes on its
-# exit status (128 + N for a signal N, 127 when it cannot be started). SIGTERM (sent by the kernel when the process
-# that started it dies, or by that process) makes it SIGKILL the whole group, itself included. It holds the
-# descriptors ``run_group`` passes it (a lock, say) until the group is gone; the program does not inherit them.
+# The leader of a group run by ``run_group`` or ``popen_group``: it runs the program as its child in the same group
+# (as the account its first two arguments name, uid and gid; -1: its own) and passes on its exit status (128 + N for
+# a signal N, 127 when it cannot be started). SIGTERM (sent by the kernel when the process that started it dies, or
+# by that process) makes it SIGKILL the whole group, itself included. It holds the descriptors ``run_group`` passes
+# it (a lock, say) until the group is gone; the program does not inherit them.
 _LEADER = """\
-import os, signal, subprocess, sys
+import os, signal, sys
 signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
-try:
-    p = subprocess.Popen(sys.argv[1:])
-except OSError as e:
-    print(f"cannot run {sys.argv[1]}: {e}", flush=True)
-    sys.exit(127)
-code = p.wait()
+for fd in os.listdir("/proc/self/fd"):
+    if int(fd) > 2:
+        try:
+            os.set_inheritable(int(fd), False)
+        except OSError:
+            pass
+uid, gid = int(sys.argv[1]), int(sys.argv[2])
+os.get_exec_path()  # imports what execvp needs while this account can still read the interpreter's library
+pid = os.fork()
+if pid == 0:
+    try:
+        if uid >= 0:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        os.execvp(sys.argv[3], sys.argv[3:])
+    except Exception as e:
+        print(f"cannot run {sys.argv[3]}: {e}", flush=True)
+    os._exit(127)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 sys.exit(code if code >= 0 else 128 - code)
 """
+
+
+def popen_group(argv: Sequence[str], *, user: int | None = None, group: int | None = None,
+                **popen: object) -> subprocess.Popen:
+    """``argv`` started in a process group of its own (the returned process leads it; its pid is the group's id),
+    run as ``user``/``group`` when given (the leader stays this process's account, so it can kill the group). When
+    this process dies, even of SIGKILL, the leader SIGKILLs the whole group: no program of it, nor any process the
+    program started, outlives it. Ending the group early is the caller's (``os.killpg``)."""
+    ids = [str(user if user is not None else -1), str(group if group is not None else -1)]
+    return subprocess.Popen([sys.executable, "-I", "-S", "-c", _LEADER, *ids, *argv], start_new_session=True,
+                            preexec_fn=partial(die_with_parent, os.getpid(), signal.SIGTERM),
+                            **popen)  # type: ignore[call-overload]
 
 
 def run_group(argv: Sequence[str], *, timeout: float | None = None, hold_fds: Sequence[int] = (),
@@ -50,9 +77,7 @@ def run_group(argv: Sequence[str], *, timeout: float | None = None, hold_fds: Se
     group is SIGKILLed, and when this process dies (even of SIGKILL) the group's leader kills the group. ``popen``:
     ``subprocess.Popen``'s own options (cwd, env, stdin, stdout, stderr); ``hold_fds``: descriptors of this process
     the group's leader keeps open until the whole group has died (a lock that another run then waits on)."""
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LEADER, *argv], start_new_session=True,
-                            pass_fds=tuple(hold_fds), preexec_fn=partial(die_with_parent, os.getpid(), signal.SIGTERM),
-                            **popen)  # type: ignore[call-overload]
+    proc = popen_group(argv, pass_fds=tuple(hold_fds), **popen)
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aixsss_ops.config import OpsConfig
 from aixsss_ops.errors import OpsError, UsageError
-from aixsss_ops.procutil import die_with_parent
+from aixsss_ops.procutil import popen_group
 from aixsss_ops.runtime.pg_cluster import Archiving, Cluster, os_account
 
 
@@ -94,15 +94,12 @@ class HostSite:
         if self.password:
             env["PGPASSWORD"] = self.password
         argv = self.arch.command(*args)
-        if abort is None:
-            try:  # pgBackRest dies with this process: a killed restore leaves no writer behind in its folder
-                return self.cluster._run_as(argv, env=env, timeout=timeout, preexec_fn=die_with_parent)
-            except subprocess.TimeoutExpired:
-                raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None
-        # as above, pgBackRest dies with this process; and in a process group of its own: stopping it stops
-        # pgBackRest's worker processes too, before the caller removes the folder they write into
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                preexec_fn=die_with_parent, start_new_session=True, **self.cluster.as_account())
+        # in a process group of its own whose leader kills it when this process dies (even of SIGKILL): a killed
+        # command leaves none of pgBackRest's worker processes writing; stopping it (an abort, a timeout) stops them
+        # too, before the caller removes the folder they write into
+        acct = self.cluster.as_account()
+        proc = popen_group(argv, user=acct.get("user"), group=acct.get("group"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -110,7 +107,7 @@ class HostSite:
                     out, err = proc.communicate(timeout=0.1)
                     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
                 except subprocess.TimeoutExpired:
-                    if abort.is_set():
+                    if abort is not None and abort.is_set():
                         raise OpsError(f"pgbackrest {args[0]} stopped") from None
                     if time.monotonic() > deadline:
                         raise OpsError(f"pgbackrest {args[0]} did not finish within {timeout:.0f}s") from None

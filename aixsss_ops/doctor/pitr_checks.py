@@ -4,6 +4,7 @@ the repository's free space."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from aixsss_ops.doctor.context import Context
@@ -95,7 +96,7 @@ def wal_age(ctx: Context) -> list[Finding]:
     files, timelines = eng.wal_files(info.archive_id)
     newest = newest_wal(files)
     if newest is None:
-        return [Finding(name, "fail", "no WAL archived yet", "`aixsss-ops doctor --only backup.pitr-archiving`")]
+        return _none_archived(ctx, eng, info, name)
     gap = eng.gap(info, files, timelines)
     if gap:
         return [Finding(name, "fail", f"the archived WAL has a gap: the point-in-time recovery window is "
@@ -127,6 +128,44 @@ def wal_age(ctx: Context) -> list[Finding]:
         return [Finding(name, "fail", msg + f"; {behind / 2**20:.0f} MB of WAL not archived",
                         f"archiving is behind: see pgBackRest's log in {eng.site.log_hint}")]
     return [Finding(name, "ok", msg + "; nothing unarchived beyond the current segment (an idle database)")]
+
+
+def _none_archived(ctx: Context, eng, info, name: str) -> list[Finding]:
+    """No segment in the archive. A cluster that has completed none (nothing waits in its archive status folder,
+    no attempt failed) has nothing to archive yet: ok. One that archived a segment meanwhile (backup.pitr-archiving's
+    `pgbackrest check`, running beside this check, switches one and waits for it): listed again."""
+    from aixsss_ops.backup.pitr import newest_wal
+    from aixsss_ops.dburl import parse_database_url
+
+    hint = "`aixsss-ops doctor --only backup.pitr-archiving`"
+    if not ctx.database_url:
+        return [Finding(name, "fail", "no WAL archived yet", hint)]
+    deadline = time.monotonic() + min(3.0, ctx.timeout / 2)
+    with parse_database_url(ctx.dep.admin_database.value).connect(timeout=ctx.net_timeout) as c:
+        while True:  # a segment being archived now (ready, no attempt failed): waited for a moment
+            archived, failed, ready = c.execute(
+                "SELECT archived_count, last_failed_time IS NOT NULL, (SELECT count(*) FROM "
+                "pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%.ready') FROM pg_catalog.pg_stat_archiver"
+            ).fetchone()
+            if archived or failed or not ready or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    if archived:
+        files, _tl = eng.wal_files(info.archive_id)
+        newest = newest_wal(files)
+        if newest is None:
+            return [Finding(name, "fail", f"Postgres archived {archived} WAL segment(s), but none is in the "
+                                          "repository", hint)]
+        age = (datetime.now(UTC) - newest).total_seconds()
+        rpo = ctx.cfg.backup.rpo_seconds
+        return [Finding(name, "ok" if age <= rpo else "warn",
+                        f"newest archived WAL {files[-1].segment} is {_secs(age)} old (RPO {rpo:g}s)")]
+    if failed:
+        return [Finding(name, "fail", "no WAL archived yet; the archiver's attempts failed",
+                        f"see pgBackRest's log in {eng.site.log_hint}")]
+    if ready:
+        return [Finding(name, "fail", f"no WAL archived yet; {ready} completed segment(s) wait to be archived", hint)]
+    return [Finding(name, "ok", "no WAL segment completed yet: none waits to be archived (a fresh, idle cluster)")]
 
 
 def base_backup(ctx: Context) -> list[Finding]:

@@ -173,15 +173,31 @@ def object_plan(dep: Deployment, target: datetime) -> objects.ObjectPlan:
     return obj_plan
 
 
+class StoreDown(CheckFailed):
+    """The object store does not answer: the objects cannot be rewound to T."""
+
+
 def objects_at(dep: Deployment, target: datetime) -> tuple[objects.ObjectPlan | None, str | None]:
-    """``object_plan``, or None and why when the store does not answer."""
+    """``object_plan``; StoreDown (a CheckFailed: nothing is changed) when the store does not answer, naming
+    ``--db-only``, which restores the database alone."""
     try:
         return object_plan(dep, target), None
     except CheckFailed:
         raise
     except OpsError as e:
-        return None, (f"objects not rewound: {e.message} (`aixsss-ops restore --to-time {iso(target)} "
-                      "--objects-only` rewinds them once the store answers)")
+        raise StoreDown(f"the object store does not answer ({e.message}): the objects cannot be rewound to "
+                        f"{iso(target)}",
+                        hint="start it (`aixsss-ops stack up`), or restore the database alone with `--db-only` and "
+                             f"the objects later with `aixsss-ops restore --to-time {iso(target)} --objects-only`") \
+            from None
+
+
+def objects_or_why(dep: Deployment, target: datetime) -> tuple[objects.ObjectPlan | None, str | None]:
+    """``objects_at`` for a plan that is only shown (``--dry-run``): a store that does not answer is a warning."""
+    try:
+        return objects_at(dep, target)
+    except StoreDown as e:
+        return None, f"{e.message}: the restore would be refused (exit 3); {e.hint}"
 
 
 def no_objects(_dep: Deployment, _target: datetime) -> tuple[None, None]:
@@ -207,7 +223,7 @@ def assemble(target: datetime, chosen: BaseBackup, arch: Archived,
         p.steps.append(f"rewind bucket {obj_plan.bucket} to {iso(target)}: {len(obj_plan.copy)} version(s) made "
                        f"current, {len(obj_plan.hide)} delete marker(s), {obj_plan.unchanged} unchanged")
     elif obj_warning:
-        p.steps.append("objects: skipped (the store does not answer)")
+        p.steps.append("objects: the store does not answer (the restore would be refused)")
     p.steps.append("re-encrypt provider keys the current key cannot read (with API_KEY_ENCRYPTION_KEY_PREVIOUS), "
                    "start the app again")
     return p
@@ -220,7 +236,7 @@ def plan(dep: Deployment, target_text: str, eng: Engine | None = None, now: date
     now = now or datetime.now(UTC)
     target, info, chosen = start(dep, target_text, eng, now)
     with ThreadPoolExecutor(1, thread_name_prefix="pitr-objects") as pool:
-        objs = pool.submit(objects_at if with_objects else no_objects, dep, target)
+        objs = pool.submit(objects_or_why if with_objects else no_objects, dep, target)
         arch = archived(dep, eng, info, target)
         return assemble(target, chosen, arch, objs.result())
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -123,24 +124,38 @@ def recover_interrupted(dep: Deployment, eng: Engine | None = None,
     return _finish(dep, stack, j, None, say)
 
 
-def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Callable[[], Any]]) -> list[Any]:
-    """``restore(abort)`` with ``checks`` running beside it, each in a thread of its own. The first check to fail
-    sets ``abort`` (the restore stops) and its error is raised once the restore has returned; a restore that fails
-    by itself raises its own error. Else the checks' results, in order."""
-    abort = threading.Event()
-    pool = ThreadPoolExecutor(len(checks), thread_name_prefix="pitr-check")
+def _while_restoring(restore: Callable[[threading.Event], None], checks: list[Callable[[], Any]],
+                     then: Callable[[list[Any]], Any] | None = None) -> tuple[list[Any], Any]:
+    """``restore(abort)`` with ``checks`` running beside it, each in a thread of its own, and ``then(results)`` once
+    all of them have passed, still beside the restore. The first check (or ``then``) to fail sets ``abort`` (the
+    restore stops) and its error is raised once the restore has returned; a restore that fails by itself raises its
+    own error, and ``then`` is not begun after that. Whatever is raised, ``then`` has ended first. Else the checks'
+    results, in order, and what ``then`` returned."""
+    abort, failed = threading.Event(), threading.Event()
+    pool = ThreadPoolExecutor(len(checks) + 1, thread_name_prefix="pitr-check")
     futures = [pool.submit(c) for c in checks]
-    pool.shutdown(wait=False)  # the checks run on; their results are read below
     for f in futures:
         f.add_done_callback(lambda f: f.exception() is not None and abort.set())
+
+    def when_checked() -> Any:
+        results = [f.result() for f in futures]
+        return None if then is None or failed.is_set() else then(results)
+
+    after = pool.submit(when_checked)
+    after.add_done_callback(lambda f: f.exception() is not None and abort.set())
+    pool.shutdown(wait=False)  # the checks run on; their results are read below
     try:
         restore(abort)
     except RestoreNotStopped:
+        failed.set()
         raise  # a process of it still writes: that outranks why it was stopped
     except Exception:
+        failed.set()
         if not abort.is_set():
             raise
-    return [f.result() for f in futures]
+    finally:
+        wait_futures([after])
+    return [f.result() for f in futures], after.result()
 
 
 NOT_REACHED = "recovery ended before configured recovery target was reached"  # Postgres's FATAL message
@@ -240,10 +255,12 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     new = data.parent / f"data.pitr-{stamp}.partial"
     kept = data.parent / f"data.pre_pitr_{stamp}"
-    # pgBackRest restores the base backup while the WAL switch check and the object listing run: the restore reads
-    # no WAL (Postgres fetches it when it starts on the folder, after both have passed), and the first of them to
-    # fail stops it; the timeline comes from the archive as listed before the switch (a history file archived by T
-    # is in it), and the restore is made again should the listing after the switch differ
+    # pgBackRest restores the base backup while the WAL switch check and the first object listing run: the restore
+    # reads no WAL (Postgres fetches it when it starts on the folder, after both have passed), and the first of them
+    # to fail stops it; the timeline comes from the archive as listed before the switch (a history file archived by
+    # T is in it), and the restore is made again should the listing after the switch differ. Once both have passed
+    # the app is stopped, still beside the restore (what it would write from then on is replaced by T's data
+    # anyway), and once stopped the objects are listed again
     target, info, chosen = planning.start(dep, target_text, eng, now)
     timeline = engine_mod.timeline_at(eng.wal_files(info.archive_id)[1], target)
     journal = {"target": iso(target), "new": str(new), "kept": str(kept), "stopped": [],
@@ -251,18 +268,49 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
     _journal(dep).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(_journal(dep), journal, mode=0o600)
     site.mkdir(new)
+    stack = _stack(dep)
+    stopped: list[tuple[str, str]] = []
+
+    def stop_app(results: list[Any]):
+        """The app stopped (all at once: each drains on its own, the slowest bounds the wait), the units recorded
+        in the journal first; then the objects' second listing begun (its future, None without objects)."""
+        from aixsss_ops.runtime.base import is_app, wait_stopped
+
+        units = [(u.service, u.color) for u in stack.runtime.status()
+                 if is_app(u.service) and u.state in ("RUNNING", "STARTING")]
+        journal["stopped"] = units
+        atomic_write_json(_journal(dep), journal, mode=0o600)
+        stopped.extend(units)
+        for service, color in units:
+            say(f"stopping {service}-{color}")
+            stack.runtime.stop(service, color, wait=False)
+        if not wait_stopped(stack.runtime, units, dep.cfg.supervisor.stop_timeout + 30):
+            raise OpsError(f"the app did not stop: {', '.join(f'{s}-{c}' for s, c in units)}",
+                           hint="`aixsss-ops stack status`; the live cluster was not touched")
+        obj_plan = results[1][0]
+        if obj_plan is None:
+            return None
+        listing = ThreadPoolExecutor(1, thread_name_prefix="pitr-objects")
+        later = listing.submit(objects.rewind_plan, dep.s3, obj_plan.bucket, target)
+        listing.shutdown(wait=False)  # the listing runs on; its result is read after the swap
+        return later
+
     say(f"pgbackrest restore of {chosen.label} into {new.name} (target {iso(target)})")
     started = datetime.now(UTC)
     try:
-        arch, objs = _while_restoring(lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
-                                      [lambda: planning.archived(dep, eng, info, target),
-                                       lambda: (planning.objects_at if with_objects else planning.no_objects)(dep, target)])
+        (arch, objs), replanned = _while_restoring(
+            lambda abort: eng.restore(new, chosen.label, target, timeline, abort),
+            [lambda: planning.archived(dep, eng, info, target),
+             lambda: (planning.objects_at if with_objects else planning.no_objects)(dep, target)],
+            then=stop_app)
     except RestoreNotStopped as e:
         # the folder and the journal stay: the next run stops what is left of the restore, then removes it
+        _restart_stopped(dep, stack, journal, stopped, say)
         raise OpsError(str(e), hint=f"{e.hint}; the live cluster was not touched; the next `restore --to-time` "
                                     f"stops that restore and removes {new.name}") from None
     except Exception:
         site.rmtree(new)  # the live cluster was not touched
+        _restart_stopped(dep, stack, journal, stopped, say)
         _journal(dep).unlink(missing_ok=True)
         raise
     p = planning.assemble(target, chosen, arch, objs)
@@ -271,32 +319,11 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
         site.rmtree(new)
         site.mkdir(new)
         eng.restore(new, chosen.label, target, p.timeline)
-
-    from aixsss_ops.runtime.base import is_app, wait_stopped
-
-    stack = _stack(dep)
-    units = [(u.service, u.color) for u in stack.runtime.status()
-             if is_app(u.service) and u.state in ("RUNNING", "STARTING")]
-    journal["stopped"] = units
-    atomic_write_json(_journal(dep), journal, mode=0o600)
-    for service, color in units:  # all at once: each drains on its own, the slowest bounds the wait
-        say(f"stopping {service}-{color}")
-        stack.runtime.stop(service, color, wait=False)
-    if not wait_stopped(stack.runtime, units, dep.cfg.supervisor.stop_timeout + 30):
-        raise OpsError(f"the app did not stop: {', '.join(f'{s}-{c}' for s, c in units)}",
-                       hint="`aixsss-ops stack status`; the live cluster was not touched (the restored folder is "
-                            "removed by the next `restore --to-time`)")
+    units = list(stopped)
     journal.update(phase="swapping", base_backup=p.backup.label, timeline=p.timeline, warnings=list(p.warnings),
                    backup_stopped=iso(p.backup.stopped), started=iso(started),
                    bucket=p.objects.bucket if p.objects is not None else None)
     atomic_write_json(_journal(dep), journal, mode=0o600)
-    # the objects' plan again now that the app is stopped (it wrote on while the database was restored), listed
-    # while Postgres replays; applied only once the restored cluster is up
-    replanned = None
-    if p.objects is not None:
-        listing = ThreadPoolExecutor(1, thread_name_prefix="pitr-objects")
-        replanned = listing.submit(objects.rewind_plan, dep.s3, p.objects.bucket, p.target)
-        listing.shutdown(wait=False)  # the listing runs on; its result is read after the swap
     say(f"restarting postgres on the restored data folder; the live one is kept as {kept}")
     try:
         site.switch(stack.runtime, [(data, kept), (new, data)])
@@ -305,6 +332,20 @@ def _restore(dep: Deployment, eng: Engine, target_text: str, with_objects: bool,
         _roll_back(dep, site, stack, kept, stamp, units, say)
         raise
     return _finish(dep, stack, _finishing(dep, journal, reached), replanned, say)
+
+
+def _restart_stopped(dep: Deployment, stack, journal: dict, stopped: list, say: Say) -> None:
+    """A restore that ends before the swap: the app units it had stopped started again (waited for), and the
+    journal told so. The restore's own error is the one raised: a unit that does not get ready is said."""
+    if not stopped:
+        return
+    try:
+        _restart_app(stack, list(stopped), say)
+    except OpsError as e:
+        say(f"the app stopped for the restore is not ready again: {e.message}")
+    journal["stopped"] = []
+    if _journal(dep).exists():
+        atomic_write_json(_journal(dep), journal, mode=0o600)
 
 
 def _finishing(dep: Deployment, journal: dict, reached: datetime | None) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from aixsss_ops.backup.pitr_sites import _restoring_into
 from aixsss_ops.config import load_config
 from aixsss_ops.context.deployment import Deployment
 from tests.cli import EXE, REPO, run_cli
@@ -184,8 +185,12 @@ def test_a_sigkilled_restore_leaves_the_live_cluster_usable_and_a_rerun_finishes
     p = subprocess.Popen([EXE, "--config", str(stack.cfg_path), "--yes", "restore", "--to-time", t.isoformat()],
                          cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     poll(lambda: any(pgdir.glob("data.pitr-*.partial/*")), timeout=60, interval=0.02, what="the restore's folder")
+    partial = next(pgdir.glob("data.pitr-*.partial"))
+    assert _restoring_into(partial)  # pgBackRest is writing into it
     p.kill()
     p.wait(30)
+    # the whole pgBackRest process group dies with the command: none of its workers writes on into the folder
+    poll(lambda: not _restoring_into(partial), timeout=3, interval=0.05, what="pgBackRest's processes to end")
     with stack.pg() as c:  # the live cluster was never stopped
         assert c.execute("SELECT count(*) FROM killed").fetchone()[0] == 2
     journal = json.loads((pgdir / "pitr-restore.json").read_text())
@@ -195,8 +200,8 @@ def test_a_sigkilled_restore_leaves_the_live_cluster_usable_and_a_rerun_finishes
         r = stack.cli("--json", "doctor", "--only", "backup.pitr-restore")
         return next(f for f in r.json["findings"] if f["check"] == "backup.pitr-restore")
 
-    found = doctor()
-    assert found["status"] == "warn" and journal["new"] in found["message"], found
+    found = doctor()  # a failure once the restore had stopped the app (its checks passed before the kill)
+    assert found["status"] == ("fail" if journal["stopped"] else "warn") and journal["new"] in found["message"], found
     plan = _restore(stack, t, "--dry-run")["plan"]  # changes nothing, says what is pending
     assert Path(journal["new"]).exists() and any(journal["new"] in w for w in plan["warnings"]), plan
     _restore(stack, t)  # the rerun removes the partial folder first

@@ -63,6 +63,17 @@ def _lock_finding(stack) -> dict:
     return next(f for f in r.json["findings"] if f["check"] == "deploy.lock")
 
 
+def test_doctor_on_a_fresh_stack_says_archiving_works_without_failing_the_wal_age(stack):
+    """Right after `stack up` (nothing archived yet, or only what pitr-archiving's own `pgbackrest check` switches
+    beside it): neither pitr check fails, and they do not contradict each other."""
+    r = stack.cli("--json", "doctor", "--only", "backup.pitr-archiving", "--only", "backup.pitr-wal",
+                  "--timeout", "30")
+    found = {f["check"]: f for f in r.json["findings"]}
+    assert found["backup.pitr-archiving"]["status"] == "ok", r.output
+    assert found["backup.pitr-wal"]["status"] == "ok", r.output
+    assert r.code == 0, r.output
+
+
 def test_backup_base_and_a_restore_refuse_each_other_naming_the_holder(stack):
     with stack.pg("postgres") as c:  # enough data that the base backup runs for a while
         c.execute("CREATE TABLE big AS SELECT md5(i::text) || md5((i * 7)::text) AS v "

@@ -260,8 +260,70 @@ def test_the_wal_check_and_the_object_listing_run_while_pgbackrest_restores():
     def restore(abort):
         seen["during"] = checking.wait(5)  # sequential checks would only start after this returns
 
-    assert _while_restoring(restore, [check, lambda: "objects"]) == ["archived", "objects"]
+    assert _while_restoring(restore, [check, lambda: "objects"]) == (["archived", "objects"], None)
     assert seen["during"]
+
+
+def test_the_app_is_stopped_beside_the_restore_once_the_checks_have_passed():
+    """``then`` (the app's stop) runs while pgBackRest still restores, given the checks' results; never after a
+    failing check, nor once the restore has failed by itself; and it has ended whenever _while_restoring returns."""
+    import threading
+    import time
+
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases.pitr_restore import _while_restoring
+
+    stopping = threading.Event()
+    seen = {}
+
+    def then(results):
+        seen["results"] = results
+        stopping.set()
+        return "listing"
+
+    def restore(abort):
+        seen["during"] = stopping.wait(5)  # then() only after the restore would make this False
+
+    assert _while_restoring(restore, [lambda: "archived", lambda: "objects"], then) == (["archived", "objects"],
+                                                                                        "listing")
+    assert seen == {"results": ["archived", "objects"], "during": True}
+
+    called = []
+
+    def bad_check():
+        raise UsageError("outside the point-in-time recovery window")
+
+    with pytest.raises(UsageError):
+        _while_restoring(lambda abort: abort.wait(5), [bad_check], lambda r: called.append(r))
+    assert called == []
+
+    slow = threading.Event()
+
+    def failing_restore(abort):
+        raise OpsError("pgbackrest restore failed (exit 41)")
+
+    def slow_check():
+        slow.wait(0.5)
+        return "archived"
+
+    with pytest.raises(OpsError, match="exit 41"):
+        _while_restoring(failing_restore, [slow_check], lambda r: called.append(r))
+    assert called == []  # the restore had failed before the checks passed: the app is left running
+
+    ended = []
+
+    def slow_then(results):
+        slow.wait(0.3)
+        ended.append(results)
+
+    def failing_later(abort):
+        stopping.clear()
+        time.sleep(0.05)  # the checks pass and then() begins
+        raise OpsError("pgbackrest restore failed (exit 41)")
+
+    with pytest.raises(OpsError, match="exit 41"):
+        _while_restoring(failing_later, [lambda: "archived"], slow_then)
+    assert ended == [["archived"]]  # begun before the failure: it had ended when the error was raised
 
 
 def test_a_failing_check_stops_the_restore_and_is_raised():
@@ -1003,3 +1065,72 @@ def test_a_live_database_that_does_not_answer_or_fails_archiving_is_named_first(
     monkeypatch.setattr(postgres, "admin_target", lambda _db: SimpleNamespace(
         connect=lambda timeout=None: contextlib.nullcontext(Conn(None))))
     assert planning.live(SimpleNamespace()) == 2
+
+
+def test_a_restore_that_fails_after_the_app_was_stopped_starts_it_again(tmp_path: Path, monkeypatch):
+    """The checks passed, so the app was stopped beside the restore; then pgBackRest fails: the partial folder and
+    the journal go, the live folder is untouched, and the app units are started again and waited for."""
+    from types import SimpleNamespace
+
+    from aixsss_ops.errors import OpsError
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    data, _site, eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 4)
+    runtime = _AppRuntime()
+    ready = []
+    stack = SimpleNamespace(runtime=runtime, engine_problem=lambda: None, wait_ready=lambda defs, _s: ready.append(
+        sorted(d.service for d in defs)),
+        app_defs=lambda c: [SimpleNamespace(service=s, color=c) for s in ("api", "worker")])
+    monkeypatch.setattr(uc, "_stack", lambda _dep: stack)
+    journal = data.parent / "pitr-restore.json"
+    stopped_during = []
+
+    def failing_restore(into, label, target, timeline, abort=None):
+        import time
+
+        deadline = time.monotonic() + 5
+        while runtime.states[("worker", "blue")] != "STOPPED" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped_during.append(json.loads(journal.read_text())["stopped"])
+        raise OpsError("pgbackrest restore failed (exit 41)")
+
+    eng.restore = failing_restore
+    with pytest.raises(OpsError, match="exit 41"):
+        uc.restore_to_time(_dep(data), "-30m")
+    assert stopped_during == [[["api", "blue"], ["worker", "blue"]]]  # stopped (and recorded) beside the restore
+    assert runtime.log == [("stop", "api"), ("stop", "worker"), ("start", "api"), ("start", "worker")]
+    assert ready == [["api", "worker"]]
+    assert (data / "live").exists() and not journal.exists()
+    assert not list(data.parent.glob("data.pitr-*"))
+
+
+def test_a_store_that_does_not_answer_refuses_the_restore_before_anything(tmp_path: Path, monkeypatch):
+    """With the objects asked for, a store that does not answer stops pgBackRest before the app or the live cluster
+    is touched (exit 3, naming --db-only); --dry-run shows it as a warning; --db-only restores without it."""
+    from aixsss_ops.backup import objects
+    from aixsss_ops.errors import CheckFailed, OpsError
+    from aixsss_ops.usecases import pitr_plan as planning
+    from aixsss_ops.usecases import pitr_restore as uc
+
+    real_objects_at = planning.objects_at
+    data, _site, _eng = _restore_env(tmp_path, monkeypatch, [_listing()] * 6)
+    runtime = _AppRuntime()
+    monkeypatch.setattr(uc, "_stack", lambda _dep: __import__("types").SimpleNamespace(
+        runtime=runtime, engine_problem=lambda: None, app_defs=lambda _c: [], wait_ready=lambda _d, _s: None))
+    monkeypatch.setattr(planning, "objects_at", real_objects_at)  # the store's answer below, not _restore_env's
+
+    def refused(*_a, **_k):
+        raise OpsError("object store unreachable: connection refused")
+
+    monkeypatch.setattr(objects, "rewind_plan", refused)
+    dep = _dep(data)
+    dep.bucket = "app"
+    with pytest.raises(CheckFailed) as e:
+        uc.restore_to_time(dep, "-30m")
+    assert e.value.message.startswith("the object store does not answer (object store unreachable")
+    assert "--db-only" in e.value.hint and "--objects-only" in e.value.hint
+    assert runtime.log == [] and (data / "live").exists() and not (data.parent / "pitr-restore.json").exists()
+    plan = uc.restore_to_time(dep, "-30m", dry_run=True)["plan"]
+    assert any("the restore would be refused" in w for w in plan["warnings"]), plan["warnings"]
+    res = uc.restore_to_time(dep, "-30m", with_objects=False)
+    assert res["objects"] is None and (data / "restored_on").exists()
