@@ -76,6 +76,11 @@ def worker_group() -> int | None:
     return pwd.getpwnam(user).pw_gid if user else None
 
 
+def pid_file(prefix: Path) -> Path:
+    """Where the master writes its pid (the config's ``pid``)."""
+    return prefix / "nginx.pid"
+
+
 def color_socket(run_dir: Path, color: str) -> Path:
     """Where nginx itself listens for a color whose api has TCP only (the color's ``api.sock`` points here)."""
     return run_dir / f"proxy-{color}.sock"
@@ -132,7 +137,7 @@ def render(*, listen_host: str, listen_port: int, prefix: Path, logs: Path, run_
     return f"""# rendered by aixsss-ops; the live color is the target of the symlink {live}
 {f"user {user};" if user else ""}
 worker_processes 2;
-pid {quote(prefix / "nginx.pid")};
+pid {quote(pid_file(prefix))};
 error_log stderr warn;
 
 events {{

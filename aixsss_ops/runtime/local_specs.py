@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from aixsss_ops.config import OpsConfig
 from aixsss_ops.context.layout import Layout
 from aixsss_ops.fsutil import atomic_write
 from aixsss_ops.output import is_secret_name, url_password
+from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime import pgbackrest_repo
-from aixsss_ops.runtime.base import api_port, unit_name
+from aixsss_ops.runtime.base import COLORS, api_port, unit_name
 from aixsss_ops.runtime.pg_cluster import Archiving, Cluster, drop_archive_conf, ensure_traversable, os_account
 from aixsss_ops.runtime.supervisor import Program, envexec_argv
 
@@ -201,7 +203,12 @@ def s3(cfg: OpsConfig, layout: Layout) -> ServiceDef:
 
 
 def proxy(cfg: OpsConfig, layout: Layout) -> ServiceDef:
-    argv = [sysbin.find("nginx"), "-c", str(layout.nginx_conf), "-p", str(layout.nginx_dir), "-g", "daemon off;"]
+    """nginx, started through ``proxy.launch``: a start first ends what a SIGKILLed master of this proxy left
+    (its workers keep the port), so supervisord's restart of it binds."""
+    nginx_argv = [sysbin.find("nginx"), "-c", str(layout.nginx_conf), "-p", str(layout.nginx_dir), "-g", "daemon off;"]
+    stale = [a for c in COLORS for a in ("--stale-socket", str(nginx.color_socket(layout.run_dir, c)))]
+    argv = [sys.executable, "-m", "aixsss_ops.proxy.launch", "--pid-file", str(nginx.pid_file(layout.nginx_dir)),
+            *stale, "--", *nginx_argv]
     prog = Program("proxy", argv, stopsignal="QUIT", stopwaitsecs=30)
     return ServiceDef("proxy", None, prog, {"proxy": cfg.ports.proxy})
 

@@ -2,17 +2,26 @@
 
 One supervisord per state directory. Each service is a program in its own include file;
 ``apply()`` does what ``supervisorctl update`` does (reloadConfig + add/remove groups).
+
+A supervisord that was killed (SIGKILL) leaves its programs running, reparented to init: ``orphans()`` finds them
+(the members of its session that are this state directory's) and ``stop_orphans()`` stops them as supervisord would
+have.
 """
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import os
+import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 import xmlrpc.client
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +83,16 @@ class Program:
             env = ",".join(f'{k}="{esc(v)}"' for k, v in self.environment.items())
             lines.append(f"environment={env}")
         return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A process a killed supervisord of this state directory started (or one of its children) that still runs."""
+
+    pid: int
+    pgid: int  # the process group supervisord made for its program (its pid as spawned)
+    program: str | None  # the program, as supervisord's log or the process's environment names it
+    command: str
 
 
 class _UnixTransport(xmlrpc.client.Transport):
@@ -232,6 +251,104 @@ class Supervisor:
     def _tail(path: Path, lines: int = 20) -> str:
         return tail(path, lines)
 
+    # -- what a killed supervisord left --
+    def killed(self) -> int | None:
+        """The pid of this state directory's supervisord when it is gone without a shutdown: its pid file remains and
+        names no live process (a clean shutdown removes the file; a zombie is dead). None otherwise."""
+        pid = _read_pid(self.pidfile)
+        if pid is None:
+            return None
+        st = proc_stat(pid)
+        return pid if st is None or st.state == "Z" else None
+
+    def orphans(self) -> list[Orphan]:
+        """The processes a killed supervisord of this state directory left running: the members of its session
+        (its programs run in the session supervisord leads, each in a process group of its own; the kernel keeps the
+        session id from being reused while a member lives) whose environment names this supervisord's socket or whose
+        working directory is in this state directory. Empty while it runs."""
+        sid = self.killed()
+        if sid is None:
+            return []
+        state = self.root.parent.resolve()
+        url = f"unix://{self.sock}"
+        spawned = self._spawned()
+        out = []
+        for pid in _pids():
+            st = proc_stat(pid)
+            if st is None or st.session != sid or st.state == "Z":
+                continue
+            env = _environ(pid)
+            cwd = _readlink(f"/proc/{pid}/cwd")
+            if env.get("SUPERVISOR_SERVER_URL") != url and not (cwd and _within(Path(cwd), state)):
+                continue
+            program = env.get("SUPERVISOR_PROCESS_NAME") or spawned.get(st.pgid)
+            out.append(Orphan(pid, st.pgid, program, _cmdline(pid)))
+        return out
+
+    def _spawned(self) -> dict[int, str]:
+        """pid -> program, from supervisord's log lines ``spawned: 'NAME' with pid N`` (the rotated log first)."""
+        out: dict[int, str] = {}
+        base = self.log_dir / "supervisord.log"
+        for path in (base.with_name(base.name + ".1"), base):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for m in _SPAWNED.finditer(text):
+                out[int(m.group(2))] = m.group(1)
+        return out
+
+    def _stop_settings(self, program: str | None) -> tuple[int, int]:
+        """(stop signal, seconds to wait) of ``program`` as its include file says (TERM, 10 when unknown)."""
+        sig, wait = "TERM", 10
+        if program:
+            cp = configparser.ConfigParser(interpolation=None)
+            with contextlib.suppress(OSError, KeyError, ValueError, configparser.Error):
+                cp.read(self.include_dir / f"{program}.conf")
+                sec = cp[f"program:{program}"]
+                sig, wait = sec.get("stopsignal", sig), int(sec.get("stopwaitsecs", wait))
+        return int(getattr(signal, f"SIG{sig.upper()}", signal.SIGTERM)), wait
+
+    def stop_orphans(self, order: Sequence[Sequence[str]], say: Callable[[str], None] = lambda _m: None
+                     ) -> tuple[list[str], list[str]]:
+        """Stop what a killed supervisord left, as it stops a program (stopasgroup, killasgroup): the program's stop
+        signal to its process group, SIGKILL to the group once its ``stopwaitsecs`` passed; group after group of
+        ``order`` (programs it does not name come last). Once nothing is left, the dead supervisord's socket and pid
+        file are removed. Returns (the programs stopped, those still running)."""
+        found = self.orphans()
+        groups: dict[str, set[int]] = {}
+        for o in found:
+            groups.setdefault(o.program or f"pid {o.pgid}", set()).add(o.pgid)
+        named = [n for step in order for n in step]
+        steps = [[n for n in step if n in groups] for step in order]
+        steps.append(sorted(n for n in groups if n not in named))
+        stopped: list[str] = []
+        for step in steps:
+            if not step:
+                continue
+            waits = {}
+            for name in step:
+                sig, wait = self._stop_settings(name)
+                say(f"stopping orphaned {name} (pgid {', '.join(map(str, sorted(groups[name])))})")
+                for pgid in groups[name]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, sig)
+                waits[name] = time.monotonic() + wait
+            for name in step:
+                pgids = groups[name]
+                if not _wait_groups_gone(pgids, waits[name] - time.monotonic()):
+                    say(f"{name} did not stop within its stop wait: SIGKILL")
+                    for pgid in pgids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(pgid, signal.SIGKILL)
+                    _wait_groups_gone(pgids, 10)
+                stopped.append(name)
+        left = sorted({o.program or f"pid {o.pgid}" for o in self.orphans()})
+        if not left and self.killed() is not None:
+            self.sock.unlink(missing_ok=True)
+            self.pidfile.unlink(missing_ok=True)
+        return [n for n in stopped if n not in left], left
+
 
 def tail(path: Path, lines: int = 40) -> str:
     try:
@@ -243,6 +360,77 @@ def tail(path: Path, lines: int = 40) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+_SPAWNED = re.compile(r"spawned: '([^']+)' with pid (\d+)")
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    state: str
+    ppid: int
+    pgid: int
+    session: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """The fields of ``/proc/PID/stat`` used here (None: no such process). The command name, in parentheses, may
+    hold spaces and parentheses itself: the fields start after the last ``)``."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = text.rpartition(")")[2].split()
+    try:
+        return ProcStat(f[0], int(f[1]), int(f[2]), int(f[3]))
+    except (IndexError, ValueError):
+        return None
+
+
+def _pids() -> list[int]:
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {k: v for k, sep, v in pairs if sep}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (a zombie no longer does)."""
+    return any((st := proc_stat(pid)) is not None and st.pgid == pgid and st.state != "Z" for pid in _pids())
+
+
+def _wait_groups_gone(pgids: set[int], timeout: float) -> bool:
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        if not any(_group_alive(g) for g in pgids):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _read_pid(path: Path) -> int | None:

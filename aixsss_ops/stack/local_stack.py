@@ -13,10 +13,10 @@ from aixsss_ops.context.embedded import ensure_secrets
 from aixsss_ops.errors import OpsError
 from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime import local_specs as services
-from aixsss_ops.runtime.base import COLORS, api_port
+from aixsss_ops.runtime.base import COLORS, api_port, is_app
 from aixsss_ops.runtime.local import LocalRuntime
-from aixsss_ops.runtime.supervisor import Supervisor
-from aixsss_ops.stack.manager import Progress, Stack, StackReport
+from aixsss_ops.runtime.supervisor import Orphan, Supervisor
+from aixsss_ops.stack.manager import INFRA_STOP_ORDER, Progress, ServiceReport, Stack, StackReport
 
 REQUIRED = ("postgres", "initdb", "redis-server", "nginx", "weed", "supervisord")
 PRIVATE = ("logs", "redis", "s3", "env", "secrets", "keys", "supervisor", "backups")  # the owner's alone
@@ -93,6 +93,7 @@ class LocalStack(Stack):
 
         served = self._tls_cert()
         defs = self.infra_defs() + [d for c in colors.colors for d in self.app_defs(c)]  # the s3 def renews it
+        actions += self._stop_orphans(say)  # what a killed supervisord left holds the ports and the data folders
         self._check_ports(defs)
         if self.sup.ensure_started():
             actions.append("started supervisord")
@@ -121,9 +122,7 @@ class LocalStack(Stack):
         actions += self._start(app, say)
         self.wait_ready(app, say)
         proxy = next(d for d in defs if d.service == "proxy")
-        if self.unit_state("proxy") != "RUNNING":
-            for stale in lay.run_dir.glob("proxy-*.sock"):  # what a killed nginx left: it would refuse to bind
-                stale.unlink()
+        if self.unit_state("proxy") != "RUNNING":  # its start ends what a killed nginx left (proxy/launch.py)
             actions += self._start([proxy], say)
         elif proxy_changed:
             self.runtime.signal("proxy", "HUP")
@@ -203,8 +202,74 @@ class LocalStack(Stack):
         self.sup.shutdown()
         return ["stopped supervisord"]
 
+    # -- what a killed supervisord left --
+    def _orphans(self) -> dict[str, list[Orphan]]:
+        """Program -> its processes still running after this state directory's supervisord was killed (empty
+        while it runs)."""
+        if self.sup.is_running():
+            return {}
+        out: dict[str, list[Orphan]] = {}
+        for o in self.sup.orphans():
+            out.setdefault(o.program or f"pid {o.pgid}", []).append(o)
+        return out
+
+    def _stop_orphans(self, say: Progress) -> list[str]:
+        """Stop what a killed supervisord left running, in ``down``'s order (the app's workers, its api, the proxy,
+        Postgres (SIGINT: a fast shutdown), then the store and Redis); an OpsError naming what did not stop."""
+        orphans = self._orphans()
+        if not orphans:
+            return []
+        say(f"the supervisord of {self.cfg.state} was killed (pid {self.sup.killed()}); stopping what it left "
+            f"running: {', '.join(sorted(orphans))}")
+        apps = [n for n in orphans if "-" in n and is_app(n.partition("-")[0])]  # a color's process
+        workers = [n for n in apps if n.partition("-")[0] != "api"]
+        order = [workers, [n for n in apps if n not in workers], *(list(g) for g in INFRA_STOP_ORDER)]
+        stopped, left = self.sup.stop_orphans(order, say)
+        if left:
+            raise OpsError(f"{', '.join(left)}, left running by the killed supervisord of {self.cfg.state}, did not "
+                           "stop", hint="see `aixsss-ops stack status`, then rerun the command")
+        return [f"stopped orphaned {n} (its supervisord was killed)" for n in stopped]
+
+    def _orphans_note(self, orphans: dict[str, list[Orphan]]) -> str:
+        return (f"the supervisor of {self.cfg.state} is not running (killed: its pid file names pid "
+                f"{self.sup.killed()}) and left {', '.join(sorted(orphans))} running orphaned; `aixsss-ops stack down` "
+                "stops them, `aixsss-ops stack up` stops them and starts the stack again")
+
+    def down(self, progress: Progress | None = None) -> StackReport:
+        """``Stack.down``; when the supervisord was killed, what it left running is stopped instead."""
+        if not self.sup.is_running():
+            actions = self._stop_orphans(progress or (lambda _m: None))
+            if actions:
+                return StackReport(str(self.layout.root), self.url, None, [], actions)
+        return super().down(progress)
+
+    def status(self, actions: list[str] | None = None) -> StackReport:
+        """``Stack.status``; when the supervisord was killed, each program it left running is ORPHANED (unhealthy,
+        with its pids) and a warning says so."""
+        report = super().status(actions)
+        orphans = self._orphans()
+        if not orphans:
+            return report
+        report.warnings.append(self._orphans_note(orphans))
+        for s in report.services:
+            procs = orphans.pop(s.unit, None)
+            if procs:
+                s.state, s.healthy, s.pid, s.uptime_s = "ORPHANED", False, procs[0].pid, None
+                s.detail = _orphan_detail(procs)
+            elif s.state == "STOPPED":
+                s.detail = "not running: its supervisord was killed"
+        for name, procs in sorted(orphans.items()):  # an idle color's, or a program no longer defined
+            service, _, color = name.partition("-")
+            role = "infra" if not color else ("active" if color == report.active_color else "idle")
+            report.services.append(ServiceReport(name, "ORPHANED", False, _orphan_detail(procs), pid=procs[0].pid,
+                                                 role=role))
+        return report
+
     def engine_problem(self) -> str | None:
-        return None if self.sup.is_running() else f"the supervisor of {self.cfg.state} is not running"
+        if self.sup.is_running():
+            return None
+        orphans = self._orphans()
+        return self._orphans_note(orphans) if orphans else f"the supervisor of {self.cfg.state} is not running"
 
     def proxy_config_check(self) -> tuple[bool, str, str | None]:
         lay = self.layout
@@ -216,3 +281,8 @@ class LocalStack(Stack):
             return (False, f"{e.message}: {(e.details or '').splitlines()[-1:] or ''}",
                     f"fix {lay.nginx_conf} (or rerun `aixsss-ops stack up`)")
         return True, f"nginx -t accepts {lay.nginx_conf}", None
+
+
+def _orphan_detail(procs: list[Orphan]) -> str:
+    pids = ", ".join(str(o.pid) for o in procs)
+    return f"left running by its killed supervisord: pid {pids}"
