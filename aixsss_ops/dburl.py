@@ -66,7 +66,9 @@ class PgTarget:
         except psycopg.ProgrammingError as e:  # psycopg's own parse of the connection string
             raise UsageError(f"the PostgreSQL URL {self.masked} is refused by libpq: {e}") from None
         except psycopg.OperationalError as e:
-            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            from aixsss_ops.errors import driver_message
+
+            reason = scrubber.scrub(driver_message(e))
             bare = reason.removeprefix("connection is bad: ")
             if _LIBPQ_REFUSALS.match(bare):
                 raise UsageError(f"the PostgreSQL URL {self.masked} is refused by libpq: {bare}") from None

@@ -43,3 +43,21 @@ class MissingBinary(UsageError):
         )
         self.program = program
         self.package = package
+
+
+def driver_message(e: BaseException) -> str:
+    """A client library's whole error message on one line, nothing dropped: libpq writes one line per host it
+    tried, each followed by an indented hint ("Is the server running…"), which is put in parentheses after it.
+    The exception's type when the message is empty. Masking is the caller's (the message can quote a URL)."""
+    parts: list[str] = []
+    for raw in str(e).splitlines():
+        text = " ".join(raw.split())
+        if not text:
+            continue
+        if raw[:1].isspace() and parts:
+            parts[-1] += f" ({text})"
+        elif parts and parts[-1].endswith(":"):
+            parts[-1] += f" {text}"
+        else:
+            parts.append(text)
+    return "; ".join(parts) or type(e).__name__

@@ -150,8 +150,9 @@ def postgres(conninfo: str, timeout: float = 2.0) -> tuple[bool, str]:
             v = c.execute("SHOW server_version").fetchone()[0]
         return True, f"PostgreSQL {v}"
     except psycopg.Error as e:
-        msg = str(e).strip().splitlines()
-        return False, msg[-1] if msg else type(e).__name__
+        from aixsss_ops.errors import driver_message
+
+        return False, driver_message(e)
 
 
 def port_free(host: str, port: int) -> bool:

@@ -100,7 +100,10 @@ def status(ctx: typer.Context) -> None:
         if not d["consistent"]:
             st.out.warn(f"colors.json says {d['intended_active']} but the proxy serves {d['proxy_target']}")
         lock = d["lock"]
-        st.out.console.print("lock: " + ("held by " + str(lock["holder"]) if lock["held"] else "free"))
+        from aixsss_ops.deploy.lock import describe
+
+        st.out.console.print("lock: " + ("held by " + describe(lock["holder"]) if lock["held"] else "not held"),
+                             markup=False)
 
     st.out.emit(data, human)
 
@@ -137,14 +140,14 @@ def lock_status(ctx: typer.Context) -> None:
     st = state(ctx)
     info = _deployer(ctx).lock.info()
     data = {"held": info.held, "holder": info.holder, "stale_note": info.stale_note}
-    st.out.emit(
-        data,
-        lambda d: st.out.console.print(
-            f"held by {d['holder']}"
-            if d["held"]
-            else "free" + (" (a note of a killed deploy remains)" if d["stale_note"] else "")
-        ),
-    )
+
+    def human(_d):
+        from aixsss_ops.deploy.lock import status_lines
+
+        for line in status_lines(info):
+            st.out.console.print(line, markup=False)
+
+    st.out.emit(data, human)
 
 
 @lock_app.command("release")

@@ -99,6 +99,19 @@ class DeployLock:
         return False
 
 
+def status_lines(info: LockInfo) -> list[str]:
+    """``deploy lock status`` for a person: "held" or "not held", then the holder's note one field a line."""
+    if not info.held:
+        if info.stale_note:
+            return ["not held (a killed deploy left its note: clear it with 'aixsss-ops deploy lock release')"]
+        return ["not held"]
+    note = info.holder or {}
+    action = str(note.get("action") or "deploy") + (f" {note['version']}" if note.get("version") else "")
+    return ["held", *(f"{name}: {value if value not in (None, '') else 'unknown'}" for name, value in (
+        ("holder", note.get("user")), ("pid", note.get("pid")), ("host", note.get("host")), ("action", action),
+        ("since", note.get("since"))))]
+
+
 def describe(note: dict | None) -> str:
     if not note:
         return "an unknown process"

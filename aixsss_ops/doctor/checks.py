@@ -38,7 +38,8 @@ def env_rules(ctx: Context) -> list[Finding]:
     if not src.envs and not src.problems:
         return [Finding("env", "fail", f"no env files in {ctx.cfg.state / 'env'} and no DATABASE_URL in the environment",
                         "write them with `aixsss-ops env init` (or `aixsss-ops stack up`)")]
-    found = src.problems + validate(src.envs, src.origins)
+    own = any(p.exists() for p in ctx.env_files.values())  # the stack's env files: ops.toml's queue is theirs
+    found = src.problems + validate(src.envs, src.origins, queue=ctx.cfg.app.queue if own else None)
     if not found:
         return [Finding("env", "ok", f"{', '.join(src.envs)} env valid ({'; '.join(sorted(set(src.origins.values())))})")]
     return found

@@ -31,7 +31,7 @@ class Check:
 
 CHECKS: tuple[Check, ...] = (
     Check("env", c.env_rules, emits=("env.contract", "env.database-url", "env.file", "env.localhost", "env.shared",
-                                     "prod.cors", "prod.default-secret", "prod.key-fallback", "prod.tls",
+                                     "env.queue", "prod.cors", "prod.default-secret", "prod.key-fallback", "prod.tls",
                                      "prod.weak-secret")),
     Check("config.clock-skew", c.clock_skew, "postgres.reachable"),
     Check("postgres.reachable", c.postgres_reachable),

@@ -3,6 +3,7 @@
 - ``env.contract``: the per-service contract of ../shared/AIXSSS.md (``aixsss_ops.contracts.env``);
 - ``env.database-url``, ``env.localhost``: gotchas the contract does not catch;
 - ``env.shared``: api and worker MUST share the key, the database, Redis and the queue name;
+- ``env.queue``: the stack's env files against ops.toml's ``app.queue`` (a warning: the next deploy writes it);
 - ``prod.*`` when ``NODE_ENV=production``: CORS origin, example/default secrets, JWT entropy, the key
   a real 32-byte key (warning), TLS to non-local hosts (warning).
 """
@@ -147,6 +148,23 @@ def check_shared(envs: Mapping[str, Mapping[str, str]]) -> list[Finding]:
     return out
 
 
+def check_queue(envs: Mapping[str, Mapping[str, str]], queue: str, origins: Mapping[str, str]) -> list[Finding]:
+    """The queue name the api and the worker use against ops.toml's ``app.queue``: ``deploy`` (and ``stack up``)
+    write ops.toml's into the env files, so until then the running services use another queue than ops.toml says."""
+    out = []
+    for svc in BACKEND:
+        if svc not in envs:
+            continue
+        have = _value(envs[svc], "AI_QUEUE_NAME")
+        if have and have != queue:
+            out.append(Finding("env.queue", "warn", f"AI_QUEUE_NAME is '{have}' but ops.toml app.queue is '{queue}': "
+                               f"the {svc} uses '{have}' until the next deploy writes '{queue}'",
+                               f"deploy to apply '{queue}' (`aixsss-ops deploy --force` for the live release), or set "
+                               f"app.queue back to '{have}' (or AI_QUEUE_NAME in {origins.get(svc, 'its environment')})",
+                               svc, "AI_QUEUE_NAME"))
+    return out
+
+
 def entropy_bits(value: str) -> float:
     """A conservative estimate of a secret's entropy: per-character Shannon entropy times length, zero when the
     string is built from repeats, sequences or words (``jwt-secret-jwt-secret…``, ``0123…``, ``my-secret-key…``)."""
@@ -254,8 +272,9 @@ def _tls(service: str, env: Mapping[str, str], origin: str) -> list[Finding]:
 
 
 def validate(envs: Mapping[str, Mapping[str, str]], origins: Mapping[str, str] | None = None, *,
-             bundled: bool = False) -> list[Finding]:
-    """Every rule over the services given (``{'api': {...}, 'worker': {...}, 'web': {...}}``); problems only."""
+             bundled: bool = False, queue: str | None = None) -> list[Finding]:
+    """Every rule over the services given (``{'api': {...}, 'worker': {...}, 'web': {...}}``); problems only.
+    ``queue``: ops.toml's ``app.queue``, for the stack's own env files."""
     origins = origins or {}
     out: list[Finding] = []
     for svc in SERVICES:
@@ -267,4 +286,6 @@ def validate(envs: Mapping[str, Mapping[str, str]], origins: Mapping[str, str] |
             out += check_urls(svc, env, origin)
             out += check_production(svc, env, origin)
     out += check_shared(envs)
+    if queue is not None:
+        out += check_queue(envs, queue, origins)
     return out

@@ -1,11 +1,14 @@
 """What each container of the docker runtime is, as plain data: the runtime creates containers from these specs
 and ``compose render`` writes compose files from the same specs, so the two cannot drift apart.
 
-No secret is ever part of a container's definition (environment, command, labels): a spec names its secrets as
-files under /run/secrets (``secrets``: the service's env file, or one value such as the Postgres password), 0400
+No secret of the stack is ever part of a container's definition (environment, command, labels): a spec names its
+secrets as files under /run/secrets (``secrets``: the service's env file, or one value such as the Postgres password), 0400
 and owned by the container's user. The runtime writes them into the created container before it starts it
 (``put_archive``); compose mounts them from its ``secrets:`` section. The app containers start through
-``aixsss_ops.runtime.envexec``, which reads the env file and execs, as on the local runtime.
+``aixsss_ops.runtime.envexec``, which reads the env file and execs, as on the local runtime. A per-process ``env``
+value of ops.toml that looks secret (a secret-like name, or a URL with a password: what ``config show`` masks) is in
+the container's environment, which envexec lays over the env file: never on its command line, where ``ps`` on the
+host would show it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from aixsss_ops import appspec
 from aixsss_ops.config import OpsConfig
+from aixsss_ops.output import is_secret_name, url_password
 from aixsss_ops.proxy import nginx
 from aixsss_ops.runtime import pgbackrest_repo
 from aixsss_ops.runtime.base import COLORS, api_port, unit_name
@@ -43,7 +47,7 @@ class ContainerSpec:
     command: list[str]
     user: str | None = None
     working_dir: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)  # never a secret
+    environment: dict[str, str] = field(default_factory=dict)  # a secret only as app_process puts one (see above)
     # file name under SECRETS -> ("env_file", "api"|"worker"), ("var", one of SECRET_VARS), ("tls", "cert"|"key"|"ca":
     # the embedded store's HTTPS certificate, pgbackrest_repo.ensure_tls) or ("pgbackrest", "conf": pgbackrest_conf)
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -318,11 +322,12 @@ def _http_check(url: str, any_status: bool = False) -> str:
 
 
 def _envexec(env_file: str | None, overrides: dict[str, str], argv: list[str],
-             external: tuple[str, ...] = ()) -> list[str]:
+             external: tuple[str, ...] = (), from_env: tuple[str, ...] = ()) -> list[str]:
     """The app's command: envexec reads the env file (a secret file) and execs ``argv``. The env files hold the
     host's view (published ports); inside the network the embedded services have names, so their URLs get host
     and port rewritten (credentials kept; an ``external`` service's URL is used as written), then the per-color,
-    never secret, ``overrides`` win."""
+    never secret, ``overrides`` win, and the variables named in ``from_env`` as the container's environment has
+    them (the secret-looking ones)."""
     cmd = ["python3", "-m", "aixsss_ops.runtime.envexec"]
     if env_file:
         cmd += ["--env-file", str(SECRETS / env_file)]
@@ -331,6 +336,8 @@ def _envexec(env_file: str | None, overrides: dict[str, str], argv: list[str],
             cmd += ["--url-host", f"{var}={service}:{PORTS[service]}"]
     for k, v in overrides.items():
         cmd += ["--set", f"{k}={v}"]
+    for k in from_env:
+        cmd += ["--from-env", k]
     return [*cmd, "--", *argv]
 
 
@@ -369,13 +376,17 @@ def app_process(cfg: OpsConfig, role: str, color: str, release: str, version: st
     env_file = appspec.env_file_of(role, spec)
     secrets = {f"{env_file}.env": ("env_file", env_file)} if env_file else {}
     argv = [fill(a) for a in spec.command]
+    # a value that looks secret (as ``config show`` masks it) is in the container's environment, off its command line
+    hidden = {k: v for k, v in overrides.items() if is_secret_name(k) or url_password(v)}
+    plain = {k: v for k, v in overrides.items() if k not in hidden}
     return ContainerSpec(
         role,
         color,
         image,
-        _envexec(f"{env_file}.env" if env_file else None, overrides, argv, cfg.external),
+        _envexec(f"{env_file}.env" if env_file else None, plain, argv, cfg.external, tuple(hidden)),
         user=APP_USER,
         working_dir=posixpath.normpath(posixpath.join(APP_ROOT, fill(spec.cwd))),
+        environment=hidden,
         secrets=secrets,
         ports=ports,
         volumes=volumes,

@@ -1,9 +1,11 @@
-"""``python -m aixsss_ops.runtime.envexec [--env-file F] [--url-host K=HOST:PORT] [--set K=V] -- PROGRAM ARGS``.
+"""``python -m aixsss_ops.runtime.envexec [--env-file F] [--url-host K=HOST:PORT] [--set K=V] [--from-env K] -- PROGRAM``.
 
 Execs PROGRAM with the env files' variables, then the ``--url-host`` rewrites (the host and port of the URL in K
 replaced, its credentials, path and parameters kept: how a container reaches a service by its network name while
-the env file holds the host's view), then the ``--set`` overrides (per-color, never secret). Secrets stay in the
-files: the command line and the program's parent environment never hold them.
+the env file holds the host's view), then the ``--set`` overrides (per-color, never secret) and the ``--from-env``
+ones: K as envexec's own environment has it (a secret-looking per-process setting the docker runtime puts in the
+container's environment, never on its command line). Secrets stay in files or the environment: the command line
+never holds them.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ def main(args: list[str]) -> None:
     from aixsss_ops.envfile import parse
 
     if "--" not in args:
-        sys.exit("usage: envexec [--env-file FILE]... [--url-host VAR=HOST:PORT]... [--set VAR=VALUE]... -- PROGRAM")
+        sys.exit("usage: envexec [--env-file FILE]... [--url-host VAR=HOST:PORT]... [--set VAR=VALUE]... "
+                 "[--from-env VAR]... -- PROGRAM")
     sep = args.index("--")
     opts, argv = args[:sep], args[sep + 1 :]
     env = dict(os.environ)
     hosts: list[tuple[str, str]] = []
     sets: list[tuple[str, str]] = []
+    own = dict(os.environ)
     it = iter(opts)
     for opt in it:
         if opt == "--env-file":
@@ -49,6 +53,10 @@ def main(args: list[str]) -> None:
         elif opt == "--set":
             key, _, value = next(it).partition("=")
             sets.append((key, value))
+        elif opt == "--from-env":
+            key = next(it)
+            if key in own:
+                sets.append((key, own[key]))
         else:
             sys.exit(f"envexec: unknown option {opt}")
     for key, hostport in hosts:

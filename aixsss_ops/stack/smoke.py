@@ -7,9 +7,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aixsss_ops.errors import CheckFailed, ServiceUnavailable
 from aixsss_ops.poll import poll_until
+
+if TYPE_CHECKING:
+    from aixsss_ops.queue.conn import QueueTarget
 
 
 @dataclass
@@ -25,7 +29,8 @@ class SmokeResult:
     notes: list[str] = field(default_factory=list)  # what the app does not offer, so was not checked
 
 
-def run(url: str, timeout: float = 60.0) -> SmokeResult:
+def run(url: str, timeout: float = 60.0, queue: QueueTarget | None = None) -> SmokeResult:
+    """``queue``: where the app's jobs go, asked why when the smoke job is not taken (a paused queue)."""
     import httpx
 
     res = SmokeResult(url)
@@ -63,7 +68,11 @@ def run(url: str, timeout: float = 60.0) -> SmokeResult:
 
         row = poll_until(job_ended, timeout, interval=0.2)
         if row is None:
-            raise CheckFailed(f"job {res.job_id} still {res.job_status} after {timeout:.0f}s: is a worker running?")
+            still = f"job {res.job_id} still {res.job_status} after {timeout:.0f}s"
+            if queue is not None and _paused(queue):
+                raise CheckFailed(f"{still}: the queue '{queue.queue}' is paused, so no worker takes it",
+                                  hint="resume it: aixsss-ops queue resume")
+            raise CheckFailed(f"{still}: is a worker running?")
         if res.job_status != "succeeded":
             raise CheckFailed(f"job {res.job_id} ended {res.job_status}: {_json(row).get('error')}")
         res.steps.append(f"job {res.job_id} succeeded")
@@ -73,6 +82,19 @@ def run(url: str, timeout: float = 60.0) -> SmokeResult:
             res.steps.append(f"artifact {key} readable")
     res.seconds = round(time.monotonic() - t0, 3)
     return res
+
+
+def _paused(queue: QueueTarget) -> bool:
+    """Whether ``queue`` is paused (BullMQ's meta hash); False when Redis cannot say."""
+    from aixsss_ops.queue.conn import connect
+    from aixsss_ops.queue.control import read_state
+    from aixsss_ops.queue.keys import QueueKeys
+
+    try:
+        with connect(queue.redis_url, timeout=3) as r:
+            return read_state(r, QueueKeys(queue.queue)).paused
+    except Exception:  # noqa: BLE001 - best effort: without an answer the message stays the general one
+        return False
 
 
 def _json(resp) -> dict:

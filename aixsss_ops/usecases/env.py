@@ -50,4 +50,5 @@ def validate_env(dep: Deployment, services: list[str] | None = None, given: Mapp
     defaults = {} if given and len(services) == 1 else stack_env_files(dep)
     src = sources.load(services, defaults, given, dict(dep.environ) if with_environ else None)
     scrubber.add(*sources.secret_values(src.envs))
-    return EnvReport(services, src.origins, src.problems + validate(src.envs, src.origins), src.envs)
+    findings = validate(src.envs, src.origins, queue=None if given else dep.cfg.app.queue)  # ops.toml's: own files
+    return EnvReport(services, src.origins, src.problems + findings, src.envs)

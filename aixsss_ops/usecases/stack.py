@@ -46,7 +46,9 @@ def up(dep: Deployment, say: Callable[[str], None] = lambda _m: None) -> StackRe
 def smoke(dep: Deployment, timeout: float = 60.0, url: str | None = None) -> SmokeResult:
     """The end-to-end check through the proxy (``url``: another one), and, on the stack's own proxy, every other
     process of the live color ready (the worker's ready signal)."""
-    res = smoke_mod.run(url or dep.url, timeout)
+    from aixsss_ops.queue.conn import target
+
+    res = smoke_mod.run(url or dep.url, timeout, queue=target(dep) if url is None else None)
     if url is None:
         stack = open_stack(dep)
         live = stack.live_color()
