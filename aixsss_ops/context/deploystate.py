@@ -1,6 +1,7 @@
-"""What each color runs and which one is meant to be live (``deploy/colors.json``), and the release history.
+"""What each color runs and which one is meant to be live (``deploy/colors.json``), the release history, and the
+app description each release was deployed with (``deploy/descriptions/<release>.json``).
 
-Both files are written atomically. The proxy's ``live`` route (the runtime's ``routed_color``) decides which color
+Every file is written atomically. The proxy's ``live`` route (the runtime's ``routed_color``) decides which color
 takes traffic; ``colors.json`` records what was intended, so ``deploy status`` can show a disagreement after a crash.
 """
 
@@ -103,3 +104,24 @@ class DeployState:
         hist = self.history()
         hist.append(entry)
         atomic_write_json(self.history_file, hist[-HISTORY_LIMIT:])
+
+    def description_file(self, release_id: str) -> Path:
+        return self.dir / "descriptions" / f"{release_id}.json"
+
+    def save_description(self, release_id: str, description: dict) -> None:
+        """The app description ``release_id`` was last deployed with (mode 0600: a process's env may hold a
+        secret)."""
+        atomic_write_json(self.description_file(release_id), description, mode=0o600)
+
+    def description(self, release_id: str) -> dict | None:
+        """The recorded app description of ``release_id``; None when there is none (a release deployed by an
+        aixsss-ops that kept none). An unreadable file is an OpsError naming it."""
+        path = self.description_file(release_id)
+        try:
+            data = read_json(path)
+        except (OSError, ValueError) as e:
+            raise OpsError(f"the app description of release {release_id} ({path}) is unreadable: "
+                           f"{type(e).__name__}: {e}") from None
+        if data is not None and not isinstance(data, dict):
+            raise OpsError(f"the app description of release {release_id} ({path}) is not a JSON object")
+        return data

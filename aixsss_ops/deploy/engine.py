@@ -16,15 +16,18 @@ from pathlib import Path
 
 from aixsss_ops import appspec, envfile, probes, releases
 from aixsss_ops.appspec import API
-from aixsss_ops.context.deploystate import Colors, now_iso, other
-from aixsss_ops.deploy.health import gate
+from aixsss_ops.context.deploystate import Colors, ColorSpec, now_iso, other
+from aixsss_ops.context.envgen import follow_queue
+from aixsss_ops.deploy.health import Identity, Stability, gate
 from aixsss_ops.deploy.lock import DeployLock, LockBusy
 from aixsss_ops.errors import CheckFailed, OpsError, UsageError
 from aixsss_ops.poll import poll_until
-from aixsss_ops.runtime.base import FAILED_STATES, api_port, is_app, wait_stopped
+from aixsss_ops.runtime.base import FAILED_STATES, api_port, is_app, unit_name, wait_stopped
 from aixsss_ops.stack.manager import Stack, color_spec
 
 Progress = Callable[[str], None]
+SETTLE_SECONDS = 1.0  # from the api's last passing check: how long every process of the new color must stay the
+# process first seen running (not restarted, not exited) before the gate passes
 BackupHook = Callable[[str], str]  # takes a label, returns the id of the restore point it took
 RestoreHook = Callable[[str], str]  # takes a backup id, restores its database, returns the backup id
 
@@ -105,12 +108,19 @@ class Deployer:
 
     def _gate(self, color: str) -> int:
         """The api's readiness ``health_threshold`` times in a row, then its dependencies proven with its own
-        settings, then the other processes started and ready: any failure is a DeployFailed with their logs."""
+        settings, then the other processes started and ready, then ``SETTLE_SECONDS`` from the api's last passing
+        check with every process still the one first seen running: a process that exited or was restarted (by
+        its runtime, between two looks) at any time of it, and any other failure, is a DeployFailed with their
+        logs."""
         d = self.cfg.deploy
+        watch = Stability()
+        watch.watch(unit_name(API, color))
 
         def alive() -> str | None:
             st = self.rt.state(API, color)
-            return f"api-{color} is {st}" if st in (*FAILED_STATES, "STOPPED") else None
+            if st in (*FAILED_STATES, "STOPPED"):
+                return f"api-{color} is {st}"
+            return watch.check(self._processes(color))
 
         self.say(f"health gate on {color}: {d.health_threshold} consecutive passes within {d.health_timeout:.0f}s")
         res = gate(lambda: self.stack.ready(API, color), threshold=d.health_threshold, interval=d.health_interval,
@@ -121,9 +131,31 @@ class Deployer:
                 f"({res.seconds:.1f}s): {res.last_error}",
                 details=self._failure_logs(color),
             )
+        passed = time.monotonic()
         self._prove_dependencies(color)
-        self._start_workers(color, max(1.0, d.health_timeout - res.seconds))
+        self._start_workers(color, max(1.0, d.health_timeout - res.seconds), watch)
+        self._settle(color, watch, passed + SETTLE_SECONDS)
         return res.checks
+
+    def _processes(self, color: str) -> dict[str, Identity]:
+        """The processes of ``color`` as the runtime shows them now (one listing): unit -> (state, pid, start)."""
+        now = time.time()
+        return {u.unit: (u.state, u.pid, now - u.uptime_s if u.uptime_s is not None else None)
+                for u in self.rt.status() if u.color == color and is_app(u.service)}
+
+    def _unstable(self, color: str, why: str) -> DeployFailed:
+        return DeployFailed(f"the {color} color is not stable: {why}", details=self._failure_logs(color))
+
+    def _settle(self, color: str, watch: Stability, until: float) -> None:
+        """Until the monotonic time ``until`` (and at least once): every process ``watch`` follows is still the one
+        first seen running."""
+        while True:
+            if why := watch.check(self._processes(color)):
+                raise self._unstable(color, why)
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.2, left))
 
     def _prove_dependencies(self, color: str) -> None:
         """An api whose health endpoint only says it is alive must still reach what it needs: a query on its own
@@ -162,15 +194,20 @@ class Deployer:
                 raise OpsError(f"{role}-{color} was still stopping after {limit:g}s: it was not started again",
                                hint=f"check 'aixsss-ops stack status', then start it: 'aixsss-ops deploy switch {color}'")
 
-    def _start_workers(self, color: str, timeout: float) -> None:
+    def _start_workers(self, color: str, timeout: float, watch: Stability) -> None:
+        """Start the processes besides the api and wait until each is ready; ``watch`` follows each of them from its
+        start, and a process it follows that exited or was restarted meanwhile fails the deploy."""
         pending = list(self._workers)
         self._await_stopped(pending, color)
         for role in pending:
             if self.rt.state(role, color) != "RUNNING":
                 self.say(f"api-{color} passed: starting {role}-{color}")
                 self.rt.start(role, color)
+            watch.watch(unit_name(role, color))
 
         def ready() -> bool:
+            if why := watch.check(self._processes(color)):
+                raise self._unstable(color, why)
             for role in list(pending):
                 st = self.rt.state(role, color)
                 if st in FAILED_STATES:
@@ -358,6 +395,7 @@ class Deployer:
             "run pre-deploy hooks",
             *(["take a pre-deploy backup"] if self._backs_up else []),
             f"apply pending migrations from {release.id}",
+            *follow_queue(self.cfg, self.stack.layout, dry_run=True).lines,
             f"boot api-{target} and worker-{target} from {release.id}",
             f"health gate on {self._api_url(target)}",
             f"switch the proxy from {live} to {target}",
@@ -402,14 +440,18 @@ class Deployer:
             self._check_migrations(release, allow_destructive)  # refused before anything is taken or changed
             res.backup_id = self._backup(release)
             res.migrations_applied = self._migrate(release, allow_destructive)
+            queue = follow_queue(self.cfg, self.stack.layout)  # the release boots on ops.toml's app.queue
+            res.warnings += queue.lines
             self.say(f"booting {target} from {release.id}")
             try:
                 booted = time.monotonic()
                 self._boot(target, release, state)
                 res.health_checks = self._gate(target)
                 res.gate_seconds = round(time.monotonic() - booted, 3)
+                self.stack.record_description(release.id)  # what a rollback or switch to it boots with
             except BaseException:
                 self.say(f"tearing {target} down; {live} keeps serving")
+                queue.restore()
                 self._stop_color(target)
                 state.colors[target] = color_spec(release).with_status("failed")
                 self.stack.deploy_state.save(state)
@@ -507,9 +549,11 @@ class Deployer:
                 res.noop = True
                 res.plan.append(f"{live} is already live")
                 return res
-            self._ensure_running(target, state)
-            res.health_checks = self._gate(target)
-            res.switch_seconds = self._switch(target)
+            with self.stack.as_deployed(spec.release) as note:  # the processes its release was deployed with
+                if self._ensure_running(target, spec):
+                    self._warn_undescribed(res, note)
+                res.health_checks = self._gate(target)
+                res.switch_seconds = self._switch(target)
             self._mark_switched(state, target, live)
             self._record(res, "live", t0, actor)  # before the drain: a switch killed while draining went live
             res.warnings += self._drain(live)
@@ -549,24 +593,26 @@ class Deployer:
             res = DeployResult(release.id, release.version, idle, live)
             res.warnings += self._migrations_since(release.id)
             warm = idle_spec and idle_spec.release == release.id and self.rt.state("api", idle) == "RUNNING"
-            if warm:
-                res.health_checks = self._quick_gate(idle)
-                self._await_stopped(self._workers, idle)  # before the switch: the live color keeps its workers meanwhile
-            else:
-                self.say(f"{idle} is cold: booting {release.id} on it")
-                try:
-                    self._boot(idle, release, state)
-                    res.health_checks = self._gate(idle)
-                except BaseException:
-                    self._stop_color(idle)
-                    raise
-            res.switch_seconds = self._switch(idle)
-            units = self.rt.status()  # one listing for both colors' processes below
-            if warm:  # after the switch, which they must not delay: the processes the warm color was booted with
-                defined = {u.service for u in units if u.color == idle}
-                for role in (r for r in self._workers if r in defined):
-                    self.say(f"{idle} is warm with {release.id}: starting {role}-{idle}")
-                    self.rt.start(role, idle, detach=True)  # the engine carries it through; `stack status` shows it
+            with self.stack.as_deployed(release.id) as note:  # the processes the release was deployed with
+                if warm:
+                    res.health_checks = self._quick_gate(idle)
+                    self._await_stopped(self._workers, idle)  # before the switch: the live color keeps its workers
+                else:
+                    self.say(f"{idle} is cold: booting {release.id} on it")
+                    self._warn_undescribed(res, note)
+                    try:
+                        self._boot(idle, release, state)
+                        res.health_checks = self._gate(idle)
+                    except BaseException:
+                        self._stop_color(idle)
+                        raise
+                res.switch_seconds = self._switch(idle)
+                units = self.rt.status()  # one listing for both colors' processes below
+                if warm:  # after the switch, which they must not delay: the processes the warm color was booted with
+                    defined = {u.service for u in units if u.color == idle}
+                    for role in (r for r in self._workers if r in defined):
+                        self.say(f"{idle} is warm with {release.id}: starting {role}-{idle}")
+                        self.rt.start(role, idle, detach=True)  # the engine carries it through; `stack status` shows it
             self._after_switch(state, idle, live, drain_wait=bool(restore_db), units=units)
             if restore_db:
                 if self.restore_db is None:
@@ -600,10 +646,22 @@ class Deployer:
             raise DeployFailed(f"the warm {color} api is not healthy: {res.last_error}", details=self._failure_logs(color))
         return res.checks
 
-    def _ensure_running(self, color: str, state: Colors) -> None:
-        """The api of ``color`` (its worker starts once the api passed the gate)."""
-        if self.rt.state("api", color) != "RUNNING":
-            self.rt.start("api", color)
+    def _ensure_running(self, color: str, spec: ColorSpec) -> bool:
+        """The api of ``color`` (its worker starts once the api passed the gate). One that does not run is started
+        from the color defined again, for its release, with the description in effect (``Stack.as_deployed``);
+        True then."""
+        if self.rt.state(API, color) == "RUNNING":
+            return False
+        self.rt.define_app(color, spec.path, spec.version)
+        self.rt.start(API, color)
+        return True
+
+    def _warn_undescribed(self, res: DeployResult, note: str | None) -> None:
+        """A color booted with the description of ops.toml, its release having no record of its own: said now, and
+        among the result's warnings."""
+        if note:
+            self.say(f"warning: {note}")
+            res.warnings.append(note)
 
     def _mark_switched(self, state: Colors, target: str, old: str) -> None:
         """Record ``target`` live and ``old`` warm."""

@@ -8,12 +8,16 @@ object store's volumes are probed, what the engine itself is. ``stack.engines.op
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import msgspec
+
 from aixsss_ops import appspec, envfile, probes, releases
+from aixsss_ops.config import AppSection, ProcessSpec
 from aixsss_ops.context import embedded
 from aixsss_ops.context.deployment import Deployment
 from aixsss_ops.context.deploystate import Colors, ColorSpec
@@ -116,6 +120,25 @@ def color_spec(release: releases.Release) -> ColorSpec:
     return ColorSpec(release=release.id, source=str(release.path), version=release.version)
 
 
+def app_description(app: AppSection) -> dict:
+    """What a color of the app runs with, from ops.toml's ``[app]``: its processes (command, cwd, env, readiness,
+    stop, count) and the folder of its web build, as plain data (the keys as ops.toml writes them)."""
+    return {"processes": msgspec.to_builtins(app.processes), "web_root": app.web_root}
+
+
+def described_app(app: AppSection, description: Mapping) -> AppSection:
+    """``app`` with the processes and web folder of a recorded ``description``; a ValueError when it is not one
+    (its processes do not validate)."""
+    try:
+        processes = msgspec.convert(description["processes"], dict[str, ProcessSpec])
+        web_root = msgspec.convert(description.get("web_root", app.web_root), str)
+        described = app.model_copy(update={"processes": processes, "web_root": web_root})
+        described.__post_init__()  # what ops.toml's [app] must hold (an api, one port) holds for it too
+        return described
+    except (KeyError, TypeError, msgspec.ValidationError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
 class Stack:
     runtime: Runtime
 
@@ -172,7 +195,36 @@ class Stack:
             release, _ = releases.build(self.cfg.app_source, self.cfg.app.version, self.layout.releases,
                                         steps=self.cfg.app.build, builder=self.runtime.build_release, say=say)
             state = Colors("blue", {"blue": color_spec(release)})
+            self.record_description(release.id)  # blue runs it with the description of ops.toml
         return state
+
+    def record_description(self, release_id: str) -> None:
+        """Record the app description of ops.toml as the one ``release_id`` is deployed with."""
+        self.deploy_state.save_description(release_id, app_description(self.cfg.app))
+
+    @contextmanager
+    def as_deployed(self, release_id: str) -> Iterator[str | None]:
+        """Within it, the configuration (``cfg.app``, which the runtime, readiness and deploy read) describes the
+        app's processes as recorded for ``release_id`` when it was deployed; it yields None, or a warning when
+        there is no usable record and the description of ops.toml stands."""
+        note = None
+        try:
+            recorded = self.deploy_state.description(release_id)
+            app = described_app(self.cfg.app, recorded) if recorded is not None else None
+        except (OpsError, ValueError) as e:
+            app = None
+            note = (f"the app description release {release_id} was deployed with is unusable "
+                    f"({getattr(e, 'message', e)}): it runs with the current description in ops.toml")
+        if app is None and note is None:
+            note = (f"release {release_id} has no record of the app description it was deployed with (an earlier "
+                    "aixsss-ops deployed it): it runs with the current description in ops.toml")
+        current = self.cfg.app
+        if app is not None:
+            self.cfg.app = app
+        try:
+            yield note
+        finally:
+            self.cfg.app = current
 
     def live_color(self) -> str | None:
         """The color the proxy sends traffic to (its ``live`` route), whatever colors.json says."""
