@@ -297,6 +297,34 @@ def node_app_copy(root: Path, name: str = "src", patch: dict[str, str] | None = 
     return dst
 
 
+BUNDLED_API = '["{python}", "-m", "api"]'
+BUNDLED_WORKER = '["{python}", "-m", "worker"]'
+
+
+def bundled_app_toml(api: str = BUNDLED_API, worker: str = BUNDLED_WORKER, *, source: Path | None = None,
+                     build: str = "", socket: bool = True, api_lines: tuple[str, ...] = (),
+                     worker_lines: tuple[str, ...] = ()) -> str:
+    """The [app] table of the bundled app written out as an ops.toml describes it (``stack_config``'s
+    ``app_toml``): its api and worker commands, a build step list, the api on a unix socket too (``socket``), and
+    extra lines for each process."""
+    return "\n".join([
+        f'source = "{source or REPO / "app"}"',
+        *([f"build = {build}"] if build else []),
+        "[app.processes.api]",
+        f"command = {api}",
+        'port_env = "PORT"',
+        *(['socket_env = "API_SOCKET"'] if socket else []),
+        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1", HOST = "{host}" }',
+        'ready = { http = "/api/health" }',
+        *api_lines,
+        "[app.processes.worker]",
+        f"command = {worker}",
+        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1" }',
+        'ready = { log = "worker consuming queue" }',
+        *worker_lines,
+    ])
+
+
 def stack_config(root: Path, app_toml: str = "", **sections: dict) -> Path:
     """An ops.toml for a stack of its own under ``root``: every port free, the bundled app (``app_toml``: TOML
     lines of the [app] table and its sub-tables, for another app)."""

@@ -11,8 +11,8 @@ import pytest
 
 from aixsss_ops.config import load_config
 from aixsss_ops.stack.engines import open_stack
-from tests.cli import REPO, run_cli
-from tests.conftest import stack_config, state_tmpdir
+from tests.cli import run_cli
+from tests.conftest import bundled_app_toml, stack_config, state_tmpdir
 
 DEPLOY = {"health_interval": 0.5, "health_threshold": 3, "health_timeout": 30.0, "backup": False}
 CRASH_AFTER = 4  # seconds each run of the crashing api lives: its readiness passes 3 times in a row well before
@@ -28,19 +28,7 @@ SLOW_WORKER = ('["{python}", "-c", "import runpy, time; '
 
 
 def app_toml(api: str, worker: str) -> str:
-    return "\n".join([
-        f'source = "{REPO / "app"}"',
-        "[app.processes.api]",
-        f"command = {api}",
-        'port_env = "PORT"',
-        'socket_env = "API_SOCKET"',
-        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1", HOST = "{host}" }',
-        'ready = { http = "/api/health" }',
-        "[app.processes.worker]",
-        f"command = {worker}",
-        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1" }',
-        'ready = { log = "worker consuming queue" }',
-    ])
+    return bundled_app_toml(api, worker)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from aixsss_ops.config import load_config
 from aixsss_ops.deploy.lock import DeployLock
 from aixsss_ops.stack.engines import open_stack
 from tests.cli import EXE, REPO, run_cli
-from tests.conftest import stack_config, state_tmpdir
+from tests.conftest import bundled_app_toml, stack_config, state_tmpdir
 
 DEPLOY = {"health_interval": 0.2, "health_threshold": 3, "health_timeout": 20.0, "lock_timeout": 120.0,
           "backup": False}
@@ -39,22 +39,7 @@ def app_copy(root: Path) -> Path:
 
 
 def app_toml(src: Path) -> str:
-    env = '{ PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1" }'
-    return "\n".join([
-        f'source = "{src}"',
-        "[app.processes.api]",
-        'command = ["{python}", "-m", "api"]',
-        'port_env = "PORT"',
-        'socket_env = "API_SOCKET"',
-        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1", HOST = "{host}" }',
-        'ready = { http = "/api/health" }',
-        "stop_timeout = 30",
-        "[app.processes.worker]",
-        'command = ["{python}", "-m", "worker"]',
-        f"env = {env}",
-        'ready = { log = "worker consuming queue" }',
-        f"stop_timeout = {WORKER_STOP}",
-    ])
+    return bundled_app_toml(source=src, api_lines=("stop_timeout = 30",), worker_lines=(f"stop_timeout = {WORKER_STOP}",))
 
 
 @pytest.fixture(scope="module")

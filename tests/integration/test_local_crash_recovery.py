@@ -19,22 +19,11 @@ from aixsss_ops import sysbin
 from aixsss_ops.config import load_config
 from aixsss_ops.dburl import parse_database_url
 from aixsss_ops.stack.engines import open_stack
-from tests.cli import REPO, run_cli
-from tests.conftest import poll, stack_config, state_tmpdir
+from tests.cli import run_cli
+from tests.conftest import bundled_app_toml, poll, stack_config, state_tmpdir
 
 # the bundled app with an api on TCP only: nginx listens on a unix socket per color and forwards to its port
-TCP_ONLY_APP = "\n".join([
-    f'source = "{REPO / "app"}"',
-    "[app.processes.api]",
-    'command = ["{python}", "-m", "api"]',
-    'port_env = "PORT"',
-    'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1", HOST = "{host}" }',
-    'ready = { http = "/api/health" }',
-    "[app.processes.worker]",
-    'command = ["{python}", "-m", "worker"]',
-    'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1" }',
-    'ready = { log = "worker consuming queue" }',
-])
+TCP_ONLY_APP = bundled_app_toml(socket=False)
 DEPLOY = {"health_interval": 0.2, "health_threshold": 3, "health_timeout": 20.0, "lock_timeout": 60.0, "backup": False}
 
 
@@ -69,21 +58,22 @@ def alive(pid: int) -> bool:
     return st is not None and st.state != "Z"
 
 
-def members(sid: int) -> set[int]:
-    """The live processes of session ``sid`` (supervisord runs its programs in its own)."""
+def _live(match) -> set[int]:
+    """The live (not zombie) processes whose ``/proc/PID/stat`` fields ``match``."""
     out = set()
     for e in os.scandir("/proc"):
-        if e.name.isdigit() and (st := proc_stat(int(e.name))) is not None and st.session == sid and st.state != "Z":
+        if e.name.isdigit() and (st := proc_stat(int(e.name))) is not None and match(st) and st.state != "Z":
             out.add(int(e.name))
     return out
+
+
+def members(sid: int) -> set[int]:
+    """The live processes of session ``sid`` (supervisord runs its programs in its own)."""
+    return _live(lambda st: st.session == sid)
 
 
 def group(pgid: int) -> set[int]:
-    out = set()
-    for e in os.scandir("/proc"):
-        if e.name.isdigit() and (st := proc_stat(int(e.name))) is not None and st.pgid == pgid and st.state != "Z":
-            out.add(int(e.name))
-    return out
+    return _live(lambda st: st.pgid == pgid)
 
 
 def postmasters(datadir: Path) -> list[int]:

@@ -12,8 +12,8 @@ import pytest
 
 from aixsss_ops.config import load_config
 from aixsss_ops.context.deploystate import DeployState
-from tests.cli import REPO, run_cli
-from tests.conftest import stack_config, state_tmpdir
+from tests.cli import run_cli
+from tests.conftest import bundled_app_toml, stack_config, state_tmpdir
 
 DEPLOY = {"health_interval": 0.2, "health_threshold": 3, "health_timeout": 20.0, "backup": False,
           "warm_minutes": 0}  # the color switched from is stopped: a rollback to it boots it cold
@@ -21,20 +21,7 @@ API = '["{python}", "-m", "api"]'
 
 
 def app_toml(api_command: str, build: str = "") -> str:
-    return "\n".join([
-        f'source = "{REPO / "app"}"',
-        *([f"build = {build}"] if build else []),
-        "[app.processes.api]",
-        f"command = {api_command}",
-        'port_env = "PORT"',
-        'socket_env = "API_SOCKET"',
-        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1", HOST = "{host}" }',
-        'ready = { http = "/api/health" }',
-        "[app.processes.worker]",
-        'command = ["{python}", "-m", "worker"]',
-        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1" }',
-        'ready = { log = "worker consuming queue" }',
-    ])
+    return bundled_app_toml(api_command, build=build)
 
 
 @pytest.fixture(scope="module")

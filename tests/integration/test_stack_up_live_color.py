@@ -10,26 +10,14 @@ import pytest
 
 from aixsss_ops.config import load_config
 from aixsss_ops.stack.engines import open_stack
-from tests.cli import REPO, run_cli
-from tests.conftest import stack_config, state_tmpdir
+from tests.cli import run_cli
+from tests.conftest import bundled_app_toml, stack_config, state_tmpdir
 
 API_COMMAND = '["{python}", "-m", "api"]'
 
 
 def app_toml(api_command: str) -> str:
-    return "\n".join([
-        f'source = "{REPO / "app"}"',
-        "[app.processes.api]",
-        f"command = {api_command}",
-        'port_env = "PORT"',
-        'socket_env = "API_SOCKET"',
-        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1", HOST = "{host}" }',
-        'ready = { http = "/api/health" }',
-        "[app.processes.worker]",
-        'command = ["{python}", "-m", "worker"]',
-        'env = { PYTHONPATH = "{release}", PYTHONUNBUFFERED = "1" }',
-        'ready = { log = "worker consuming queue" }',
-    ])
+    return bundled_app_toml(api_command)
 
 
 @pytest.fixture()
